@@ -1,0 +1,77 @@
+"""Opt-in capture of what every DCNv3 layer predicted in the last forward pass.
+
+Forward hooks are attached to each DCNv3's ``offset`` and ``mask`` Linear heads only inside the
+``capture`` context, so a model that is not being probed pays nothing::
+
+    with dcnv3.capture(model) as layers:
+        model(x)
+    layers["model.4.m.0.cv2.dcnv3"].offsets   # (N, H, W, G, P, 2) feature cells, (dx, dy)
+    layers["model.4.m.0.cv2.dcnv3"].weights   # (N, H, W, G, P) softmax weights
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .module import DCNv3
+
+__all__ = ["CapturedLayer", "capture", "dcnv3_modules"]
+
+
+def dcnv3_modules(model: nn.Module) -> list[tuple[str, DCNv3]]:
+    """Every DCNv3 submodule of ``model`` with its qualified name, in forward (registration) order."""
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, DCNv3)]
+
+
+@dataclass
+class CapturedLayer:
+    """Raw head outputs of one DCNv3 layer from the last forward (detached, on the model's device)."""
+    module: DCNv3
+    offset_raw: torch.Tensor | None = None  # (N, H, W, G*P*2), the ``offset`` Linear's output
+    mask_logits: torch.Tensor | None = None  # (N, H, W, G*P), the ``mask`` Linear's output
+    calls: int = field(default=0)
+
+    @property
+    def offsets(self) -> torch.Tensor:
+        """(N, H, W, G, P, 2) learned offsets (dx, dy) in feature cells, before offset_scale."""
+        n, h, w, _ = self.offset_raw.shape
+        return self.offset_raw.reshape(n, h, w, self.module.group, self.module.points, 2)
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """(N, H, W, G, P) modulation weights: softmax over each group's P points (float32+)."""
+        n, h, w, _ = self.mask_logits.shape
+        logits = self.mask_logits.reshape(n, h, w, self.module.group, self.module.points)
+        return torch.softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16)
+                             else logits, dim=-1)
+
+
+@contextlib.contextmanager
+def capture(model: nn.Module):
+    """Record the offset and mask head outputs of every DCNv3 in ``model`` while inside the block.
+
+    Yields a dict {qualified module name: CapturedLayer}, filled by each forward; a later forward
+    inside the same block overwrites the previous values.
+    """
+    records: dict[str, CapturedLayer] = {}
+    handles = []
+
+    def make_hook(record: CapturedLayer, attribute: str):
+        def hook(_module, _inputs, output):
+            setattr(record, attribute, output.detach())
+            if attribute == "offset_raw":
+                record.calls += 1
+        return hook
+
+    try:
+        for name, module in dcnv3_modules(model):
+            record = records[name] = CapturedLayer(module)
+            handles.append(module.offset.register_forward_hook(make_hook(record, "offset_raw")))
+            handles.append(module.mask.register_forward_hook(make_hook(record, "mask_logits")))
+        yield records
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,186 @@
+"""The DCNv3 module, with InternImage's constructor, parameter names, init and forward.
+
+Input and output are channels-last (N, H, W, C). The state_dict keys are InternImage's, so weights
+trained with ``DCNv3_pytorch`` (or its compiled twin ``DCNv3``) load with ``strict=True``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ops import dcnv3_core, output_size
+
+__all__ = ["DCNv3", "DCNv3_pytorch", "to_channels_first", "to_channels_last",
+           "CenterFeatureScaleModule", "build_norm_layer", "build_act_layer"]
+
+
+class to_channels_first(nn.Module):  # noqa: N801 - InternImage's class name, pickled by forks
+    """(N, H, W, C) -> (N, C, H, W)."""
+
+    def forward(self, x):
+        return x.permute(0, 3, 1, 2)
+
+
+class to_channels_last(nn.Module):  # noqa: N801 - InternImage's class name, pickled by forks
+    """(N, C, H, W) -> (N, H, W, C)."""
+
+    def forward(self, x):
+        return x.permute(0, 2, 3, 1)
+
+
+def build_norm_layer(dim: int, norm_layer: str, in_format: str = "channels_last",
+                     out_format: str = "channels_last", eps: float = 1e-6) -> nn.Sequential:
+    """InternImage's norm factory: 'LN' (LayerNorm on channels-last) or 'BN' (on channels-first)."""
+    layers = []
+    if norm_layer == "BN":
+        if in_format == "channels_last":
+            layers.append(to_channels_first())
+        layers.append(nn.BatchNorm2d(dim))
+        if out_format == "channels_last":
+            layers.append(to_channels_last())
+    elif norm_layer == "LN":
+        if in_format == "channels_first":
+            layers.append(to_channels_last())
+        layers.append(nn.LayerNorm(dim, eps=eps))
+        if out_format == "channels_first":
+            layers.append(to_channels_first())
+    else:
+        raise NotImplementedError(f"norm layer {norm_layer!r}: use 'LN' or 'BN'")
+    return nn.Sequential(*layers)
+
+
+def build_act_layer(act_layer: str) -> nn.Module:
+    """InternImage's activation factory."""
+    layers = {"ReLU": lambda: nn.ReLU(inplace=True), "SiLU": lambda: nn.SiLU(inplace=True),
+              "GELU": nn.GELU}
+    if act_layer not in layers:
+        raise NotImplementedError(f"activation {act_layer!r}: use one of {sorted(layers)}")
+    return layers[act_layer]()
+
+
+class CenterFeatureScaleModule(nn.Module):
+    """sigmoid(query @ weight^T + bias): the per-group blend between DCNv3 output and input_proj."""
+
+    def forward(self, query, center_feature_scale_proj_weight, center_feature_scale_proj_bias):
+        return F.linear(query, center_feature_scale_proj_weight, center_feature_scale_proj_bias).sigmoid()
+
+
+class DCNv3(nn.Module):
+    """DCNv3 (InternImage, CVPR 2023) on channels-last tensors.
+
+    Args follow ``DCNv3_pytorch``: ``channels`` C (divisible by ``group`` G, D = C // G channels
+    per group), ``kernel_size`` K, ``dw_kernel_size`` (None: K), ``stride``, ``pad``,
+    ``dilation``, ``offset_scale``, ``act_layer``/``norm_layer`` of the depthwise branch,
+    ``center_feature_scale``, ``remove_center`` (P = K*K - 1 points; needs an odd K).
+
+    Forward: ``input`` (N, H, W, C) -> (N, H_out, W_out, C) with H_out, W_out the usual
+    convolution output size of (K, stride, pad, dilation).
+
+    Stride: InternImage predicts offsets at the input resolution, which breaks for stride > 1.
+    Here the depthwise conv that feeds the ``offset`` and ``mask`` heads runs with the layer's
+    stride, so offsets and weights are predicted on the strided output grid: output cell (h, w)
+    reads depthwise features centred on input pixel (h*stride, w*stride), which is the kernel's
+    centre whenever ``pad == (dilation*(K-1))//2``. For stride 1 this is the reference exactly.
+    With ``center_feature_scale`` and stride > 1 the blended ``input_proj`` features are taken at
+    the same pixels (h*stride, w*stride).
+
+    Introspection: the raw offsets (N, H_out, W_out, G*P*2) are the output of ``self.offset`` and
+    the softmax weights are ``softmax(self.mask(...))`` per group; ``dcnv3.capture`` reads both
+    through forward hooks that exist only while a capture is active.
+    """
+
+    def __init__(self, channels: int = 64, kernel_size: int = 3, dw_kernel_size: int | None = None,
+                 stride: int = 1, pad: int = 1, dilation: int = 1, group: int = 4,
+                 offset_scale: float = 1.0, act_layer: str = "GELU", norm_layer: str = "LN",
+                 center_feature_scale: bool = False, remove_center: bool = False):
+        super().__init__()
+        if channels % group != 0:
+            raise ValueError(f"channels must be divisible by group, but got {channels} and {group}")
+        if remove_center and kernel_size % 2 == 0:
+            raise ValueError(f"remove_center needs an odd kernel_size, got {kernel_size}")
+        dw_kernel_size = dw_kernel_size if dw_kernel_size is not None else kernel_size
+        self.offset_scale = offset_scale
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.dw_kernel_size = dw_kernel_size
+        self.stride = stride
+        self.dilation = dilation
+        self.pad = pad
+        self.group = group
+        self.group_channels = channels // group
+        self.center_feature_scale = center_feature_scale
+        self.remove_center = int(remove_center)
+        points = kernel_size * kernel_size - self.remove_center
+
+        self.dw_conv = nn.Sequential(
+            nn.Conv2d(channels, channels, kernel_size=dw_kernel_size, stride=stride,
+                      padding=(dw_kernel_size - 1) // 2, groups=channels),
+            build_norm_layer(channels, norm_layer, "channels_first", "channels_last"),
+            build_act_layer(act_layer))
+        self.offset = nn.Linear(channels, group * points * 2)
+        self.mask = nn.Linear(channels, group * points)
+        self.input_proj = nn.Linear(channels, channels)
+        self.output_proj = nn.Linear(channels, channels)
+        self._reset_parameters()
+        if center_feature_scale:
+            self.center_feature_scale_proj_weight = nn.Parameter(torch.zeros((group, channels)))
+            self.center_feature_scale_proj_bias = nn.Parameter(torch.zeros(group))
+            self.center_feature_scale_module = CenterFeatureScaleModule()
+
+    def _reset_parameters(self) -> None:
+        # Zero offset and mask heads: an untrained layer samples the regular grid, weights 1/P.
+        for head in (self.offset, self.mask):
+            nn.init.constant_(head.weight, 0.0)
+            nn.init.constant_(head.bias, 0.0)
+        for proj in (self.input_proj, self.output_proj):
+            nn.init.xavier_uniform_(proj.weight)
+            nn.init.constant_(proj.bias, 0.0)
+
+    @property
+    def points(self) -> int:
+        """P, sampling points per group."""
+        return self.kernel_size * self.kernel_size - int(getattr(self, "remove_center", 0))
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.dim() != 4 or input.shape[-1] != self.channels:
+            raise ValueError(
+                f"DCNv3({self.channels} channels) expects a channels-last tensor (N, H, W, "
+                f"{self.channels}); got shape {tuple(input.shape)}"
+                + (" - this looks like NCHW, permute it with x.permute(0, 2, 3, 1)"
+                   if input.dim() == 4 and input.shape[1] == self.channels else ""))
+        n, in_h, in_w, _ = input.shape
+        remove_center = int(getattr(self, "remove_center", 0))  # absent in ops v1.0 pickles
+        x = self.input_proj(input)
+        x_proj = x
+        x1 = self.dw_conv(input.permute(0, 3, 1, 2))  # NHWC out, on the strided output grid
+        out_h, out_w = output_size(in_h, in_w, self.kernel_size, self.kernel_size, self.stride,
+                                   self.stride, self.pad, self.pad, self.dilation, self.dilation)
+        if x1.shape[1:3] != (out_h, out_w):
+            raise ValueError(
+                f"DCNv3 geometry mismatch: the offset branch (dw_kernel_size={self.dw_kernel_size}, "
+                f"stride={self.stride}) gives a {tuple(x1.shape[1:3])} grid but kernel "
+                f"{self.kernel_size}, pad {self.pad}, dilation {self.dilation} give {(out_h, out_w)}")
+        offset = self.offset(x1)
+        mask = self.mask(x1).reshape(n, out_h, out_w, self.group, -1)
+        mask = F.softmax(mask, -1).reshape(n, out_h, out_w, -1)
+        x = dcnv3_core(x, offset, mask, self.kernel_size, self.kernel_size, self.stride, self.stride,
+                       self.pad, self.pad, self.dilation, self.dilation, self.group,
+                       self.group_channels, self.offset_scale, remove_center)
+        if self.center_feature_scale:
+            scale = self.center_feature_scale_module(
+                x1, self.center_feature_scale_proj_weight, self.center_feature_scale_proj_bias)
+            scale = scale[..., None].repeat(1, 1, 1, 1, self.channels // self.group).flatten(-2)
+            if self.stride > 1:
+                x_proj = x_proj[:, ::self.stride, ::self.stride][:, :out_h, :out_w]
+            x = x * (1 - scale) + x_proj * scale
+        return self.output_proj(x)
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"pad={self.pad}, dilation={self.dilation}, group={self.group}, "
+                f"offset_scale={self.offset_scale}, remove_center={self.points != self.kernel_size ** 2}")
+
+
+# InternImage names the pure-PyTorch module DCNv3_pytorch; forks pickle either name.
+DCNv3_pytorch = DCNv3

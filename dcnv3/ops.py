@@ -1,0 +1,468 @@
+"""The DCNv3 core operator in pure PyTorch: InternImage's numerics, any device, exportable.
+
+Layout conventions (identical to InternImage's ``dcnv3_core_pytorch``):
+
+* ``input``  (N, H_in, W_in, G*D) channels-last; the channels of group g are ``[g*D, (g+1)*D)``.
+* ``offset`` (N, H_out, W_out, G*P*2); channel ``g*2P + 2p`` is dx (width), ``+1`` is dy (height).
+* ``mask``   (N, H_out, W_out, G*P); already normalised over the P points of each group.
+* point ``p = i*K_h + j``: the outer index i walks the kernel's x (columns), j its y (rows).
+  With ``remove_center`` the centre point is dropped and later points shift down by one.
+
+Sampling location of point (i, j), group g, output cell (h, w), in unpadded input pixel indices
+(pixel centres at integers), with ``c = (dilation*(K-1))//2``::
+
+    x = w*stride_w - pad_w + c_w + offset_scale * (i*dilation_w - c_w + dx)
+    y = h*stride_h - pad_h + c_h + offset_scale * (j*dilation_h - c_h + dy)
+
+Two formulations compute the same thing:
+
+* ``"gather"`` (default): on the NHWC layout a group's D channels are contiguous, so each
+  bilinear tap is one row gather from an (N*H*W*G, D) table followed by a batched matmul with the
+  tap weights. A hand-written backward recomputes the taps instead of saving them, so peak memory
+  stays at one tap's worth of gathered rows.
+* ``"grid_sample"``: the reference's formulation (one ``F.grid_sample`` per group on NCHW).
+
+Both compute the sampling geometry in at least float32 and return the input's dtype.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+# The sparse formulation builds CSR tensors on every call; PyTorch warns once that CSR is "beta"
+# and that invariant checks are off. Both are expected here (indices are built in range).
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+
+__all__ = ["dcnv3_core", "dcnv3_core_grid_sample", "dcnv3_core_gather", "output_size",
+           "dcnv3_core_sparse", "kernel_grid", "sampling_locations", "set_default_formulation"]
+
+
+class Geometry(NamedTuple):
+    """The static arguments of the core, in the reference's order."""
+    kernel_h: int
+    kernel_w: int
+    stride_h: int
+    stride_w: int
+    pad_h: int
+    pad_w: int
+    dilation_h: int
+    dilation_w: int
+    group: int
+    group_channels: int
+    offset_scale: float
+    remove_center: int
+
+    @property
+    def points(self) -> int:
+        """P, the number of sampling points per group."""
+        return self.kernel_h * self.kernel_w - int(self.remove_center)
+
+
+def output_size(in_h: int, in_w: int, kernel_h: int, kernel_w: int, stride_h: int, stride_w: int,
+                pad_h: int, pad_w: int, dilation_h: int, dilation_w: int) -> tuple[int, int]:
+    """(H_out, W_out) of a convolution with this geometry, as the reference computes it."""
+    out_h = (in_h + 2 * pad_h - (dilation_h * (kernel_h - 1) + 1)) // stride_h + 1
+    out_w = (in_w + 2 * pad_w - (dilation_w * (kernel_w - 1) + 1)) // stride_w + 1
+    return out_h, out_w
+
+
+def kernel_grid(kernel_h: int, kernel_w: int, dilation_h: int, dilation_w: int,
+                remove_center: bool | int = False, dtype=torch.float32, device=None) -> torch.Tensor:
+    """The fixed kernel offsets (P, 2) as (x, y) in input pixels, in DCNv3's point order.
+
+    Point ``p = i*K_h + j`` sits at ``(i*dilation_w - c_w, j*dilation_h - c_h)``, i.e. the
+    column-major order of InternImage (outer index walks x).
+    """
+    c_h = (dilation_h * (kernel_h - 1)) // 2
+    c_w = (dilation_w * (kernel_w - 1)) // 2
+    xs = torch.arange(kernel_w, dtype=dtype, device=device) * dilation_w - c_w
+    ys = torch.arange(kernel_h, dtype=dtype, device=device) * dilation_h - c_h
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="ij"), dim=-1).reshape(-1, 2)
+    if remove_center:
+        centre = (kernel_h * kernel_w - 1) // 2
+        grid = torch.cat([grid[:centre], grid[centre + 1:]], dim=0)
+    return grid
+
+
+def sampling_locations(offset: torch.Tensor, geometry: Geometry) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absolute sampling locations (x, y), each (N, H_out, W_out, G, P), in unpadded input pixels.
+
+    ``offset`` is (N, H_out, W_out, G*P*2) in the layout above; the result has ``offset``'s dtype.
+    """
+    n, out_h, out_w, _ = offset.shape
+    g, p = geometry.group, geometry.points
+    dtype, device = offset.dtype, offset.device
+    c_h = (geometry.dilation_h * (geometry.kernel_h - 1)) // 2
+    c_w = (geometry.dilation_w * (geometry.kernel_w - 1)) // 2
+    base_x = torch.arange(out_w, dtype=dtype, device=device) * geometry.stride_w - geometry.pad_w + c_w
+    base_y = torch.arange(out_h, dtype=dtype, device=device) * geometry.stride_h - geometry.pad_h + c_h
+    grid = kernel_grid(geometry.kernel_h, geometry.kernel_w, geometry.dilation_h, geometry.dilation_w,
+                       geometry.remove_center, dtype=dtype, device=device)  # (P, 2)
+    off = offset.reshape(n, out_h, out_w, g, p, 2)
+    scale = geometry.offset_scale
+    x = base_x.view(1, 1, out_w, 1, 1) + scale * (grid[:, 0] + off[..., 0])
+    y = base_y.view(1, out_h, 1, 1, 1) + scale * (grid[:, 1] + off[..., 1])
+    return x, y
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Sampling geometry in half precision would round locations to ~1/1000 of the image size.
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _validate(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, geo: Geometry) -> None:
+    """Raise a ValueError that says what is wrong with the shapes, before anything is computed."""
+    if input.dim() != 4:
+        raise ValueError(f"DCNv3 expects a channels-last input (N, H, W, C); got {tuple(input.shape)}")
+    if geo.remove_center and (geo.kernel_h % 2 == 0 or geo.kernel_w % 2 == 0):
+        raise ValueError(f"remove_center needs an odd kernel, got {geo.kernel_h}x{geo.kernel_w}")
+    n, in_h, in_w, channels = input.shape
+    expected_c = geo.group * geo.group_channels
+    if channels != expected_c:
+        raise ValueError(
+            f"DCNv3 input has {channels} channels in its last dimension but group*group_channels = "
+            f"{geo.group}*{geo.group_channels} = {expected_c}. DCNv3 takes channels-last (N, H, W, C) "
+            f"tensors; an NCHW tensor (N, C, H, W) shows its width here. Got shape {tuple(input.shape)}.")
+    out_h, out_w = output_size(in_h, in_w, geo.kernel_h, geo.kernel_w, geo.stride_h, geo.stride_w,
+                               geo.pad_h, geo.pad_w, geo.dilation_h, geo.dilation_w)
+    p = geo.points
+    for name, tensor, per_group in (("offset", offset, 2 * p), ("mask", mask, p)):
+        want = (n, out_h, out_w, geo.group * per_group)
+        if tuple(tensor.shape) != want:
+            raise ValueError(
+                f"DCNv3 {name} has shape {tuple(tensor.shape)}, expected {want}: (N, H_out, W_out, "
+                f"group*{per_group}) for kernel {geo.kernel_h}x{geo.kernel_w}, group {geo.group}, "
+                f"P={p} points, stride ({geo.stride_h}, {geo.stride_w}), pad ({geo.pad_h}, {geo.pad_w}),"
+                f" dilation ({geo.dilation_h}, {geo.dilation_w}) on a {in_h}x{in_w} input")
+
+
+# ---------------------------------------------------------------------------------------------
+# Formulation 1: grid_sample, as the reference does it.
+# ---------------------------------------------------------------------------------------------
+def _grid_sample_forward(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor,
+                         geo: Geometry) -> torch.Tensor:
+    n, in_h, in_w, _ = input.shape
+    _, out_h, out_w, _ = offset.shape
+    g, d, p = geo.group, geo.group_channels, geo.points
+    x, y = sampling_locations(offset, geo)  # (N, Ho, Wo, G, P)
+    # grid_sample with align_corners=False maps pixel index i to (2i + 1)/size - 1; taps outside
+    # the image read zeros, exactly the reference's zero padding.
+    grid = torch.stack(((2 * x + 1) / in_w - 1, (2 * y + 1) / in_h - 1), dim=-1)
+    grid = grid.reshape(n, out_h * out_w, g, p, 2).transpose(1, 2).reshape(n * g, out_h * out_w, p, 2)
+    value = input.reshape(n, in_h * in_w, g * d).transpose(1, 2).reshape(n * g, d, in_h, in_w)
+    sampled = F.grid_sample(value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    weights = mask.reshape(n, out_h * out_w, g, p).transpose(1, 2).reshape(n * g, 1, out_h * out_w, p)
+    out = (sampled * weights).sum(-1).view(n, g * d, out_h * out_w)
+    return out.transpose(1, 2).reshape(n, out_h, out_w, g * d)
+
+
+def dcnv3_core_grid_sample(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                           dilation_h, dilation_w, group, group_channels, offset_scale, remove_center):
+    """DCNv3 core through ``F.grid_sample`` (autograd by PyTorch). Same contract as ``dcnv3_core``."""
+    geo = Geometry(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+                   group, group_channels, float(offset_scale), int(remove_center))
+    _validate(input, offset, mask, geo)
+    compute = _compute_dtype(input.dtype)
+    out = _grid_sample_forward(input.to(compute), offset.to(compute), mask.to(compute), geo)
+    return out.to(input.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bilinear taps shared by the gather and sparse formulations.
+# ---------------------------------------------------------------------------------------------
+class _Taps(NamedTuple):
+    """The four bilinear taps of every sample, on a zero-padded value table.
+
+    The table is the input zero-padded by one pixel on the top/left and two on the bottom/right,
+    (N, H+3, W+3, G*D), viewed as (N*(H+3)*(W+3)*G, D): a group's D channels form one row.
+    Sampling locations are clamped to [-1, W] x [-1, H], so every tap lands in the table and a
+    tap outside the image reads a zero, as the reference's zero padding does.
+
+    Elementwise work runs on "planar" tensors (small leading axes, then M x P contiguous), which
+    PyTorch's CPU kernels vectorise well. Shapes, with M = N*Ho*Wo*G output rows:
+      ``row``      (M, P) int32: table row of each sample's top-left tap (y0, x0).
+      ``linear``   (2, 2, M, P): [coordinate x|y, tap 0|1] 1-D interpolation weights.
+      ``bilinear`` (2, 2, M, P): [ty, tx] bilinear weights = linear[y, ty] * linear[x, tx].
+      ``inside``   (2, M, P) or None: 1 where the clamp left the coordinate alone.
+      ``shifts``:  table-row distance of taps (y0,x0), (y0,x1), (y1,x0), (y1,x1) from the first.
+    """
+    row: torch.Tensor
+    linear: torch.Tensor
+    bilinear: torch.Tensor
+    inside: torch.Tensor | None
+    shifts: tuple
+
+
+@functools.lru_cache(maxsize=64)
+def _location_grid(geo: Geometry, n: int, out_h: int, out_w: int, dtype: torch.dtype,
+                   device: torch.device) -> torch.Tensor:
+    """Offset-free sampling locations (2, N, Ho, Wo, G, P): x, y planes in unpadded pixels."""
+    c_h = (geo.dilation_h * (geo.kernel_h - 1)) // 2
+    c_w = (geo.dilation_w * (geo.kernel_w - 1)) // 2
+    base_x = torch.arange(out_w, dtype=dtype, device=device) * geo.stride_w - geo.pad_w + c_w
+    base_y = torch.arange(out_h, dtype=dtype, device=device) * geo.stride_h - geo.pad_h + c_h
+    kernel = kernel_grid(geo.kernel_h, geo.kernel_w, geo.dilation_h, geo.dilation_w,
+                         geo.remove_center, dtype=dtype, device=device) * geo.offset_scale
+    x = base_x.view(1, out_w, 1) + kernel[:, 0].view(1, 1, -1)
+    y = base_y.view(out_h, 1, 1) + kernel[:, 1].view(1, 1, -1)
+    grid = torch.stack(torch.broadcast_tensors(x, y))  # (2, Ho, Wo, P)
+    shape = (2, n, out_h, out_w, geo.group, geo.points)
+    return grid.unsqueeze(1).unsqueeze(4).expand(shape).contiguous()
+
+
+@functools.lru_cache(maxsize=64)
+def _row_base(n: int, group: int, image_rows: int, first: int, device: torch.device) -> torch.Tensor:
+    """(N, 1, 1, G, 1) int32: table row of (n, g) at padded pixel (0, 0), plus ``first``."""
+    return (torch.arange(n, dtype=torch.int32, device=device).view(n, 1, 1, 1, 1) * image_rows
+            + torch.arange(group, dtype=torch.int32, device=device).view(1, 1, 1, group, 1) + first)
+
+
+def _padded_table(input: torch.Tensor, group: int) -> torch.Tensor:
+    """(N, H, W, G*D) -> the (N*(H+3)*(W+3)*G, D) value table of ``_Taps``."""
+    n, in_h, in_w, channels = input.shape
+    return F.pad(input, (0, 0, 1, 2, 1, 2)).reshape(n * (in_h + 3) * (in_w + 3) * group,
+                                                  channels // group)
+
+
+def _bilinear_taps(offset: torch.Tensor, geo: Geometry, in_h: int, in_w: int,
+                   need_inside: bool = False) -> _Taps:
+    """Taps of the samples that ``offset`` (N, Ho, Wo, G*P*2) places on an (N, in_h, in_w) input."""
+    n, out_h, out_w, _ = offset.shape
+    g, p = geo.group, geo.points
+    m = n * out_h * out_w * g
+    grid = _location_grid(geo, n, out_h, out_w, offset.dtype, offset.device)
+    learned = offset.view(n, out_h, out_w, g, p, 2).permute(5, 0, 1, 2, 3, 4)
+    if torch.is_grad_enabled() and offset.requires_grad:  # the gather formulation's autograd
+        loc = (grid + geo.offset_scale * learned).contiguous()
+    else:  # in place on a planar buffer: the de-interleaving copy is the only strided pass
+        loc = torch.empty_like(grid).copy_(learned)
+        if geo.offset_scale != 1:
+            loc.mul_(geo.offset_scale)
+        loc.add_(grid)
+    raw = loc.clone() if need_inside else None
+    loc[0].clamp_(-1.0, in_w)
+    loc[1].clamp_(-1.0, in_h)
+    inside = (loc == raw).to(loc.dtype).view(2, m, p) if need_inside else None
+    top_left = torch.floor(loc)
+    frac = loc.sub_(top_left).view(2, 1, m, p)
+    linear = torch.cat((1 - frac, frac), dim=1)  # (2 coordinate, 2 tap, M, P)
+    bilinear = linear[1].unsqueeze(1) * linear[0].unsqueeze(0)  # [ty, tx]
+    # Padded-table row of the top-left tap: ((n*(H+3) + y0+1)*(W+3) + x0+1)*G + g.
+    stride_y, stride_x = (in_w + 3) * g, g
+    corner = top_left.to(torch.int32)
+    row = corner[0].mul_(stride_x).add_(corner[1].mul_(stride_y)).add_(
+        _row_base(n, g, (in_h + 3) * stride_y, stride_y + stride_x, offset.device)).view(m, p)
+    shifts = (0, stride_x, stride_y, stride_y + stride_x)
+    return _Taps(row, linear, bilinear, inside, shifts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Formulation 2: gather of the four bilinear taps on the NHWC layout.
+# ---------------------------------------------------------------------------------------------
+def _gather_forward(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor,
+                    geo: Geometry) -> torch.Tensor:
+    """Gather formulation in plain differentiable torch ops: the export and fallback path.
+
+    All 4*P taps of an output row are gathered from the value table at once (a group's D
+    channels are contiguous in NHWC) and summed with weights bilinear x mask by a batched matmul.
+    Peak memory is the (M, 4P, D) gathered tensor, four times the reference's sampled values.
+    """
+    n, in_h, in_w, _ = input.shape
+    _, out_h, out_w, _ = offset.shape
+    g, d, p = geo.group, geo.group_channels, geo.points
+    taps = _bilinear_taps(offset, geo, in_h, in_w)
+    m = n * out_h * out_w * g
+    shifts = torch.tensor(taps.shifts, dtype=torch.int64, device=input.device).view(1, 4, 1)
+    cols = taps.row.long().unsqueeze(1) + shifts  # (M, 4, P)
+    values = _padded_table(input, g).index_select(0, cols.view(-1)).view(m, 4 * p, d)
+    weights = (taps.bilinear.view(4, m, p) * mask.reshape(1, m, p)).transpose(0, 1).reshape(m, 1, 4 * p)
+    return torch.bmm(weights, values).view(n, out_h, out_w, g * d)
+
+
+def dcnv3_core_gather(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                      dilation_h, dilation_w, group, group_channels, offset_scale, remove_center):
+    """DCNv3 core through index_select + bmm (autograd by PyTorch). Same contract as ``dcnv3_core``."""
+    geo = Geometry(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+                   group, group_channels, float(offset_scale), int(remove_center))
+    _validate(input, offset, mask, geo)
+    compute = _compute_dtype(input.dtype)
+    out = _gather_forward(input.to(compute), offset.to(compute), mask.to(compute), geo)
+    return out.to(input.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Formulation 3 (default): a sparse sampling matrix times the value table.
+# ---------------------------------------------------------------------------------------------
+_RADIX_SORT_MIN = 32768
+
+
+def _argsort_indices(keys: torch.Tensor, bound: int) -> torch.Tensor:
+    """argsort of non-negative int keys < ``bound``.
+
+    PyTorch's CPU sort switches to a parallel radix sort from 32768 elements and is an order of
+    magnitude slower just below; shorter inputs are padded with ``bound`` (sorts last) to get it.
+    """
+    count = keys.numel()
+    if keys.device.type == "cpu" and count < _RADIX_SORT_MIN:
+        keys = torch.cat([keys, keys.new_full((_RADIX_SORT_MIN - count,), bound)])
+        return torch.argsort(keys)[:count]
+    return torch.argsort(keys)
+
+
+class _SparseFunction(torch.autograd.Function):
+    """DCNv3 core as sparse x dense products, with a hand-written backward.
+
+    Sampling is linear in the values: out = sum_t A_t @ table[shift_t:], where A_t is an
+    (M = N*Ho*Wo*G) x (table rows) CSR matrix holding tap t's bilinear weight x mask at the
+    top-left tap's row for each of the P points of output row r. The four taps of a sample sit
+    at fixed row shifts from its top-left tap, so all four A_t share one sparsity pattern and
+    read shifted views of one table. The products never materialise the (M, P, D) sampled
+    values; the forward keeps only the (4, M, P) tap weights and the pattern for the backward.
+
+    Backward: <grad_out, tap value> at every nonzero (``sampled_addmm``) gives the mask and
+    location gradients; A_t^T @ grad_out gives the input gradient, with A^T's pattern built
+    from one sort of the (M, P) top-left rows.
+    """
+
+    @staticmethod
+    def _matrices(taps: _Taps, weights: torch.Tensor, span: int) -> list:
+        m, p = taps.row.shape
+        crow = torch.arange(0, m * p + 1, p, dtype=torch.int32, device=weights.device)
+        cols = taps.row.view(-1)
+        return [torch.sparse_csr_tensor(crow, cols, w.view(-1), size=(m, span), check_invariants=False)
+                for w in weights]
+
+    @staticmethod
+    def forward(ctx, input, offset, mask, geo):
+        n, in_h, in_w, _ = input.shape
+        _, out_h, out_w, _ = offset.shape
+        g, d, p = geo.group, geo.group_channels, geo.points
+        taps = _bilinear_taps(offset, geo, in_h, in_w, need_inside=offset.requires_grad)
+        table = _padded_table(input, g)
+        m = n * out_h * out_w * g
+        span = table.shape[0] - taps.shifts[-1]  # rows a top-left tap can address
+        weights = taps.bilinear.view(4, m, p) * mask.reshape(1, m, p)  # (4, M, P)
+        out = None
+        for matrix, shift in zip(_SparseFunction._matrices(taps, weights, span), taps.shifts):
+            term = matrix @ table[shift:shift + span]
+            out = term if out is None else out.add_(term)
+        ctx.geo, ctx.taps, ctx.weights = geo, taps, weights
+        ctx.save_for_backward(input, mask)
+        return out.view(n, out_h, out_w, g * d)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        input, mask = ctx.saved_tensors
+        geo, taps, weights = ctx.geo, ctx.taps, ctx.weights
+        ctx.taps = ctx.weights = None
+        n, in_h, in_w, channels = input.shape
+        g, p = geo.group, geo.points
+        m = taps.row.shape[0]
+        table = _padded_table(input, g)
+        span = table.shape[0] - taps.shifts[-1]
+        views = [table[shift:shift + span] for shift in taps.shifts]
+        go = grad_out.reshape(m, geo.group_channels).contiguous()
+        need_input, need_offset, need_mask = ctx.needs_input_grad[:3]
+        grad_input = grad_offset = grad_mask = None
+        if need_offset or need_mask:
+            # <grad_out[r], value at the tap> for every nonzero: d loss / d (bilinear x mask).
+            # Taps outside the image read zeros, so their dots are 0.
+            matrices = _SparseFunction._matrices(taps, weights, span)
+            dots = torch.stack([torch.sparse.sampled_addmm(a, go, v.t(), beta=0.0).values()
+                                for a, v in zip(matrices, views)]).view(2, 2, m, p)  # (ty, tx)
+            if need_mask:
+                grad_mask = (dots * taps.bilinear).sum((0, 1)).view_as(mask)
+            if need_offset:
+                # d bilinear[ty, tx] / dx = linear[y, ty] * (-1 at tx=0, +1 at tx=1); same for y.
+                grad_x = (taps.linear[1] * (dots[:, 1] - dots[:, 0])).sum(0)
+                grad_y = (taps.linear[0] * (dots[1] - dots[0])).sum(0)
+                grad_loc = torch.stack((grad_x, grad_y)).mul_(taps.inside)
+                grad_loc.mul_(mask.reshape(1, m, p) * geo.offset_scale)
+                grad_offset = grad_loc.permute(1, 2, 0).reshape(grad_out.shape[:3] + (g * p * 2,))
+        if need_input:
+            rows = taps.row.view(-1)
+            order = _argsort_indices(rows, span)
+            crow = torch.zeros(span + 1, dtype=torch.int64, device=rows.device)
+            torch.cumsum(torch.bincount(rows, minlength=span), 0, out=crow[1:])
+            out_rows = torch.div(order, p, rounding_mode="floor")
+            grad_table = torch.zeros_like(table)
+            for tap_weights, shift in zip(weights.view(4, m * p), taps.shifts):
+                transposed = torch.sparse_csr_tensor(
+                    crow, out_rows, tap_weights.index_select(0, order), size=(span, m),
+                    check_invariants=False)
+                grad_table[shift:shift + span] += transposed @ go
+            grad_input = grad_table.view(n, in_h + 3, in_w + 3, channels)[:, 1:-2, 1:-2]
+        return grad_input, grad_offset, grad_mask, None
+
+
+def _sparse_supported(device: torch.device) -> bool:
+    # CSR products and sampled_addmm exist on CPU (MKL) and CUDA (cuSPARSE); elsewhere, gather.
+    return device.type in ("cpu", "cuda")
+
+
+def dcnv3_core_sparse(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                      dilation_h, dilation_w, group, group_channels, offset_scale, remove_center):
+    """DCNv3 core through sparse tap matrices. Same contract as ``dcnv3_core``.
+
+    Falls back to the gather formulation while tracing or exporting (ONNX has no sparse
+    products) and on devices without sparse CSR kernels.
+    """
+    geo = Geometry(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+                   group, group_channels, float(offset_scale), int(remove_center))
+    _validate(input, offset, mask, geo)
+    compute = _compute_dtype(input.dtype)
+    args = (input.to(compute).contiguous(), offset.to(compute).contiguous(),
+            mask.to(compute).contiguous())
+    if _exporting() or not _sparse_supported(input.device):
+        out = _gather_forward(*args, geo)
+    else:
+        out = _SparseFunction.apply(*args, geo)
+    return out.to(input.dtype)
+
+
+def _exporting() -> bool:
+    """True under torch.onnx.export, torch.jit.trace, torch.export and torch.compile."""
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+    return (torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or exporting
+            or torch.compiler.is_compiling())
+
+
+_FORMULATIONS = {"sparse": dcnv3_core_sparse, "gather": dcnv3_core_gather,
+                 "grid_sample": dcnv3_core_grid_sample}
+_default = "sparse"
+
+
+def set_default_formulation(name: str) -> None:
+    """Choose the formulation ``dcnv3_core`` uses: ``"sparse"`` (default), ``"gather"``, ``"grid_sample"``."""
+    global _default
+    if name not in _FORMULATIONS:
+        raise ValueError(f"unknown DCNv3 formulation {name!r}; choose from {sorted(_FORMULATIONS)}")
+    _default = name
+
+
+def dcnv3_core(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, kernel_h: int,
+               kernel_w: int, stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int,
+               dilation_w: int, group: int, group_channels: int, offset_scale: float,
+               remove_center: bool | int) -> torch.Tensor:
+    """DCNv3 core: InternImage's ``dcnv3_core_pytorch`` signature and numerics, with autograd.
+
+    Args:
+        input: (N, H_in, W_in, group*group_channels), channels-last.
+        offset: (N, H_out, W_out, group*P*2), (dx, dy) per point, in input pixels before
+            ``offset_scale``. The output size is taken from here and must equal the convolution
+            output size of the geometry.
+        mask: (N, H_out, W_out, group*P), the per-group normalised modulation weights.
+        remaining arguments: the convolution geometry, as in the reference.
+
+    Returns:
+        (N, H_out, W_out, group*group_channels) in ``input``'s dtype; the sampling itself runs in
+        float64 for float64 inputs and in float32 otherwise.
+    """
+    return _FORMULATIONS[_default](input, offset, mask, kernel_h, kernel_w, stride_h, stride_w,
+                                   pad_h, pad_w, dilation_h, dilation_w, group, group_channels,
+                                   offset_scale, remove_center)

@@ -1,0 +1,212 @@
+"""dcnv3.ops: every formulation against InternImage's golden vectors, the oracle and properties."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dcnv3 import dcnv3_core
+from dcnv3.ops import (dcnv3_core_gather, dcnv3_core_grid_sample, dcnv3_core_sparse,
+                       kernel_grid, output_size)
+from oracle import dcnv3_core_oracle
+
+GOLDEN = Path(__file__).parent / "data" / "golden_dcnv3"
+CORE_CASES = [c for c in json.loads((GOLDEN / "index.json").read_text()) if c["kind"] == "core"]
+FORMULATIONS = {"sparse": dcnv3_core_sparse, "gather": dcnv3_core_gather,
+                "grid_sample": dcnv3_core_grid_sample, "default": dcnv3_core}
+
+
+def max_relative_error(actual, expected):
+    """max |actual - expected| / max |expected|: the float32 criterion (1e-4)."""
+    return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+def run_core(core, case, dtype):
+    tensors = [case[k].to(dtype).clone().requires_grad_() for k in ("input", "offset", "mask")]
+    out = core(*tensors, **case["config"])
+    out.backward(case["grad_output"].to(dtype))
+    return out, [t.grad for t in tensors]
+
+
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+@pytest.mark.parametrize("case", CORE_CASES, ids=[c["file"] for c in CORE_CASES])
+def test_core_matches_golden_float64(case, formulation):
+    data = torch.load(GOLDEN / case["file"], weights_only=True)
+    out, grads = run_core(FORMULATIONS[formulation], data, torch.float64)
+    expected = [data["grad_input"], data["grad_offset"], data["grad_mask"]]
+    assert out.dtype == torch.float64
+    assert (out - data["output"]).abs().max() < 1e-9
+    for name, grad, ref in zip(("input", "offset", "mask"), grads, expected):
+        assert (grad - ref).abs().max() < 1e-9, name
+
+
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+@pytest.mark.parametrize("case", CORE_CASES, ids=[c["file"] for c in CORE_CASES])
+def test_core_matches_golden_float32(case, formulation):
+    data = torch.load(GOLDEN / case["file"], weights_only=True)
+    out, grads = run_core(FORMULATIONS[formulation], data, torch.float32)
+    assert out.dtype == torch.float32
+    assert max_relative_error(out.double(), data["output"]) < 1e-4
+    for grad, key in zip(grads, ("grad_input", "grad_offset", "grad_mask")):
+        assert max_relative_error(grad.double(), data[key]) < 1e-4, key
+
+
+def random_case(seed, n=2, in_h=7, in_w=9, group=2, channels_per_group=3, kernel=3, stride=1,
+                pad=1, dilation=1, offset_scale=1.0, remove_center=0, spread=3.0):
+    gen = torch.Generator().manual_seed(seed)
+    points = kernel * kernel - remove_center
+    out_h, out_w = output_size(in_h, in_w, kernel, kernel, stride, stride, pad, pad, dilation, dilation)
+    inputs = torch.randn(n, in_h, in_w, group * channels_per_group, generator=gen, dtype=torch.float64)
+    offset = spread * torch.randn(n, out_h, out_w, group * points * 2, generator=gen, dtype=torch.float64)
+    logits = torch.randn(n, out_h, out_w, group, points, generator=gen, dtype=torch.float64)
+    mask = torch.softmax(logits, -1).reshape(n, out_h, out_w, -1)
+    config = dict(kernel_h=kernel, kernel_w=kernel, stride_h=stride, stride_w=stride, pad_h=pad,
+                  pad_w=pad, dilation_h=dilation, dilation_w=dilation, group=group,
+                  group_channels=channels_per_group, offset_scale=offset_scale,
+                  remove_center=remove_center)
+    return inputs, offset, mask, config
+
+
+ORACLE_CONFIGS = [
+    dict(),
+    dict(kernel=5, pad=2, group=3),
+    dict(stride=2, in_h=9, in_w=8),
+    dict(stride=3, pad=0, in_h=11, in_w=10, group=1),
+    dict(dilation=2, pad=2, offset_scale=0.5),
+    dict(remove_center=1, kernel=3, group=4, channels_per_group=2),
+    dict(kernel=1, pad=0),
+    dict(spread=40.0),  # almost every sample far outside the image
+    dict(n=1, in_h=1, in_w=1),
+]
+
+
+@pytest.mark.parametrize("formulation", ["sparse", "gather", "grid_sample"])
+@pytest.mark.parametrize("config", ORACLE_CONFIGS, ids=[str(c) for c in ORACLE_CONFIGS])
+def test_formulations_match_oracle_with_gradients(config, formulation):
+    inputs, offset, mask, core_config = random_case(seed=len(str(config)), **config)
+    tensors = [t.clone().requires_grad_() for t in (inputs, offset, mask)]
+    oracle_tensors = [t.clone().requires_grad_() for t in (inputs, offset, mask)]
+    out = FORMULATIONS[formulation](*tensors, **core_config)
+    expected = dcnv3_core_oracle(*oracle_tensors, **core_config)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    for mine, theirs in zip(tensors, oracle_tensors):
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=0, atol=1e-10)
+
+
+def test_exact_integer_and_boundary_locations_match_oracle():
+    """Samples exactly on pixel centres and on the -1 / W borders (the clamp limits)."""
+    inputs, offset, mask, config = random_case(seed=3, in_h=5, in_w=6)
+    offset = torch.randint(-7, 8, offset.shape).double()
+    tensors = [t.clone().requires_grad_() for t in (inputs, offset, mask)]
+    oracle_tensors = [t.clone().requires_grad_() for t in (inputs, offset, mask)]
+    out = dcnv3_core(*tensors, **config)
+    expected = dcnv3_core_oracle(*oracle_tensors, **config)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
+    out.sum().backward()
+    expected.sum().backward()
+    for mine, theirs in zip(tensors, oracle_tensors):
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("kernel,dilation", [(3, 1), (5, 1), (3, 2)])
+def test_zero_offsets_uniform_weights_is_zero_padded_average(kernel, dilation):
+    inputs, offset, mask, config = random_case(seed=1, kernel=kernel, dilation=dilation,
+                                               pad=dilation * (kernel - 1) // 2)
+    offset.zero_()
+    mask.fill_(1.0 / (kernel * kernel))
+    out = dcnv3_core(inputs, offset, mask, **config)
+    # Every group's channels see the same zero-padded KxK average.
+    nchw = inputs.permute(0, 3, 1, 2)
+    weight = torch.full((nchw.shape[1], 1, kernel, kernel), 1.0 / kernel ** 2, dtype=torch.float64)
+    expected = F.conv2d(nchw, weight, padding=config["pad_h"], dilation=dilation,
+                        groups=nchw.shape[1]).permute(0, 2, 3, 1)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+
+
+def test_integer_offset_equals_shifted_result():
+    inputs, offset, mask, config = random_case(seed=2, in_h=12, in_w=12)
+    offset.zero_()
+    base = dcnv3_core(inputs, offset, mask, **config)
+    shift_x, shift_y = 2, -1
+    offset.view(*offset.shape[:3], -1, 2)[..., 0] = shift_x
+    offset.view(*offset.shape[:3], -1, 2)[..., 1] = shift_y
+    shifted = dcnv3_core(inputs, offset, mask, **config)
+    # Output at (h, w) with offset (dx, dy) equals the zero-offset output at (h+dy, w+dx) when
+    # the weights are the same there; use position-independent weights to make that hold.
+    mask[:] = mask[:, :1, :1]
+    base = dcnv3_core(inputs, offset * 0, mask, **config)
+    shifted = dcnv3_core(inputs, offset, mask, **config)
+    inner = shifted[:, 1:-1, 0:-2]  # rows h with h-1 valid, columns w with w+2 valid
+    torch.testing.assert_close(inner, base[:, 0:-2, 2:], rtol=0, atol=1e-12)
+
+
+def test_stride_two_equals_subsampled_stride_one():
+    inputs, offset, mask, config = random_case(seed=4, in_h=11, in_w=9)
+    full = dcnv3_core(inputs, offset, mask, **config)
+    strided_config = dict(config, stride_h=2, stride_w=2)
+    strided = dcnv3_core(inputs, offset[:, ::2, ::2].contiguous(), mask[:, ::2, ::2].contiguous(),
+                         **strided_config)
+    torch.testing.assert_close(strided, full[:, ::2, ::2], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("formulation", ["sparse", "gather", "grid_sample"])
+def test_dtypes_round_trip(dtype, formulation):
+    inputs, offset, mask, config = random_case(seed=5)
+    tensors = [t.to(dtype).requires_grad_() for t in (inputs, offset, mask)]
+    out = FORMULATIONS[formulation](*tensors, **config)
+    assert out.dtype == dtype
+    out.float().sum().backward()
+    assert all(t.grad.dtype == dtype for t in tensors)
+    reference = dcnv3_core_oracle(*(t.detach().double() for t in tensors), **config)
+    tolerance = {torch.float16: 2e-2, torch.bfloat16: 1e-1}.get(dtype, 1e-5)
+    torch.testing.assert_close(out.double(), reference, rtol=tolerance, atol=tolerance)
+
+
+def test_kernel_grid_order_is_column_major():
+    grid = kernel_grid(3, 3, 1, 1)
+    # p = i*K + j with i walking x: the first three points share x = -1.
+    assert grid[:3, 0].tolist() == [-1, -1, -1] and grid[:3, 1].tolist() == [-1, 0, 1]
+    assert kernel_grid(3, 3, 1, 1, remove_center=True).shape == (8, 2)
+
+
+class TestErrors:
+    def test_channels_not_matching_groups(self):
+        inputs, offset, mask, config = random_case(seed=6)
+        with pytest.raises(ValueError, match="group\\*group_channels"):
+            dcnv3_core(inputs[..., :-1], offset, mask, **config)
+
+    def test_nchw_tensor_is_named(self):
+        inputs, offset, mask, config = random_case(seed=6)
+        with pytest.raises(ValueError, match="NCHW"):
+            dcnv3_core(inputs.permute(0, 3, 1, 2), offset, mask, **config)
+
+    def test_offset_shape_mismatch(self):
+        inputs, offset, mask, config = random_case(seed=6)
+        with pytest.raises(ValueError, match="offset has shape"):
+            dcnv3_core(inputs, offset[..., :-2], mask, **config)
+        with pytest.raises(ValueError, match="offset has shape"):
+            dcnv3_core(inputs, offset[:, :-1], mask, **config)
+
+    def test_mask_shape_mismatch(self):
+        inputs, offset, mask, config = random_case(seed=6)
+        with pytest.raises(ValueError, match="mask has shape"):
+            dcnv3_core(inputs, offset, mask[..., :-1], **config)
+
+    def test_remove_center_with_even_kernel(self):
+        inputs, offset, mask, config = random_case(seed=6, kernel=2, pad=0)
+        with pytest.raises(ValueError, match="odd kernel"):
+            dcnv3_core(inputs, offset, mask, **dict(config, remove_center=1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu():
+    inputs, offset, mask, config = random_case(seed=7)
+    cpu = dcnv3_core(inputs, offset, mask, **config)
+    gpu = dcnv3_core(inputs.cuda(), offset.cuda(), mask.cuda(), **config)
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-10)

@@ -1,0 +1,1 @@
+"""DeformLens' Gradio UI: pure render functions and the Blocks wiring that connects them."""
