@@ -185,7 +185,7 @@ class _Taps(NamedTuple):
 
     Elementwise work runs on "planar" tensors (small leading axes, then M x P contiguous), which
     PyTorch's CPU kernels vectorise well. Shapes, with M = N*Ho*Wo*G output rows:
-      ``row``      (M, P) int32: table row of each sample's top-left tap (y0, x0).
+      ``row``      (M, P) int64: table row of each sample's top-left tap (y0, x0).
       ``linear``   (2, 2, M, P): [coordinate x|y, tap 0|1] 1-D interpolation weights.
       ``bilinear`` (2, 2, M, P): [ty, tx] bilinear weights = linear[y, ty] * linear[x, tx].
       ``inside``   (2, M, P) or None: 1 where the clamp left the coordinate alone.
@@ -217,9 +217,9 @@ def _location_grid(geo: Geometry, n: int, out_h: int, out_w: int, dtype: torch.d
 
 @functools.lru_cache(maxsize=64)
 def _row_base(n: int, group: int, image_rows: int, first: int, device: torch.device) -> torch.Tensor:
-    """(N, 1, 1, G, 1) int32: table row of (n, g) at padded pixel (0, 0), plus ``first``."""
-    return (torch.arange(n, dtype=torch.int32, device=device).view(n, 1, 1, 1, 1) * image_rows
-            + torch.arange(group, dtype=torch.int32, device=device).view(1, 1, 1, group, 1) + first)
+    """(N, 1, 1, G, 1) int64: table row of (n, g) at padded pixel (0, 0), plus ``first``."""
+    return (torch.arange(n, dtype=torch.int64, device=device).view(n, 1, 1, 1, 1) * image_rows
+            + torch.arange(group, dtype=torch.int64, device=device).view(1, 1, 1, group, 1) + first)
 
 
 def _padded_table(input: torch.Tensor, group: int) -> torch.Tensor:
@@ -254,7 +254,7 @@ def _bilinear_taps(offset: torch.Tensor, geo: Geometry, in_h: int, in_w: int,
     bilinear = linear[1].unsqueeze(1) * linear[0].unsqueeze(0)  # [ty, tx]
     # Padded-table row of the top-left tap: ((n*(H+3) + y0+1)*(W+3) + x0+1)*G + g.
     stride_y, stride_x = (in_w + 3) * g, g
-    corner = top_left.to(torch.int32)
+    corner = top_left.to(torch.int64)
     row = corner[0].mul_(stride_x).add_(corner[1].mul_(stride_y)).add_(
         _row_base(n, g, (in_h + 3) * stride_y, stride_y + stride_x, offset.device)).view(m, p)
     shifts = (0, stride_x, stride_y, stride_y + stride_x)
@@ -332,7 +332,7 @@ class _SparseFunction(torch.autograd.Function):
     @staticmethod
     def _matrices(taps: _Taps, weights: torch.Tensor, span: int) -> list:
         m, p = taps.row.shape
-        crow = torch.arange(0, m * p + 1, p, dtype=torch.int32, device=weights.device)
+        crow = torch.arange(0, m * p + 1, p, dtype=torch.int64, device=weights.device)
         cols = taps.row.view(-1)
         return [torch.sparse_csr_tensor(crow, cols, w.view(-1), size=(m, span), check_invariants=False)
                 for w in weights]
