@@ -1,12 +1,19 @@
 """DeformLens' DCNv3 package: InternImage's DCNv3 in pure PyTorch, for YOLOv8 on stock ultralytics.
 
-Importable without gradio. The operator lives in ``ops``, the module in ``module``, the opt-in
-capture of offsets and weights in ``capture``.
+Importable without gradio. ``import dcnv3`` registers the DCNv3 blocks with ultralytics (see
+``dcnv3.integration``), so ``YOLO("dcnv3-yolov8n.yaml")`` builds and fork checkpoints load.
 """
 from .capture import CapturedLayer, capture, dcnv3_modules
 from .module import DCNv3, DCNv3_pytorch
 from .ops import dcnv3_core, set_default_formulation
+from .integration import model_yaml, register
+
+register()
+
+from .blocks import Bottleneck_DCNv3, C2f_DCNv3, DCNV3_YoLo  # noqa: E402
+from .checkpoints import CheckpointError, UnsafeCheckpointError  # noqa: E402
 
 __all__ = ["DCNv3", "DCNv3_pytorch", "dcnv3_core", "set_default_formulation", "capture",
-           "CapturedLayer", "dcnv3_modules"]
+           "CapturedLayer", "dcnv3_modules", "DCNV3_YoLo", "Bottleneck_DCNv3", "C2f_DCNv3",
+           "model_yaml", "register", "CheckpointError", "UnsafeCheckpointError"]
 __version__ = "0.1.0"

@@ -149,12 +149,13 @@ def _grid_sample_forward(input: torch.Tensor, offset: torch.Tensor, mask: torch.
     n, in_h, in_w, _ = input.shape
     _, out_h, out_w, _ = offset.shape
     g, d, p = geo.group, geo.group_channels, geo.points
-    x, y = sampling_locations(offset, geo)  # (N, Ho, Wo, G, P)
-    # grid_sample with align_corners=False maps pixel index i to (2i + 1)/size - 1; taps outside
-    # the image read zeros, exactly the reference's zero padding.
-    grid = torch.stack(((2 * x + 1) / in_w - 1, (2 * y + 1) / in_h - 1), dim=-1)
-    grid = grid.reshape(n, out_h * out_w, g, p, 2).transpose(1, 2).reshape(n * g, out_h * out_w, p, 2)
-    value = input.reshape(n, in_h * in_w, g * d).transpose(1, 2).reshape(n * g, d, in_h, in_w)
+    base, size, _ = _location_grid(geo, n, out_h, out_w, in_h, in_w, offset.dtype, offset.device)
+    learned = offset.view(n, out_h, out_w, g, p, 2).permute(5, 0, 1, 2, 3, 4)
+    # Normalised locations of the zero-padded input, exactly as the reference forms them.
+    loc = base + learned * geo.offset_scale / size  # (2, N, Ho, Wo, G, P)
+    grid = (2 * loc - 1).permute(1, 4, 2, 3, 5, 0).reshape(n * g, out_h * out_w, p, 2)
+    padded = F.pad(input, (0, 0, geo.pad_w, geo.pad_w, geo.pad_h, geo.pad_h))
+    value = padded.reshape(n, -1, g * d).transpose(1, 2).reshape(n * g, d, *padded.shape[1:3])
     sampled = F.grid_sample(value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     weights = mask.reshape(n, out_h * out_w, g, p).transpose(1, 2).reshape(n * g, 1, out_h * out_w, p)
     out = (sampled * weights).sum(-1).view(n, g * d, out_h * out_w)
@@ -199,20 +200,37 @@ class _Taps(NamedTuple):
 
 
 @functools.lru_cache(maxsize=64)
-def _location_grid(geo: Geometry, n: int, out_h: int, out_w: int, dtype: torch.dtype,
-                   device: torch.device) -> torch.Tensor:
-    """Offset-free sampling locations (2, N, Ho, Wo, G, P): x, y planes in unpadded pixels."""
+def _location_grid(geo: Geometry, n: int, out_h: int, out_w: int, in_h: int, in_w: int,
+                   dtype: torch.dtype, device: torch.device) -> tuple:
+    """Offset-free sampling locations and the constants that turn them into pixels.
+
+    Returns ``(base, size, pad)``: ``base`` (2, N, Ho, Wo, G, P) holds the x and y planes in
+    InternImage's normalised coordinates (padded-input pixels / padded size), computed with the
+    reference's operations in the reference's order, so float32 rounding matches it; ``size``
+    and ``pad`` are (2, 1, 1, 1, 1, 1) tensors of the padded sizes (W_pad, H_pad) and the pads.
+    """
+    size_w, size_h = in_w + 2 * geo.pad_w, in_h + 2 * geo.pad_h
     c_h = (geo.dilation_h * (geo.kernel_h - 1)) // 2
     c_w = (geo.dilation_w * (geo.kernel_w - 1)) // 2
-    base_x = torch.arange(out_w, dtype=dtype, device=device) * geo.stride_w - geo.pad_w + c_w
-    base_y = torch.arange(out_h, dtype=dtype, device=device) * geo.stride_h - geo.pad_h + c_h
-    kernel = kernel_grid(geo.kernel_h, geo.kernel_w, geo.dilation_h, geo.dilation_w,
-                         geo.remove_center, dtype=dtype, device=device) * geo.offset_scale
-    x = base_x.view(1, out_w, 1) + kernel[:, 0].view(1, 1, -1)
-    y = base_y.view(out_h, 1, 1) + kernel[:, 1].view(1, 1, -1)
-    grid = torch.stack(torch.broadcast_tensors(x, y))  # (2, Ho, Wo, P)
+    options = dict(dtype=dtype, device=device)
+    ref_x = torch.linspace(c_w + 0.5, c_w + 0.5 + (out_w - 1) * geo.stride_w, out_w, **options) / size_w
+    ref_y = torch.linspace(c_h + 0.5, c_h + 0.5 + (out_h - 1) * geo.stride_h, out_h, **options) / size_h
+    kernel_x = torch.linspace(-c_w, -c_w + (geo.kernel_w - 1) * geo.dilation_w, geo.kernel_w, **options) / size_w
+    kernel_y = torch.linspace(-c_h, -c_h + (geo.kernel_h - 1) * geo.dilation_h, geo.kernel_h, **options) / size_h
+    # Point p = i*K_h + j takes kernel_x[i] and kernel_y[j] (column-major, as the reference).
+    grid_x = kernel_x.view(-1, 1).expand(geo.kernel_w, geo.kernel_h).reshape(-1)
+    grid_y = kernel_y.view(1, -1).expand(geo.kernel_w, geo.kernel_h).reshape(-1)
+    if geo.remove_center:
+        keep = [q for q in range(geo.kernel_h * geo.kernel_w) if q != (geo.kernel_h * geo.kernel_w - 1) // 2]
+        grid_x, grid_y = grid_x[keep], grid_y[keep]
+    x = ref_x.view(1, out_w, 1) + grid_x.view(1, 1, -1) * geo.offset_scale
+    y = ref_y.view(out_h, 1, 1) + grid_y.view(1, 1, -1) * geo.offset_scale
+    base = torch.stack(torch.broadcast_tensors(x, y))  # (2, Ho, Wo, P)
     shape = (2, n, out_h, out_w, geo.group, geo.points)
-    return grid.unsqueeze(1).unsqueeze(4).expand(shape).contiguous()
+    base = base.unsqueeze(1).unsqueeze(4).expand(shape).contiguous()
+    size = torch.tensor([size_w, size_h], **options).view(2, 1, 1, 1, 1, 1)
+    pad = torch.tensor([geo.pad_w, geo.pad_h], **options).view(2, 1, 1, 1, 1, 1)
+    return base, size, pad
 
 
 @functools.lru_cache(maxsize=64)
@@ -235,22 +253,26 @@ def _bilinear_taps(offset: torch.Tensor, geo: Geometry, in_h: int, in_w: int,
     n, out_h, out_w, _ = offset.shape
     g, p = geo.group, geo.points
     m = n * out_h * out_w * g
-    grid = _location_grid(geo, n, out_h, out_w, offset.dtype, offset.device)
+    base, size, pad = _location_grid(geo, n, out_h, out_w, in_h, in_w, offset.dtype, offset.device)
     learned = offset.view(n, out_h, out_w, g, p, 2).permute(5, 0, 1, 2, 3, 4)
+    # The reference's arithmetic: normalised location = base + offset*scale/size, grid_sample
+    # coordinate 2*loc - 1, and grid_sample's unnormalisation (g + 1) * size/2 - 0.5 into
+    # padded pixels; minus the pad (exact) gives input pixels. Same rounding as InternImage.
     if torch.is_grad_enabled() and offset.requires_grad:  # the gather formulation's autograd
-        loc = (grid + geo.offset_scale * learned).contiguous()
+        loc = base + learned * geo.offset_scale / size
+        loc = ((2 * loc - 1) + 1) * (size / 2) - 0.5 - pad
     else:  # in place on a planar buffer: the de-interleaving copy is the only strided pass
-        loc = torch.empty_like(grid).copy_(learned)
+        loc = torch.empty_like(base).copy_(learned)
         if geo.offset_scale != 1:
             loc.mul_(geo.offset_scale)
-        loc.add_(grid)
+        loc.div_(size).add_(base).mul_(2).sub_(1).add_(1).mul_(size / 2).sub_(0.5).sub_(pad)
     raw = loc.clone() if need_inside else None
     loc[0].clamp_(-1.0, in_w)
     loc[1].clamp_(-1.0, in_h)
     inside = (loc == raw).to(loc.dtype).view(2, m, p) if need_inside else None
     top_left = torch.floor(loc)
-    frac = loc.sub_(top_left).view(2, 1, m, p)
-    linear = torch.cat((1 - frac, frac), dim=1)  # (2 coordinate, 2 tap, M, P)
+    # Interpolation weights as grid_sample forms them: (x0 + 1) - x and x - x0.
+    linear = torch.stack(((top_left + 1) - loc, loc - top_left), dim=1).view(2, 2, m, p)
     bilinear = linear[1].unsqueeze(1) * linear[0].unsqueeze(0)  # [ty, tx]
     # Padded-table row of the top-left tap: ((n*(H+3) + y0+1)*(W+3) + x0+1)*G + g.
     stride_y, stride_x = (in_w + 3) * g, g

@@ -1,0 +1,210 @@
+"""Loading ultralytics checkpoints without executing code from them, forks' class paths included.
+
+A ``.pt`` checkpoint is a pickle, and unpickling can call any importable function. Here the
+unpickler resolves only:
+
+* module classes (subclasses of ``torch.nn.Module`` from torch.nn, ultralytics and this
+  package, and the community forks' DCNv3 classes mapped onto ours), which pickle may only
+  rebuild from saved state (``__new__`` + ``__setstate__``), never call: their constructors run
+  arbitrary logic (ultralytics' model classes even ``eval`` parts of their YAML);
+* a short list of plain functions and value types that rebuild tensors and containers.
+
+Anything else is refused with an ``UnsafeCheckpointError`` that names the global, before it is
+used. TorchScript archives are refused too (loading one runs its code).
+"""
+from __future__ import annotations
+
+import _compat_pickle
+import contextlib
+import importlib
+import pickle
+import threading
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["CheckpointError", "UnsafeCheckpointError", "safe_load", "torch_safe_load",
+           "FORK_CLASS_ALIASES"]
+
+
+class CheckpointError(ValueError):
+    """The file is not a checkpoint DeformLens can use; the message says why."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The pickle references a global that a detection checkpoint never needs."""
+
+
+def _fork_aliases() -> dict[str, type]:
+    from . import blocks, module
+
+    return {**blocks.BLOCK_ALIASES, "DCNv3": module.DCNv3, "DCNv3_pytorch": module.DCNv3,
+            "DCNv3_PyTorch": module.DCNv3, "to_channels_last": module.to_channels_last,
+            "to_channels_first": module.to_channels_first,
+            "CenterFeatureScaleModule": module.CenterFeatureScaleModule}
+
+
+# Class names that community forks pickle under their own copies of ultralytics (e.g.
+# ultralytics.nn.modules.block.C2f_DCNV3, ultralytics.nn.modules.ops_dcnv3.modules.dcnv3.DCNv3,
+# ultralytics.nn.extra_modules.block.DCNV3_YOLO, ultralytics.ops_dcnv3.modules.dcnv3.DCNv3_pytorch,
+# ultralytics.nn.modules.conv.DCNv3_PyTorch), resolved by name under any ``ultralytics.`` module.
+FORK_CLASS_ALIASES: dict[str, type] = {}
+
+# Callables a checkpoint may invoke (pickle REDUCE): tensor and container rebuilders only.
+_CALLABLES = {
+    ("torch._utils", "_rebuild_tensor"), ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_tensor_v3"), ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"), ("torch._utils", "_rebuild_device_tensor_from_numpy"),
+    ("torch._tensor", "_rebuild_from_type_v2"), ("torch", "Size"), ("torch", "device"),
+    ("torch.nn.parameter", "Parameter"), ("torch", "Tensor"),
+    ("collections", "OrderedDict"), ("collections", "defaultdict"), ("collections", "Counter"),
+    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "list"), ("builtins", "dict"),
+    ("builtins", "tuple"), ("builtins", "slice"), ("builtins", "range"), ("builtins", "complex"),
+    ("builtins", "bytearray"), ("builtins", "int"), ("builtins", "float"), ("builtins", "bool"),
+    ("builtins", "bytes"), ("builtins", "str"), ("_codecs", "encode"),
+    ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("pathlib", "Path"),
+    ("types", "SimpleNamespace"), ("ultralytics.utils", "IterableSimpleNamespace"),
+    ("datetime", "datetime"), ("datetime", "date"), ("datetime", "timedelta"), ("datetime", "timezone"),
+    ("numpy", "dtype"), ("numpy", "ndarray"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+}
+# Paths that name the same thing on another platform or in an older package layout.
+_RENAMED = {("pathlib", "WindowsPath"): ("pathlib", "PosixPath"),
+            ("pathlib", "PureWindowsPath"): ("pathlib", "PurePosixPath")}
+_MODULE_PACKAGES = ("torch.nn.modules", "ultralytics.", "dcnv3.")
+
+
+def _state_only(cls: type) -> type:
+    """A stand-in for ``cls`` that pickle can instantiate (NEWOBJ: ``cls.__new__``, then the
+    saved state) but cannot call: its constructor never runs with arguments from the file."""
+    qualified = f"{cls.__module__}.{cls.__qualname__}"
+
+    class _NoCall(type):
+        def __call__(self, *args, **kwargs):
+            raise UnsafeCheckpointError(
+                f"refused: the checkpoint calls {qualified}(...); a checkpoint may only restore "
+                f"saved modules, not construct them with arguments")
+
+    def __new__(proxy, *args, **kwargs):  # noqa: N807 - pickle's NEWOBJ calls cls.__new__(cls)
+        return cls.__new__(cls)
+
+    return _NoCall(cls.__name__, (), {"__new__": __new__, "__qualname__": cls.__qualname__})
+
+
+_STATE_ONLY_CACHE: dict[int, type] = {}  # by id: classes may share hashes (dcnv3.blocks)
+_CACHE_LOCK = threading.Lock()
+
+
+def _resolve(module_name: str, name: str):
+    """The object a pickle global may refer to, or raise UnsafeCheckpointError naming it."""
+    # Protocol-2 pickles (torch.save's default) use Python 2 names such as __builtin__.set.
+    if (module_name, name) in _compat_pickle.NAME_MAPPING:
+        module_name, name = _compat_pickle.NAME_MAPPING[(module_name, name)]
+    module_name = _compat_pickle.IMPORT_MAPPING.get(module_name, module_name)
+    module_name, name = _RENAMED.get((module_name, name), (module_name, name))
+    qualified = f"{module_name}.{name}"
+    if (module_name, name) in _CALLABLES:
+        return getattr(importlib.import_module(module_name), name)
+    if module_name == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout,
+                                                                           torch.memory_format)):
+        return getattr(torch, name)  # constants such as torch.float16
+    if not FORK_CLASS_ALIASES:
+        FORK_CLASS_ALIASES.update(_fork_aliases())
+    cls = None
+    if module_name.startswith(_MODULE_PACKAGES):
+        try:
+            cls = getattr(importlib.import_module(module_name), name, None)
+        except ImportError:  # a fork's module path that stock ultralytics lacks
+            cls = None
+        if cls is None and module_name.startswith("ultralytics.") and name in FORK_CLASS_ALIASES:
+            cls = FORK_CLASS_ALIASES[name]
+        if cls is not None and not (isinstance(cls, type) and (issubclass(cls, nn.Module)
+                                                               or module_name.startswith("ultralytics.utils.loss"))):
+            cls = None  # functions and other objects in those packages are not needed
+    if cls is None:
+        raise UnsafeCheckpointError(
+            f"refused: the checkpoint references the global '{qualified}', which a detection "
+            f"checkpoint does not need; loading it could run code from the file")
+    with _CACHE_LOCK:
+        if id(cls) not in _STATE_ONLY_CACHE:
+            _STATE_ONLY_CACHE[id(cls)] = _state_only(cls)
+        return _STATE_ONLY_CACHE[id(cls)]
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module_name, name):
+        return _resolve(module_name, name)
+
+
+class _RestrictedPickleModule:
+    """What ``torch.load(pickle_module=...)`` needs: an Unpickler class and ``load``."""
+
+    Unpickler = _RestrictedUnpickler
+    UnpicklingError = pickle.UnpicklingError
+
+    @staticmethod
+    def load(file, **kwargs):
+        return _RestrictedUnpickler(file, **kwargs).load()
+
+
+def _check_container(path: Path) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            raise CheckpointError(f"{path}: a TorchScript archive, not a checkpoint (loading it would "
+                                  f"run its code); load the original .pt weights")
+        if not any(n.endswith("data.pkl") for n in names):
+            raise CheckpointError(f"{path}: a zip archive but not a PyTorch checkpoint")
+
+
+def safe_load(path: str | Path, map_location: str | torch.device = "cpu"):
+    """``torch.load`` through the restricted unpickler: the checkpoint object, or CheckpointError."""
+    path = Path(path)
+    _check_container(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False,
+                          pickle_module=_RestrictedPickleModule)
+    except UnsafeCheckpointError:
+        raise
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, TypeError, AttributeError,
+            IndexError, KeyError, zipfile.BadZipFile, UnicodeDecodeError, OverflowError) as error:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: "
+                              f"{error})") from error
+
+
+_preloaded = threading.local()
+
+
+@contextlib.contextmanager
+def preloaded(path: str | Path, checkpoint):
+    """Within the block, ``torch_safe_load(path)`` returns ``checkpoint`` instead of reading again."""
+    _preloaded.entry = (Path(path).resolve(), checkpoint)
+    try:
+        yield
+    finally:
+        _preloaded.entry = None
+
+
+def torch_safe_load(weight, safe_only=None):
+    """Drop-in for ``ultralytics.nn.tasks.torch_safe_load`` that never runs code from the file,
+    never downloads and never installs packages. Returns ``(checkpoint dict, file)``."""
+    entry = getattr(_preloaded, "entry", None)
+    if entry is not None and entry[0] == Path(weight).resolve():
+        checkpoint = entry[1]
+    else:
+        checkpoint = safe_load(weight)
+    if isinstance(checkpoint, nn.Module):  # torch.save(model) rather than a checkpoint dict
+        from ultralytics.engine.model import Model
+
+        checkpoint = {"model": checkpoint.model if isinstance(checkpoint, Model) else checkpoint}
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{weight}: holds a {type(checkpoint).__name__}, not a model checkpoint")
+    return checkpoint, str(weight)

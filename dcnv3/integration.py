@@ -1,0 +1,95 @@
+"""Registration of the DCNv3 blocks with stock ultralytics, without editing its files.
+
+``register()`` (run by ``import dcnv3``):
+
+* puts the block classes, under their names and the forks' aliases, into the namespace where
+  ``parse_model`` resolves YAML module names, and runs parse_model with the blocks standing in
+  for their stock twins in its scaling tables, so YAMLs (ours and the forks') build with
+  ultralytics' width/depth scaling, also when it rebuilds a model to fine-tune a checkpoint;
+* lets ``YOLO("dcnv3-yolov8n.yaml")`` find the YAMLs shipped in ``dcnv3/cfg``;
+* routes every checkpoint ultralytics loads through ``dcnv3.checkpoints.torch_safe_load``
+  (no code execution, no downloads, fork class paths mapped onto ours);
+* restores all CPU cores for torch (ultralytics leaves one core idle on CPU).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["register", "model_yaml", "MODEL_YAMLS", "TESTED_ULTRALYTICS", "cpu_cores"]
+
+CFG_DIR = Path(__file__).parent / "cfg"
+MODEL_YAMLS = {path.name: path for path in CFG_DIR.glob("*.yaml")}
+# ultralytics' internals (parse_model's tables, checkpoint layout) move between minor releases.
+TESTED_ULTRALYTICS = ((8, 4, 190), (8, 5, 0))  # [first tested, first untested)
+_registered = False
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def model_yaml(scale: str = "n", neck: bool = False) -> str:
+    """Path of a shipped model YAML for a scale (n, s, m, l, x), e.g. for ``YOLO(model_yaml("s"))``.
+
+    The file name carries the scale (``dcnv3-yolov8s.yaml``), which is how ultralytics picks it.
+    """
+    if scale not in "nsmlx" or len(scale) != 1:
+        raise ValueError(f"scale must be one of n, s, m, l, x; got {scale!r}")
+    return f"dcnv3-{'neck-' if neck else ''}yolov8{scale}.yaml"
+
+
+def _check_version(version: str) -> None:
+    parts = tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
+    low, high = TESTED_ULTRALYTICS
+    if not (low <= parts < high) and not os.environ.get("DEFORMLENS_ALLOW_UNTESTED_ULTRALYTICS"):
+        raise ImportError(
+            f"dcnv3 is tested with ultralytics >={'.'.join(map(str, low))},<{'.'.join(map(str, high))} "
+            f"but {version} is installed; its model parser and checkpoint layout may differ. Install a "
+            f"tested version (pip install -r requirements.txt) or set "
+            f"DEFORMLENS_ALLOW_UNTESTED_ULTRALYTICS=1 to try anyway.")
+
+
+def register() -> None:
+    """Make stock ultralytics build, load and train DCNv3-YOLOv8 models (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    import ultralytics
+    from ultralytics.nn import tasks
+    from ultralytics.utils import torch_utils
+
+    _check_version(ultralytics.__version__)
+    from . import checkpoints
+    from .blocks import BLOCK_ALIASES, parsed_as_stock_twins
+
+    for name, cls in BLOCK_ALIASES.items():
+        setattr(tasks, name, cls)  # parse_model looks YAML names up in its module's globals
+
+    stock_parse_model = tasks.parse_model
+
+    @functools.wraps(stock_parse_model)
+    def parse_model(*args, **kwargs):
+        with parsed_as_stock_twins():  # width/depth scaling and repeats as for C2f, Conv, ...
+            return stock_parse_model(*args, **kwargs)
+
+    tasks.parse_model = parse_model
+
+    stock_check_yaml = tasks.check_yaml
+
+    def check_yaml(file, *args, **kwargs):
+        shipped = MODEL_YAMLS.get(Path(str(file)).name)
+        return str(shipped) if shipped is not None else stock_check_yaml(file, *args, **kwargs)
+
+    tasks.check_yaml = check_yaml
+    tasks.torch_safe_load = checkpoints.torch_safe_load
+    # select_device() resets torch to NUM_THREADS (cores - 1) for CPU work; use every core.
+    torch_utils.NUM_THREADS = cpu_cores()
+    torch.set_num_threads(cpu_cores())
+    _registered = True
