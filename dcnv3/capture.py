@@ -32,6 +32,7 @@ class CapturedLayer:
     module: DCNv3
     offset_raw: torch.Tensor | None = None  # (N, H, W, G*P*2), the ``offset`` Linear's output
     mask_logits: torch.Tensor | None = None  # (N, H, W, G*P), the ``mask`` Linear's output
+    input_hw: tuple[int, int] | None = None  # (H_in, W_in) of the layer's channels-last input
     calls: int = field(default=0)
 
     @property
@@ -71,6 +72,8 @@ def capture(model: nn.Module):
             record = records[name] = CapturedLayer(module)
             handles.append(module.offset.register_forward_hook(make_hook(record, "offset_raw")))
             handles.append(module.mask.register_forward_hook(make_hook(record, "mask_logits")))
+            handles.append(module.register_forward_pre_hook(
+                lambda _module, inputs, record=record: setattr(record, "input_hw", tuple(inputs[0].shape[1:3]))))
         yield records
     finally:
         for handle in handles:

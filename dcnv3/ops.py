@@ -258,18 +258,22 @@ def _bilinear_taps(offset: torch.Tensor, geo: Geometry, in_h: int, in_w: int,
     # The reference's arithmetic: normalised location = base + offset*scale/size, grid_sample
     # coordinate 2*loc - 1, and grid_sample's unnormalisation (g + 1) * size/2 - 0.5 into
     # padded pixels; minus the pad (exact) gives input pixels. Same rounding as InternImage.
-    if torch.is_grad_enabled() and offset.requires_grad:  # the gather formulation's autograd
+    high = size - 2 * pad  # (W, H): samples are clamped to [-1, W] x [-1, H]
+    if _exporting() or (torch.is_grad_enabled() and offset.requires_grad):
+        # Out-of-place ops: the gather formulation's autograd, and what tracers can export.
         loc = base + learned * geo.offset_scale / size
         loc = ((2 * loc - 1) + 1) * (size / 2) - 0.5 - pad
+        loc = torch.minimum(loc.clamp_min(-1.0), high)
+        inside = None
     else:  # in place on a planar buffer: the de-interleaving copy is the only strided pass
         loc = torch.empty_like(base).copy_(learned)
         if geo.offset_scale != 1:
             loc.mul_(geo.offset_scale)
         loc.div_(size).add_(base).mul_(2).sub_(1).add_(1).mul_(size / 2).sub_(0.5).sub_(pad)
-    raw = loc.clone() if need_inside else None
-    loc[0].clamp_(-1.0, in_w)
-    loc[1].clamp_(-1.0, in_h)
-    inside = (loc == raw).to(loc.dtype).view(2, m, p) if need_inside else None
+        raw = loc.clone() if need_inside else None
+        loc[0].clamp_(-1.0, in_w)
+        loc[1].clamp_(-1.0, in_h)
+        inside = (loc == raw).to(loc.dtype).view(2, m, p) if need_inside else None
     top_left = torch.floor(loc)
     # Interpolation weights as grid_sample forms them: (x0 + 1) - x and x - x0.
     linear = torch.stack(((top_left + 1) - loc, loc - top_left), dim=1).view(2, 2, m, p)

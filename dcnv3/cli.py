@@ -1,0 +1,244 @@
+"""``python -m dcnv3``: train, validate, predict, inspect, export and generate data.
+
+Every command takes ``--help``. Checkpoints are always loaded through ``dcnv3.load_model`` (no
+code from the file runs); bad input ends with a one-line ``error:`` message and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+MAX_QUERIED_DETECTIONS = 8  # sampling points of more boxes than this stop being legible
+
+
+def _overrides(pairs: list[str]) -> dict:
+    """``key=value`` strings -> ultralytics arguments (values parsed as YAML scalars)."""
+    import yaml
+
+    result = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        result[key] = yaml.safe_load(value)
+    return result
+
+
+def cmd_train(args) -> None:
+    from .training import train
+
+    model = train(args.model, args.data, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
+                  device=args.device, workers=args.workers, project=args.project, name=args.name,
+                  seed=args.seed, exist_ok=True, **_overrides(args.set))
+    print(f"best checkpoint: {model.trainer.best}")
+
+
+def cmd_val(args) -> None:
+    from .loading import load_model
+
+    model = load_model(args.model)
+    metrics = model.val(data=args.data, imgsz=args.imgsz, batch=args.batch, device=args.device,
+                        plots=False, verbose=args.verbose, **_overrides(args.set))
+    print(f"mAP50 {metrics.box.map50:.4f}  mAP50-95 {metrics.box.map:.4f}")
+    for index, class_id in enumerate(metrics.box.ap_class_index):
+        print(f"  {metrics.names[int(class_id)]:<16} AP50 {metrics.box.ap50[index]:.4f}  "
+              f"AP50-95 {metrics.box.ap[index]:.4f}")
+
+
+def cmd_predict(args) -> None:
+    from .loading import load_model
+
+    model = load_model(args.model)
+    results = model.predict(args.source, imgsz=args.imgsz, conf=args.conf, iou=args.iou, save=True,
+                            project=str(Path(args.out).parent), name=Path(args.out).name,
+                            exist_ok=True, verbose=False)
+    for result in results:
+        print(f"{Path(result.path).name}: {len(result.boxes)} detections")
+    print(f"saved to {args.out}")
+
+
+def _images(source: Path) -> list[Path]:
+    if source.is_dir():
+        return sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if source.is_file():
+        return [source]
+    raise ValueError(f"{source}: no such file or folder")
+
+
+def inspect_image(model, image_path: Path, out_dir: Path, imgsz: int, conf: float, iou: float) -> list[dict]:
+    """Probe one image, write its overlay PNG and raw NPZ; return one statistics row per layer."""
+    import cv2
+    import numpy as np
+
+    from . import stats
+    from .overlay import draw_cell_marker, draw_detections, draw_sampling_points
+    from .probe import prepare_image, probe
+
+    image = prepare_image(image_path)
+    result = probe(model, image, imgsz=imgsz, conf=conf, iou=iou)
+    overlay = draw_detections(image, result.detections)
+    queries = []  # (layer, cell): the top detections' centres in their scale-matched layers
+    for box in result.detections.boxes[:MAX_QUERIED_DETECTIONS]:
+        layer = result.layer_for_box(box)
+        cell = result.cell_at(layer, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2) if layer else None
+        if cell is not None:
+            queries.append((layer, cell))
+    if not queries and result.layers:  # nothing detected: show the image centre in the middle layer
+        layer = result.layers[len(result.layers) // 2]
+        cell = result.cell_at(layer, image.shape[1] / 2, image.shape[0] / 2)
+        if cell is not None:
+            queries.append((layer, cell))
+    for layer, cell in queries:
+        overlay = draw_sampling_points(overlay, result.sampling_locations(layer, cell),
+                                       layer.weights[cell], result.regular_locations(layer, cell))
+        overlay = draw_cell_marker(overlay, result.cell_centre(layer, cell))
+    stem = image_path.stem
+    cv2.imwrite(str(out_dir / f"{stem}_overlay.png"), overlay)
+    np.savez_compressed(out_dir / f"{stem}_probe.npz", **result.as_arrays())
+    rows = []
+    for layer in result.layers:
+        row = {"image": image_path.name, "layer": layer.name, "stage": layer.stage,
+               "stride": layer.stride, "grid": f"{layer.grid[0]}x{layer.grid[1]}",
+               "groups": layer.groups, "kernel": layer.kernel, "detections": len(result.detections)}
+        row.update(stats.layer_summary(layer, result.letterbox))
+        rows.append(row)
+    return rows
+
+
+def cmd_inspect(args) -> None:
+    from .loading import load_model
+
+    model = load_model(args.model)
+    if not model.dcnv3_layers:
+        print(f"note: {Path(args.model).name} has no DCNv3 layer; writing detections only")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for image_path in _images(Path(args.source)):
+        try:
+            rows += inspect_image(model, image_path, out_dir, args.imgsz, args.conf, args.iou)
+            print(f"{image_path.name}: done")
+        except ValueError as error:  # one unreadable image does not stop the folder
+            print(f"{image_path.name}: skipped ({error})", file=sys.stderr)
+    if rows:
+        with open(out_dir / "layer_stats.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    print(f"wrote {out_dir}")
+
+
+def cmd_export(args) -> None:
+    import numpy as np
+    import torch
+
+    from .loading import load_model
+
+    model = load_model(args.model)
+    exported = model.export(format="onnx", imgsz=args.imgsz, opset=args.opset, simplify=True,
+                            dynamic=False)
+    print(f"exported {exported}")
+    if args.no_check:
+        return
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    x = torch.rand(1, 3, args.imgsz, args.imgsz, generator=torch.Generator().manual_seed(0))
+    (actual,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})[:1]
+    with torch.no_grad():
+        expected = model.model(x)
+    expected = (expected[0] if isinstance(expected, (list, tuple)) else expected).numpy()
+    difference = float(np.abs(actual - expected).max())
+    scale = float(np.abs(expected).max())
+    print(f"onnxruntime vs PyTorch: max |diff| {difference:.4g} (output range {scale:.4g})")
+    if difference > 1e-3 * max(scale, 1.0):
+        raise SystemExit(f"error: the exported model does not match PyTorch (max diff {difference})")
+
+
+def cmd_data(args) -> None:
+    from .data import write_dataset
+
+    path = write_dataset(args.out, n_train=args.n_train, n_val=args.n_val, seed=args.seed,
+                         imgsz=args.imgsz)
+    print(f"dataset written: {Path(path) / 'data.yaml'}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dcnv3", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(sub, model_help="checkpoint (.pt)"):
+        sub.add_argument("--model", required=True, help=model_help)
+        sub.add_argument("--imgsz", type=int, default=640, help="inference size (default 640)")
+
+    sub = commands.add_parser("train", help="train a DCNv3-YOLOv8 (or any YOLO YAML / checkpoint)")
+    sub.add_argument("--model", default="dcnv3-yolov8n.yaml",
+                     help="model YAML (dcnv3-yolov8{n,s,m,l,x}.yaml, dcnv3-neck-yolov8n.yaml, "
+                          "yolov8n.yaml) or a .pt to fine-tune")
+    sub.add_argument("--data", required=True, help="dataset YAML")
+    sub.add_argument("--epochs", type=int, default=100)
+    sub.add_argument("--imgsz", type=int, default=640)
+    sub.add_argument("--batch", type=int, default=16)
+    sub.add_argument("--device", default="", help="'' (auto), cpu, 0, 0,1 (multi-GPU DDP)")
+    sub.add_argument("--workers", type=int, default=2)
+    sub.add_argument("--project", default="runs/dcnv3")
+    sub.add_argument("--name", default="train")
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any other ultralytics train argument")
+    sub.set_defaults(func=cmd_train)
+
+    sub = commands.add_parser("val", help="validate a checkpoint on a dataset (mAP, AP per class)")
+    common(sub)
+    sub.add_argument("--data", required=True, help="dataset YAML")
+    sub.add_argument("--batch", type=int, default=16)
+    sub.add_argument("--device", default="")
+    sub.add_argument("--verbose", action="store_true")
+    sub.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any other ultralytics val argument")
+    sub.set_defaults(func=cmd_val)
+
+    sub = commands.add_parser("predict", help="detect objects in images or videos, save annotated copies")
+    common(sub)
+    sub.add_argument("--source", required=True, help="image, video or folder")
+    sub.add_argument("--conf", type=float, default=0.25)
+    sub.add_argument("--iou", type=float, default=0.7)
+    sub.add_argument("--out", default="runs/dcnv3/predict", help="output folder")
+    sub.set_defaults(func=cmd_predict)
+
+    sub = commands.add_parser("inspect", help="probe the DCNv3 layers over an image or a folder: "
+                                              "per-layer statistics CSV, overlay PNGs, raw NPZ")
+    common(sub)
+    sub.add_argument("--source", required=True, help="image or folder of images")
+    sub.add_argument("--conf", type=float, default=0.25)
+    sub.add_argument("--iou", type=float, default=0.7)
+    sub.add_argument("--out", default="runs/dcnv3/inspect", help="output folder")
+    sub.set_defaults(func=cmd_inspect)
+
+    sub = commands.add_parser("export", help="export to ONNX through ultralytics' exporter and check "
+                                             "the result in onnxruntime against PyTorch")
+    common(sub)
+    sub.add_argument("--opset", type=int, default=17)
+    sub.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    sub.set_defaults(func=cmd_export)
+
+    sub = commands.add_parser("data", help="generate the synthetic shapes detection dataset (YOLO format)")
+    sub.add_argument("--out", required=True, help="output folder (gets images/, labels/, data.yaml)")
+    sub.add_argument("--n-train", type=int, default=1500)
+    sub.add_argument("--n-val", type=int, default=300)
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--imgsz", type=int, default=320)
+    sub.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    from .checkpoints import CheckpointError
+
+    try:
+        args.func(args)
+    except (CheckpointError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,91 @@
+"""``load_model``: any YOLOv8 detector checkpoint (ours, a community fork's, a plain one) as a
+ready-to-predict ultralytics ``YOLO`` on CPU in fp32, loaded without running code from the file.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from torch import nn
+
+from .capture import dcnv3_modules
+from .checkpoints import CheckpointError, preloaded, safe_load
+
+__all__ = ["load_model", "dcnv3_layer_names", "MAX_CHECKPOINT_BYTES"]
+
+MAX_CHECKPOINT_BYTES = 1 << 30  # 1 GiB: far above any YOLOv8-x checkpoint
+
+_OTHER_TASKS = {
+    "ClassificationModel": "an image classifier",
+    "SegmentationModel": "an instance segmentation model",
+    "PoseModel": "a pose estimation model",
+    "OBBModel": "an oriented-box detector",
+    "WorldModel": "an open-vocabulary (YOLO-World) model",
+    "RTDETRDetectionModel": "an RT-DETR transformer detector",
+}
+
+
+def _detector_from(checkpoint, path: Path) -> nn.Module:
+    """The checkpoint's detection model, or a CheckpointError that says what the file holds."""
+    if isinstance(checkpoint, nn.Module):
+        model = checkpoint
+    elif isinstance(checkpoint, dict):
+        model = checkpoint.get("ema") or checkpoint.get("model")
+        if not isinstance(model, nn.Module):
+            keys = ", ".join(sorted(map(str, checkpoint))[:8])
+            raise CheckpointError(f"{path.name}: a dictionary without a model (keys: {keys}); "
+                                  f"a YOLO checkpoint stores it under 'model' or 'ema'")
+    else:
+        raise CheckpointError(f"{path.name}: holds a {type(checkpoint).__name__}, not a model checkpoint")
+    from ultralytics.nn.modules.head import Detect
+    from ultralytics.nn.tasks import DetectionModel
+
+    for cls in type(model).__mro__:
+        if cls.__name__ in _OTHER_TASKS:
+            raise CheckpointError(f"{path.name}: {_OTHER_TASKS[cls.__name__]} ({cls.__name__}), not an "
+                                  f"object detector; DeformLens needs a YOLO detection checkpoint")
+    head = getattr(model, "model", [None])[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else None
+    if not isinstance(model, DetectionModel) or type(head) is not Detect:
+        raise CheckpointError(f"{path.name}: a {type(model).__name__}, not a YOLO detection model "
+                              f"(DetectionModel with a Detect head)")
+    return model
+
+
+def load_model(path: str | Path, max_bytes: int = MAX_CHECKPOINT_BYTES):
+    """Load a YOLOv8 detection checkpoint as an ultralytics ``YOLO`` (CPU, fp32, eval).
+
+    Loads DeformLens checkpoints, community-fork checkpoints (their DCNv3 class paths map onto
+    ``dcnv3``'s classes, no fork code needed) and plain YOLOv8 detectors. Nothing in the file is
+    executed (see ``dcnv3.checkpoints``). ``model.dcnv3_layers`` lists the qualified names of its
+    DCNv3 modules; it is empty for a detector without DCNv3.
+
+    Raises:
+        CheckpointError: the file is missing, too large, not a checkpoint, not a detector, or
+            references code (UnsafeCheckpointError, naming the global).
+    """
+    from ultralytics import YOLO
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise CheckpointError(f"{path.name}: {size / 2**20:.0f} MiB, over the {max_bytes / 2**20:.0f} MiB limit")
+    checkpoint = safe_load(path)
+    _detector_from(checkpoint, path)
+    # ultralytics only treats names ending in .pt as checkpoints; it never reads the file here
+    # (the checked object is handed over), so another name needs no copy, only a .pt alias.
+    pt_path = path if path.suffix == ".pt" else Path(tempfile.gettempdir()) / f"{path.stem}.deformlens.pt"
+    with preloaded(pt_path, checkpoint):
+        model = YOLO(str(pt_path), task="detect")
+    model.model.float().eval()
+    model.dcnv3_layers = dcnv3_layer_names(model)
+    return model
+
+
+def dcnv3_layer_names(model) -> list[str]:
+    """Qualified names (in the DetectionModel) of the DCNv3 modules of a YOLO or DetectionModel."""
+    detection_model = getattr(model, "model", model)
+    if not isinstance(detection_model, nn.Module):
+        return []
+    return [name for name, _ in dcnv3_modules(detection_model)]

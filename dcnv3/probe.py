@@ -1,0 +1,260 @@
+"""The probe: one forward of a YOLO detector, its detections, and what every DCNv3 layer computed.
+
+Like segment-anything's predictor caches the image embedding, a ``Probe`` caches the expensive
+step (the model run) and answers cheap queries from it: sampling locations of any cell in
+original-image pixels, the cell under a pixel, and per-cell statistics. Clicking around in the
+app never runs the model again.
+
+Data flow: image -> ultralytics' predictor (its LetterBox, the model forward with capture hooks
+on every DCNv3 module, its NMS and scale_boxes) -> ``Probe``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import geometry, stats
+from .capture import capture
+from .geometry import Letterbox
+
+__all__ = ["Probe", "LayerRecord", "Detections", "probe", "prepare_image"]
+
+
+@dataclass
+class Detections:
+    """Detections in original-image pixels: boxes (K, 4) xyxy, scores (K,), classes (K,) int."""
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+    names: dict
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def label(self, index: int) -> str:
+        return f"{self.names.get(int(self.classes[index]), self.classes[index])} {self.scores[index]:.2f}"
+
+
+@dataclass
+class LayerRecord:
+    """What one DCNv3 layer computed for the probed image (batch element 0).
+
+    ``offsets`` (H, W, G, P, 2): learned (dx, dy) in feature cells of the layer's input, before
+    ``offset_scale``; ``weights`` (H, W, G, P): softmax modulation weights (each group sums to 1).
+    ``stride``: stride of the layer's input feature map in network-input pixels; ``layer_stride``:
+    the DCNv3's own stride; ``grid``: (H, W) of its output.
+    """
+    name: str
+    stage: str
+    stride: int
+    layer_stride: int
+    grid: tuple[int, int]
+    kernel: int
+    dilation: int
+    pad: int
+    offset_scale: float
+    groups: int
+    points: int
+    remove_center: bool
+    offsets: np.ndarray
+    weights: np.ndarray
+
+    @property
+    def label(self) -> str:
+        """E.g. "P4/16 backbone · model.6.m.0.cv2.dcnv3 · G=4 K=3"."""
+        return f"{self.stage} · {self.name} · G={self.groups} K={self.kernel}"
+
+
+@dataclass
+class Probe:
+    """A probed image: detections, letterbox geometry and one ``LayerRecord`` per DCNv3 layer."""
+    image_shape: tuple[int, int]
+    letterbox: Letterbox
+    detections: Detections
+    layers: list[LayerRecord] = field(default_factory=list)
+
+    def layer(self, name: str) -> LayerRecord:
+        for record in self.layers:
+            if record.name == name:
+                return record
+        raise KeyError(f"no DCNv3 layer named {name!r}; layers: {[r.name for r in self.layers]}")
+
+    def _record(self, layer) -> LayerRecord:
+        return layer if isinstance(layer, LayerRecord) else self.layer(layer)
+
+    def sampling_locations(self, layer, cell=None) -> np.ndarray:
+        """(G, P, 2) for one (row, col) cell or (H, W, G, P, 2) for all: (x, y) image pixels."""
+        return geometry.sampling_locations(self._record(layer), self.letterbox, cell)
+
+    def regular_locations(self, layer, cell=None) -> np.ndarray:
+        """The zero-offset KxK grid, same shapes as ``sampling_locations``."""
+        return geometry.regular_locations(self._record(layer), self.letterbox, cell)
+
+    def cell_at(self, layer, x: float, y: float):
+        """(row, col) of the layer cell under original-image pixel (x, y), or None outside."""
+        return geometry.cell_at(self._record(layer), self.letterbox, x, y)
+
+    def cell_centre(self, layer, cell) -> np.ndarray:
+        return geometry.cell_centre(self._record(layer), self.letterbox, cell)
+
+    def offset_magnitude(self, layer) -> np.ndarray:
+        return stats.offset_magnitude(self._record(layer))
+
+    def weight_entropy(self, layer) -> np.ndarray:
+        return stats.weight_entropy(self._record(layer))
+
+    def effective_dilation(self, layer) -> np.ndarray:
+        return stats.effective_dilation(self._record(layer))
+
+    def outside_share(self, layer) -> np.ndarray:
+        return stats.outside_share(self._record(layer), self.letterbox)
+
+    def layer_for_box(self, box) -> LayerRecord | None:
+        """The DCNv3 layer whose stride best matches a box's scale (P3 for small, P5 for large),
+        following YOLOv8's assignment of objects to strides (sqrt(area) / 8 in input pixels)."""
+        if not self.layers:
+            return None
+        x1, y1, x2, y2 = box
+        side = math.sqrt(max((x2 - x1) * (y2 - y1), 1e-6)) * self.letterbox.ratio
+        target = side / 8  # objects of side ~8 strides are each level's typical size
+        return min(self.layers, key=lambda r: (abs(math.log2(r.stride) - math.log2(max(target, 1))),
+                                               r.name))
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        """Every array of the probe, keyed for ``np.savez`` (the app's NPZ export)."""
+        arrays = {"detections/boxes_xyxy": self.detections.boxes,
+                  "detections/scores": self.detections.scores,
+                  "detections/classes": self.detections.classes,
+                  "letterbox/ratio": np.array(self.letterbox.ratio),
+                  "letterbox/pad_left_top": np.array(self.letterbox.pad),
+                  "image_shape": np.array(self.image_shape)}
+        for record in self.layers:
+            arrays[f"{record.name}/offsets"] = record.offsets
+            arrays[f"{record.name}/weights"] = record.weights
+            arrays[f"{record.name}/sampling_locations"] = self.sampling_locations(record).astype(np.float32)
+        return arrays
+
+
+def prepare_image(image) -> np.ndarray:
+    """A path or an array -> a BGR uint8 (H, W, 3) array, as ultralytics expects for arrays.
+
+    Arrays are taken as BGR (OpenCV's order, ultralytics' convention); (H, W) grayscale and
+    (H, W, 4) BGRA are converted. Raises ValueError for anything that is not an image.
+    """
+    import cv2
+
+    if isinstance(image, (str, Path)):
+        array = cv2.imread(str(image), cv2.IMREAD_UNCHANGED)
+        if array is None:
+            raise ValueError(f"{Path(image).name}: not a readable image")
+        image = array
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        if array.dtype == np.uint16:
+            array = (array / 257).astype(np.uint8)
+        elif np.issubdtype(array.dtype, np.floating):
+            array = np.clip(array * (255 if array.max() <= 1.0 else 1), 0, 255).astype(np.uint8)
+        else:
+            raise ValueError(f"unsupported image dtype {array.dtype}")
+    if array.ndim == 2:
+        array = cv2.cvtColor(array, cv2.COLOR_GRAY2BGR)
+    elif array.ndim == 3 and array.shape[2] == 4:
+        array = cv2.cvtColor(array, cv2.COLOR_BGRA2BGR)
+    elif array.ndim == 3 and array.shape[2] == 1:
+        array = cv2.cvtColor(array[..., 0], cv2.COLOR_GRAY2BGR)
+    if array.ndim != 3 or array.shape[2] != 3 or min(array.shape[:2]) < 1:
+        raise ValueError(f"not an image: array of shape {array.shape}")
+    return np.ascontiguousarray(array)
+
+
+def _stage(name: str, stride: int, backbone_layers: int) -> str:
+    level = int(round(math.log2(stride)))
+    part = "backbone"
+    parts = name.split(".")
+    if len(parts) > 1 and parts[0] == "model" and parts[1].isdigit():
+        part = "backbone" if int(parts[1]) < backbone_layers else "neck"
+    return f"P{level}/{stride} {part}"
+
+
+_runners: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def inference_model(model) -> torch.nn.Module:
+    """A fused (Conv+BN), eval, fp32 copy of a YOLO's DetectionModel, cached per YOLO object.
+
+    The probe hooks this copy rather than the predictor's: ultralytics' predictor deep-copies
+    the model when it is set up, so hooks on ``model.model`` would never see its forward.
+    """
+    cached = _runners.get(model)
+    if cached is not None and cached[0] is model.model:
+        return cached[1]
+    runner = copy.deepcopy(model.model).float().eval()
+    if hasattr(runner, "fuse"):
+        runner = runner.fuse(verbose=False)
+    for parameter in runner.parameters():
+        parameter.requires_grad_(False)
+    _runners[model] = (model.model, runner)
+    return runner
+
+
+def probe(model, image, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
+          max_det: int = 300) -> Probe:
+    """Run ``model`` (an ultralytics YOLO) once on ``image`` and record every DCNv3 layer.
+
+    The steps are ultralytics' own, as in ``YOLO.predict``: ``LetterBox`` (rect, stride 32),
+    the forward, ``non_max_suppression`` and ``scale_boxes``; the forward runs with capture
+    hooks on every DCNv3 module.
+
+    Args:
+        model: ultralytics ``YOLO`` detection model (e.g. from ``dcnv3.load_model``).
+        image: path, or BGR uint8 array (H, W, 3); grayscale and BGRA are converted.
+        imgsz, conf, iou, max_det: as ``YOLO.predict``.
+
+    Returns:
+        A ``Probe`` with detections in original-image pixels and one ``LayerRecord`` per DCNv3
+        layer (empty for a detector without DCNv3).
+    """
+    from ultralytics.data.augment import LetterBox
+    from ultralytics.utils import nms, ops
+    from ultralytics.utils.checks import check_imgsz
+
+    array = prepare_image(image)
+    runner = inference_model(model)
+    stride = max(int(runner.stride.max()), 32)
+    size = check_imgsz(imgsz, stride=stride, min_dim=2)
+    letterboxed = LetterBox(size, auto=True, stride=stride)(image=array)
+    x = torch.from_numpy(letterboxed).unsqueeze(0).permute(0, 3, 1, 2).contiguous().flip(1)
+    x = x.float().div_(255)  # BGR uint8 HWC -> RGB float NCHW in [0, 1]
+    with capture(runner) as captured, torch.inference_mode():
+        predictions = runner(x)
+        boxes = nms.non_max_suppression(predictions, conf, iou, max_det=max_det, nc=0,
+                                        end2end=getattr(runner, "end2end", False))[0]
+        boxes[:, :4] = ops.scale_boxes(x.shape[2:], boxes[:, :4], array.shape)
+    input_shape = tuple(x.shape[2:])
+    letterbox = Letterbox.from_shapes(array.shape[:2], input_shape)
+    names = getattr(model, "names", None) or getattr(runner, "names", {})
+    detections = Detections(boxes[:, :4].numpy().astype(np.float32), boxes[:, 4].numpy().astype(np.float32),
+                            boxes[:, 5].numpy().astype(np.int64), dict(names))
+    backbone_layers = len(getattr(runner, "yaml", {}).get("backbone", [])) or 10
+    layers = []
+    for name, record in captured.items():
+        if record.offset_raw is None:
+            continue  # the module did not run (e.g. an unused branch)
+        module = record.module
+        _, out_h, out_w, _ = record.offset_raw.shape
+        stride = int(round(input_shape[0] / record.input_hw[0]))  # of the layer's input map
+        layers.append(LayerRecord(
+            name=name, stage=_stage(name, stride, backbone_layers), stride=stride,
+            layer_stride=int(module.stride), grid=(out_h, out_w), kernel=int(module.kernel_size),
+            dilation=int(module.dilation), pad=int(module.pad), offset_scale=float(module.offset_scale),
+            groups=int(module.group), points=int(module.points),
+            remove_center=bool(getattr(module, "remove_center", 0)),
+            offsets=record.offsets[0].float().numpy(),
+            weights=record.weights[0].float().numpy()))
+    return Probe(tuple(array.shape[:2]), letterbox, detections, layers)

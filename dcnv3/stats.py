@@ -1,0 +1,79 @@
+"""Per-cell, per-group statistics of a DCNv3 layer record: pure numpy, each (H, W, G) float64.
+
+* ``offset_magnitude``: mean over the P points of the learned displacement |offset_scale *
+  offset| in feature cells (0 = the regular grid).
+* ``weight_entropy``: normalised entropy of the softmax weights, -sum w log w / log P
+  (0 = one point takes all the weight, 1 = uniform 1/P).
+* ``effective_dilation``: mean distance, in feature cells, between sampling points that are
+  neighbours in the KxK kernel (horizontal and vertical pairs), as in Table 2 of the DCNv1
+  paper; the regular grid gives dilation * offset_scale.
+* ``outside_share``: share of the P samples that fall outside the original image.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .geometry import Letterbox, sampling_locations
+
+__all__ = ["offset_magnitude", "weight_entropy", "effective_dilation", "outside_share",
+           "adjacent_pairs", "layer_summary"]
+
+
+def offset_magnitude(layer) -> np.ndarray:
+    displacement = layer.offset_scale * layer.offsets.astype(np.float64)
+    return np.linalg.norm(displacement, axis=-1).mean(axis=-1)
+
+
+def weight_entropy(layer) -> np.ndarray:
+    weights = layer.weights.astype(np.float64)
+    points = weights.shape[-1]
+    if points < 2:
+        return np.zeros(weights.shape[:-1])
+    safe = np.clip(weights, 1e-12, 1.0)
+    return -(weights * np.log(safe)).sum(axis=-1) / np.log(points)
+
+
+def adjacent_pairs(kernel: int, remove_center: bool = False) -> np.ndarray:
+    """(pairs, 2) point indices of horizontal and vertical kernel neighbours, in DCNv3's order
+    p = i*K + j (after dropping the centre when ``remove_center``)."""
+    index = np.arange(kernel * kernel).reshape(kernel, kernel)  # [i (x), j (y)]
+    pairs = [(index[i, j], index[i + 1, j]) for i in range(kernel - 1) for j in range(kernel)]
+    pairs += [(index[i, j], index[i, j + 1]) for i in range(kernel) for j in range(kernel - 1)]
+    pairs = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    if remove_center:
+        centre = (kernel * kernel - 1) // 2
+        pairs = pairs[(pairs != centre).all(axis=1)]
+        pairs = pairs - (pairs > centre)
+    return pairs
+
+
+def effective_dilation(layer) -> np.ndarray:
+    pairs = adjacent_pairs(layer.kernel, layer.remove_center)
+    if len(pairs) == 0:
+        return np.zeros(layer.offsets.shape[:3])
+    from .geometry import kernel_offsets
+
+    grid = kernel_offsets(layer.kernel, layer.dilation, layer.remove_center)
+    points = layer.offset_scale * (grid + layer.offsets.astype(np.float64))  # (H, W, G, P, 2)
+    distances = np.linalg.norm(points[..., pairs[:, 0], :] - points[..., pairs[:, 1], :], axis=-1)
+    return distances.mean(axis=-1)
+
+
+def outside_share(layer, letterbox: Letterbox) -> np.ndarray:
+    locations = sampling_locations(layer, letterbox)  # (H, W, G, P, 2) image pixels
+    height, width = letterbox.image_shape
+    outside = ((locations[..., 0] < 0) | (locations[..., 0] > width)
+               | (locations[..., 1] < 0) | (locations[..., 1] > height))
+    return outside.mean(axis=-1)
+
+
+def layer_summary(layer, letterbox: Letterbox) -> dict:
+    """Image-wide means (over cells and groups) of the four statistics, plus their spread."""
+    summary = {}
+    for name, values in (("offset_magnitude", offset_magnitude(layer)),
+                         ("weight_entropy", weight_entropy(layer)),
+                         ("effective_dilation", effective_dilation(layer)),
+                         ("outside_share", outside_share(layer, letterbox))):
+        summary[f"{name}_mean"] = float(values.mean())
+        summary[f"{name}_std"] = float(values.std())
+    return summary
