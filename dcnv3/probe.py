@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision  # noqa: F401 - ultralytics' NMS uses torchvision's kernel only once it is
+# imported and otherwise a pure-torch fallback that keeps different boxes; predict imports it.
 
 from . import geometry, stats
 from .capture import capture

@@ -49,3 +49,19 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect_ex", guarded(real_connect_ex))
     monkeypatch.setattr(socket.socket, "sendto", guarded_sendto)
     yield
+
+
+# Lines that tests want in the CI log (e.g. parameter counts), printed in the terminal summary.
+REPORT: list[str] = []
+
+
+@pytest.fixture
+def report():
+    return REPORT.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if REPORT:
+        terminalreporter.section("DeformLens measurements")
+        for line in REPORT:
+            terminalreporter.write_line(line)

@@ -1,0 +1,157 @@
+"""The probe: geometry in original-image pixels, statistics, detections as ultralytics predicts."""
+import numpy as np
+import pytest
+import torch
+from ultralytics import YOLO
+from ultralytics.data.augment import LetterBox
+
+import dcnv3
+from dcnv3 import probe
+from dcnv3.probe import prepare_image
+from dcnv3.stats import adjacent_pairs
+
+
+@pytest.fixture(scope="module")
+def untrained():
+    """A fresh DCNv3-YOLOv8n: zero offsets and uniform weights in every DCNv3 layer."""
+    torch.manual_seed(0)
+    return YOLO("dcnv3-yolov8n.yaml")
+
+
+def letterbox_from_pixels(image: np.ndarray, imgsz: int):
+    """Ratio and padding measured on ultralytics' LetterBox output (independent of dcnv3)."""
+    boxed = LetterBox((imgsz, imgsz), auto=True, stride=32)(image=image)
+    grey = (boxed == 114).all(axis=2)
+    left = int(np.argmax(~grey.all(axis=0)))
+    top = int(np.argmax(~grey.all(axis=1)))
+    content_w = int((~grey.all(axis=0)).sum())
+    return boxed.shape[:2], content_w / image.shape[1], left, top
+
+
+@pytest.mark.parametrize("shape", [(300, 170), (120, 410), (64, 64)], ids=["portrait", "landscape", "square"])
+def test_zero_offsets_sample_the_regular_grid_in_image_pixels(untrained, shape):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 100, (*shape, 3), dtype=np.uint8)  # no 114: padding is measurable
+    result = probe(untrained, image, imgsz=320, conf=0.5)
+    input_shape, ratio, left, top = letterbox_from_pixels(image, 320)
+    assert result.letterbox.input_shape == input_shape
+    assert (left, top) == result.letterbox.pad
+    assert max(left, top) > 0 or shape[0] == shape[1]  # the non-square images are padded
+    assert result.letterbox.ratio == pytest.approx(ratio, rel=2e-2)
+    assert len(result.layers) == 5
+    for layer in result.layers:
+        np.testing.assert_array_equal(layer.offsets, 0)
+        np.testing.assert_allclose(layer.weights, 1 / 9, rtol=1e-6)
+        locations = result.sampling_locations(layer)  # (H, W, G, P, 2)
+        np.testing.assert_array_equal(locations, result.regular_locations(layer))
+        # Independently: cell (r, c) is centred on input pixel ((c + .5) s, (r + .5) s); the
+        # 3x3 grid steps by one feature cell, s input pixels.
+        rows, cols = np.meshgrid(np.arange(layer.grid[0]), np.arange(layer.grid[1]), indexing="ij")
+        s = layer.stride
+        for p, (i, j) in enumerate([(i, j) for i in range(3) for j in range(3)]):
+            x = ((cols + 0.5 + (i - 1)) * s - left) / result.letterbox.ratio
+            y = ((rows + 0.5 + (j - 1)) * s - top) / result.letterbox.ratio
+            np.testing.assert_allclose(locations[:, :, 0, p, 0], x, atol=1e-9)
+            np.testing.assert_allclose(locations[:, :, 0, p, 1], y, atol=1e-9)
+        assert {s for s in (8, 16, 32)} >= {layer.stride}
+
+
+def test_stages_strides_and_labels(untrained):
+    result = probe(untrained, np.zeros((128, 96, 3), np.uint8), imgsz=128)
+    assert [(l.stage, l.groups) for l in result.layers] == [
+        ("P3/8 backbone", 2), ("P3/8 backbone", 2), ("P4/16 backbone", 4), ("P4/16 backbone", 4),
+        ("P5/32 backbone", 8)]
+    assert result.layers[0].name == "model.4.m.0.cv2.dcnv3"
+    assert "G=2 K=3" in result.layers[0].label
+
+
+def test_cell_at_inverts_cell_centre(untrained):
+    result = probe(untrained, np.zeros((200, 300, 3), np.uint8), imgsz=160)
+    for layer in result.layers:
+        for cell in [(0, 0), (layer.grid[0] - 1, layer.grid[1] - 1), (layer.grid[0] // 2, 1)]:
+            centre = result.cell_centre(layer, cell)
+            if 0 <= centre[0] < 300 and 0 <= centre[1] < 200:
+                assert result.cell_at(layer, *centre) == cell
+    assert result.cell_at(result.layers[0], -50, 10) is None
+    assert result.cell_at(result.layers[0], 10, 5000) is None
+
+
+def test_statistics_of_the_regular_grid(untrained):
+    result = probe(untrained, np.zeros((96, 96, 3), np.uint8), imgsz=96)
+    layer = result.layers[2]
+    np.testing.assert_allclose(result.offset_magnitude(layer), 0)
+    np.testing.assert_allclose(result.weight_entropy(layer), 1, rtol=1e-6)
+    np.testing.assert_allclose(result.effective_dilation(layer), 1)
+    share = result.outside_share(layer)
+    assert share.shape == (*layer.grid, layer.groups)
+    assert share[0, 0, 0] == pytest.approx(5 / 9) and share[1, 1, 0] == 0  # corner cell
+
+
+def test_statistics_follow_their_definitions():
+    """Hand-made record: known offsets and weights give known numbers."""
+    from dcnv3.probe import LayerRecord
+    from dcnv3 import stats
+
+    offsets = np.zeros((1, 1, 2, 9, 2), np.float32)
+    offsets[0, 0, 1] = np.array([[i - 1, j - 1] for i in range(3) for j in range(3)])  # doubles the grid
+    weights = np.full((1, 1, 2, 9), 1 / 9, np.float32)
+    weights[0, 0, 1] = np.eye(9)[4]
+    record = LayerRecord("l", "P3/8 backbone", 8, 1, (1, 1), 3, 1, 1, 1.0, 2, 9, False, offsets, weights)
+    np.testing.assert_allclose(stats.effective_dilation(record)[0, 0], [1, 2])
+    np.testing.assert_allclose(stats.weight_entropy(record)[0, 0], [1, 0], atol=1e-6)
+    expected = np.mean([np.hypot(i - 1, j - 1) for i in range(3) for j in range(3)])
+    np.testing.assert_allclose(stats.offset_magnitude(record)[0, 0], [0, expected], rtol=1e-6)
+    assert len(adjacent_pairs(3)) == 12 and len(adjacent_pairs(3, remove_center=True)) == 8
+
+
+def test_detections_match_ultralytics_predict():
+    torch.manual_seed(1)
+    model = YOLO("yolov8n.yaml")
+    with torch.no_grad():  # spread class logits: distinct scores (no ties), a few dozen boxes
+        for branch in model.model.model[-1].cv3:
+            branch[-1].bias.normal_(-3, 1.5)
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    result = probe(model, image, imgsz=320, conf=0.5, iou=0.7)
+    reference = model.predict(image, imgsz=320, conf=0.5, iou=0.7, verbose=False)[0]
+    assert len(result.detections) == len(reference.boxes) > 0
+    order = np.argsort(-result.detections.scores)
+    ref_order = np.argsort(-reference.boxes.conf.numpy())
+    np.testing.assert_allclose(result.detections.boxes[order], reference.boxes.xyxy.numpy()[ref_order], atol=1e-3)
+    np.testing.assert_array_equal(result.detections.classes[order], reference.boxes.cls.numpy()[ref_order])
+    assert result.layers == []  # a detector without DCNv3
+
+
+def test_probe_runs_the_model_once(untrained):
+    runner = dcnv3.probe.__globals__["inference_model"](untrained)
+    calls = []
+    handle = runner.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        probe(untrained, np.zeros((64, 64, 3), np.uint8), imgsz=64)
+    finally:
+        handle.remove()
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("image,shape", [
+    (np.zeros((10, 12), np.uint8), (10, 12, 3)),
+    (np.zeros((10, 12, 4), np.uint8), (10, 12, 3)),
+    (np.zeros((1, 1, 3), np.uint8), (1, 1, 3)),
+    (np.zeros((5, 6, 3), np.float32), (5, 6, 3)),
+])
+def test_prepare_image_converts(image, shape):
+    assert prepare_image(image).shape == shape
+
+
+@pytest.mark.parametrize("bad", [np.zeros((0, 5, 3), np.uint8), np.zeros((4, 4, 2), np.uint8), "missing.png"])
+def test_prepare_image_rejects(bad):
+    with pytest.raises(ValueError):
+        prepare_image(bad)
+
+
+def test_npz_export_holds_every_array(untrained, tmp_path):
+    result = probe(untrained, np.zeros((64, 80, 3), np.uint8), imgsz=64)
+    np.savez(tmp_path / "probe.npz", **result.as_arrays())
+    loaded = np.load(tmp_path / "probe.npz")
+    assert loaded["model.6.m.0.cv2.dcnv3/offsets"].shape[-3:] == (4, 9, 2)
+    assert "detections/boxes_xyxy" in loaded
