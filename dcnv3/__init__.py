@@ -3,10 +3,16 @@
 Importable without gradio. ``import dcnv3`` registers the DCNv3 blocks with ultralytics (see
 ``dcnv3.integration``), so ``YOLO("dcnv3-yolov8n.yaml")`` builds and fork checkpoints load.
 """
-from .capture import CapturedLayer, capture, dcnv3_modules
-from .module import DCNv3, DCNv3_pytorch
-from .ops import dcnv3_core, set_default_formulation
-from .integration import model_yaml, register
+import os
+
+# DeformLens never goes online: ultralytics' connectivity checks (DNS look-ups) and downloads
+# stay off unless the user asked otherwise before importing dcnv3.
+os.environ.setdefault("YOLO_OFFLINE", "true")
+
+from .capture import CapturedLayer, capture, dcnv3_modules  # noqa: E402
+from .module import DCNv3, DCNv3_pytorch  # noqa: E402
+from .ops import dcnv3_core, set_default_formulation  # noqa: E402
+from .integration import model_yaml, register  # noqa: E402
 
 register()
 

@@ -9,12 +9,14 @@
 * lets ``YOLO("dcnv3-yolov8n.yaml")`` find the YAMLs shipped in ``dcnv3/cfg``;
 * routes every checkpoint ultralytics loads through ``dcnv3.checkpoints.torch_safe_load``
   (no code execution, no downloads, fork class paths mapped onto ours);
-* restores all CPU cores for torch (ultralytics leaves one core idle on CPU).
+* restores all CPU cores for torch (ultralytics leaves one core idle on CPU);
+* copies matplotlib's DejaVu Sans to where ultralytics looks for its plot fonts.
 """
 from __future__ import annotations
 
 import functools
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -56,6 +58,24 @@ def _check_version(version: str) -> None:
             f"DEFORMLENS_ALLOW_UNTESTED_ULTRALYTICS=1 to try anyway.")
 
 
+def install_fonts() -> None:
+    """Give ultralytics its plotting fonts from matplotlib's bundled DejaVu Sans, so that its
+    label and result plots never try to download Arial."""
+    from ultralytics.utils import USER_CONFIG_DIR
+
+    import matplotlib
+
+    source = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        target = Path(USER_CONFIG_DIR) / name
+        if not target.exists() and source.exists():
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+            except OSError:  # a read-only config dir: plots then fall back to ultralytics' search
+                pass
+
+
 def register() -> None:
     """Make stock ultralytics build, load and train DCNv3-YOLOv8 models (idempotent)."""
     global _registered
@@ -89,6 +109,7 @@ def register() -> None:
 
     tasks.check_yaml = check_yaml
     tasks.torch_safe_load = checkpoints.torch_safe_load
+    install_fonts()
     # select_device() resets torch to NUM_THREADS (cores - 1) for CPU work; use every core.
     torch_utils.NUM_THREADS = cpu_cores()
     torch.set_num_threads(cpu_cores())

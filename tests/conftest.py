@@ -22,6 +22,14 @@ def _is_loopback(address) -> bool:
         return False
 
 
+def _is_ip(host) -> bool:
+    try:
+        ipaddress.ip_address(host if isinstance(host, str) else host.decode())
+        return True
+    except ValueError:
+        return False
+
+
 class NetworkAccessError(RuntimeError):
     pass
 
@@ -45,6 +53,15 @@ def no_network(monkeypatch):
             raise NetworkAccessError(f"test tried to send to the network: {address!r}")
         return real_sendto(self, data, *args)
 
+    real_getaddrinfo = socket.getaddrinfo
+
+    def guarded_getaddrinfo(host, *args, **kwargs):
+        # A DNS look-up of a real host name is network traffic too (ultralytics' is_online()).
+        if host not in (None, "localhost") and not _is_loopback((host,)) and not _is_ip(host):
+            raise NetworkAccessError(f"test tried to resolve a host name: {host!r}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
     monkeypatch.setattr(socket.socket, "connect", guarded(real_connect))
     monkeypatch.setattr(socket.socket, "connect_ex", guarded(real_connect_ex))
     monkeypatch.setattr(socket.socket, "sendto", guarded_sendto)

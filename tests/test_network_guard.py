@@ -16,6 +16,12 @@ def test_non_loopback_connection_is_refused():
             sock.sendto(b"x", ("192.0.2.1", 53))
 
 
+def test_host_name_lookup_is_refused():
+    with pytest.raises(NetworkAccessError):
+        socket.getaddrinfo("dns.google", 0)
+    assert socket.getaddrinfo("localhost", 80)
+
+
 def test_loopback_connection_is_allowed():
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.bind(("127.0.0.1", 0))
