@@ -161,9 +161,12 @@ def cmd_export(args) -> None:
 def cmd_data(args) -> None:
     from .data import write_dataset
 
-    path = write_dataset(args.out, n_train=args.n_train, n_val=args.n_val, seed=args.seed,
-                         imgsz=args.imgsz)
-    print(f"dataset written: {Path(path) / 'data.yaml'}")
+    try:
+        path = write_dataset(args.out, n_train=args.n_train, n_val=args.n_val, seed=args.seed,
+                             imgsz=args.imgsz, overwrite=args.overwrite)
+    except FileExistsError as error:
+        raise ValueError(f"{error} (pass --overwrite to replace it)") from None
+    print(f"dataset written: {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--n-val", type=int, default=300)
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--imgsz", type=int, default=320)
+    sub.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
     sub.set_defaults(func=cmd_data)
     return parser
 

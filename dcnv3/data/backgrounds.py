@@ -230,7 +230,8 @@ def _hairline(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     a = rng.uniform(0, np.pi)
     half = (h + w) * np.array([np.cos(a), np.sin(a)])
     canvas = np.zeros((h, w), np.uint8)
-    cv2.line(canvas, tuple(_fixed(centre - half)), tuple(_fixed(centre + half)), 255, 1, cv2.LINE_AA, _SHIFT)
+    start, end = _fixed(centre - half).tolist(), _fixed(centre + half).tolist()
+    cv2.line(canvas, start, end, 255, 1, cv2.LINE_AA, _SHIFT)
     return canvas
 
 
@@ -257,7 +258,7 @@ def _speckle(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     pts = centre + rng.normal(0.0, rng.uniform(5.0, 25.0), (n, 2))
     canvas = np.zeros((h, w), np.uint8)
     for p, r in zip(_fixed(pts), rng.uniform(0.5, 1.5, n)):
-        cv2.circle(canvas, tuple(p), int(round(r * (1 << _SHIFT))), 255, -1, cv2.LINE_AA, _SHIFT)
+        cv2.circle(canvas, p.tolist(), int(round(r * (1 << _SHIFT))), 255, -1, cv2.LINE_AA, _SHIFT)
     return canvas
 
 

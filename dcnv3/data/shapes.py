@@ -198,8 +198,27 @@ def extent(placed: list) -> tuple:
 
 # ----------------------------------------------------------------------------- rasterisation
 
+def inset(poly: np.ndarray, d: float) -> np.ndarray:
+    """(N, 2) polygon with every edge moved ``d`` inward (mitred corners), either orientation.
+
+    Each vertex goes to the intersection of its two shifted edges:
+    ``p + d * (n_prev + n_next) / (1 + n_prev . n_next)`` with unit inward normals ``n``.
+    Only meant for ``d`` much smaller than the polygon's edges and thickness.
+    """
+    edges = np.roll(poly, -1, axis=0) - poly
+    area2 = np.sum(poly[:, 0] * np.roll(poly[:, 1], -1) - np.roll(poly[:, 0], -1) * poly[:, 1])
+    normals = np.sign(area2) * np.stack([-edges[:, 1], edges[:, 0]], axis=1)
+    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    n_prev, n_next = np.roll(normals, 1, axis=0), normals
+    denom = 1.0 + np.sum(n_prev * n_next, axis=1, keepdims=True)
+    return poly + d * (n_prev + n_next) / np.maximum(denom, 1e-3)
+
+
 def rasterise(placed: list, pad: int = 2) -> Patch:
     """Anti-aliased coverage of a placed shape on the smallest pixel window that holds it.
+
+    Each pixel's coverage is the fraction of its ``SUPERSAMPLE x SUPERSAMPLE`` sub-pixel sample
+    centres that lie inside the shape (erase polygons applied in order).
 
     Args:
         placed: output of :func:`place`.
@@ -214,9 +233,11 @@ def rasterise(placed: list, pad: int = 2) -> Patch:
     for poly, fill in placed:
         # cv2 puts integer vertex v at the centre of sample v; sample k's centre is image coordinate
         # (k + 0.5) / ss, so image coordinate x maps to sample coordinate x * ss - 0.5.
-        pts = ((poly - (x0, y0)) * ss - 0.5) * (1 << _SHIFT)
-        cv2.fillPoly(canvas, [np.round(pts).astype(np.int32)], 255 if fill else 0,
-                     lineType=cv2.LINE_8, shift=_SHIFT)
+        pts = (poly - (x0, y0)) * ss - 0.5
+        # cv2.fillPoly also fills samples whose centre lies up to half a sample outside the polygon;
+        # insetting by half a sample makes "centre inside" the rule, for fill and erase alike.
+        pts = np.round(inset(pts, 0.5) * (1 << _SHIFT)).astype(np.int32)
+        cv2.fillPoly(canvas, [pts], 255 if fill else 0, lineType=cv2.LINE_8, shift=_SHIFT)
     # INTER_AREA at an exact integer factor is a box filter: the mean of each pixel's ss x ss samples.
     alpha = cv2.resize(canvas, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
     return Patch(alpha, x0, y0)
@@ -233,11 +254,21 @@ def outline_band(alpha: np.ndarray, width: int) -> np.ndarray:
     return np.clip(alpha - eroded, 0.0, 1.0)
 
 
+def frame_window(patch: Patch, height: int, width: int) -> tuple | None:
+    """The part of the image a patch overlaps, as ``(image_slices, patch_slices)`` (each a
+    ``(rows, cols)`` pair of slices), or None if the patch lies entirely outside the image."""
+    ys, ye = max(patch.y0, 0), min(patch.y0 + patch.alpha.shape[0], height)
+    xs, xe = max(patch.x0, 0), min(patch.x0 + patch.alpha.shape[1], width)
+    if ys >= ye or xs >= xe:
+        return None
+    return ((slice(ys, ye), slice(xs, xe)),
+            (slice(ys - patch.y0, ye - patch.y0), slice(xs - patch.x0, xe - patch.x0)))
+
+
 def to_frame(patch: Patch, height: int, width: int) -> np.ndarray:
     """(height, width) float32 image-sized copy of a patch's coverage, clipped at the image border."""
     full = np.zeros((height, width), np.float32)
-    ys, ye = max(patch.y0, 0), min(patch.y0 + patch.alpha.shape[0], height)
-    xs, xe = max(patch.x0, 0), min(patch.x0 + patch.alpha.shape[1], width)
-    if ys < ye and xs < xe:
-        full[ys:ye, xs:xe] = patch.alpha[ys - patch.y0:ye - patch.y0, xs - patch.x0:xe - patch.x0]
+    window = frame_window(patch, height, width)
+    if window is not None:
+        full[window[0]] = patch.alpha[window[1]]
     return full
