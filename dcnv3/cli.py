@@ -32,7 +32,8 @@ def cmd_train(args) -> None:
 
     model = train(args.model, args.data, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
                   device=args.device, workers=args.workers, project=args.project, name=args.name,
-                  seed=args.seed, exist_ok=True, **_overrides(args.set))
+                  seed=args.seed, exist_ok=True, offset_lr_scale=args.offset_lr_scale,
+                  offset_weight_decay=not args.offset_no_decay, **_overrides(args.set))
     print(f"best checkpoint: {model.trainer.best}")
 
 
@@ -190,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--project", default="runs/dcnv3")
     sub.add_argument("--name", default="train")
     sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--offset-lr-scale", type=float, default=1.0,
+                     help="learning-rate multiplier for the DCNv3 offset and mask projections")
+    sub.add_argument("--offset-no-decay", action="store_true",
+                     help="no weight decay on the DCNv3 offset and mask projections")
     sub.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any other ultralytics train argument")
     sub.set_defaults(func=cmd_train)
 

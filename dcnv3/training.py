@@ -8,23 +8,70 @@ DCNv3 blocks in the worker before the model is rebuilt.
 from __future__ import annotations
 
 from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils import LOGGER
 
 from . import integration
+from .module import DCNv3
 
-__all__ = ["DCNv3DetectionTrainer", "train"]
+__all__ = ["DCNv3DetectionTrainer", "configured_trainer", "train"]
 
 integration.register()
 
 
 class DCNv3DetectionTrainer(DetectionTrainer):
-    """ultralytics' DetectionTrainer, importable from ``dcnv3`` (see the module docstring)."""
+    """ultralytics' DetectionTrainer, importable from ``dcnv3`` (see the module docstring).
+
+    ``offset_lr_scale`` multiplies the learning rate of every DCNv3 ``offset`` and ``mask``
+    projection, and ``offset_weight_decay=False`` exempts them from weight decay: both start
+    at zero and decide where the layer samples, so they may need a push to move within a short
+    CPU budget. Set them through ``configured_trainer``.
+    """
+
+    offset_lr_scale: float = 1.0
+    offset_weight_decay: bool = True
+
+    def build_optimizer(self, model, *args, **kwargs):
+        optimizer = super().build_optimizer(model, *args, **kwargs)
+        if self.offset_lr_scale == 1.0 and self.offset_weight_decay:
+            return optimizer
+        from ultralytics.utils.torch_utils import unwrap_model
+
+        heads = {id(p) for m in unwrap_model(model).modules() if isinstance(m, DCNv3)
+                 for p in (*m.offset.parameters(), *m.mask.parameters())}
+        moved_groups = []
+        for group in optimizer.param_groups:
+            moved = [p for p in group["params"] if id(p) in heads]
+            if not moved:
+                continue
+            group["params"] = [p for p in group["params"] if id(p) not in heads]
+            settings = {k: v for k, v in group.items() if k != "params"}
+            settings.update(lr=group["lr"] * self.offset_lr_scale,
+                            param_group=f"dcnv3-{group.get('param_group', 'heads')}")
+            if not self.offset_weight_decay:
+                settings["weight_decay"] = 0.0
+            moved_groups.append({"params": moved, **settings})
+        for group in moved_groups:
+            optimizer.add_param_group(group)
+        LOGGER.info(f"DCNv3 offset/mask projections: {sum(len(g['params']) for g in moved_groups)} tensors, "
+                    f"lr x{self.offset_lr_scale}, weight decay {'on' if self.offset_weight_decay else 'off'}")
+        return optimizer
 
 
-def train(model: str, data: str, **overrides):
+def configured_trainer(offset_lr_scale: float = 1.0, offset_weight_decay: bool = True) -> type:
+    """A DCNv3DetectionTrainer subclass with these settings (a class, as ultralytics wants)."""
+    if offset_lr_scale == 1.0 and offset_weight_decay:
+        return DCNv3DetectionTrainer
+    return type("ConfiguredDCNv3Trainer", (DCNv3DetectionTrainer,),
+                {"offset_lr_scale": float(offset_lr_scale), "offset_weight_decay": bool(offset_weight_decay),
+                 "__module__": __name__})
+
+
+def train(model: str, data: str, offset_lr_scale: float = 1.0, offset_weight_decay: bool = True,
+          **overrides):
     """Train ``model`` (a YAML such as ``dcnv3-yolov8n.yaml`` or a ``.pt`` to fine-tune) on ``data``
     with ultralytics' trainer; returns the ``YOLO`` whose ``trainer.best`` is the best checkpoint."""
     from ultralytics import YOLO
 
     yolo = YOLO(model)
-    yolo.train(data=data, trainer=DCNv3DetectionTrainer, **overrides)
+    yolo.train(data=data, trainer=configured_trainer(offset_lr_scale, offset_weight_decay), **overrides)
     return yolo
