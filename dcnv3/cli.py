@@ -1,4 +1,4 @@
-"""``python -m dcnv3``: train, validate, predict, inspect, export and generate data.
+"""``python -m dcnv3``: train, validate, predict, inspect, analyze, export and generate data.
 
 Every command takes ``--help``. Checkpoints are always loaded through ``dcnv3.load_model`` (no
 code from the file runs); bad input ends with a one-line ``error:`` message and exit status 2.
@@ -159,6 +159,52 @@ def cmd_export(args) -> None:
         raise SystemExit(f"error: the exported model does not match PyTorch (max diff {difference})")
 
 
+def cmd_analyze(args) -> None:
+    import json
+
+    from .analysis import analyze_dataset, format_table
+    from .loading import load_model
+
+    model = load_model(args.model)
+    if not model.dcnv3_layers:
+        raise ValueError(f"{Path(args.model).name} has no DCNv3 layer to analyze")
+    rows = analyze_dataset(model, args.data, split=args.split, imgsz=args.imgsz, max_images=args.max_images)
+    table = format_table(rows)
+    print("Effective dilation (mean ± std, feature cells; regular grid = 1) at object centres by "
+          "size and on background; layer-wide mean |offset| (cells) and normalised entropy:")
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "analysis.md").write_text(table + "\n")
+        (out / "analysis.json").write_text(json.dumps(rows, indent=1))
+        print(f"wrote {out / 'analysis.md'} and {out / 'analysis.json'}")
+
+
+def cmd_assets(args) -> None:
+    """The demo video and example images in assets/, made by the dataset generator."""
+    import cv2
+    from ultralytics.utils import ASSETS
+
+    from .data import render_scene, video_frames
+    from .data.generator import image_rng
+    from .video_io import write_h264
+
+    out = Path(args.out)
+    (out / "examples").mkdir(parents=True, exist_ok=True)
+    video = write_h264((frame for frame, _, _ in video_frames(seed=args.video_seed, size=(480, 320), seconds=12, fps=15)),
+                       out / "demo_shapes.mp4", fps=15)
+    print(f"{video}: {video.stat().st_size / 1e6:.2f} MB")
+    for index in range(4):
+        image, _, _ = render_scene(image_rng(args.seed, "examples", index), size=416)
+        cv2.imwrite(str(out / "examples" / f"shapes_{index}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    for name in ("bus.jpg", "zidane.jpg"):
+        photo = cv2.imread(str(ASSETS / name))
+        if photo is not None:
+            cv2.imwrite(str(out / "examples" / name), photo, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    print(f"wrote {out / 'examples'}")
+
+
 def cmd_data(args) -> None:
     from .data import write_dataset
 
@@ -230,6 +276,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--opset", type=int, default=17)
     sub.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     sub.set_defaults(func=cmd_export)
+
+    sub = commands.add_parser("analyze", help="effective dilation by object size (DCNv1 Table 2), mean "
+                                              "|offset| and weight entropy per DCNv3 layer over a dataset")
+    common(sub)
+    sub.add_argument("--data", required=True, help="dataset YAML with ground-truth labels")
+    sub.add_argument("--split", default="val")
+    sub.add_argument("--max-images", type=int, default=None)
+    sub.add_argument("--out", default=None, help="folder for analysis.md and analysis.json")
+    sub.set_defaults(func=cmd_analyze)
+
+    sub = commands.add_parser("assets", help="write the demo video (H.264 MP4) and example images")
+    sub.add_argument("--out", default="assets")
+    sub.add_argument("--seed", type=int, default=0, help="seed of the example images")
+    sub.add_argument("--video-seed", type=int, default=1, help="seed of the demo video (1: a photo background)")
+    sub.set_defaults(func=cmd_assets)
 
     sub = commands.add_parser("data", help="generate the synthetic shapes detection dataset (YOLO format)")
     sub.add_argument("--out", required=True, help="output folder (gets images/, labels/, data.yaml)")

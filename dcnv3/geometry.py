@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["Letterbox", "kernel_offsets", "sampling_locations", "regular_locations", "cell_at",
-           "cell_centre"]
+           "cell_centre", "cell_centres"]
 
 
 @dataclass(frozen=True)
@@ -113,3 +113,12 @@ def cell_at(layer, letterbox: Letterbox, x: float, y: float) -> tuple[int, int] 
             and 0 <= row < layer.grid[0] and 0 <= col < layer.grid[1]:
         return row, col
     return None
+
+
+def cell_centres(layer, letterbox: Letterbox) -> np.ndarray:
+    """(H, W, 2) original-image positions of every cell's kernel centre."""
+    centre = (layer.dilation * (layer.kernel - 1)) // 2
+    rows, cols = np.meshgrid(np.arange(layer.grid[0]), np.arange(layer.grid[1]), indexing="ij")
+    feature = np.stack([cols * layer.layer_stride - layer.pad + centre,
+                        rows * layer.layer_stride - layer.pad + centre], axis=-1).astype(np.float64)
+    return _to_image(layer, letterbox, feature)
