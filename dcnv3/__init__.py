@@ -20,6 +20,7 @@ from .blocks import Bottleneck_DCNv3, C2f_DCNv3, DCNV3_YoLo  # noqa: E402
 from .checkpoints import CheckpointError, UnsafeCheckpointError  # noqa: E402
 from .loading import load_model  # noqa: E402
 from .probe import LayerRecord, Probe, probe  # noqa: E402
+from . import training  # noqa: E402  (dcnv3.training.DCNv3DetectionTrainer)
 
 __all__ = ["DCNv3", "DCNv3_pytorch", "dcnv3_core", "set_default_formulation", "capture",
            "CapturedLayer", "dcnv3_modules", "DCNV3_YoLo", "Bottleneck_DCNv3", "C2f_DCNv3",
