@@ -162,8 +162,9 @@ class DCNv3(nn.Module):
                 f"stride={self.stride}) gives a {tuple(x1.shape[1:3])} grid but kernel "
                 f"{self.kernel_size}, pad {self.pad}, dilation {self.dilation} give {(out_h, out_w)}")
         offset = self.offset(x1)
-        mask = self.mask(x1).reshape(n, out_h, out_w, self.group, -1)
-        mask = F.softmax(mask, -1).reshape(n, out_h, out_w, -1)
+        # Softmax over each group's P points; on a 2-D (rows, P) view PyTorch's CPU kernel is
+        # several times faster than on the 5-D one (same rows, same result).
+        mask = F.softmax(self.mask(x1).reshape(-1, self.points), -1).reshape(n, out_h, out_w, -1)
         x = dcnv3_core(x, offset, mask, self.kernel_size, self.kernel_size, self.stride, self.stride,
                        self.pad, self.pad, self.dilation, self.dilation, self.group,
                        self.group_channels, self.offset_scale, remove_center)
