@@ -31,7 +31,8 @@ def cmd_train(args) -> None:
     from .training import train
 
     model = train(args.model, args.data, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
-                  device=args.device, workers=args.workers, project=args.project, name=args.name,
+                  device=args.device, workers=args.workers, project=str(Path(args.project).resolve()),
+                  name=args.name,
                   seed=args.seed, exist_ok=True, offset_lr_scale=args.offset_lr_scale,
                   offset_weight_decay=not args.offset_no_decay, **_overrides(args.set))
     print(f"best checkpoint: {model.trainer.best}")
@@ -54,7 +55,7 @@ def cmd_predict(args) -> None:
 
     model = load_model(args.model)
     results = model.predict(args.source, imgsz=args.imgsz, conf=args.conf, iou=args.iou, save=True,
-                            project=str(Path(args.out).parent), name=Path(args.out).name,
+                            project=str(Path(args.out).resolve().parent), name=Path(args.out).name,
                             exist_ok=True, verbose=False)
     for result in results:
         print(f"{Path(result.path).name}: {len(result.boxes)} detections")
@@ -234,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--batch", type=int, default=16)
     sub.add_argument("--device", default="", help="'' (auto), cpu, 0, 0,1 (multi-GPU DDP)")
     sub.add_argument("--workers", type=int, default=2)
-    sub.add_argument("--project", default="runs/dcnv3")
+    sub.add_argument("--project", default="runs/dcnv3", help="output folder (relative to the current directory)")
     sub.add_argument("--name", default="train")
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--offset-lr-scale", type=float, default=1.0,
