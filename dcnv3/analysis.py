@@ -17,7 +17,8 @@ import numpy as np
 from . import stats
 from .geometry import cell_at, cell_centres
 
-__all__ = ["SIZE_BUCKETS", "LayerTally", "analyze_dataset", "format_table", "size_bucket"]
+__all__ = ["SIZE_BUCKETS", "LayerTally", "analyze_dataset", "dilation_at_objects", "format_table",
+           "size_bucket"]
 
 SIZE_BUCKETS = ("small", "medium", "large", "background")
 
@@ -25,6 +26,31 @@ SIZE_BUCKETS = ("small", "medium", "large", "background")
 def size_bucket(box) -> str:
     side = np.sqrt(max((box[2] - box[0]) * (box[3] - box[1]), 0.0))
     return "small" if side < 32 else "medium" if side < 96 else "large"
+
+
+def dilation_at_objects(record, letterbox, boxes: np.ndarray, size_scale: float = 1.0) -> dict:
+    """Group-mean effective dilation (feature cells) of one layer for one image, by object size.
+
+    Returns {bucket: 1-D float64 array}: one value per box, at the cell under the box centre, in
+    the box's size bucket, and one value per background cell (centre inside the image and inside
+    no box). ``boxes`` (K, 4) xyxy in original-image pixels; sizes are judged on sides divided
+    by ``size_scale`` (image pixels per original pixel, when the image was resized).
+    """
+    dilation = stats.effective_dilation(record).mean(axis=-1)  # (H, W)
+    values = {bucket: [] for bucket in SIZE_BUCKETS}
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    for box in boxes:
+        cell = cell_at(record, letterbox, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+        if cell is not None:
+            values[size_bucket(box / size_scale)].append(float(dilation[cell]))
+    centres = cell_centres(record, letterbox)  # (H, W, 2)
+    cx, cy = centres[..., 0], centres[..., 1]
+    height, width = letterbox.image_shape
+    background = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
+    for x1, y1, x2, y2 in boxes:
+        background &= ~((cx >= x1) & (cx < x2) & (cy >= y1) & (cy < y2))
+    values["background"] = dilation[background].tolist()
+    return {bucket: np.asarray(v, dtype=np.float64) for bucket, v in values.items()}
 
 
 @dataclass
@@ -39,20 +65,8 @@ class LayerTally:
     cells: int = 0
 
     def add(self, record, letterbox, boxes: np.ndarray) -> None:
-        dilation = stats.effective_dilation(record).mean(axis=-1)  # (H, W), mean over groups
-        for box in boxes:
-            cell = cell_at(record, letterbox, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
-            if cell is not None:
-                self.dilation[size_bucket(box)].append(float(dilation[cell]))
-        centres = cell_centres(record, letterbox)  # (H, W, 2)
-        inside = np.zeros(centres.shape[:2], bool)
-        for x1, y1, x2, y2 in boxes:
-            inside |= ((centres[..., 0] >= x1) & (centres[..., 0] < x2)
-                       & (centres[..., 1] >= y1) & (centres[..., 1] < y2))
-        height, width = letterbox.image_shape
-        in_image = ((centres[..., 0] >= 0) & (centres[..., 0] < width)
-                    & (centres[..., 1] >= 0) & (centres[..., 1] < height))
-        self.dilation["background"].extend(dilation[~inside & in_image].tolist())
+        for bucket, values in dilation_at_objects(record, letterbox, boxes).items():
+            self.dilation[bucket].extend(values.tolist())
         self.offset_sum += float(stats.offset_magnitude(record).sum())
         self.entropy_sum += float(stats.weight_entropy(record).sum())
         self.cells += int(np.prod(record.offsets.shape[:3]))

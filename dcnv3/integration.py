@@ -10,7 +10,8 @@
 * routes every checkpoint ultralytics loads through ``dcnv3.checkpoints.torch_safe_load``
   (no code execution, no downloads, fork class paths mapped onto ours);
 * restores all CPU cores for torch (ultralytics leaves one core idle on CPU);
-* copies matplotlib's DejaVu Sans to where ultralytics looks for its plot fonts.
+* copies matplotlib's DejaVu Sans to where ultralytics looks for its plot fonts, and stops its
+  Pillow wrapper from pip-installing a HEIF plugin on the first unreadable image.
 """
 from __future__ import annotations
 
@@ -76,6 +77,17 @@ def install_fonts() -> None:
                 pass
 
 
+def _keep_pillow_offline() -> None:
+    """ultralytics wraps ``PIL.Image.open`` so that the first file Pillow cannot identify makes it
+    pip-install a HEIF plugin. DeformLens installs nothing at run time, and an unreadable file
+    must fail with Pillow's own error, so mark the plugin as handled: the wrapper then calls
+    Pillow directly."""
+    from ultralytics.utils import patches
+
+    if hasattr(patches, "_pil_plugins_registered"):
+        patches._pil_plugins_registered = True
+
+
 def register() -> None:
     """Make stock ultralytics build, load and train DCNv3-YOLOv8 models (idempotent)."""
     global _registered
@@ -110,6 +122,7 @@ def register() -> None:
     tasks.check_yaml = check_yaml
     tasks.torch_safe_load = checkpoints.torch_safe_load
     install_fonts()
+    _keep_pillow_offline()
     # select_device() resets torch to NUM_THREADS (cores - 1) for CPU work; use every core.
     torch_utils.NUM_THREADS = cpu_cores()
     torch.set_num_threads(cpu_cores())

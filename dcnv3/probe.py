@@ -87,35 +87,41 @@ class Probe:
                 return record
         raise KeyError(f"no DCNv3 layer named {name!r}; layers: {[r.name for r in self.layers]}")
 
-    def _record(self, layer) -> LayerRecord:
+    def record(self, layer) -> LayerRecord:
+        """A layer given as a ``LayerRecord`` or by its qualified name -> the record."""
         return layer if isinstance(layer, LayerRecord) else self.layer(layer)
 
     def sampling_locations(self, layer, cell=None) -> np.ndarray:
         """(G, P, 2) for one (row, col) cell or (H, W, G, P, 2) for all: (x, y) image pixels."""
-        return geometry.sampling_locations(self._record(layer), self.letterbox, cell)
+        return geometry.sampling_locations(self.record(layer), self.letterbox, cell)
 
     def regular_locations(self, layer, cell=None) -> np.ndarray:
         """The zero-offset KxK grid, same shapes as ``sampling_locations``."""
-        return geometry.regular_locations(self._record(layer), self.letterbox, cell)
+        return geometry.regular_locations(self.record(layer), self.letterbox, cell)
 
     def cell_at(self, layer, x: float, y: float):
         """(row, col) of the layer cell under original-image pixel (x, y), or None outside."""
-        return geometry.cell_at(self._record(layer), self.letterbox, x, y)
+        return geometry.cell_at(self.record(layer), self.letterbox, x, y)
 
     def cell_centre(self, layer, cell) -> np.ndarray:
-        return geometry.cell_centre(self._record(layer), self.letterbox, cell)
+        """(2,) image position of a cell's kernel centre."""
+        return geometry.cell_centre(self.record(layer), self.letterbox, cell)
+
+    def cell_centres(self, layer) -> np.ndarray:
+        """(H, W, 2) image positions of every cell's kernel centre."""
+        return geometry.cell_centres(self.record(layer), self.letterbox)
 
     def offset_magnitude(self, layer) -> np.ndarray:
-        return stats.offset_magnitude(self._record(layer))
+        return stats.offset_magnitude(self.record(layer))
 
     def weight_entropy(self, layer) -> np.ndarray:
-        return stats.weight_entropy(self._record(layer))
+        return stats.weight_entropy(self.record(layer))
 
     def effective_dilation(self, layer) -> np.ndarray:
-        return stats.effective_dilation(self._record(layer))
+        return stats.effective_dilation(self.record(layer))
 
     def outside_share(self, layer) -> np.ndarray:
-        return stats.outside_share(self._record(layer), self.letterbox)
+        return stats.outside_share(self.record(layer), self.letterbox)
 
     def layer_for_box(self, box) -> LayerRecord | None:
         """The DCNv3 layer whose stride best matches a box's scale (P3 for small, P5 for large),

@@ -1,0 +1,95 @@
+"""The app's two costs side by side: an image's first run, and a click that re-renders from the cache.
+
+    python benchmarks/bench_app.py [--repeats 10] [--model PATH] [--threads N]
+
+Model: assets/models/dcnv3-yolov8n.pt if present, else the fork fixture (tests/data/fork_fixture/
+fork_A.pt); image: ultralytics' bus.jpg; CPU, fp32. Runs are interleaved; medians are printed.
+
+* first run: what the app does when an image arrives, ``Analyser.analyse`` with an empty probe
+  cache (read and decode the file, ``dcnv3.probe``: letterbox, forward with capture hooks, NMS);
+* bare predict: ``YOLO.predict`` of the same model on the same file (read, letterbox, forward, NMS);
+* click: what the app does on a click, ``render.sampling_view`` from the cached probe and the cached
+  detections canvas (overlay, interactive plotly figure, KxK weight heatmaps, the trace through
+  the stacked DCNv3 layers), each click at a different pixel.
+
+Targets: click <= 0.1x first run; first run <= 1.3x bare predict.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("YOLO_OFFLINE", "true")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import dcnv3  # noqa: E402
+from viz_app import render  # noqa: E402
+from viz_app.models import Analyser, ModelRegistry  # noqa: E402
+
+
+def default_model() -> Path:
+    bundled = ROOT / "assets" / "models" / "dcnv3-yolov8n.pt"
+    return bundled if bundled.is_file() else ROOT / "tests" / "data" / "fork_fixture" / "fork_A.pt"
+
+
+def timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--model", type=Path, default=default_model())
+    parser.add_argument("--threads", type=int, default=dcnv3.integration.cpu_cores())
+    args = parser.parse_args()
+    from ultralytics.utils import ASSETS
+
+    torch.set_num_threads(args.threads)
+    image_path = str(Path(ASSETS) / "bus.jpg")
+    registry = ModelRegistry(model=args.model)
+    name = registry.default_name()
+    model = registry.load(name).yolo  # loading the model is per model, not per image: not timed
+    analyser = Analyser(registry, cache_size=0)  # every analyse() is a first run
+    analysis = analyser.analyse(image_path, name)  # warm-up: builds the fused inference copy
+    model.predict(image_path, verbose=False)
+    probe, image = analysis.probe, analysis.image.bgr
+    if not probe.layers:
+        sys.exit(f"{name} has no DCNv3 layer: nothing to click")
+    base, scale = render.make_canvas(image)
+    base = render.draw_detections(base, probe.detections, scale)
+    rng = np.random.default_rng(0)
+    height, width = probe.image_shape
+
+    def click():
+        layer = probe.layers[int(rng.integers(len(probe.layers)))]
+        xy = (rng.uniform(0, width), rng.uniform(0, height))
+        render.sampling_view(image, probe, layer.name, xy, scale=scale, base=base)
+
+    click()  # warm-up (plotly's first figure loads its validators)
+    first, predict, clicks = [], [], []
+    for _ in range(args.repeats):
+        first.append(timed(lambda: analyser.analyse(image_path, name)))
+        predict.append(timed(lambda: model.predict(image_path, verbose=False)))
+        clicks += [timed(click) for _ in range(3)]
+    first_ms, predict_ms, click_ms = (statistics.median(v) * 1e3 for v in (first, predict, clicks))
+    print(f"model {name} ({len(probe.layers)} DCNv3 layers), image bus.jpg {width}x{height}, "
+          f"{args.repeats} repeats, {args.threads} threads, torch {torch.__version__}")
+    print(f"  first run (read image + probe):      {first_ms:8.1f} ms")
+    print(f"  bare YOLO.predict (same model/image): {predict_ms:8.1f} ms")
+    print(f"  click re-render (cached probe):       {click_ms:8.1f} ms")
+    print(f"  click / first run:   {click_ms / first_ms:5.3f}x  (target <= 0.1x)")
+    print(f"  first run / predict: {first_ms / predict_ms:5.3f}x  (target <= 1.3x)")
+
+
+if __name__ == "__main__":
+    main()

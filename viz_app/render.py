@@ -1,0 +1,705 @@
+"""Pure render functions of the app: a probe and a BGR image in, a BGR image or a plotly figure out.
+
+No gradio here: every view of the app is a call to one of these functions on a cached
+``dcnv3.Probe``, so re-rendering after a click never runs the model.
+
+Coordinates. Probe coordinates are continuous image pixels: pixel i spans [i, i+1), its centre
+is i + 0.5. Images are drawn on a *canvas*: the image resized by ``scale`` = (sx, sy) canvas px
+per image px (``display_scale`` picks it so a canvas is 640-1280 px on its long side). Since
+resizing maps pixel edges to pixel edges, image point (x, y) lies at canvas point (x * sx, y * sy);
+OpenCV draws in pixel-centre coordinates, hence the ``- 0.5`` in ``_fixed``.
+
+DCNv3's point order within a group is p = i*K + j, with i walking x (columns) and j walking y
+(rows); ``weight_matrix`` turns the P weights into the spatial KxK picture (row j, column i).
+"""
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import plotly.graph_objects as go
+
+from dcnv3.overlay import group_colours
+
+__all__ = ["display_scale", "make_canvas", "draw_detections", "draw_samples", "draw_marker",
+           "sampling_overlay", "sampling_figure", "weight_matrix", "weight_matrices_figure",
+           "TraceLevel", "trace_through_layers", "trace_overlay", "FIELDS", "field_values",
+           "field_overlay", "colour_bar", "health_histograms", "layer_choice_label", "image_to_canvas",
+           "canvas_to_image", "SamplingView", "initial_query", "query_for_detection", "sampling_view",
+           "point_style"]
+
+DISPLAY_MIN_SIDE = 640  # small images are enlarged (whole pixels) so points stay legible
+DISPLAY_MAX_SIDE = 1280  # large ones shrunk: clicks re-render faster and the browser gets less
+_SHIFT = 4  # fixed-point bits for sub-pixel drawing with OpenCV
+_GHOST = (215, 215, 215)  # regular-grid positions
+_DETECTION = (80, 200, 80)
+_HIGHLIGHT = (0, 230, 255)
+
+
+# -- canvas ------------------------------------------------------------------------------------------
+def display_scale(shape) -> tuple[float, float]:
+    """(sx, sy) canvas px per image px for an image of ``shape`` (H, W, ...).
+
+    Images longer than ``DISPLAY_MAX_SIDE`` shrink to it; images shorter than ``DISPLAY_MIN_SIDE``
+    grow by a whole factor (so each image pixel stays a block of pixels); others stay as they are.
+    """
+    height, width = int(shape[0]), int(shape[1])
+    longest = max(height, width)
+    if longest > DISPLAY_MAX_SIDE:
+        factor = DISPLAY_MAX_SIDE / longest
+        return max(1, round(width * factor)) / width, max(1, round(height * factor)) / height
+    if longest < DISPLAY_MIN_SIDE:
+        factor = float(math.ceil(DISPLAY_MIN_SIDE / longest))
+        return factor, factor
+    return 1.0, 1.0
+
+
+def make_canvas(image: np.ndarray, scale=None) -> tuple[np.ndarray, tuple[float, float]]:
+    """The image resized by ``scale`` (default ``display_scale``): (canvas, (sx, sy))."""
+    sx, sy = _pair(display_scale(image.shape) if scale is None else scale)
+    if (sx, sy) == (1.0, 1.0):
+        return image.copy(), (1.0, 1.0)
+    if sx == sy and sx > 1 and float(sx).is_integer():  # enlarging: each pixel becomes an exact block
+        factor = int(sx)
+        return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1), (sx, sy)
+    size = (max(1, round(image.shape[1] * sx)), max(1, round(image.shape[0] * sy)))
+    canvas = cv2.resize(image, size, interpolation=cv2.INTER_AREA if sx <= 1 else cv2.INTER_LINEAR)
+    return canvas, (size[0] / image.shape[1], size[1] / image.shape[0])
+
+
+def image_to_canvas(xy, scale) -> np.ndarray:
+    """(..., 2) image coordinates -> canvas coordinates (both continuous)."""
+    return np.asarray(xy, dtype=np.float64) * np.asarray(_pair(scale))
+
+
+def canvas_to_image(xy, scale) -> np.ndarray:
+    """(..., 2) canvas coordinates -> image coordinates (both continuous)."""
+    return np.asarray(xy, dtype=np.float64) / np.asarray(_pair(scale))
+
+
+def _pair(scale) -> tuple[float, float]:
+    if np.isscalar(scale):
+        return float(scale), float(scale)
+    return float(scale[0]), float(scale[1])
+
+
+def _fixed(xy, scale=(1.0, 1.0)) -> tuple[int, int]:
+    """Image coordinate -> OpenCV fixed-point pixel-centre coordinate on the canvas."""
+    sx, sy = _pair(scale)
+    return int(round((xy[0] * sx - 0.5) * (1 << _SHIFT))), int(round((xy[1] * sy - 0.5) * (1 << _SHIFT)))
+
+
+def _unit(canvas: np.ndarray) -> int:
+    """Line width that reads well once the browser fits the canvas in a ~500 px high view
+    (1 px per 480 px of the canvas' long side)."""
+    return max(1, round(max(canvas.shape[:2]) / 480))
+
+
+def _blend_disc(canvas: np.ndarray, centre, radius: float, colour, alpha: float, outline=None) -> None:
+    """Draw a filled disc (canvas pixel-centre coordinates) with opacity ``alpha``, in place.
+
+    Only the disc's bounding box is blended, so drawing stays cheap on large canvases.
+    """
+    x, y = centre
+    reach = int(math.ceil(radius)) + 2
+    x0, y0 = max(0, int(x) - reach), max(0, int(y) - reach)
+    x1, y1 = min(canvas.shape[1], int(x) + reach + 2), min(canvas.shape[0], int(y) + reach + 2)
+    if x0 >= x1 or y0 >= y1:
+        return
+    roi = canvas[y0:y1, x0:x1]
+    layer = roi.copy()
+    scaled = (int(round((x - x0) * (1 << _SHIFT))), int(round((y - y0) * (1 << _SHIFT))))
+    r = max(1, int(round(radius * (1 << _SHIFT))))
+    cv2.circle(layer, scaled, r, colour, -1, cv2.LINE_AA, _SHIFT)
+    if outline is not None:
+        cv2.circle(layer, scaled, r, outline, 1, cv2.LINE_AA, _SHIFT)
+    cv2.addWeighted(layer, alpha, roi, 1 - alpha, 0, dst=roi)
+
+
+# -- sampling view -----------------------------------------------------------------------------------
+def draw_detections(canvas: np.ndarray, detections, scale=(1.0, 1.0), highlight: int | None = None,
+                    max_labels: int = 20, max_boxes: int = 50) -> np.ndarray:
+    """Detection boxes (xyxy image px) on a copy of the canvas: the ``max_boxes`` best-scoring
+    ones (more would bury the image) and the highlighted one; the ``max_labels`` best get a label."""
+    out = canvas.copy()
+    unit = _unit(out)
+    order = np.argsort(-np.asarray(detections.scores), kind="stable")[:max_boxes]
+    if highlight is not None and highlight not in order:
+        order = np.append(order, highlight)
+    labelled = set(order[:max_labels].tolist()) | ({highlight} if highlight is not None else set())
+    sx, sy = _pair(scale)
+    for index in order[::-1]:  # best last, so it is on top
+        x1, y1, x2, y2 = detections.boxes[index]
+        # The outline runs through the box's first and last canvas pixels (continuous edge + 0.5).
+        top_left = _fixed((x1 * sx + 0.5, y1 * sy + 0.5))
+        bottom_right = _fixed((x2 * sx - 0.5, y2 * sy - 0.5))
+        colour = _HIGHLIGHT if index == highlight else _DETECTION
+        cv2.rectangle(out, top_left, bottom_right, colour, unit * (2 if index == highlight else 1),
+                      cv2.LINE_AA, _SHIFT)
+        if index in labelled:
+            _label(out, detections.label(int(index)), (int(x1 * sx), int(y1 * sy)), colour)
+    return out
+
+
+def _label(canvas: np.ndarray, text: str, corner, colour) -> None:
+    """A filled label box with black text above ``corner`` (canvas px), kept inside the canvas."""
+    unit = _unit(canvas)
+    font_scale = 0.45 * unit
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, unit)
+    x = int(np.clip(corner[0], 0, max(0, canvas.shape[1] - w - 4)))
+    y = int(corner[1]) if corner[1] - h - base - 4 >= 0 else int(corner[1]) + h + base + 4
+    cv2.rectangle(canvas, (x, y - h - base - 4), (x + w + 4, y), colour, -1)
+    cv2.putText(canvas, text, (x + 2, y - base - 2), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0),
+                unit, cv2.LINE_AA)
+
+
+def point_style(weights: np.ndarray, base_radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """(radius, opacity) per point from its weight relative to the uniform 1/P.
+
+    relative = w * P (1 = uniform): radius = base * sqrt(relative), kept in [0.4, 2.5] * base, so
+    area grows with weight; opacity = 0.25 + 0.75 * relative, capped at 1 (uniform and heavier
+    points are opaque, points that barely count fade).
+    """
+    relative = np.asarray(weights, dtype=np.float64) * weights.shape[-1]
+    radius = base_radius * np.clip(np.sqrt(relative), 0.4, 2.5)
+    opacity = np.clip(0.25 + 0.75 * relative, 0.25, 1.0)
+    return radius, opacity
+
+
+def draw_samples(canvas: np.ndarray, locations: np.ndarray, weights: np.ndarray,
+                 regular: np.ndarray | None = None, groups=None, scale=(1.0, 1.0)) -> np.ndarray:
+    """Sampling points of one cell on a copy of the canvas.
+
+    Args:
+        locations: (G, P, 2) sample positions (x, y) in image px; weights: (G, P) softmax weights.
+        regular: (G, P, 2) zero-offset grid positions: drawn as grey rings, with an arrow in the
+            group's colour from each to its sample.
+        groups: groups to draw (default all); each group has its own colour (``group_colours``).
+        scale: canvas px per image px.
+    Point size and opacity follow ``point_style``; heavier points are drawn last (on top).
+    """
+    out = canvas.copy()
+    num_groups, points, _ = locations.shape
+    colours = group_colours(num_groups)
+    chosen = list(range(num_groups)) if groups is None else [g for g in groups if 0 <= g < num_groups]
+    unit = _unit(out)
+    base = 4.5 * unit
+    radius, opacity = point_style(weights, base)
+    if regular is not None:
+        for g in chosen:
+            for p in range(points):
+                cv2.circle(out, _fixed(regular[g, p], scale), int(2.5 * unit * (1 << _SHIFT)), (40, 40, 40),
+                           unit + 1, cv2.LINE_AA, _SHIFT)
+                cv2.circle(out, _fixed(regular[g, p], scale), int(2.5 * unit * (1 << _SHIFT)), _GHOST, unit,
+                           cv2.LINE_AA, _SHIFT)
+        for g in chosen:
+            for p in range(points):
+                start = image_to_canvas(regular[g, p], scale)
+                end = image_to_canvas(locations[g, p], scale)
+                length = float(np.hypot(*(end - start)))
+                if length > radius[g, p] + 2:  # stop at the disc's edge so the head stays visible
+                    tip_end = end - (end - start) * radius[g, p] / length
+                    cv2.arrowedLine(out, _fixed(start), _fixed(tip_end), colours[g], unit, cv2.LINE_AA, _SHIFT,
+                                    min(0.5, 5.0 * unit / (length - radius[g, p])))
+    sx, sy = _pair(scale)
+    order = sorted(((g, p) for g in chosen for p in range(points)), key=lambda gp: weights[gp])
+    for g, p in order:
+        x, y = locations[g, p]
+        _blend_disc(out, (x * sx - 0.5, y * sy - 0.5), radius[g, p], colours[g], float(opacity[g, p]),
+                    outline=(0, 0, 0))
+    return out
+
+
+def draw_marker(canvas: np.ndarray, xy, scale=(1.0, 1.0), colour=(255, 255, 255)) -> np.ndarray:
+    """A cross (with a dark outline, visible on any background) at image point ``xy``."""
+    out = canvas.copy()
+    unit = _unit(out)
+    size = 7 * unit
+    sx, sy = _pair(scale)
+    x, y = xy[0] * sx, xy[1] * sy
+    for width, col in ((3 * unit, (0, 0, 0)), (unit, colour)):
+        for (ax, ay), (bx, by) in (((x - size, y), (x + size, y)), ((x, y - size), (x, y + size))):
+            cv2.line(out, _fixed((ax, ay)), _fixed((bx, by)), col, width, cv2.LINE_AA, _SHIFT)
+    return out
+
+
+def sampling_overlay(image: np.ndarray, probe, layer, cell, groups=None, highlight: int | None = None,
+                     scale=None, max_labels: int = 20) -> tuple[np.ndarray, tuple[float, float]]:
+    """The sampling view's picture: detections, the cell's samples in every chosen group, the
+    regular grid ghosted, and a cross on the cell centre. Returns (canvas BGR, scale).
+
+    ``layer`` is a ``LayerRecord`` or its name; ``cell`` (row, col) or None (detections only).
+    """
+    canvas, scale = make_canvas(image, scale)
+    canvas = draw_detections(canvas, probe.detections, scale, highlight, max_labels)
+    if layer is None or cell is None:
+        return canvas, scale
+    record = probe.record(layer)
+    canvas = draw_samples(canvas, probe.sampling_locations(record, cell), record.weights[tuple(cell)],
+                          probe.regular_locations(record, cell), groups, scale)
+    return draw_marker(canvas, probe.cell_centre(record, cell), scale), scale
+
+
+def _rgb(bgr) -> str:
+    return f"rgb({bgr[2]},{bgr[1]},{bgr[0]})"
+
+
+def _jpeg_data_uri(image: np.ndarray, quality: int = 88) -> str:
+    _, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
+
+
+_FIGURE_STYLE = dict(template=None, paper_bgcolor="white", font=dict(family="sans-serif", size=12, color="#222"),
+                     hoverlabel=dict(bgcolor="white", font=dict(size=12)))
+
+
+def sampling_figure(image: np.ndarray, probe, layer, cell, groups=None, max_background: int = 640,
+                    height: int = 520) -> go.Figure:
+    """Interactive plotly view of one cell's samples, zoomed on the region they cover.
+
+    The image crop is the background (axes in image px, y down); per group a marker trace (size
+    and opacity by weight, as ``point_style``) with hover: group, point p = i*K + j, (x, y), raw
+    learned offset (dx, dy) in feature cells, weight and weight relative to uniform; the regular
+    grid as grey rings, lines from grid to sample, and a cross on the cell centre.
+    (Built from plain dicts: plotly validates them once, which keeps a click fast.)
+    """
+    record = probe.record(layer)
+    locations = probe.sampling_locations(record, cell)  # (G, P, 2)
+    regular = probe.regular_locations(record, cell)
+    weights = record.weights[tuple(cell)]
+    offsets = record.offsets[tuple(cell)]
+    centre = probe.cell_centre(record, cell)
+    num_groups, points, _ = locations.shape
+    chosen = list(range(num_groups)) if groups is None else [g for g in groups if 0 <= g < num_groups]
+    shown = np.concatenate([locations[chosen].reshape(-1, 2), regular[chosen].reshape(-1, 2), centre[None]])
+    cell_px = record.stride * record.layer_stride / probe.letterbox.ratio  # one cell in image px
+    margin = max(1.5 * cell_px, 0.1 * float(np.ptp(shown, axis=0).max()), 4.0)
+    lo, hi = shown.min(axis=0) - margin, shown.max(axis=0) + margin
+    traces = []
+    height_px, width_px = image.shape[:2]
+    x0, y0 = int(max(0, math.floor(lo[0]))), int(max(0, math.floor(lo[1])))
+    x1, y1 = int(min(width_px, math.ceil(hi[0]))), int(min(height_px, math.ceil(hi[1])))
+    if x1 > x0 and y1 > y0:
+        crop = image[y0:y1, x0:x1]
+        factor = min(1.0, max_background / max(crop.shape[:2]))
+        if factor < 1:
+            crop = cv2.resize(crop, (max(1, round(crop.shape[1] * factor)), max(1, round(crop.shape[0] * factor))),
+                              interpolation=cv2.INTER_AREA)
+        dx, dy = (x1 - x0) / crop.shape[1], (y1 - y0) / crop.shape[0]
+        # go.Image puts the centre of its first pixel at (x0, y0): crop pixel k spans [x0 + k*dx, +dx).
+        traces.append(dict(type="image", source=_jpeg_data_uri(crop), x0=x0 + dx / 2, y0=y0 + dy / 2, dx=dx,
+                           dy=dy, hoverinfo="skip", name="image"))
+    colours = group_colours(num_groups)
+    if chosen:
+        traces.append(dict(type="scatter", x=regular[chosen, :, 0].ravel(), y=regular[chosen, :, 1].ravel(),
+                           mode="markers", name="regular grid", hoverinfo="skip",
+                           marker=dict(symbol="circle-open", size=9, color="rgb(215,215,215)", line=dict(width=2))))
+    radius, opacity = point_style(weights, 8.0)
+    kernel = record.kernel
+    index = np.arange(points)
+    if record.remove_center:  # the kernel position of point p skips the centre
+        index = np.where(index >= (kernel * kernel - 1) // 2, index + 1, index)
+    for g in chosen:
+        segments = np.full((points, 3, 2), np.nan)
+        segments[:, 0], segments[:, 1] = regular[g], locations[g]
+        traces.append(dict(type="scatter", x=segments[..., 0].ravel(), y=segments[..., 1].ravel(), mode="lines",
+                           line=dict(color=_rgb(colours[g]), width=1.5), hoverinfo="skip", showlegend=False,
+                           legendgroup=f"g{g}", connectgaps=False))
+        custom = np.stack([np.full(points, g), np.arange(points), index // kernel, index % kernel,
+                           offsets[g, :, 0], offsets[g, :, 1], weights[g], weights[g] * points], axis=1)
+        traces.append(dict(
+            type="scatter", x=locations[g, :, 0], y=locations[g, :, 1], mode="markers", name=f"group {g}",
+            legendgroup=f"g{g}", customdata=custom,
+            marker=dict(size=2 * radius[g], color=_rgb(colours[g]), opacity=opacity[g],
+                        line=dict(color="black", width=1)),
+            hovertemplate=("group %{customdata[0]:d}, point %{customdata[1]:d} (i=%{customdata[2]:d}, "
+                           "j=%{customdata[3]:d})<br>x=%{x:.1f} px, y=%{y:.1f} px<br>"
+                           "dx=%{customdata[4]:.3f}, dy=%{customdata[5]:.3f} cells<br>"
+                           "weight=%{customdata[6]:.3f} (%{customdata[7]:.2f}x uniform)<extra></extra>")))
+    traces.append(dict(type="scatter", x=[centre[0]], y=[centre[1]], mode="markers", name="cell centre",
+                       marker=dict(symbol="cross", size=13, color="white", line=dict(width=1.5, color="black")),
+                       hovertemplate=f"cell {tuple(int(v) for v in cell)} centre<br>x=%{{x:.1f}}, y=%{{y:.1f}} px"
+                                     "<extra></extra>"))
+    axis = dict(showgrid=False, zeroline=False, ticks="outside")
+    layout = dict(_FIGURE_STYLE, height=height, margin=dict(l=55, r=10, t=36, b=80), plot_bgcolor="rgb(45,45,45)",
+                  xaxis=dict(axis, range=[lo[0], hi[0]], title=dict(text="x (image px)")),
+                  yaxis=dict(axis, range=[hi[1], lo[1]], title=dict(text="y (image px)"), scaleanchor="x",
+                             scaleratio=1),
+                  legend=dict(orientation="h", yanchor="top", y=-0.14, x=0))
+    return go.Figure(data=traces, layout=layout)
+
+
+def weight_matrix(weights: np.ndarray, kernel: int, remove_center: bool = False) -> np.ndarray:
+    """One group's P weights -> the (K, K) picture: row j (y), column i (x), from p = i*K + j.
+    With ``remove_center`` the centre (which has no point) is NaN."""
+    values = np.asarray(weights, dtype=np.float64)
+    if remove_center:
+        values = np.insert(values, (kernel * kernel - 1) // 2, np.nan)
+    return values.reshape(kernel, kernel).T  # [i, j] -> [j (row, y), i (column, x)]
+
+
+def weight_matrices_figure(layer, cell, groups=None, columns: int = 4, height_per_row: int = 200) -> go.Figure:
+    """One KxK heatmap per group of a cell's softmax weights, laid out as the kernel sits on the
+    image (row j = y, column i = x), values printed, one colour scale for all groups."""
+    weights = layer.weights[tuple(cell)]
+    num_groups, points = weights.shape
+    chosen = list(range(num_groups)) if groups is None else [g for g in groups if 0 <= g < num_groups]
+    chosen = chosen or list(range(num_groups))
+    cols = min(columns, len(chosen))
+    rows = math.ceil(len(chosen) / cols)
+    k = layer.kernel
+    top = float(np.nanmax(weights[chosen]))
+    point_index = np.arange(k)[None, :] * k + np.arange(k)[:, None]  # [j, i] -> p = i*K + j
+    gap_x, gap_y = 0.05, 0.22 if rows > 1 else 0.0  # room for a row's tick labels and the next title
+    width, height = (1 - gap_x * (cols - 1)) / cols, (1 - gap_y * (rows - 1)) / rows
+    traces, layout = [], dict(_FIGURE_STYLE, annotations=[])
+    for n, g in enumerate(chosen):
+        row, col = divmod(n, cols)
+        suffix = "" if n == 0 else str(n + 1)
+        matrix = weight_matrix(weights[g], k, layer.remove_center)
+        traces.append(dict(type="heatmap", z=matrix, x=[f"i={i}" for i in range(k)], y=[f"j={j}" for j in range(k)],
+                           xaxis=f"x{suffix}", yaxis=f"y{suffix}", coloraxis="coloraxis",
+                           customdata=np.stack([point_index, matrix * points], axis=-1), texttemplate="%{z:.2f}",
+                           hovertemplate=(f"group {g}, point %{{customdata[0]:d}}<br>%{{x}}, %{{y}}<br>weight="
+                                          "%{z:.3f} (%{customdata[1]:.2f}x uniform)<extra></extra>")))
+        x_domain = [max(0.0, col * (width + gap_x)), min(1.0, col * (width + gap_x) + width)]
+        y_top = 1 - row * (height + gap_y)
+        layout[f"xaxis{suffix}"] = dict(domain=x_domain, anchor=f"y{suffix}", side="bottom", ticks="")
+        layout[f"yaxis{suffix}"] = dict(domain=[max(0.0, y_top - height), min(1.0, y_top)], anchor=f"x{suffix}",
+                                        autorange="reversed", scaleanchor=f"x{suffix}", ticks="")
+        layout["annotations"].append(dict(text=f"group {g}", x=sum(x_domain) / 2, y=y_top, xref="paper",
+                                          yref="paper", xanchor="center", yanchor="bottom", showarrow=False))
+    layout.update(height=max(230, rows * height_per_row + 70), margin=dict(l=40, r=10, t=55, b=25),
+                  plot_bgcolor="white",
+                  coloraxis=dict(colorscale="Viridis", cmin=0, cmax=max(top, 1e-6),
+                                 colorbar=dict(title=dict(text="weight"), thickness=12)),
+                  title=dict(text=f"uniform = 1/{points} = {1 / points:.3f}", font=dict(size=12), x=0.99,
+                             xanchor="right"))
+    return go.Figure(data=traces, layout=layout)
+
+
+# -- trace through the stacked DCNv3 layers --------------------------------------------------------------
+@dataclass
+class TraceLevel:
+    """One DCNv3 layer on the path: sample positions (N, 2) in image px and their path weights (N,)."""
+    layer: str
+    xy: np.ndarray
+    weight: np.ndarray
+
+
+def trace_through_layers(probe, layer, cell, groups=None, top: int = 60) -> list[TraceLevel]:
+    """Where the chosen layer's samples at ``cell`` themselves sampled, down the stacked DCNv3 layers.
+
+    As in figure 6 of the DCNv1 paper: level 0 is the chosen layer's samples (the chosen groups,
+    each group's weights divided by the number of groups, so a level's weights sum to at most 1).
+    Each sample then reads the next lower DCNv3 layer (the previous one in forward order) at its
+    position: bilinearly, like the deformable sampling itself, so it follows the up to 4 cells
+    around the position with the bilinear coefficients (a sample exactly on a cell centre follows
+    that one cell). Each of those cells contributes its own samples, with path weight = parent
+    weight x bilinear coefficient x the child's weight / its group count. Paths that reach the
+    same position are merged (their weights add up) and only the ``top`` heaviest positions are
+    kept per level (a beam); cells beyond the grid read zeros, as DCNv3's padding does, so their
+    paths end. Ordinary convolutions between the DCNv3 layers are not part of the trace.
+    """
+    names = [record.name for record in probe.layers]
+    record = probe.record(layer)
+    index = names.index(record.name)
+    locations = probe.sampling_locations(record, cell)
+    weights = record.weights[tuple(cell)].astype(np.float64)
+    chosen = list(range(record.groups)) if groups is None else [g for g in groups if 0 <= g < record.groups]
+    chosen = chosen or list(range(record.groups))
+    xy = locations[chosen].reshape(-1, 2)
+    path = (weights[chosen] / len(chosen)).reshape(-1)
+    levels = [_keep_top(_merged(TraceLevel(record.name, xy, path)), top)]
+    for lower in reversed(probe.layers[:index]):
+        rows, cols, coefficients = _bilinear_cells(probe, lower, levels[-1].xy)
+        if len(rows) == 0:
+            break
+        parent_weight = levels[-1].weight[coefficients[0]] * coefficients[1]  # (M,)
+        children_xy = probe.sampling_locations(lower)[rows, cols].reshape(-1, 2)  # (M*G*P, 2)
+        children_w = (parent_weight[:, None] * lower.weights[rows, cols].reshape(len(rows), -1) / lower.groups)
+        levels.append(_keep_top(_merged(TraceLevel(lower.name, children_xy, children_w.reshape(-1))), top))
+    return levels
+
+
+def _bilinear_cells(probe, layer, xy: np.ndarray):
+    """The cells a bilinear read of ``layer``'s output at image points ``xy`` (N, 2) touches.
+
+    Returns (rows (M,), cols (M,), (parent index (M,), coefficient (M,))), only in-grid cells with
+    a non-zero coefficient. Cell centres step linearly: ``cell_centre((0, 0))`` + index * step.
+    """
+    origin = probe.cell_centre(layer, (0, 0))
+    step = layer.stride * layer.layer_stride / probe.letterbox.ratio  # image px between cell centres
+    u = (np.asarray(xy, dtype=np.float64) - origin) / step  # continuous (col, row), centres at integers
+    base = np.floor(u)
+    frac = u - base
+    rows, cols, parents, coefficients = [], [], [], []
+    for dc, dr in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        coefficient = (frac[:, 0] if dc else 1 - frac[:, 0]) * (frac[:, 1] if dr else 1 - frac[:, 1])
+        col, row = base[:, 0] + dc, base[:, 1] + dr
+        keep = (coefficient > 1e-9) & (row >= 0) & (row < layer.grid[0]) & (col >= 0) & (col < layer.grid[1])
+        rows.append(row[keep].astype(np.int64))
+        cols.append(col[keep].astype(np.int64))
+        parents.append(np.nonzero(keep)[0])
+        coefficients.append(coefficient[keep])
+    return (np.concatenate(rows), np.concatenate(cols), (np.concatenate(parents), np.concatenate(coefficients)))
+
+
+def _merged(level: TraceLevel) -> TraceLevel:
+    """One point per distinct position (to 1e-3 px), weights of coinciding paths added."""
+    positions, inverse = np.unique(np.round(level.xy, 3), axis=0, return_inverse=True)
+    weights = np.bincount(inverse.ravel(), weights=level.weight, minlength=len(positions))
+    return TraceLevel(level.layer, positions, weights)
+
+
+def _keep_top(level: TraceLevel, top: int) -> TraceLevel:
+    order = np.argsort(-level.weight, kind="stable")[:top]
+    return TraceLevel(level.layer, level.xy[order], level.weight[order])
+
+
+def trace_overlay(image: np.ndarray, levels: list[TraceLevel], start_xy, size: int = 900,
+                  min_extent: float = 96.0) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
+    """Draw a trace, zoomed on the region it covers: the deepest level's points coloured and
+    sized by path weight (inferno: dark = weak, yellow = strong), the intermediate levels as small
+    white rings, the start as a cross, on the dimmed image.
+
+    Returns (canvas BGR, origin (x0, y0) in image px, (sx, sy)): image point (x, y) lies at canvas
+    point ((x - x0) * sx, (y - y0) * sy). The crop spans at least ``min_extent`` image px and the canvas
+    is ``size`` px on its long side.
+    """
+    height, width = image.shape[:2]
+    points = np.concatenate([np.asarray(start_xy, dtype=np.float64)[None]] + [level.xy for level in levels])
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    extent = np.maximum(hi - lo, 1.0)
+    pad = np.maximum(0.15 * extent, (min_extent - extent) / 2)
+    x0, y0 = (int(np.clip(math.floor(v), 0, lim - 1)) for v, lim in zip(lo - pad, (width, height)))
+    x1, y1 = (int(np.clip(math.ceil(v), start + 1, lim)) for v, lim, start in zip(hi + pad, (width, height), (x0, y0)))
+    s = size / max(x1 - x0, y1 - y0)
+    crop = image[y0:y1, x0:x1]
+    canvas = cv2.resize(crop, (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))),
+                        interpolation=cv2.INTER_LINEAR if s > 1 else cv2.INTER_AREA)
+    canvas = cv2.convertScaleAbs(canvas, alpha=0.55)  # dim the photo so the trace stands out
+    scale = (canvas.shape[1] / (x1 - x0), canvas.shape[0] / (y1 - y0))
+
+    def local(xy):
+        return (xy[0] - x0, xy[1] - y0)
+
+    unit = _unit(canvas)
+    for level in levels[:-1]:
+        for xy in level.xy:
+            cv2.circle(canvas, _fixed(local(xy), scale), int(3 * unit * (1 << _SHIFT)), (255, 255, 255), unit,
+                       cv2.LINE_AA, _SHIFT)
+    if levels:
+        last = levels[-1]
+        relative = last.weight / max(float(last.weight.max()), 1e-12)
+        # inferno from 30 % up: its darkest colours vanish on the dimmed photo
+        shades = ((0.3 + 0.7 * relative) * 255).astype(np.uint8)[:, None]
+        colours = cv2.applyColorMap(shades, cv2.COLORMAP_INFERNO)[:, 0]
+        for n in np.argsort(relative):  # strongest on top
+            cx, cy = image_to_canvas(local(last.xy[n]), scale)
+            _blend_disc(canvas, (cx - 0.5, cy - 0.5), (2.5 + 5 * math.sqrt(relative[n])) * unit,
+                        tuple(int(c) for c in colours[n]), 0.95, outline=(0, 0, 0))
+    return draw_marker(canvas, local(start_xy), scale), (float(x0), float(y0)), scale
+
+
+# -- the whole sampling view -----------------------------------------------------------------------------
+@dataclass
+class SamplingView:
+    """Everything the sampling view shows for one query: canvases are BGR."""
+    overlay: np.ndarray  # canvas: detections, samples, grid, arrows, cell cross
+    scale: tuple[float, float]  # canvas px per image px
+    figure: go.Figure | None  # interactive zoom (None without a DCNv3 layer)
+    weights: go.Figure | None  # KxK weight matrices
+    trace: np.ndarray | None  # canvas of the trace through the stacked layers
+    cell: tuple[int, int] | None
+    message: str  # one line for the user (what is shown, or why nothing is)
+
+
+def initial_query(probe) -> tuple[float, float, str | None, int | None]:
+    """Where to look first: the best detection's centre in its scale's layer, else the image
+    centre in the middle DCNv3 layer. Returns (x, y, layer name or None, detection or None)."""
+    height, width = probe.image_shape
+    if len(probe.detections) and probe.layers:
+        best = int(np.argmax(probe.detections.scores))
+        x1, y1, x2, y2 = probe.detections.boxes[best]
+        return float(x1 + x2) / 2, float(y1 + y2) / 2, probe.layer_for_box((x1, y1, x2, y2)).name, best
+    layer = probe.layers[len(probe.layers) // 2].name if probe.layers else None
+    return width / 2, height / 2, layer, None
+
+
+def query_for_detection(probe, index: int) -> tuple[float, float, str | None]:
+    """A detection's centre and the DCNv3 layer whose stride matches its size."""
+    x1, y1, x2, y2 = (float(v) for v in probe.detections.boxes[index])
+    layer = probe.layer_for_box((x1, y1, x2, y2))
+    return (x1 + x2) / 2, (y1 + y2) / 2, layer.name if layer is not None else None
+
+
+def sampling_view(image: np.ndarray, probe, layer: str | None, xy, groups=None, highlight: int | None = None,
+                  scale=None, base: np.ndarray | None = None, trace_top: int = 60) -> SamplingView:
+    """Render the sampling view for image point ``xy`` (continuous image px) in ``layer``.
+
+    ``base``: the canvas with detections already drawn (``draw_detections`` on ``make_canvas``),
+    which a caller may cache per image; ``scale`` must then be the canvas' scale.
+    """
+    if base is None:
+        base, scale = make_canvas(image, scale)
+        base = draw_detections(base, probe.detections, scale, highlight)
+    scale = _pair(scale if scale is not None else display_scale(image.shape))
+    if layer is None or not probe.layers:
+        return SamplingView(base, scale, None, None, None, None, "no DCNv3 layer in this model: detections only")
+    x, y = float(xy[0]), float(xy[1])
+    height, width = probe.image_shape
+    record = probe.record(layer)
+    cell = probe.cell_at(record, x, y) if (0 <= x < width and 0 <= y < height) else None
+    if cell is None:
+        return SamplingView(base, scale, None, None, None, None,
+                            f"({x:.1f}, {y:.1f}) is outside the image: click on the picture")
+    locations = probe.sampling_locations(record, cell)
+    overlay = draw_samples(base, locations, record.weights[cell], probe.regular_locations(record, cell), groups, scale)
+    centre = probe.cell_centre(record, cell)
+    overlay = draw_marker(overlay, centre, scale)
+    levels = trace_through_layers(probe, record, cell, groups, top=trace_top)
+    trace, _, _ = trace_overlay(image, levels, centre)
+    message = (f"{record.stage}, {record.name}: cell (row {cell[0]}, col {cell[1]}) centred at "
+               f"({centre[0]:.1f}, {centre[1]:.1f}) px; {record.groups} group(s) x {record.points} points; "
+               f"trace through {len(levels)} DCNv3 layer(s)")
+    return SamplingView(overlay, scale, sampling_figure(image, probe, record, cell, groups),
+                        weight_matrices_figure(record, cell, groups), trace, cell, message)
+
+
+# -- fields view ----------------------------------------------------------------------------------------
+FIELDS = {
+    "offset magnitude": "mean |offset_scale x offset| over the P points, in feature cells",
+    "offset direction": "direction of the mean displacement (hue) and its length (brightness)",
+    "weight entropy": "normalised entropy of the softmax weights: 0 = one point, 1 = uniform",
+    "effective dilation": "mean distance between neighbouring sampling points, in feature cells",
+    "share off the image": "share of the P samples that fall outside the image",
+}
+
+
+def field_values(probe, layer, field: str, group: int | None = None) -> np.ndarray:
+    """Per-cell values of a field: (H, W), or (H, W, 2) mean displacement (dx, dy) in cells for
+    "offset direction". ``group`` None averages over groups."""
+    record = probe.record(layer)
+    if field == "offset direction":
+        displacement = record.offset_scale * record.offsets.astype(np.float64).mean(axis=3)  # (H, W, G, 2)
+        return displacement.mean(axis=2) if group is None else displacement[:, :, group]
+    per_group = {"offset magnitude": probe.offset_magnitude, "weight entropy": probe.weight_entropy,
+                 "effective dilation": probe.effective_dilation, "share off the image": probe.outside_share}
+    if field not in per_group:
+        raise ValueError(f"unknown field {field!r}; one of {list(FIELDS)}")
+    values = per_group[field](record)  # (H, W, G)
+    return values.mean(axis=-1) if group is None else values[..., group]
+
+
+def _field_range(field: str, values: np.ndarray) -> tuple[float, float]:
+    if field in ("weight entropy", "share off the image"):
+        return 0.0, 1.0  # bounded quantities: a fixed scale keeps layers comparable
+    top = float(np.nanmax(values)) if values.size else 0.0
+    return 0.0, top if top > 1e-9 else 1.0
+
+
+def _field_colours(field: str, values: np.ndarray, value_range) -> np.ndarray:
+    """(H, W, 3) BGR uint8 colours of the field's cells."""
+    if field == "offset direction":
+        angle = np.degrees(np.arctan2(values[..., 1], values[..., 0])) % 360  # y down: 90 = down
+        length = np.linalg.norm(values, axis=-1)
+        hsv = np.stack([angle / 2, np.full_like(angle, 255), np.clip(length / value_range[1], 0, 1) * 255], axis=-1)
+        return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2BGR)
+    lo, hi = value_range
+    scaled = np.clip((values - lo) / max(hi - lo, 1e-12), 0, 1)
+    return cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)
+
+
+def _cells_on_canvas(colours: np.ndarray, probe, record, canvas_shape, scale, smooth: bool) -> np.ndarray:
+    """Warp a (H, W, 3) per-cell picture onto the canvas so each cell is centred on its cell centre."""
+    sx, sy = _pair(scale)
+    origin = probe.cell_centre(record, (0, 0))  # image px
+    step = record.stride * record.layer_stride / probe.letterbox.ratio  # image px between cells
+    # canvas pixel-centre coordinate of cell c: (origin + c * step) * s - 0.5
+    matrix = np.array([[step * sx, 0, origin[0] * sx - 0.5], [0, step * sy, origin[1] * sy - 0.5]])
+    return cv2.warpAffine(colours, matrix, (canvas_shape[1], canvas_shape[0]),
+                          flags=cv2.INTER_LINEAR if smooth else cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+
+
+def colour_bar(width: int, field: str, value_range, unit: int = 1) -> np.ndarray:
+    """A (h, width, 3) BGR strip: the field's colour scale with its range and name."""
+    height = 46 * unit
+    strip = np.full((height, width, 3), 255, np.uint8)
+    margin = 12 * unit
+    bar_w = max(1, width - 2 * margin)
+    ramp = np.linspace(0, 1, bar_w)
+    if field == "offset direction":
+        angles = (ramp * 360 - 180) % 360
+        hsv = np.stack([angles / 2, np.full(bar_w, 255), np.full(bar_w, 255)], axis=-1)[None].astype(np.uint8)
+        row = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0]
+        ticks = [(0.0, "-180 left"), (0.25, "-90 up"), (0.5, "0 right"), (0.75, "90 down"), (1.0, "180 left")]
+        title = "offset direction (deg); brightness = length, max %.2f cells" % value_range[1]
+    else:
+        row = cv2.applyColorMap((ramp * 255).astype(np.uint8)[None], cv2.COLORMAP_VIRIDIS)[0]
+        lo, hi = value_range
+        ticks = [(t, f"{lo + t * (hi - lo):.3g}") for t in (0.0, 0.25, 0.5, 0.75, 1.0)]
+        title = field + {"offset magnitude": " (cells)", "effective dilation": " (cells)"}.get(field, "")
+    strip[18 * unit:30 * unit, margin:margin + bar_w] = row[None]
+    font = 0.4 * unit
+    cv2.putText(strip, title, (margin, 13 * unit), cv2.FONT_HERSHEY_SIMPLEX, font, (30, 30, 30), unit, cv2.LINE_AA)
+    for t, text in ticks:
+        (w, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, unit)
+        x = int(np.clip(margin + t * bar_w - w / 2, 0, width - w))
+        cv2.putText(strip, text, (x, 43 * unit), cv2.FONT_HERSHEY_SIMPLEX, font, (30, 30, 30), unit, cv2.LINE_AA)
+    return strip
+
+
+def field_overlay(image: np.ndarray, probe, layer, field: str, group: int | None = None,
+                  opacity: float = 0.6, scale=None, smooth: bool = False) -> tuple[np.ndarray, tuple[float, float]]:
+    """A field blended over the image (``opacity`` of the colour), with a colour bar strip below.
+
+    Each cell's colour is centred on its cell centre (``Probe.cell_centre``); ``smooth`` blends
+    between cell centres (bilinear) instead of drawing cells as blocks. Returns (picture, scale);
+    the picture is the canvas plus the strip, so its height exceeds the canvas'.
+    """
+    canvas, scale = make_canvas(image, scale)
+    record = probe.record(layer)
+    values = field_values(probe, record, field, group)
+    magnitude = np.linalg.norm(values, axis=-1) if field == "offset direction" else values
+    value_range = _field_range(field, magnitude)
+    colours = _cells_on_canvas(_field_colours(field, values, value_range), probe, record, canvas.shape, scale, smooth)
+    blended = cv2.addWeighted(colours, float(opacity), canvas, 1 - float(opacity), 0)
+    unit = max(1, round(canvas.shape[1] / 640))  # the strip's text stays legible but modest
+    return np.vstack([blended, colour_bar(canvas.shape[1], field, value_range, unit)]), scale
+
+
+# -- health view ------------------------------------------------------------------------------------------
+def layer_choice_label(layer) -> str:
+    """Dropdown text of a layer: stage, stride, groups and kernel, then its module name."""
+    return f"{layer.stage} · stride {layer.stride} · G={layer.groups} K={layer.kernel} · {layer.name}"
+
+
+def health_histograms(probe, bins: int = 40, height: int = 400) -> go.Figure:
+    """Per-layer distributions (over cells and groups) of offset magnitude and weight entropy, as
+    step lines (share of cell-groups per bin), one colour per layer, side by side."""
+    magnitudes = [probe.offset_magnitude(r).ravel() for r in probe.layers]
+    top = max([float(m.max()) for m in magnitudes if m.size] + [1e-3])
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+    traces = []
+    for n, (record, magnitude) in enumerate(zip(probe.layers, magnitudes)):
+        colour = palette[n % len(palette)]
+        name = f"{record.stage.split()[0]} {record.name}"
+        for axis, values, edges in (("", magnitude, np.linspace(0, top * 1.0001, bins + 1)),
+                                    ("2", probe.weight_entropy(record).ravel(), np.linspace(0, 1.0001, bins + 1))):
+            counts, _ = np.histogram(values, edges)
+            traces.append(dict(type="scatter", x=(edges[:-1] + edges[1:]) / 2, y=counts / max(values.size, 1),
+                               mode="lines", line_shape="hvh", line=dict(color=colour, width=2), name=name,
+                               legendgroup=record.name, showlegend=axis == "", xaxis=f"x{axis}", yaxis=f"y{axis}",
+                               hovertemplate=name + "<br>%{x:.3f}: %{y:.1%} of cells<extra></extra>"))
+    grid = dict(gridcolor="#e5e5e5", zeroline=False)
+    layout = dict(_FIGURE_STYLE, height=height, margin=dict(l=60, r=10, t=36, b=110), plot_bgcolor="white",
+                  xaxis=dict(grid, domain=[0, 0.45], title=dict(text="offset magnitude (feature cells)")),
+                  yaxis=dict(grid, title=dict(text="share of cells x groups"), tickformat=".0%"),
+                  xaxis2=dict(grid, domain=[0.55, 1], anchor="y2", title=dict(text="normalised weight entropy")),
+                  yaxis2=dict(grid, anchor="x2", tickformat=".0%"),
+                  legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, font=dict(size=11)))
+    return go.Figure(data=traces, layout=layout)
