@@ -14,15 +14,19 @@ Sampling location of point (i, j), group g, output cell (h, w), in unpadded inpu
     x = w*stride_w - pad_w + c_w + offset_scale * (i*dilation_w - c_w + dx)
     y = h*stride_h - pad_h + c_h + offset_scale * (j*dilation_h - c_h + dy)
 
-Two formulations compute the same thing:
+Three formulations compute the same thing (``set_default_formulation``):
 
-* ``"gather"`` (default): on the NHWC layout a group's D channels are contiguous, so each
-  bilinear tap is one row gather from an (N*H*W*G, D) table followed by a batched matmul with the
-  tap weights. A hand-written backward recomputes the taps instead of saving them, so peak memory
-  stays at one tap's worth of gathered rows.
+* ``"sparse"`` (default on CPU and CUDA): sampling is linear in the input, so each of the four
+  bilinear taps is a sparse (outputs x input pixels) CSR matrix of tap weight x mask, applied to
+  the NHWC input viewed as an (N*H*W*G, D) table (a group's D channels are contiguous). The
+  sampled values are never materialised; a hand-written backward uses ``sampled_addmm`` for
+  the offset and mask gradients and the transposed matrices for the input gradient.
+* ``"gather"``: the same taps as ``index_select`` of table rows and a batched matmul, in plain
+  differentiable ops: the path for tracing, ONNX export and devices without sparse kernels.
 * ``"grid_sample"``: the reference's formulation (one ``F.grid_sample`` per group on NCHW).
 
-Both compute the sampling geometry in at least float32 and return the input's dtype.
+All three form sampling locations with the reference's own arithmetic (normalised coordinates,
+grid_sample's unnormalisation), compute in at least float32 and return the input's dtype.
 """
 from __future__ import annotations
 
