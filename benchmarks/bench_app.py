@@ -35,6 +35,9 @@ from viz_app import render  # noqa: E402
 from viz_app.models import Analyser, ModelRegistry  # noqa: E402
 
 
+IMGSZ = 640  # the app's inference size; predict gets the same (a checkpoint may carry another)
+
+
 def default_model() -> Path:
     bundled = ROOT / "assets" / "models" / "dcnv3-yolov8n.pt"
     return bundled if bundled.is_file() else ROOT / "tests" / "data" / "fork_fixture" / "fork_A.pt"
@@ -60,8 +63,8 @@ def main() -> None:
     name = registry.default_name()
     model = registry.load(name).yolo  # loading the model is per model, not per image: not timed
     analyser = Analyser(registry, cache_size=0)  # every analyse() is a first run
-    analysis = analyser.analyse(image_path, name)  # warm-up: builds the fused inference copy
-    model.predict(image_path, verbose=False)
+    analysis = analyser.analyse(image_path, name, imgsz=IMGSZ)  # warm-up: builds the fused inference copy
+    model.predict(image_path, imgsz=IMGSZ, verbose=False)
     probe, image = analysis.probe, analysis.image.bgr
     if not probe.layers:
         sys.exit(f"{name} has no DCNv3 layer: nothing to click")
@@ -78,8 +81,8 @@ def main() -> None:
     click()  # warm-up (plotly's first figure loads its validators)
     first, predict, clicks = [], [], []
     for _ in range(args.repeats):
-        first.append(timed(lambda: analyser.analyse(image_path, name)))
-        predict.append(timed(lambda: model.predict(image_path, verbose=False)))
+        first.append(timed(lambda: analyser.analyse(image_path, name, imgsz=IMGSZ)))
+        predict.append(timed(lambda: model.predict(image_path, imgsz=IMGSZ, verbose=False)))
         clicks += [timed(click) for _ in range(3)]
     first_ms, predict_ms, click_ms = (statistics.median(v) * 1e3 for v in (first, predict, clicks))
     print(f"model {name} ({len(probe.layers)} DCNv3 layers), image bus.jpg {width}x{height}, "
