@@ -42,8 +42,8 @@ import torch.nn.functional as F
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
-__all__ = ["dcnv3_core", "dcnv3_core_grid_sample", "dcnv3_core_gather", "output_size",
-           "dcnv3_core_sparse", "kernel_grid", "sampling_locations", "set_default_formulation"]
+__all__ = ["dcnv3_core", "dcnv3_core_grid_sample", "dcnv3_core_gather", "dcnv3_core_sparse",
+           "output_size", "set_default_formulation"]
 
 
 class Geometry(NamedTuple):
@@ -73,45 +73,6 @@ def output_size(in_h: int, in_w: int, kernel_h: int, kernel_w: int, stride_h: in
     out_h = (in_h + 2 * pad_h - (dilation_h * (kernel_h - 1) + 1)) // stride_h + 1
     out_w = (in_w + 2 * pad_w - (dilation_w * (kernel_w - 1) + 1)) // stride_w + 1
     return out_h, out_w
-
-
-def kernel_grid(kernel_h: int, kernel_w: int, dilation_h: int, dilation_w: int,
-                remove_center: bool | int = False, dtype=torch.float32, device=None) -> torch.Tensor:
-    """The fixed kernel offsets (P, 2) as (x, y) in input pixels, in DCNv3's point order.
-
-    Point ``p = i*K_h + j`` sits at ``(i*dilation_w - c_w, j*dilation_h - c_h)``, i.e. the
-    column-major order of InternImage (outer index walks x).
-    """
-    c_h = (dilation_h * (kernel_h - 1)) // 2
-    c_w = (dilation_w * (kernel_w - 1)) // 2
-    xs = torch.arange(kernel_w, dtype=dtype, device=device) * dilation_w - c_w
-    ys = torch.arange(kernel_h, dtype=dtype, device=device) * dilation_h - c_h
-    grid = torch.stack(torch.meshgrid(xs, ys, indexing="ij"), dim=-1).reshape(-1, 2)
-    if remove_center:
-        centre = (kernel_h * kernel_w - 1) // 2
-        grid = torch.cat([grid[:centre], grid[centre + 1:]], dim=0)
-    return grid
-
-
-def sampling_locations(offset: torch.Tensor, geometry: Geometry) -> tuple[torch.Tensor, torch.Tensor]:
-    """Absolute sampling locations (x, y), each (N, H_out, W_out, G, P), in unpadded input pixels.
-
-    ``offset`` is (N, H_out, W_out, G*P*2) in the layout above; the result has ``offset``'s dtype.
-    """
-    n, out_h, out_w, _ = offset.shape
-    g, p = geometry.group, geometry.points
-    dtype, device = offset.dtype, offset.device
-    c_h = (geometry.dilation_h * (geometry.kernel_h - 1)) // 2
-    c_w = (geometry.dilation_w * (geometry.kernel_w - 1)) // 2
-    base_x = torch.arange(out_w, dtype=dtype, device=device) * geometry.stride_w - geometry.pad_w + c_w
-    base_y = torch.arange(out_h, dtype=dtype, device=device) * geometry.stride_h - geometry.pad_h + c_h
-    grid = kernel_grid(geometry.kernel_h, geometry.kernel_w, geometry.dilation_h, geometry.dilation_w,
-                       geometry.remove_center, dtype=dtype, device=device)  # (P, 2)
-    off = offset.reshape(n, out_h, out_w, g, p, 2)
-    scale = geometry.offset_scale
-    x = base_x.view(1, 1, out_w, 1, 1) + scale * (grid[:, 0] + off[..., 0])
-    y = base_y.view(1, out_h, 1, 1, 1) + scale * (grid[:, 1] + off[..., 1])
-    return x, y
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from dcnv3 import dcnv3_core
-from dcnv3.ops import (dcnv3_core_gather, dcnv3_core_grid_sample, dcnv3_core_sparse,
-                       kernel_grid, output_size)
+from dcnv3.geometry import kernel_offsets
+from dcnv3.ops import dcnv3_core_gather, dcnv3_core_grid_sample, dcnv3_core_sparse, output_size
 from oracle import dcnv3_core_oracle
 
 GOLDEN = Path(__file__).parent / "data" / "golden_dcnv3"
@@ -176,11 +176,11 @@ def test_dtypes_round_trip(dtype, formulation):
     torch.testing.assert_close(out.double(), reference, rtol=tolerance, atol=tolerance)
 
 
-def test_kernel_grid_order_is_column_major():
-    grid = kernel_grid(3, 3, 1, 1)
+def test_kernel_point_order_is_column_major():
+    grid = kernel_offsets(3, 1)
     # p = i*K + j with i walking x: the first three points share x = -1.
     assert grid[:3, 0].tolist() == [-1, -1, -1] and grid[:3, 1].tolist() == [-1, 0, 1]
-    assert kernel_grid(3, 3, 1, 1, remove_center=True).shape == (8, 2)
+    assert kernel_offsets(3, 1, remove_center=True).shape == (8, 2)
 
 
 class TestErrors:
