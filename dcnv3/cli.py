@@ -76,7 +76,7 @@ def inspect_image(model, image_path: Path, out_dir: Path, imgsz: int, conf: floa
     import numpy as np
 
     from . import stats
-    from .overlay import draw_cell_marker, draw_detections, draw_sampling_points
+    from .overlay import draw_detections, draw_marker, draw_samples
     from .probe import prepare_image, probe
 
     image = prepare_image(image_path)
@@ -94,9 +94,9 @@ def inspect_image(model, image_path: Path, out_dir: Path, imgsz: int, conf: floa
         if cell is not None:
             queries.append((layer, cell))
     for layer, cell in queries:
-        overlay = draw_sampling_points(overlay, result.sampling_locations(layer, cell),
-                                       layer.weights[cell], result.regular_locations(layer, cell))
-        overlay = draw_cell_marker(overlay, result.cell_centre(layer, cell))
+        overlay = draw_samples(overlay, result.sampling_locations(layer, cell), layer.weights[cell],
+                               result.regular_locations(layer, cell))
+        overlay = draw_marker(overlay, result.cell_centre(layer, cell))
     stem = image_path.stem
     cv2.imwrite(str(out_dir / f"{stem}_overlay.png"), overlay)
     np.savez_compressed(out_dir / f"{stem}_probe.npz", **result.as_arrays())
@@ -221,9 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dcnv3", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def common(sub, model_help="checkpoint (.pt)"):
-        sub.add_argument("--model", required=True, help=model_help)
+    def common(sub, thresholds=False):
+        sub.add_argument("--model", required=True, help="checkpoint (.pt)")
         sub.add_argument("--imgsz", type=int, default=640, help="inference size (default 640)")
+        if thresholds:
+            sub.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
+            sub.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold")
 
     sub = commands.add_parser("train", help="train a DCNv3-YOLOv8 (or any YOLO YAML / checkpoint)")
     sub.add_argument("--model", default="dcnv3-yolov8n.yaml",
@@ -255,19 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(func=cmd_val)
 
     sub = commands.add_parser("predict", help="detect objects in images or videos, save annotated copies")
-    common(sub)
+    common(sub, thresholds=True)
     sub.add_argument("--source", required=True, help="image, video or folder")
-    sub.add_argument("--conf", type=float, default=0.25)
-    sub.add_argument("--iou", type=float, default=0.7)
     sub.add_argument("--out", default="runs/dcnv3/predict", help="output folder")
     sub.set_defaults(func=cmd_predict)
 
     sub = commands.add_parser("inspect", help="probe the DCNv3 layers over an image or a folder: "
                                               "per-layer statistics CSV, overlay PNGs, raw NPZ")
-    common(sub)
+    common(sub, thresholds=True)
     sub.add_argument("--source", required=True, help="image or folder of images")
-    sub.add_argument("--conf", type=float, default=0.25)
-    sub.add_argument("--iou", type=float, default=0.7)
     sub.add_argument("--out", default="runs/dcnv3/inspect", help="output folder")
     sub.set_defaults(func=cmd_inspect)
 

@@ -1,19 +1,26 @@
 """Small, composable OpenCV drawing functions for probe results (numpy BGR in, numpy BGR out).
 
-Used by ``python -m dcnv3 inspect`` and by the app's static overlays. Points are drawn with
-sub-pixel precision (OpenCV ``shift``) so that a sample at x = 10.5 lands on pixel 10's centre.
+Used by ``python -m dcnv3 inspect`` and by the app (``viz_app.render``). Drawing happens on a
+*canvas*: the image resized by ``scale`` = (sx, sy) canvas px per image px (1 for the image
+itself). Probe coordinates are continuous image pixels (pixel i spans [i, i+1)), so image point
+(x, y) lies at canvas point (x * sx, y * sy); OpenCV draws in pixel-centre coordinates with
+sub-pixel precision (``shift``), hence the ``- 0.5`` in ``_fixed``.
 """
 from __future__ import annotations
 
 import colorsys
+import math
 
 import cv2
 import numpy as np
 
-__all__ = ["group_colours", "draw_detections", "draw_sampling_points", "draw_cell_marker"]
+__all__ = ["group_colours", "draw_detections", "draw_samples", "draw_marker", "point_style",
+           "image_to_canvas"]
 
-_SHIFT = 4  # fixed-point bits for sub-pixel drawing
-_SCALE = 1 << _SHIFT
+_SHIFT = 4  # fixed-point bits for sub-pixel drawing with OpenCV
+_GHOST = (215, 215, 215)  # regular-grid positions
+_DETECTION = (80, 200, 80)
+_HIGHLIGHT = (0, 230, 255)
 
 
 def group_colours(groups: int) -> list[tuple[int, int, int]]:
@@ -25,61 +32,151 @@ def group_colours(groups: int) -> list[tuple[int, int, int]]:
     return colours
 
 
-def _fixed(xy) -> tuple[int, int]:
-    # Continuous coordinate x maps to OpenCV pixel-centre coordinate x - 0.5.
-    return int(round((xy[0] - 0.5) * _SCALE)), int(round((xy[1] - 0.5) * _SCALE))
+def image_to_canvas(xy, scale) -> np.ndarray:
+    """(..., 2) image coordinates -> canvas coordinates (both continuous)."""
+    return np.asarray(xy, dtype=np.float64) * np.asarray(_pair(scale))
 
 
-def draw_detections(image: np.ndarray, detections, highlight: int | None = None) -> np.ndarray:
-    """Boxes and labels of a ``Detections`` on a copy of ``image`` (BGR uint8)."""
-    out = image.copy()
-    thickness = max(1, round(min(out.shape[:2]) / 400))
-    for index in range(len(detections)):
-        x1, y1, x2, y2 = (int(round(v)) for v in detections.boxes[index])
-        colour = (0, 255, 255) if index == highlight else (60, 200, 60)
-        cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), colour, thickness + (index == highlight))
-        label = detections.label(index)
-        scale = 0.4 * thickness
-        (w, h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        cv2.rectangle(out, (x1, max(0, y1 - h - 4)), (x1 + w + 2, max(h + 4, y1)), colour, -1)
-        cv2.putText(out, label, (x1 + 1, max(h + 1, y1 - 3)), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                    (0, 0, 0), 1, cv2.LINE_AA)
+def _pair(scale) -> tuple[float, float]:
+    if np.isscalar(scale):
+        return float(scale), float(scale)
+    return float(scale[0]), float(scale[1])
+
+
+def _fixed(xy, scale=(1.0, 1.0)) -> tuple[int, int]:
+    """Image coordinate -> OpenCV fixed-point pixel-centre coordinate on the canvas."""
+    sx, sy = _pair(scale)
+    return int(round((xy[0] * sx - 0.5) * (1 << _SHIFT))), int(round((xy[1] * sy - 0.5) * (1 << _SHIFT)))
+
+
+def _unit(canvas: np.ndarray) -> int:
+    """Line width that reads well once the browser fits the canvas in a ~500 px high view
+    (1 px per 480 px of the canvas' long side)."""
+    return max(1, round(max(canvas.shape[:2]) / 480))
+
+
+def _blend_disc(canvas: np.ndarray, centre, radius: float, colour, alpha: float, outline=None) -> None:
+    """Draw a filled disc (canvas pixel-centre coordinates) with opacity ``alpha``, in place.
+
+    Only the disc's bounding box is blended, so drawing stays cheap on large canvases.
+    """
+    x, y = centre
+    reach = int(math.ceil(radius)) + 2
+    x0, y0 = max(0, int(x) - reach), max(0, int(y) - reach)
+    x1, y1 = min(canvas.shape[1], int(x) + reach + 2), min(canvas.shape[0], int(y) + reach + 2)
+    if x0 >= x1 or y0 >= y1:
+        return
+    roi = canvas[y0:y1, x0:x1]
+    layer = roi.copy()
+    scaled = (int(round((x - x0) * (1 << _SHIFT))), int(round((y - y0) * (1 << _SHIFT))))
+    r = max(1, int(round(radius * (1 << _SHIFT))))
+    cv2.circle(layer, scaled, r, colour, -1, cv2.LINE_AA, _SHIFT)
+    if outline is not None:
+        cv2.circle(layer, scaled, r, outline, 1, cv2.LINE_AA, _SHIFT)
+    cv2.addWeighted(layer, alpha, roi, 1 - alpha, 0, dst=roi)
+
+
+def draw_detections(canvas: np.ndarray, detections, scale=(1.0, 1.0), highlight: int | None = None,
+                    max_labels: int = 20, max_boxes: int = 50) -> np.ndarray:
+    """Detection boxes (xyxy image px) on a copy of the canvas: the ``max_boxes`` best-scoring
+    ones (more would bury the image) and the highlighted one; the ``max_labels`` best get a label."""
+    out = canvas.copy()
+    unit = _unit(out)
+    order = np.argsort(-np.asarray(detections.scores), kind="stable")[:max_boxes]
+    if highlight is not None and highlight not in order:
+        order = np.append(order, highlight)
+    labelled = set(order[:max_labels].tolist()) | ({highlight} if highlight is not None else set())
+    sx, sy = _pair(scale)
+    for index in order[::-1]:  # best last, so it is on top
+        x1, y1, x2, y2 = detections.boxes[index]
+        # The outline runs through the box's first and last canvas pixels (continuous edge + 0.5).
+        top_left = _fixed((x1 * sx + 0.5, y1 * sy + 0.5))
+        bottom_right = _fixed((x2 * sx - 0.5, y2 * sy - 0.5))
+        colour = _HIGHLIGHT if index == highlight else _DETECTION
+        cv2.rectangle(out, top_left, bottom_right, colour, unit * (2 if index == highlight else 1),
+                      cv2.LINE_AA, _SHIFT)
+        if index in labelled:
+            _label(out, detections.label(int(index)), (int(x1 * sx), int(y1 * sy)), colour)
     return out
 
 
-def draw_sampling_points(image: np.ndarray, locations: np.ndarray, weights: np.ndarray,
-                         regular: np.ndarray | None = None, groups: list[int] | None = None,
-                         radius: float = 4.0) -> np.ndarray:
-    """Sampling points of one cell on a copy of ``image``.
+def _label(canvas: np.ndarray, text: str, corner, colour) -> None:
+    """A filled label box with black text above ``corner`` (canvas px), kept inside the canvas."""
+    unit = _unit(canvas)
+    font_scale = 0.45 * unit
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, unit)
+    x = int(np.clip(corner[0], 0, max(0, canvas.shape[1] - w - 4)))
+    y = int(corner[1]) if corner[1] - h - base - 4 >= 0 else int(corner[1]) + h + base + 4
+    cv2.rectangle(canvas, (x, y - h - base - 4), (x + w + 4, y), colour, -1)
+    cv2.putText(canvas, text, (x + 2, y - base - 2), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0),
+                unit, cv2.LINE_AA)
+
+
+def point_style(weights: np.ndarray, base_radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """(radius, opacity) per point from its weight relative to the uniform 1/P.
+
+    relative = w * P (1 = uniform): radius = base * sqrt(relative), kept in [0.4, 2.5] * base, so
+    area grows with weight; opacity = 0.25 + 0.75 * relative, capped at 1 (uniform and heavier
+    points are opaque, points that barely count fade).
+    """
+    relative = np.asarray(weights, dtype=np.float64) * weights.shape[-1]
+    radius = base_radius * np.clip(np.sqrt(relative), 0.4, 2.5)
+    opacity = np.clip(0.25 + 0.75 * relative, 0.25, 1.0)
+    return radius, opacity
+
+
+def draw_samples(canvas: np.ndarray, locations: np.ndarray, weights: np.ndarray,
+                 regular: np.ndarray | None = None, groups=None, scale=(1.0, 1.0)) -> np.ndarray:
+    """Sampling points of one cell on a copy of the canvas.
 
     Args:
-        locations: (G, P, 2) image pixels (x, y); weights: (G, P) softmax weights.
-        regular: (G, P, 2) zero-offset grid positions: ghosted, with an arrow to each sample.
-        groups: which groups to draw (default all). A point's radius grows with its weight
-            relative to the uniform 1/P.
+        locations: (G, P, 2) sample positions (x, y) in image px; weights: (G, P) softmax weights.
+        regular: (G, P, 2) zero-offset grid positions: drawn as grey rings, with an arrow in the
+            group's colour from each to its sample.
+        groups: groups to draw (default all); each group has its own colour (``group_colours``).
+        scale: canvas px per image px.
+    Point size and opacity follow ``point_style``; heavier points are drawn last (on top).
     """
-    out = image.copy()
+    out = canvas.copy()
     num_groups, points, _ = locations.shape
     colours = group_colours(num_groups)
-    chosen = range(num_groups) if groups is None else groups
-    for g in chosen:
-        for p in range(points):
-            relative = float(weights[g, p]) * points  # 1 = uniform weight
-            r = max(1.5, radius * np.sqrt(relative))
-            if regular is not None:
-                cv2.circle(out, _fixed(regular[g, p]), int(2 * _SCALE), (200, 200, 200), 1,
+    chosen = list(range(num_groups)) if groups is None else [g for g in groups if 0 <= g < num_groups]
+    unit = _unit(out)
+    base = 4.5 * unit
+    radius, opacity = point_style(weights, base)
+    if regular is not None:
+        for g in chosen:
+            for p in range(points):
+                cv2.circle(out, _fixed(regular[g, p], scale), int(2.5 * unit * (1 << _SHIFT)), (40, 40, 40),
+                           unit + 1, cv2.LINE_AA, _SHIFT)
+                cv2.circle(out, _fixed(regular[g, p], scale), int(2.5 * unit * (1 << _SHIFT)), _GHOST, unit,
                            cv2.LINE_AA, _SHIFT)
-                cv2.line(out, _fixed(regular[g, p]), _fixed(locations[g, p]), colours[g], 1,
-                         cv2.LINE_AA, _SHIFT)
-            cv2.circle(out, _fixed(locations[g, p]), int(r * _SCALE), colours[g], -1, cv2.LINE_AA, _SHIFT)
-            cv2.circle(out, _fixed(locations[g, p]), int(r * _SCALE), (0, 0, 0), 1, cv2.LINE_AA, _SHIFT)
+        for g in chosen:
+            for p in range(points):
+                start = image_to_canvas(regular[g, p], scale)
+                end = image_to_canvas(locations[g, p], scale)
+                length = float(np.hypot(*(end - start)))
+                if length > radius[g, p] + 2:  # stop at the disc's edge so the head stays visible
+                    tip_end = end - (end - start) * radius[g, p] / length
+                    cv2.arrowedLine(out, _fixed(start), _fixed(tip_end), colours[g], unit, cv2.LINE_AA, _SHIFT,
+                                    min(0.5, 5.0 * unit / (length - radius[g, p])))
+    sx, sy = _pair(scale)
+    order = sorted(((g, p) for g in chosen for p in range(points)), key=lambda gp: weights[gp])
+    for g, p in order:
+        x, y = locations[g, p]
+        _blend_disc(out, (x * sx - 0.5, y * sy - 0.5), radius[g, p], colours[g], float(opacity[g, p]),
+                    outline=(0, 0, 0))
     return out
 
 
-def draw_cell_marker(image: np.ndarray, centre_xy, size: float = 6.0) -> np.ndarray:
-    """A white cross on the queried cell's centre."""
-    out = image.copy()
-    x, y = centre_xy
-    for (ax, ay), (bx, by) in (((x - size, y), (x + size, y)), ((x, y - size), (x, y + size))):
-        cv2.line(out, _fixed((ax, ay)), _fixed((bx, by)), (255, 255, 255), 2, cv2.LINE_AA, _SHIFT)
+def draw_marker(canvas: np.ndarray, xy, scale=(1.0, 1.0), colour=(255, 255, 255)) -> np.ndarray:
+    """A cross (with a dark outline, visible on any background) at image point ``xy``."""
+    out = canvas.copy()
+    unit = _unit(out)
+    size = 7 * unit
+    sx, sy = _pair(scale)
+    x, y = xy[0] * sx, xy[1] * sy
+    for width, col in ((3 * unit, (0, 0, 0)), (unit, colour)):
+        for (ax, ay), (bx, by) in (((x - size, y), (x + size, y)), ((x, y - size), (x, y + size))):
+            cv2.line(out, _fixed((ax, ay)), _fixed((bx, by)), col, width, cv2.LINE_AA, _SHIFT)
     return out
