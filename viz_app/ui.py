@@ -309,68 +309,70 @@ def build_app(registry: ModelRegistry, analyser: Analyser | None = None) -> gr.B
     with gr.Blocks(title="DeformLens", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         analysis, view = gr.State(None), gr.State({})
         gr.Markdown("## DeformLens: what the DCNv3 layers of a YOLOv8 detector learned\n" + USAGE)
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=330):
-                image_in = image_file_input(label="Image", height=240, sources=["upload", "clipboard"],
-                                            elem_id="image-in")
-                if examples:
-                    gr.Examples(examples, inputs=image_in, label="Examples", examples_per_page=6)
-                model = gr.Dropdown(registry.names(), value=registry.default_name(), label="Model",
-                                    elem_id="model")
-                checkpoint = gr.UploadButton(f"Load a checkpoint (.pt, up to {MAX_UPLOAD_BYTES >> 20} MB)",
-                                             file_types=[".pt"], type="filepath", size="md", elem_id="checkpoint")
-                notices = gr.Markdown(elem_id="notices")
-                with gr.Row():
-                    conf = gr.Slider(0.01, 1.0, 0.25, step=0.01, label="Confidence")
-                    iou = gr.Slider(0.05, 1.0, 0.7, step=0.05, label="NMS IoU")
-                detection = gr.Dropdown([], label="Detection (jumps to the layer of its scale)",
-                                        elem_id="detection")
-                layer = gr.Dropdown([], label="DCNv3 layer (stage · stride · groups G · kernel K)", elem_id="layer")
-                groups = gr.CheckboxGroup([], label="Groups shown", type="value", elem_id="groups")
-                with gr.Accordion("Export", open=True):
-                    export_button = gr.Button("Export PNG · NPZ · JSON · CSV", size="md", elem_id="export")
-                    gr.Markdown("Overlay PNG, the probe's raw arrays (NPZ), the sampling points of the current "
-                                "selection (JSON) and per-layer statistics (CSV).")
-                    export_files = gr.File(label="Files", file_count="multiple", interactive=False,
-                                           visible=False, elem_id="export-files")
-            with gr.Column(scale=2):
-                with gr.Tabs():
-                    with gr.Tab("Sampling", elem_id="tab-sampling"):
-                        overlay = gr.Image(label="Click a pixel", interactive=False, type="filepath",
-                                           height=660, elem_id="overlay", buttons=["download", "fullscreen"])
-                        info = gr.Markdown(elem_id="sampling-info")
-                        with gr.Row(equal_height=False):
-                            figure = gr.Plot(label="Zoom: hover a point for group, point, dx, dy, weight",
-                                             elem_id="sampling-plot")
-                            trace = gr.Image(label="Trace through the stacked DCNv3 layers (DCNv1 fig. 6): the 60 "
-                                                   "strongest paths, weights multiplied along the path (yellow = "
-                                                   "strongest); white rings: intermediate layers",
-                                             interactive=False, type="filepath", height=520, elem_id="trace")
-                        weights = gr.Plot(label="Weights per group: column i walks x, row j walks y",
-                                          elem_id="weights-plot")
-                    with gr.Tab("Fields", elem_id="tab-fields"):
+        with gr.Tabs(elem_id="main-tabs") as main_tabs:
+            with gr.Tab("Image", id="image", elem_id="tab-image"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=1, min_width=330):
+                        image_in = image_file_input(label="Image", height=240, sources=["upload", "clipboard"],
+                                                    elem_id="image-in")
+                        if examples:
+                            gr.Examples(examples, inputs=image_in, label="Examples", examples_per_page=6)
+                        model = gr.Dropdown(registry.names(), value=registry.default_name(), label="Model",
+                                            elem_id="model")
+                        checkpoint = gr.UploadButton(f"Load a checkpoint (.pt, up to {MAX_UPLOAD_BYTES >> 20} MB)",
+                                                     file_types=[".pt"], type="filepath", size="md", elem_id="checkpoint")
+                        notices = gr.Markdown(elem_id="notices")
                         with gr.Row():
-                            field = gr.Radio(list(render.FIELDS), value="offset magnitude", label="Field",
-                                             scale=3, elem_id="field")
-                            field_group = gr.Dropdown([], label="Group", scale=1, elem_id="field-group")
-                        with gr.Row():
-                            opacity = gr.Slider(0.0, 1.0, 0.6, step=0.05, label="Opacity", scale=3)
-                            smooth = gr.Checkbox(False, label="Smooth between cell centres", scale=1)
-                        gr.Markdown(" · ".join(f"**{k}**: {v}" for k, v in render.FIELDS.items()))
-                        field_image = gr.Image(label="Field over the image (click to query a pixel)",
-                                               interactive=False, type="filepath", height=640,
-                                               elem_id="field-image")
-                    with gr.Tab("Health", elem_id="tab-health"):
-                        gr.Markdown(health.thresholds_markdown())
-                        health_table = gr.Dataframe(label="Per-layer health", interactive=False, wrap=True,
-                                                    column_widths=["17%", "10%", "4%", "4%", "6%", "7%", "6%", "6%",
-                                                                   "7%", "6%", "27%"], elem_id="health-table")
-                        histograms = gr.Plot(label="Distributions per layer", elem_id="histograms")
-                        gr.Markdown("**Effective dilation by detection size** (DCNv1 Table 2 layout, this image): "
-                                    "mean ± std in feature cells at the cells under detection centres; "
-                                    "small / medium / large by sqrt(box area) < 32, < 96, >= 96 px (COCO); "
-                                    "background = cells in no box.")
-                        dilation_table = gr.Dataframe(interactive=False, wrap=True, elem_id="dilation-table")
+                            conf = gr.Slider(0.01, 1.0, 0.25, step=0.01, label="Confidence")
+                            iou = gr.Slider(0.05, 1.0, 0.7, step=0.05, label="NMS IoU")
+                        detection = gr.Dropdown([], label="Detection (jumps to the layer of its scale)",
+                                                elem_id="detection")
+                        layer = gr.Dropdown([], label="DCNv3 layer (stage · stride · groups G · kernel K)", elem_id="layer")
+                        groups = gr.CheckboxGroup([], label="Groups shown", type="value", elem_id="groups")
+                        with gr.Accordion("Export", open=True):
+                            export_button = gr.Button("Export PNG · NPZ · JSON · CSV", size="md", elem_id="export")
+                            gr.Markdown("Overlay PNG, the probe's raw arrays (NPZ), the sampling points of the current "
+                                        "selection (JSON) and per-layer statistics (CSV).")
+                            export_files = gr.File(label="Files", file_count="multiple", interactive=False,
+                                                   visible=False, elem_id="export-files")
+                    with gr.Column(scale=2):
+                        with gr.Tabs():
+                            with gr.Tab("Sampling", elem_id="tab-sampling"):
+                                overlay = gr.Image(label="Click a pixel", interactive=False, type="filepath",
+                                                   height=660, elem_id="overlay", buttons=["download", "fullscreen"])
+                                info = gr.Markdown(elem_id="sampling-info")
+                                with gr.Row(equal_height=False):
+                                    figure = gr.Plot(label="Zoom: hover a point for group, point, dx, dy, weight",
+                                                     elem_id="sampling-plot")
+                                    trace = gr.Image(label="Trace through the stacked DCNv3 layers (DCNv1 fig. 6): the 60 "
+                                                           "strongest paths, weights multiplied along the path (yellow = "
+                                                           "strongest); white rings: intermediate layers",
+                                                     interactive=False, type="filepath", height=520, elem_id="trace")
+                                weights = gr.Plot(label="Weights per group: column i walks x, row j walks y",
+                                                  elem_id="weights-plot")
+                            with gr.Tab("Fields", elem_id="tab-fields"):
+                                with gr.Row():
+                                    field = gr.Radio(list(render.FIELDS), value="offset magnitude", label="Field",
+                                                     scale=3, elem_id="field")
+                                    field_group = gr.Dropdown([], label="Group", scale=1, elem_id="field-group")
+                                with gr.Row():
+                                    opacity = gr.Slider(0.0, 1.0, 0.6, step=0.05, label="Opacity", scale=3)
+                                    smooth = gr.Checkbox(False, label="Smooth between cell centres", scale=1)
+                                gr.Markdown(" · ".join(f"**{k}**: {v}" for k, v in render.FIELDS.items()))
+                                field_image = gr.Image(label="Field over the image (click to query a pixel)",
+                                                       interactive=False, type="filepath", height=640,
+                                                       elem_id="field-image")
+                            with gr.Tab("Health", elem_id="tab-health"):
+                                gr.Markdown(health.thresholds_markdown())
+                                health_table = gr.Dataframe(label="Per-layer health", interactive=False, wrap=True,
+                                                            column_widths=["17%", "10%", "4%", "4%", "6%", "7%", "6%", "6%",
+                                                                           "7%", "6%", "27%"], elem_id="health-table")
+                                histograms = gr.Plot(label="Distributions per layer", elem_id="histograms")
+                                gr.Markdown("**Effective dilation by detection size** (DCNv1 Table 2 layout, this image): "
+                                            "mean ± std in feature cells at the cells under detection centres; "
+                                            "small / medium / large by sqrt(box area) < 32, < 96, >= 96 px (COCO); "
+                                            "background = cells in no box.")
+                                dilation_table = gr.Dataframe(interactive=False, wrap=True, elem_id="dilation-table")
 
         sampling_out = [overlay, figure, weights, trace, info]
         field_params = [field, opacity, smooth]
