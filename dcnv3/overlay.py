@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 __all__ = ["group_colours", "draw_detections", "draw_samples", "draw_marker", "point_style",
-           "image_to_canvas"]
+           "image_to_canvas", "field_colours", "cells_on_canvas"]
 
 _SHIFT = 4  # fixed-point bits for sub-pixel drawing with OpenCV
 _GHOST = (215, 215, 215)  # regular-grid positions
@@ -144,28 +144,28 @@ def draw_samples(canvas: np.ndarray, locations: np.ndarray, weights: np.ndarray,
     unit = _unit(out)
     base = 4.5 * unit
     radius, opacity = point_style(weights, base)
-    if regular is not None:
-        for g in chosen:
-            for p in range(points):
-                cv2.circle(out, _fixed(regular[g, p], scale), int(2.5 * unit * (1 << _SHIFT)), (40, 40, 40),
-                           unit + 1, cv2.LINE_AA, _SHIFT)
-                cv2.circle(out, _fixed(regular[g, p], scale), int(2.5 * unit * (1 << _SHIFT)), _GHOST, unit,
-                           cv2.LINE_AA, _SHIFT)
-        for g in chosen:
-            for p in range(points):
-                start = image_to_canvas(regular[g, p], scale)
-                end = image_to_canvas(locations[g, p], scale)
-                length = float(np.hypot(*(end - start)))
-                if length > radius[g, p] + 2:  # stop at the disc's edge so the head stays visible
-                    tip_end = end - (end - start) * radius[g, p] / length
-                    cv2.arrowedLine(out, _fixed(start), _fixed(tip_end), colours[g], unit, cv2.LINE_AA, _SHIFT,
-                                    min(0.5, 5.0 * unit / (length - radius[g, p])))
     sx, sy = _pair(scale)
-    order = sorted(((g, p) for g in chosen for p in range(points)), key=lambda gp: weights[gp])
+    # Canvas coordinates of every point at once (a click draws up to a few hundred shapes, and
+    # per-point numpy calls would cost more than the drawing).
+    to_canvas = np.array([sx, sy])
+    samples = np.asarray(locations, dtype=np.float64) * to_canvas  # (G, P, 2) continuous canvas px
+    if regular is not None:
+        grid = np.asarray(regular, dtype=np.float64) * to_canvas
+        ring = int(2.5 * unit * (1 << _SHIFT))
+        rings = np.round((grid[chosen] - 0.5) * (1 << _SHIFT)).astype(np.int64).reshape(-1, 2).tolist()
+        for width, colour in ((unit + 1, (40, 40, 40)), (unit, _GHOST)):
+            for centre in rings:
+                cv2.circle(out, centre, ring, colour, width, cv2.LINE_AA, _SHIFT)
+        lengths = np.hypot(*(samples - grid).transpose(2, 0, 1))  # (G, P)
+        for g in chosen:
+            for p in np.nonzero(lengths[g] > radius[g] + 2)[0].tolist():  # shorter ones: the disc hides them
+                start, end, length = grid[g, p], samples[g, p], lengths[g, p]
+                tip_end = end - (end - start) * radius[g, p] / length  # stop at the disc's edge: head stays visible
+                cv2.arrowedLine(out, _fixed(start), _fixed(tip_end), colours[g], unit, cv2.LINE_AA, _SHIFT,
+                                min(0.5, 5.0 * unit / (length - radius[g, p])))
+    order = sorted(((g, p) for g in chosen for p in range(points)), key=lambda gp: weights[gp])  # heaviest on top
     for g, p in order:
-        x, y = locations[g, p]
-        _blend_disc(out, (x * sx - 0.5, y * sy - 0.5), radius[g, p], colours[g], float(opacity[g, p]),
-                    outline=(0, 0, 0))
+        _blend_disc(out, samples[g, p] - 0.5, radius[g, p], colours[g], float(opacity[g, p]), outline=(0, 0, 0))
     return out
 
 
@@ -180,3 +180,33 @@ def draw_marker(canvas: np.ndarray, xy, scale=(1.0, 1.0), colour=(255, 255, 255)
         for (ax, ay), (bx, by) in (((x - size, y), (x + size, y)), ((x, y - size), (x, y + size))):
             cv2.line(out, _fixed((ax, ay)), _fixed((bx, by)), col, width, cv2.LINE_AA, _SHIFT)
     return out
+
+
+def field_colours(field: str, values: np.ndarray, value_range) -> np.ndarray:
+    """(H, W, 3) BGR uint8 colours of a field's cells.
+
+    ``values``: (H, W) scalars mapped through viridis over ``value_range`` = (lo, hi), or for
+    ``field == "offset direction"`` (H, W, 2) mean displacements (dx, dy): hue = angle (y down,
+    so 90 degrees points down), brightness = length / hi.
+    """
+    if field == "offset direction":
+        angle = np.degrees(np.arctan2(values[..., 1], values[..., 0])) % 360
+        length = np.linalg.norm(values, axis=-1)
+        hsv = np.stack([angle / 2, np.full_like(angle, 255), np.clip(length / value_range[1], 0, 1) * 255], axis=-1)
+        return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2BGR)
+    lo, hi = value_range
+    scaled = np.clip((values - lo) / max(hi - lo, 1e-12), 0, 1)
+    return cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)
+
+
+def cells_on_canvas(colours: np.ndarray, probe, record, canvas_shape, scale, smooth: bool) -> np.ndarray:
+    """Warp a (H, W, 3) per-cell picture of ``record`` onto a canvas of ``canvas_shape`` so each
+    cell's colour is centred on its cell centre (``Probe.cell_centre``); ``smooth`` interpolates
+    bilinearly between cell centres instead of drawing blocks."""
+    sx, sy = _pair(scale)
+    origin = probe.cell_centre(record, (0, 0))  # image px
+    step = record.stride * record.layer_stride / probe.letterbox.ratio  # image px between cells
+    # canvas pixel-centre coordinate of cell c: (origin + c * step) * s - 0.5
+    matrix = np.array([[step * sx, 0, origin[0] * sx - 0.5], [0, step * sy, origin[1] * sy - 0.5]])
+    return cv2.warpAffine(colours, matrix, (canvas_shape[1], canvas_shape[0]),
+                          flags=cv2.INTER_LINEAR if smooth else cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)

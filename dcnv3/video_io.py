@@ -1,6 +1,8 @@
 """Browser-playable video files: H.264 in MP4 through the ffmpeg that ships in imageio-ffmpeg.
 
 OpenCV's pip wheels cannot write H.264, and their mp4v does not play in browsers.
+``H264Writer`` streams frames into one ffmpeg process as they come (nothing is held in memory);
+``write_h264`` encodes an iterable of frames with it.
 """
 from __future__ import annotations
 
@@ -9,36 +11,78 @@ from typing import Iterable
 
 import numpy as np
 
-__all__ = ["write_h264"]
+__all__ = ["H264Writer", "write_h264"]
 
 
-def write_h264(frames: Iterable[np.ndarray], path: str | Path, fps: float, crf: int = 28) -> Path:
-    """Encode BGR uint8 frames (H, W, 3), all of one size, to an H.264 MP4 (yuv420p, faststart).
+class H264Writer:
+    """Stream BGR uint8 frames (H, W, 3), all of one size, into an H.264 MP4 (yuv420p, faststart).
 
-    Odd sizes are padded by one pixel (H.264 4:2:0 needs even sizes). ``crf``: 18 near
-    lossless ... 28 small files; returns the path.
+    The encoder starts on the first frame, whose size fixes the video's; odd sizes are padded by
+    one pixel (H.264 4:2:0 needs even sizes). ``crf``: 18 near lossless ... 28 small files;
+    ``preset``: x264's speed/size trade-off ("ultrafast" ... "medium" ... "veryslow").
+    Use as a context manager, or call ``close``; ``frames`` counts what was written.
     """
-    import imageio_ffmpeg
 
-    path = Path(path)
-    writer = None
-    try:
+    def __init__(self, path: str | Path, fps: float, crf: int = 28, preset: str = "medium"):
+        self.path, self.fps, self.crf, self.preset = Path(path), float(fps), int(crf), str(preset)
+        self.frames = 0
+        self.size: tuple[int, int] | None = None  # (width, height) of the frames given
+        self._encoder = None
+
+    def write(self, frame: np.ndarray) -> None:
+        import imageio_ffmpeg
+
+        frame = np.asarray(frame)
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"expected a BGR uint8 (H, W, 3) frame, got {frame.dtype} {frame.shape}")
+        height, width = frame.shape[:2]
+        if self._encoder is None:
+            self.size = (width, height)
+            self._encoder = imageio_ffmpeg.write_frames(
+                str(self.path), (width + width % 2, height + height % 2), fps=self.fps, codec="libx264",
+                pix_fmt_in="rgb24", pix_fmt_out="yuv420p", macro_block_size=2, ffmpeg_log_level="error",
+                output_params=["-crf", str(self.crf), "-preset", self.preset, "-movflags", "+faststart"])
+            self._encoder.send(None)  # start the encoder
+        elif (width, height) != self.size:
+            raise ValueError(f"frame size {width} x {height} differs from the video's {self.size[0]} x {self.size[1]}")
+        rgb = np.ascontiguousarray(frame[..., ::-1])
+        if height % 2 or width % 2:
+            rgb = np.pad(rgb, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+        self._encoder.send(rgb)
+        self.frames += 1
+
+    def close(self) -> Path:
+        """Finish the file (waits for ffmpeg); raises ValueError if no frame was written."""
+        encoder, self._encoder = self._encoder, None
+        if encoder is not None:
+            encoder.close()
+        if self.frames == 0:
+            raise ValueError("no frames to write")
+        return self.path
+
+    def __enter__(self) -> "H264Writer":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.close()
+        elif self._encoder is not None:  # an error upstream: stop ffmpeg, keep the first error
+            try:
+                self._encoder.close()
+            except Exception:  # noqa: BLE001 - the original error matters, not ffmpeg's
+                pass
+            self._encoder = None
+
+
+def write_h264(frames: Iterable[np.ndarray], path: str | Path, fps: float, crf: int = 28,
+               preset: str = "medium") -> Path:
+    """Encode BGR uint8 frames (H, W, 3), all of one size, to an H.264 MP4; returns the path.
+
+    See ``H264Writer`` for ``crf`` and ``preset``.
+    """
+    with H264Writer(path, fps, crf, preset) as writer:
         for frame in frames:
-            frame = np.asarray(frame)
-            if writer is None:
-                height, width = frame.shape[:2]
-                writer = imageio_ffmpeg.write_frames(
-                    str(path), (width + width % 2, height + height % 2), fps=fps, codec="libx264",
-                    pix_fmt_in="rgb24", pix_fmt_out="yuv420p", macro_block_size=2,
-                    output_params=["-crf", str(crf), "-preset", "medium", "-movflags", "+faststart"])
-                writer.send(None)  # start the encoder
-            rgb = np.ascontiguousarray(frame[..., ::-1])
-            if rgb.shape[0] % 2 or rgb.shape[1] % 2:
-                rgb = np.pad(rgb, ((0, rgb.shape[0] % 2), (0, rgb.shape[1] % 2), (0, 0)), mode="edge")
-            writer.send(rgb)
-    finally:
-        if writer is not None:
-            writer.close()
-    if writer is None:
-        raise ValueError("no frames to write")
-    return path
+            writer.write(frame)
+        if writer.frames == 0:
+            raise ValueError("no frames to write")
+    return Path(path)
