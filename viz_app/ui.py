@@ -25,7 +25,7 @@ import pandas as pd
 
 from dcnv3 import CheckpointError
 
-from . import exports, health, render
+from . import exports, health, render, video_tab
 from .models import MAX_UPLOAD_BYTES, Analyser, ModelRegistry
 
 __all__ = ["build_app", "CSS", "THEME"]
@@ -373,6 +373,8 @@ def build_app(registry: ModelRegistry, analyser: Analyser | None = None) -> gr.B
                                             "small / medium / large by sqrt(box area) < 32, < 96, >= 96 px (COCO); "
                                             "background = cells in no box.")
                                 dilation_table = gr.Dataframe(interactive=False, wrap=True, elem_id="dilation-table")
+            with gr.Tab("Video", id="video", elem_id="tab-video") as video_tab_item:
+                video_tab.build(registry, views.analyser, image_in, model, main_tabs, video_tab_item)
 
         sampling_out = [overlay, figure, weights, trace, info]
         field_params = [field, opacity, smooth]
@@ -405,6 +407,7 @@ def build_app(registry: ModelRegistry, analyser: Analyser | None = None) -> gr.B
             api_x, api_y = gr.Number(label="x"), gr.Number(label="y")
             api_picture, api_json = gr.Image(format="png", label="image"), gr.JSON(label="json")
             detect_button, sampling_button = gr.Button("detect"), gr.Button("sampling")
+            video_tab.build_api(registry, views.analyser)
         detect_button.click(views.api_detect, [api_image, api_model, api_conf, api_iou], [api_picture, api_json],
                             api_name="detect")
         sampling_button.click(views.api_sampling, [api_image, api_model, api_layer, api_x, api_y],

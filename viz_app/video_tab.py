@@ -1,0 +1,230 @@
+"""The Video tab: offsets over time on tracked objects (``dcnv3.video``), and the ``/video`` API.
+
+``build`` makes the tab's components and events inside the caller's ``gr.Tab``; ``build_api`` the
+hidden components of the ``/video`` endpoint. Processing is a generator event: a progress bar on
+the output video, a live preview of drawn frames, then the H.264 MP4, the time series, a per-track
+table and the statistics CSV. The frame inspector writes a chosen source frame to a PNG and opens
+it in the Image tab (its ``image_in``), where the whole toolset applies.
+
+Temporary files live under the app's work dir (``ui._work_dir()``): one folder per run, the oldest
+removed once more than ``KEEP_RUNS`` exist (gradio serves its own cached copies); the work dir
+goes when the process exits.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from contextlib import nullcontext
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from dcnv3 import CheckpointError
+from dcnv3 import video as dvideo
+
+from . import video_render
+from .models import Analyser, ModelRegistry
+
+__all__ = ["build", "build_api", "DEMO_VIDEO", "LIMITS", "KEEP_RUNS"]
+
+DEMO_VIDEO = Path(__file__).resolve().parent.parent / "assets" / "demo_shapes.mp4"
+LIMITS = dvideo.VideoLimits(max_frames=600, max_seconds=60.0, max_side=1280, max_bytes=500 * 2**20)
+KEEP_RUNS = 4
+AUTO_CHOICE = ("per object: the layer whose stride matches its size", dvideo.AUTO_LAYER)
+MODE_CHOICES = [("sampling points at each tracked object's centre", "samples"),
+                ("a fixed grid of query points", "grid"), ("effective-dilation field map", "field")]
+_runs_lock = threading.Lock()
+
+
+def _run_dir() -> Path:
+    """A fresh folder for one run's files under the work dir; older runs beyond KEEP_RUNS go."""
+    from .ui import _work_dir
+
+    root = _work_dir() / "video"
+    root.mkdir(exist_ok=True)
+    with _runs_lock:
+        runs = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        for old in runs[:max(0, len(runs) - KEEP_RUNS + 1)]:
+            shutil.rmtree(old, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix="run_", dir=root))
+
+
+class _VideoViews:
+    """Event handlers of the Video tab and the /video endpoint."""
+
+    def __init__(self, registry: ModelRegistry, analyser: Analyser | None):
+        self.registry, self.analyser = registry, analyser
+
+    def _model(self, name):
+        try:
+            return self.registry.load(name or self.registry.default_name())
+        except (ValueError, CheckpointError) as error:
+            raise gr.Error(str(error)) from None
+
+    def layer_choices(self, model_name):
+        """The layer dropdown for a model: per object, then its DCNv3 layers."""
+        try:
+            names = self.registry.load(model_name).dcnv3_layers if model_name else []
+        except (ValueError, CheckpointError):
+            names = []
+        return gr.update(choices=[AUTO_CHOICE] + [(n, n) for n in names], value=dvideo.AUTO_LAYER)
+
+    def _steps(self, source, model_name, layer, mode, stride, max_seconds, max_frames=None):
+        """``dcnv3.video.process_video`` for the named model, one probe at a time app-wide (the
+        Analyser's lock: concurrent forwards on one model would mix their captured layers)."""
+        loaded = self._model(model_name)
+        limits = dvideo.VideoLimits(max_frames=int(max_frames or LIMITS.max_frames),
+                                    max_seconds=min(float(max_seconds or LIMITS.max_seconds), LIMITS.max_seconds),
+                                    max_side=LIMITS.max_side, max_bytes=LIMITS.max_bytes)
+        lock = getattr(self.analyser, "_lock", None) or nullcontext()
+        steps = dvideo.process_video(loaded.yolo, source, _run_dir(), layer=layer or dvideo.AUTO_LAYER,
+                                     mode=mode or "samples", stride=int(stride or 1), limits=limits)
+        while True:
+            with lock:
+                try:
+                    step = next(steps)
+                except StopIteration:
+                    return
+            yield step
+
+    def process(self, source, model_name, layer, mode, stride, max_seconds, progress=gr.Progress()):
+        """Generator event: (preview, video, plot, table, csv, status, state, inspector) updates."""
+        skip = [gr.skip()] * 8
+        if source is None:
+            gr.Warning("Upload a video (or pick the demo video) first.")
+            yield skip[:5] + ["Upload a video (or pick the demo video) first.", gr.skip(), gr.skip()]
+            return
+        try:
+            for step in self._steps(source, model_name, layer, mode, stride, max_seconds):
+                progress((step.done, step.total), desc="frames", unit="frames")
+                if step.result is None:
+                    if step.preview is not None:
+                        yield [_rgb(step.preview)] + skip[1:5] + [f"Processing: frame {step.frame} "
+                                                                  f"({step.done} of ~{step.total})…"] + skip[6:]
+                    continue
+                yield self._finished(step.result, source, model_name)
+        except ValueError as error:  # VideoError and bad settings: one line for the user
+            gr.Warning(str(error))
+            yield skip[:5] + [f"**Could not process the video:** {error}", gr.skip(), gr.skip()]
+
+    @staticmethod
+    def _finished(result, source, model_name):
+        rows = result.rows
+        first, last = result.frame_indices[0], result.frame_indices[-1]
+        status = [f"- {result.processed_frames} frames processed in {result.seconds:.1f} s "
+                  f"({result.processed_frames / max(result.seconds, 1e-9):.1f} fps) with **{model_name}** at "
+                  f"imgsz {result.imgsz}; output {result.output_size[0]} x {result.output_size[1]} at "
+                  f"{result.output_fps:g} fps ({result.output_duration:.1f} s)",
+                  f"- {len({r['track_id'] for r in rows})} tracks, {len(rows)} track-frames"]
+        status += [f"- **{note}**" for note in result.notes]
+        state = {"source": str(source), "frames": result.frame_indices, "stride": result.stride,
+                 "max_side": LIMITS.max_side, "model": model_name, "name": Path(source).stem}
+        inspector = gr.update(minimum=first, maximum=max(last, first + 1), step=result.stride, value=first,
+                              interactive=True)
+        table = video_render.track_table(rows)
+        return [gr.skip(), str(result.video_path), video_render.time_series_figure(rows),
+                pd.DataFrame(table) if table else None, gr.update(value=str(result.csv_path), visible=True),
+                "\n".join(status), state, inspector]
+
+    def inspect(self, state, frame):
+        """The chosen frame as a PNG in the Image tab (its model too), and that tab selected."""
+        import cv2
+
+        from .ui import _view_dir
+
+        if not state:
+            gr.Warning("Process a video first.")
+            return gr.skip(), gr.skip(), gr.skip()
+        frames = state["frames"]
+        index = min(frames, key=lambda f: abs(f - int(frame or 0)))  # the nearest processed frame
+        try:
+            picture = dvideo.read_frame(state["source"], index, state["max_side"])
+        except ValueError as error:
+            gr.Warning(str(error))
+            return gr.skip(), gr.skip(), gr.skip()
+        path = _view_dir() / f"{state['name']}_frame{index:06d}.png"
+        cv2.imwrite(str(path), picture)
+        return str(path), gr.update(value=state["model"]), gr.Tabs(selected="image")
+
+    def api_video(self, source, model_name, layer, max_frames):
+        """/video: (video file, model, layer, max_frames) -> (H.264 MP4, statistics JSON)."""
+        if source is None:
+            raise gr.Error("no video given")
+        if max_frames is not None and not 1 <= int(max_frames) <= LIMITS.max_frames:
+            raise gr.Error(f"max_frames must lie in 1..{LIMITS.max_frames}, got {max_frames}")
+        try:
+            for step in self._steps(source, model_name, layer or dvideo.AUTO_LAYER, "samples", 1,
+                                    LIMITS.max_seconds, max_frames):
+                if step.result is not None:
+                    payload = step.result.stats_json()
+                    payload["model"] = model_name or self.registry.default_name()
+                    return str(step.result.video_path), payload
+        except ValueError as error:
+            raise gr.Error(str(error)) from None
+        raise gr.Error("nothing was processed")
+
+
+def _rgb(bgr):
+    return None if bgr is None else bgr[..., ::-1].copy()
+
+
+def build(registry: ModelRegistry, analyser: Analyser | None, image_in, image_model, main_tabs,
+          tab=None) -> None:
+    """The Video tab's components and events, inside the caller's ``gr.Tab``.
+
+    ``image_in``, ``image_model``: the Image tab's input image and model dropdown (the frame
+    inspector sets them); ``main_tabs``: the top-level ``gr.Tabs`` (it selects "image");
+    ``tab``: this tab, whose selection refreshes the layer list.
+    """
+    views = _VideoViews(registry, analyser)
+    state = gr.State(None)
+    private = dict(api_visibility="private")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=330):
+            video_in = gr.Video(label="Video", sources=["upload"], height=240, elem_id="video-in")
+            if DEMO_VIDEO.is_file():
+                gr.Examples([[str(DEMO_VIDEO)]], inputs=video_in, label="Demo video")
+            model = gr.Dropdown(registry.names(), value=registry.default_name(), label="Model", elem_id="video-model")
+            layer = gr.Dropdown([AUTO_CHOICE], value=dvideo.AUTO_LAYER, label="DCNv3 layer", elem_id="video-layer")
+            mode = gr.Radio(MODE_CHOICES, value="samples", label="Overlay", elem_id="video-mode")
+            with gr.Row():
+                stride = gr.Slider(1, 10, 1, step=1, label="Frame stride (every n-th frame)", elem_id="video-stride")
+                max_seconds = gr.Slider(1, LIMITS.max_seconds, 12, step=1, label="Maximum duration (s)",
+                                        elem_id="video-seconds")
+            run = gr.Button("Process video", variant="primary", elem_id="video-run")
+            status = gr.Markdown(f"Limits: {LIMITS.max_frames} processed frames, {LIMITS.max_seconds:g} s, frames "
+                                 f"over {LIMITS.max_side} px are downscaled, files up to "
+                                 f"{LIMITS.max_bytes >> 20} MB.", elem_id="video-status")
+            preview = gr.Image(label="Live preview", interactive=False, height=220, elem_id="video-preview")
+            with gr.Accordion("Frame inspector", open=True):
+                frame = gr.Slider(0, 1, 0, step=1, label="Source frame", interactive=False, elem_id="video-frame")
+                inspect = gr.Button("Open this frame in the image views", elem_id="video-inspect")
+        with gr.Column(scale=2):
+            video_out = gr.Video(label="Processed video (H.264 MP4)", interactive=False, height=420,
+                                 elem_id="video-out", autoplay=False)
+            plot = gr.Plot(label="Per track over time: size, effective dilation and mean |offset| of the layer at "
+                                 "its centre, weight entropy", elem_id="video-plot")
+            table = gr.Dataframe(label="Tracks", interactive=False, wrap=True, elem_id="video-tracks")
+            csv_file = gr.File(label="Statistics CSV (one row per track and frame)", interactive=False,
+                               visible=False, elem_id="video-csv")
+    model.change(views.layer_choices, model, layer, **private)
+    if tab is not None:
+        tab.select(views.layer_choices, model, layer, **private)
+    run.click(views.process, [video_in, model, layer, mode, stride, max_seconds],
+              [preview, video_out, plot, table, csv_file, status, state, frame],
+              show_progress="full", show_progress_on=[video_out], **private)
+    inspect.click(views.inspect, [state, frame], [image_in, image_model, main_tabs], **private)
+
+
+def build_api(registry: ModelRegistry, analyser: Analyser | None) -> None:
+    """The /video endpoint's own components (call inside a hidden column)."""
+    views = _VideoViews(registry, analyser)
+    source = gr.File(label="video", type="filepath")  # any file: dcnv3.video says what is wrong with it
+    model = gr.Textbox(label="model", value=registry.default_name())
+    layer = gr.Textbox(label="layer", value=dvideo.AUTO_LAYER)
+    max_frames = gr.Number(60, label="max_frames", precision=0)
+    video_file, stats = gr.File(label="video"), gr.JSON(label="stats")
+    button = gr.Button("video")
+    button.click(views.api_video, [source, model, layer, max_frames], [video_file, stats], api_name="video")
