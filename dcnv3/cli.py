@@ -110,10 +110,34 @@ def inspect_image(model, image_path: Path, out_dir: Path, imgsz: int, conf: floa
     return rows
 
 
+def inspect_video(model, args) -> None:
+    """Process a video as the app's Video tab does: ``<stem>_dcnv3.mp4`` and ``<stem>_stats.csv``."""
+    from . import video
+
+    limits = video.VideoLimits(max_frames=args.max_frames, max_seconds=args.max_seconds, max_side=args.max_side)
+
+    def report(step):
+        if step.done % 25 == 0 or step.result is not None:
+            print(f"frame {step.frame}: {step.done}/{step.total}", flush=True)
+
+    result = video.run_video(model, args.source, args.out, on_progress=report, layer=args.layer, mode=args.mode,
+                             stride=args.stride, imgsz=args.imgsz, conf=args.conf, iou=args.iou,
+                             tracker=args.tracker, limits=limits)
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"{result.processed_frames} frames in {result.seconds:.1f} s "
+          f"({result.processed_frames / max(result.seconds, 1e-9):.1f} fps), "
+          f"{len({r['track_id'] for r in result.rows})} tracks")
+    print(f"wrote {result.video_path} and {result.csv_path}")
+
+
 def cmd_inspect(args) -> None:
     from .loading import load_model
 
     model = load_model(args.model)
+    if Path(args.source).is_file() and Path(args.source).suffix.lower() not in IMAGE_SUFFIXES:
+        return inspect_video(model, args)  # any other file is taken for a video (and refused if it is not one)
+    args.imgsz = args.imgsz or 640
     if not model.dcnv3_layers:
         print(f"note: {Path(args.model).name} has no DCNv3 layer; writing detections only")
     out_dir = Path(args.out)
@@ -266,8 +290,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("inspect", help="probe the DCNv3 layers over an image or a folder: "
                                               "per-layer statistics CSV, overlay PNGs, raw NPZ")
     common(sub, thresholds=True)
-    sub.add_argument("--source", required=True, help="image or folder of images")
+    sub.add_argument("--source", required=True, help="image, folder of images, or a video (then: an H.264 MP4 "
+                                                      "with overlays and a per-track statistics CSV)")
     sub.add_argument("--out", default="runs/dcnv3/inspect", help="output folder")
+    video_options = sub.add_argument_group("video (imgsz defaults to the checkpoint's training size)")
+    video_options.add_argument("--layer", default="auto", help="DCNv3 layer name, or auto: per object, the layer "
+                                                               "whose stride matches its size")
+    video_options.add_argument("--mode", default="samples", choices=["samples", "grid", "field"],
+                               help="overlay: sampling points at tracked objects, at a fixed grid, or a field map")
+    video_options.add_argument("--stride", type=int, default=1, help="process every n-th frame")
+    video_options.add_argument("--max-frames", type=int, default=600, help="processed frames at most")
+    video_options.add_argument("--max-seconds", type=float, default=60.0, help="of the video, from its start")
+    video_options.add_argument("--max-side", type=int, default=1280, help="longer frames are downscaled")
+    video_options.add_argument("--tracker", default="bytetrack", choices=["bytetrack", "botsort"])
+    sub.set_defaults(imgsz=None)  # images: 640; videos: the checkpoint's training size
     sub.set_defaults(func=cmd_inspect)
 
     sub = commands.add_parser("export", help="export to ONNX through ultralytics' exporter and check "
