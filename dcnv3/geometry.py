@@ -71,6 +71,12 @@ def _cells(layer, cell):
         rows, cols = np.meshgrid(np.arange(layer.grid[0]), np.arange(layer.grid[1]), indexing="ij")
         return rows, cols, layer.offsets.astype(np.float64)
     row, col = cell
+    if np.ndim(row):  # index arrays: many cells at once
+        rows, cols = np.asarray(row, dtype=np.int64), np.asarray(col, dtype=np.int64)
+        if rows.size and not ((rows >= 0).all() and (rows < layer.grid[0]).all() and (cols >= 0).all()
+                              and (cols < layer.grid[1]).all()):
+            raise IndexError(f"cells outside the {layer.grid[0]}x{layer.grid[1]} grid of {layer.name}")
+        return rows, cols, layer.offsets[rows, cols].astype(np.float64)
     if not (0 <= row < layer.grid[0] and 0 <= col < layer.grid[1]):
         raise IndexError(f"cell {cell} is outside the {layer.grid[0]}x{layer.grid[1]} grid of {layer.name}")
     return np.asarray(row), np.asarray(col), layer.offsets[row, col].astype(np.float64)
@@ -79,7 +85,8 @@ def _cells(layer, cell):
 def sampling_locations(layer, letterbox: Letterbox, cell: tuple[int, int] | None = None) -> np.ndarray:
     """Where each group's P points sample, (x, y) in original-image pixels.
 
-    ``cell`` = (row, col) gives (G, P, 2); None gives every cell, (H, W, G, P, 2).
+    ``cell`` = (row, col) gives (G, P, 2); (rows (N,), cols (N,)) index arrays give (N, G, P, 2);
+    None gives every cell, (H, W, G, P, 2).
     """
     rows, cols, offsets = _cells(layer, cell)
     return _to_image(layer, letterbox, _feature_locations(layer, offsets, rows, cols))

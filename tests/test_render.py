@@ -1,5 +1,4 @@
 """Render functions: shapes and dtypes, and that every mark lands on the pixel it stands for."""
-import json
 
 import numpy as np
 import plotly.io as pio
@@ -126,7 +125,8 @@ def test_sampling_figure_points_and_hover(untrained_probe):
     image, probe = untrained_probe
     layer = probe.layers[4]  # P5, G = 8
     cell = (3, 4)
-    fig = render.sampling_figure(image, probe, layer, cell, groups=[0, 5])
+    spec = render.sampling_figure(image, probe, layer, cell, groups=[0, 5])
+    fig = spec.to_figure()  # validates every property
     markers = [t for t in fig.data if t.type == "scatter" and (t.name or "").startswith("group")]
     assert [t.name for t in markers] == ["group 0", "group 5"]
     expected = probe.sampling_locations(layer, cell)
@@ -138,7 +138,8 @@ def test_sampling_figure_points_and_hover(untrained_probe):
     assert "dx=" in markers[1].hovertemplate and "weight=" in markers[1].hovertemplate
     assert any(t.type == "image" for t in fig.data)  # the image crop as background
     assert fig.layout.yaxis.range[0] > fig.layout.yaxis.range[1]  # y points down, as in the image
-    json.loads(pio.to_json(fig))  # serialisable for the browser
+    sent = pio.from_json(spec.to_json())  # what gr.Plot sends the browser: a valid figure, same points
+    np.testing.assert_allclose([t for t in sent.data if t.name == "group 5"][0].x, expected[5, :, 0])
 
 
 def test_weight_matrix_layout_follows_dcnv3_point_order():
@@ -152,7 +153,7 @@ def test_weight_matrix_layout_follows_dcnv3_point_order():
 def test_weight_matrices_figure_has_one_heatmap_per_shown_group():
     weights = np.random.default_rng(0).dirichlet(np.ones(9), size=(2, 2, 4))
     layer = make_layer(grid=(2, 2), groups=4, weights=weights)
-    fig = render.weight_matrices_figure(layer, (1, 0), groups=[1, 3])
+    fig = render.weight_matrices_figure(layer, (1, 0), groups=[1, 3]).to_figure()
     heatmaps = [t for t in fig.data if t.type == "heatmap"]
     assert len(heatmaps) == 2
     np.testing.assert_allclose(np.asarray(heatmaps[1].z, float), render.weight_matrix(weights[1, 0, 3], 3), rtol=1e-6)
@@ -185,7 +186,7 @@ def test_trace_multiplies_weights_down_the_stacked_layers(untrained_probe):
     for point in levels[1].xy:
         assert np.isclose(children, point, atol=1e-3).all(axis=1).any()
     canvas, origin, scale = render.trace_overlay(image, levels, centre)
-    assert canvas.dtype == np.uint8 and max(canvas.shape[:2]) == pytest.approx(900, abs=1)
+    assert canvas.dtype == np.uint8 and max(canvas.shape[:2]) == pytest.approx(720, abs=1)
     assert 0 <= origin[0] < image.shape[1] and 0 <= origin[1] < image.shape[0]
 
 

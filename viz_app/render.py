@@ -25,6 +25,8 @@ import plotly.graph_objects as go
 from dcnv3.overlay import (_SHIFT, _blend_disc, _fixed, _pair, _unit, draw_detections, draw_marker,
                            draw_samples, group_colours, image_to_canvas, point_style)
 
+from .figure_spec import FigureSpec
+
 __all__ = ["display_scale", "make_canvas", "draw_detections", "draw_samples", "draw_marker",
            "sampling_overlay", "sampling_figure", "weight_matrix", "weight_matrices_figure",
            "TraceLevel", "trace_through_layers", "trace_overlay", "FIELDS", "field_values",
@@ -104,14 +106,14 @@ _FIGURE_STYLE = dict(template=None, paper_bgcolor="white", font=dict(family="san
 
 
 def sampling_figure(image: np.ndarray, probe, layer, cell, groups=None, max_background: int = 640,
-                    height: int = 520) -> go.Figure:
+                    height: int = 520) -> FigureSpec:
     """Interactive plotly view of one cell's samples, zoomed on the region they cover.
 
     The image crop is the background (axes in image px, y down); per group a marker trace (size
     and opacity by weight, as ``point_style``) with hover: group, point p = i*K + j, (x, y), raw
     learned offset (dx, dy) in feature cells, weight and weight relative to uniform; the regular
     grid as grey rings, lines from grid to sample, and a cross on the cell centre.
-    (Built from plain dicts: plotly validates them once, which keeps a click fast.)
+    Returned as a ``FigureSpec`` (plain dicts: no plotly.py validation on a click).
     """
     record = probe.record(layer)
     locations = probe.sampling_locations(record, cell)  # (G, P, 2)
@@ -176,7 +178,7 @@ def sampling_figure(image: np.ndarray, probe, layer, cell, groups=None, max_back
                   yaxis=dict(axis, range=[hi[1], lo[1]], title=dict(text="y (image px)"), scaleanchor="x",
                              scaleratio=1),
                   legend=dict(orientation="h", yanchor="top", y=-0.14, x=0))
-    return go.Figure(data=traces, layout=layout)
+    return FigureSpec(traces, layout)
 
 
 def weight_matrix(weights: np.ndarray, kernel: int, remove_center: bool = False) -> np.ndarray:
@@ -188,9 +190,10 @@ def weight_matrix(weights: np.ndarray, kernel: int, remove_center: bool = False)
     return values.reshape(kernel, kernel).T  # [i, j] -> [j (row, y), i (column, x)]
 
 
-def weight_matrices_figure(layer, cell, groups=None, columns: int = 4, height_per_row: int = 200) -> go.Figure:
+def weight_matrices_figure(layer, cell, groups=None, columns: int = 4, height_per_row: int = 200) -> FigureSpec:
     """One KxK heatmap per group of a cell's softmax weights, laid out as the kernel sits on the
-    image (row j = y, column i = x), values printed, one colour scale for all groups."""
+    image (row j = y, column i = x), values printed, one colour scale for all groups (a
+    ``FigureSpec``: a click re-renders it)."""
     weights = layer.weights[tuple(cell)]
     num_groups, points = weights.shape
     chosen = list(range(num_groups)) if groups is None else [g for g in groups if 0 <= g < num_groups]
@@ -225,7 +228,7 @@ def weight_matrices_figure(layer, cell, groups=None, columns: int = 4, height_pe
                                  colorbar=dict(title=dict(text="weight"), thickness=12)),
                   title=dict(text=f"uniform = 1/{points} = {1 / points:.3f}", font=dict(size=12), x=0.99,
                              xanchor="right"))
-    return go.Figure(data=traces, layout=layout)
+    return FigureSpec(traces, layout)
 
 
 # -- trace through the stacked DCNv3 layers --------------------------------------------------------------
@@ -266,7 +269,7 @@ def trace_through_layers(probe, layer, cell, groups=None, top: int = 60) -> list
         if len(rows) == 0:
             break
         parent_weight = levels[-1].weight[coefficients[0]] * coefficients[1]  # (M,)
-        children_xy = probe.sampling_locations(lower)[rows, cols].reshape(-1, 2)  # (M*G*P, 2)
+        children_xy = probe.sampling_locations(lower, (rows, cols)).reshape(-1, 2)  # (M*G*P, 2)
         children_w = (parent_weight[:, None] * lower.weights[rows, cols].reshape(len(rows), -1) / lower.groups)
         levels.append(_keep_top(_merged(TraceLevel(lower.name, children_xy, children_w.reshape(-1))), top))
     return levels
@@ -296,10 +299,16 @@ def _bilinear_cells(probe, layer, xy: np.ndarray):
 
 
 def _merged(level: TraceLevel) -> TraceLevel:
-    """One point per distinct position (to 1e-3 px), weights of coinciding paths added."""
-    positions, inverse = np.unique(np.round(level.xy, 3), axis=0, return_inverse=True)
-    weights = np.bincount(inverse.ravel(), weights=level.weight, minlength=len(positions))
-    return TraceLevel(level.layer, positions, weights)
+    """One point per distinct position (to 1e-3 px), weights of coinciding paths added.
+
+    Positions are keyed by one int64 (x and y in thousandths of a pixel, each offset by 2^30 into
+    31 bits), because a 1-D unique is a plain sort where ``np.unique(axis=0)`` sorts rows
+    lexicographically, ~10x slower.
+    """
+    milli = np.round(level.xy * 1000).astype(np.int64) + (1 << 30)  # (N, 2), positive below 2^31
+    _, first, inverse = np.unique((milli[:, 0] << 31) | milli[:, 1], return_index=True, return_inverse=True)
+    weights = np.bincount(inverse.ravel(), weights=level.weight, minlength=len(first))
+    return TraceLevel(level.layer, np.round(level.xy[first], 3), weights)
 
 
 def _keep_top(level: TraceLevel, top: int) -> TraceLevel:
@@ -307,7 +316,7 @@ def _keep_top(level: TraceLevel, top: int) -> TraceLevel:
     return TraceLevel(level.layer, level.xy[order], level.weight[order])
 
 
-def trace_overlay(image: np.ndarray, levels: list[TraceLevel], start_xy, size: int = 900,
+def trace_overlay(image: np.ndarray, levels: list[TraceLevel], start_xy, size: int = 720,
                   min_extent: float = 96.0) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
     """Draw a trace, zoomed on the region it covers: the deepest level's points coloured and
     sized by path weight (inferno: dark = weak, yellow = strong), the intermediate levels as small
@@ -325,10 +334,9 @@ def trace_overlay(image: np.ndarray, levels: list[TraceLevel], start_xy, size: i
     x0, y0 = (int(np.clip(math.floor(v), 0, lim - 1)) for v, lim in zip(lo - pad, (width, height)))
     x1, y1 = (int(np.clip(math.ceil(v), start + 1, lim)) for v, lim, start in zip(hi + pad, (width, height), (x0, y0)))
     s = size / max(x1 - x0, y1 - y0)
-    crop = image[y0:y1, x0:x1]
+    crop = cv2.convertScaleAbs(image[y0:y1, x0:x1], alpha=0.55)  # dim the photo so the trace stands out
     canvas = cv2.resize(crop, (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))),
                         interpolation=cv2.INTER_LINEAR if s > 1 else cv2.INTER_AREA)
-    canvas = cv2.convertScaleAbs(canvas, alpha=0.55)  # dim the photo so the trace stands out
     scale = (canvas.shape[1] / (x1 - x0), canvas.shape[0] / (y1 - y0))
 
     def local(xy):
@@ -358,8 +366,8 @@ class SamplingView:
     """Everything the sampling view shows for one query: canvases are BGR."""
     overlay: np.ndarray  # canvas: detections, samples, grid, arrows, cell cross
     scale: tuple[float, float]  # canvas px per image px
-    figure: go.Figure | None  # interactive zoom (None without a DCNv3 layer)
-    weights: go.Figure | None  # KxK weight matrices
+    figure: FigureSpec | None  # interactive zoom (None without a DCNv3 layer)
+    weights: FigureSpec | None  # KxK weight matrices
     trace: np.ndarray | None  # canvas of the trace through the stacked layers
     cell: tuple[int, int] | None
     message: str  # one line for the user (what is shown, or why nothing is)
