@@ -17,6 +17,10 @@ Targets (the scalar whose gradient is taken):
 The gradient is taken on the letterboxed network input (ultralytics' ``LetterBox``, as
 ``dcnv3.probe`` does), |d target / d input| is summed over RGB, and the part that lies on the image
 (not the letterbox padding) is mapped back to original-image pixels with ``geometry.Letterbox``.
+Strided convolutions make the raw map a checkerboard (a stride-2 layer reaches neighbouring
+pixels through different weights), so its mass regions would be scattered pixels; the heat map
+and the mass regions are therefore taken on the map smoothed by a Gaussian of ``smooth``
+network-input pixels (default 2; 0 keeps the raw map).
 
 The plain twin. To compare a DCNv3 model with its plain twin, the twin is probed at the module of
 the *same qualified name* (``model.6.m.0.cv2``: there the plain 3x3 Conv + BN + SiLU that the DCNv3
@@ -39,7 +43,7 @@ from torch import nn
 from .geometry import Letterbox
 
 __all__ = ["ReceptiveField", "receptive_field", "input_gradient", "mass_regions", "target_module",
-           "twin_modules", "letterbox_input", "detection_anchor", "FRACTIONS"]
+           "twin_modules", "gradient_network", "letterbox_input", "detection_anchor", "FRACTIONS"]
 
 FRACTIONS = (0.5, 0.9)
 
@@ -50,9 +54,9 @@ class ReceptiveField:
 
     Attributes:
         input_map: (H_in, W_in) float64, |d target / d input| summed over RGB on the letterboxed
-            network input (padding included).
-        heatmap: (H, W) float32 over original-image pixels: the part of ``input_map`` on the image,
-            resampled to the image and normalised to sum 1 (a share of the mass per pixel).
+            network input (padding included), raw (not smoothed).
+        heatmap: (H, W) float32 over original-image pixels: the part of the (smoothed) input map
+            on the image, resampled to the image and normalised to sum 1 (a share per pixel).
         masks: (F, H, W) bool over original-image pixels: the smallest sets of network-input pixels
             holding ``fractions[f]`` of the mass on the image, resampled (nearest) to the image.
         areas: (F,) areas of those sets in original-image px^2: network-input pixel count / ratio^2.
@@ -137,7 +141,7 @@ _runners: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _lock = threading.Lock()  # one gradient forward at a time: the hooks live on a shared copy
 
 
-def _runner(model) -> nn.Module:
+def gradient_network(model) -> nn.Module:
     """A private copy of the probe's fused fp32 eval network (the probe's own stays hook-free,
     so a probe in another thread never sees this module's hooks)."""
     from .probe import inference_model
@@ -249,17 +253,22 @@ def detection_anchor(predictions: torch.Tensor, box_input, class_id: int) -> int
     return int(torch.argmax(scores))
 
 
-def _finish(input_map: np.ndarray, letterbox: Letterbox, fractions, target: dict) -> ReceptiveField:
-    """Crop the image part of the input map, find the mass regions, map both to the image."""
+def _finish(input_map: np.ndarray, letterbox: Letterbox, fractions, target: dict,
+            smooth: float = 2.0) -> ReceptiveField:
+    """Smooth, crop the image part of the input map, find the mass regions, map both to the image."""
     import cv2
 
     height, width = letterbox.image_shape
     left, top = int(letterbox.pad[0]), int(letterbox.pad[1])
     # The resized image occupies round(side * ratio) input pixels from the padding on (LetterBox).
     inner_w, inner_h = int(round(width * letterbox.ratio)), int(round(height * letterbox.ratio))
-    inside = input_map[top:top + inner_h, left:left + inner_w]
+    on_image = (slice(top, top + inner_h), slice(left, left + inner_w))
     total = float(input_map.sum())
-    outside_share = 0.0 if total <= 0 else float(1 - inside.sum() / total)
+    outside_share = 0.0 if total <= 0 else float(1 - input_map[on_image].sum() / total)
+    raw = input_map
+    if smooth > 0:
+        input_map = cv2.GaussianBlur(input_map, (0, 0), smooth, borderType=cv2.BORDER_CONSTANT)
+    inside = input_map[on_image]
     counts, masks = mass_regions(inside, fractions)
     interpolation = cv2.INTER_AREA if letterbox.ratio > 1 else cv2.INTER_LINEAR
     heatmap = cv2.resize(inside.astype(np.float32), (width, height), interpolation=interpolation)
@@ -268,12 +277,13 @@ def _finish(input_map: np.ndarray, letterbox: Letterbox, fractions, target: dict
     image_masks = np.stack([cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
                             .astype(bool) for m in masks]) if len(masks) else np.zeros((0, height, width), bool)
     areas = counts.astype(np.float64) / letterbox.ratio ** 2
-    return ReceptiveField(input_map, heatmap, image_masks, areas, tuple(fractions), outside_share, letterbox,
+    return ReceptiveField(raw, heatmap, image_masks, areas, tuple(fractions), outside_share, letterbox,
                           target)
 
 
 def receptive_field(model, image, layer: str | None = None, xy=None, *, detection=None, anchor=None,
-                    imgsz: int = 640, fractions=FRACTIONS, module: str | None = None) -> ReceptiveField:
+                    imgsz: int = 640, fractions=FRACTIONS, module: str | None = None,
+                    smooth: float = 2.0) -> ReceptiveField:
     """The effective receptive field of a cell or a detection of an ultralytics YOLO on an image.
 
     Args:
@@ -287,10 +297,11 @@ def receptive_field(model, image, layer: str | None = None, xy=None, *, detectio
         anchor: a detection target given as (anchor index, class id): the twin comparison.
         imgsz: network input size, as ``dcnv3.probe``.
         fractions: mass fractions of the reported regions.
+        smooth: Gaussian sigma (network-input px) applied before the heat map and mass regions.
     Returns:
         A ``ReceptiveField``.
     """
-    runner = _runner(model)
+    runner = gradient_network(model)
     x, letterbox, _ = letterbox_input(runner, image, imgsz)
     with _lock:
         if detection is not None or anchor is not None:
@@ -332,4 +343,4 @@ def receptive_field(model, image, layer: str | None = None, xy=None, *, detectio
                 return value
 
             input_map = input_gradient(objective, x)
-    return _finish(input_map, letterbox, fractions, target)
+    return _finish(input_map, letterbox, fractions, target, smooth)

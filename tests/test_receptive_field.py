@@ -141,7 +141,8 @@ class _FakeYOLO:
 def test_cell_field_maps_back_through_the_letterbox():
     # 100 x 60 image at imgsz 64: ratio 0.64, resized to 64 x 38, padded 13 px top and bottom.
     image = np.random.default_rng(0).integers(0, 255, (60, 100, 3), dtype=np.uint8)
-    field = rf.receptive_field(_FakeYOLO(_Pool8()), image, xy=(50.0, 30.0), module="pool", imgsz=64)
+    field = rf.receptive_field(_FakeYOLO(_Pool8()), image, xy=(50.0, 30.0), module="pool", imgsz=64,
+                               smooth=0)
     box = field.letterbox
     assert box.input_shape == (64, 64) and box.ratio == pytest.approx(0.64) and box.pad == (0.0, 13.0)
     # (50, 30) -> input (32, 32.2): cell (4, 4), input pixels [32, 40) on both axes.
@@ -179,7 +180,7 @@ def models():
 
 
 def test_twin_mapping(models):
-    runner, twin = rf._runner(models[0]), rf._runner(models[1])
+    runner, twin = rf.gradient_network(models[0]), rf.gradient_network(models[1])
     assert rf.target_module(runner, "model.6.m.0.cv2.dcnv3") == "model.6.m.0.cv2"
     assert rf.twin_modules(runner, twin, "model.6.m.0.cv2.dcnv3") == ("model.6.m.0.cv2", "model.6.m.0.cv2")
     assert type(dict(twin.named_modules())["model.6.m.0.cv2"]).__name__ == "Conv"  # the plain 3x3 conv
@@ -192,7 +193,7 @@ def test_bundled_models_cell_and_detection_fields(models):
     dcn, plain = models
     image = cv2.imread(str(SHAPES))
     x, y = 91.4, 35.1  # the triangle near the top left
-    runner, twin = rf._runner(dcn), rf._runner(plain)
+    runner, twin = rf.gradient_network(dcn), rf.gradient_network(plain)
     name, twin_name = rf.twin_modules(runner, twin, "model.6.m.0.cv2.dcnv3")
     a = rf.receptive_field(dcn, image, "model.6.m.0.cv2.dcnv3", (x, y), imgsz=320)
     b = rf.receptive_field(plain, image, xy=(x, y), module=twin_name, imgsz=320)

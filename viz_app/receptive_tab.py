@@ -1,0 +1,170 @@
+"""The Image tab's "Receptive field" view and the ``/erf`` API (gradio wiring; the computation is
+``dcnv3.receptive_field``, the pictures ``viz_app.receptive``).
+
+The view reads the Image tab's cached Analysis and view state (the clicked point ``view["xy"]``,
+the layer ``view["layer"]``, the highlighted detection ``view["highlight"]``) and computes, on
+demand, the effective receptive field of that cell (or of the detection's score) in the current
+model and in a comparison model: by default the plain twin (``dcnv3-yolov8n.pt`` ->
+``yolov8n.pt``).
+"""
+from __future__ import annotations
+
+import weakref
+
+import gradio as gr
+import numpy as np
+
+from dcnv3 import CheckpointError
+from dcnv3 import receptive_field as rf
+
+from . import receptive
+
+__all__ = ["build", "field_cache", "resolve_comparison", "compute_view", "api_erf", "TARGETS", "EXPLANATION"]
+
+TARGETS = ("cell at the clicked point", "score of the highlighted detection")
+EXPLANATION = (
+    "**Effective receptive field**: how strongly each input pixel moves the chosen output "
+    "(|gradient| of the output w.r.t. the input image, summed over RGB), after the DCNv2 paper's figure 1: "
+    "where the samples land is not all an output depends on. **Cell**: the sum over channels of the clicked "
+    "cell at the chosen layer's block (the DCNv3 wrapper `…cv2`; in the plain twin the 3x3 convolution it "
+    "replaced, same name, same stride). **Detection**: the class score (before NMS) at the anchor that "
+    "produced the highlighted detection; the comparison model is read at the same anchor and class. "
+    "Contours: the smallest regions holding **50 %** (white) and **90 %** (cyan) of the mass; areas in "
+    "original-image px². The map is smoothed by a Gaussian of 2 network-input px (strided layers make it "
+    "a checkerboard).")
+
+_caches: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def field_cache(analyser) -> receptive.FieldCache:
+    """One FieldCache per Analyser (so per app): shared by this view, the Compare tab and /erf."""
+    cache = _caches.get(analyser)
+    if cache is None:
+        cache = _caches[analyser] = receptive.FieldCache()
+    return cache
+
+
+def resolve_comparison(registry, model_name: str, choice: str | None) -> tuple[str | None, str | None]:
+    """(comparison model name or None, a note for the user or None) for a dropdown choice."""
+    if choice in (None, "", receptive.NO_COMPARISON):
+        return None, None
+    if choice == receptive.AUTO_TWIN or choice == "auto":
+        twin = receptive.twin_name(model_name, registry.names())
+        if twin is None:
+            return None, (f"no plain twin known for {model_name} (the twin of `dcnv3-X.pt` is `X.pt`): "
+                          f"pick a model under *Compare with*")
+        return twin, None
+    if choice == model_name:
+        return None, "the comparison model is the model itself"
+    return choice, None
+
+
+def compute_view(registry, analyser, analysis, view, target: str, compare: str | None):
+    """(side-by-side picture BGR or None, Markdown message, payload dict or None) for the view state."""
+    if analysis is None:
+        return None, "Upload an image in the Image tab first.", None
+    other, note = resolve_comparison(registry, analysis.model_name, compare)
+    try:
+        primary = (analysis.model_name, registry.load(analysis.model_name))
+        secondary = (other, registry.load(other)) if other else None
+        probe = analysis.probe
+        detection = None
+        layer = view.get("layer")
+        if target == TARGETS[1]:
+            index = view.get("highlight")
+            if index is None or index >= len(probe.detections):
+                return None, "No detection is highlighted: pick one in the Detection dropdown.", None
+            detection = (probe.detections.boxes[index], int(probe.detections.classes[index]))
+        elif not layer:
+            fallback = receptive.fallback_layers(rf.gradient_network(primary[1].yolo))
+            if not fallback:
+                return None, "This model has no layer to read: pick a detection target.", None
+            layer = fallback[len(fallback) // 2]
+            note = (note + "; " if note else "") + f"no DCNv3 layer: reading the backbone block `{layer}`"
+        fields = receptive.compute_pair(field_cache(analyser), analysis.image, analysis.imgsz, primary, secondary,
+                                        layer, view.get("xy"), detection)
+    except (ValueError, CheckpointError) as error:
+        return None, f"**Could not compute:** {error}", None
+    names = [primary[0]] + ([secondary[0]] if secondary else [])
+    panels = [receptive.field_panel(analysis.image.bgr, f, receptive.field_label(n, f))
+              for n, f in zip(names, fields) if f is not None]
+    payload = receptive.pair_payload(names, fields, analysis.image.scale)
+    return receptive.side_by_side(panels), _message(payload, note), payload
+
+
+def _message(payload: dict, note: str | None) -> str:
+    lines = []
+    for entry in payload["models"]:
+        where = (f"cell ({entry['cell'][0]}, {entry['cell'][1]}) of `{entry['module']}`" if entry["kind"] == "cell"
+                 else f"class {entry['class']} score {entry['value']:.2f} at anchor {entry['anchor']}")
+        areas = entry["areas_px2"]
+        lines.append(f"- **{entry['model']}**, {where}: 50 % of the mass in **{areas['50%']:,.0f} px²**, "
+                     f"90 % in **{areas['90%']:,.0f} px²**")
+    if payload.get("area_ratio_50") is not None:
+        lines.append(f"- 50 % area ratio (first / second): **{payload['area_ratio_50']:.2f}**")
+    if note:
+        lines.append(f"- *{note}*")
+    return "\n".join(lines)
+
+
+def _rgb(image):
+    return None if image is None else np.ascontiguousarray(image[..., ::-1])
+
+
+def build(registry, analyser, analysis_state, view_state) -> None:
+    """The "Receptive field" tab, inside the Image tab's inner Tabs, and its events."""
+    with gr.Tab("Receptive field", elem_id="tab-erf") as tab:
+        gr.Markdown(EXPLANATION)
+        with gr.Row(equal_height=True):
+            target = gr.Radio(list(TARGETS), value=TARGETS[0], label="Target", scale=3, elem_id="erf-target")
+            compare = gr.Dropdown([receptive.AUTO_TWIN, receptive.NO_COMPARISON, *registry.names()],
+                                  value=receptive.AUTO_TWIN, label="Compare with", scale=2, elem_id="erf-compare")
+            button = gr.Button("Compute for the current point", variant="primary", scale=1, elem_id="erf-compute")
+        picture = gr.Image(label="Receptive field: this model (left) and the comparison (right)", interactive=False,
+                           type="numpy", height=620, elem_id="erf-image", buttons=["download", "fullscreen"])
+        info = gr.Markdown(elem_id="erf-info")
+
+    def run(analysis, view, target_value, compare_value):
+        canvas, message, _ = compute_view(registry, analyser, analysis, view or {}, target_value, compare_value)
+        return _rgb(canvas), message
+
+    inputs = [analysis_state, view_state, target, compare]
+    gr.on([button.click, tab.select, target.input, compare.input], run, inputs, [picture, info],
+          api_visibility="private")
+
+
+def api_erf(registry, analyser, image_path, model_name, layer, x, y, compare_model):
+    """/erf: (image, model, layer, x, y, compare_model) -> (side-by-side heat map RGB, JSON).
+
+    ``compare_model``: a model name, "auto" (the plain twin) or empty for none. ``layer``: a DCNv3
+    layer (or any module) of the model; x, y: original-image px. The JSON: per model its target
+    (module, cell, stride, centre) and the 50 % / 90 % areas in original px², and their 50 % ratio.
+    """
+    if image_path is None:
+        raise gr.Error("no image given")
+    model_name = model_name or registry.default_name()
+    if not layer:
+        raise gr.Error("layer is required (e.g. model.6.m.0.cv2.dcnv3)")
+    if x is None or y is None:
+        raise gr.Error("x and y are required (original-image pixels)")
+    try:
+        analysis = analyser.analyse_any_threshold(image_path, model_name)
+    except (ValueError, CheckpointError) as error:
+        raise gr.Error(str(error)) from None
+    height, width = analysis.image.original_shape
+    if not (0 <= x < width and 0 <= y < height):
+        raise gr.Error(f"({x}, {y}) is outside the {width} x {height} image")
+    other, note = resolve_comparison(registry, model_name, compare_model or None)
+    if note and compare_model:
+        raise gr.Error(note)
+    try:
+        primary = (model_name, registry.load(model_name))
+        secondary = (other, registry.load(other)) if other else None
+        fields = receptive.compute_pair(field_cache(analyser), analysis.image, analysis.imgsz, primary, secondary,
+                                        layer, analysis.image.to_processed(float(x), float(y)))
+    except (ValueError, CheckpointError) as error:
+        raise gr.Error(str(error)) from None
+    names = [primary[0]] + ([other] if other else [])
+    panels = [receptive.field_panel(analysis.image.bgr, f, receptive.field_label(n, f))
+              for n, f in zip(names, fields) if f is not None]
+    return _rgb(receptive.side_by_side(panels)), receptive.pair_payload(names, fields, analysis.image.scale)
