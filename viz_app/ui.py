@@ -25,7 +25,7 @@ import pandas as pd
 
 from dcnv3 import CheckpointError
 
-from . import exports, health, render, video_tab
+from . import compare_tab, exports, health, learn_tab, receptive_tab, render, video_tab
 from .models import MAX_UPLOAD_BYTES, Analyser, ModelRegistry
 
 __all__ = ["build_app", "CSS", "THEME"]
@@ -373,8 +373,11 @@ def build_app(registry: ModelRegistry, analyser: Analyser | None = None) -> gr.B
                                             "small / medium / large by sqrt(box area) < 32, < 96, >= 96 px (COCO); "
                                             "background = cells in no box.")
                                 dilation_table = gr.Dataframe(interactive=False, wrap=True, elem_id="dilation-table")
+                            receptive_tab.build(registry, views.analyser, analysis, view)
             with gr.Tab("Video", id="video", elem_id="tab-video") as video_tab_item:
                 video_tab.build(registry, views.analyser, image_in, model, main_tabs, video_tab_item)
+            compare_tab.build(registry, views.analyser, image_in)
+            learn_tab.build(registry)
 
         sampling_out = [overlay, figure, weights, trace, info]
         field_params = [field, opacity, smooth]
@@ -412,4 +415,9 @@ def build_app(registry: ModelRegistry, analyser: Analyser | None = None) -> gr.B
                             api_name="detect")
         sampling_button.click(views.api_sampling, [api_image, api_model, api_layer, api_x, api_y],
                               [api_picture, api_json], api_name="sampling")
+        with gr.Column(visible=False):
+            api_compare, erf_button = gr.Textbox(label="compare_model"), gr.Button("erf")
+        erf_button.click(functools.partial(receptive_tab.api_erf, registry, views.analyser),
+                         [api_image, api_model, api_layer, api_x, api_y, api_compare], [api_picture, api_json],
+                         api_name="erf")
     return demo
