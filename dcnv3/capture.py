@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .module import DCNv3
+from .module import DCNv3, softmax_over_points
 
 __all__ = ["CapturedLayer", "capture", "dcnv3_modules"]
 
@@ -45,9 +45,10 @@ class CapturedLayer:
     def weights(self) -> torch.Tensor:
         """(N, H, W, G, P) modulation weights: softmax over each group's P points (float32+)."""
         n, h, w, _ = self.mask_logits.shape
-        logits = self.mask_logits.reshape(n, h, w, self.module.group, self.module.points)
-        return torch.softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16)
-                             else logits, dim=-1)
+        logits = self.mask_logits
+        logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        weights = softmax_over_points(logits, self.module.points)  # the layer's own softmax
+        return weights.reshape(n, h, w, self.module.group, self.module.points)
 
 
 @contextlib.contextmanager
