@@ -112,15 +112,20 @@ def build(registry, analyser, image_tab_input) -> None:
                 run_button = gr.Button("Compare", variant="primary", elem_id="compare-run")
                 status = gr.Markdown(elem_id="compare-status")
             with gr.Column(scale=3):
-                detections = gr.Image(label="Detections (click to move the receptive-field point)", type="numpy",
-                                      interactive=False, height=440, elem_id="compare-detections")
+                # Labels off: gradio's label badge would cover the panel titles drawn into the pictures.
+                gr.Markdown("**Detections**: model A left, model B right; click either to move the "
+                            "receptive-field point.")
+                detections = gr.Image(show_label=False, type="numpy", interactive=False, height=440,
+                                      elem_id="compare-detections")
                 with gr.Row(equal_height=False):
                     health_a = gr.Dataframe(label="Model A: layer health", interactive=False, wrap=True,
                                             elem_id="compare-health-a")
                     health_b = gr.Dataframe(label="Model B: layer health", interactive=False, wrap=True,
                                             elem_id="compare-health-b")
-                fields_picture = gr.Image(label="Receptive fields (50 % white, 90 % cyan contours)", type="numpy",
-                                          interactive=False, height=440, elem_id="compare-erf")
+                gr.Markdown("**Receptive fields** (|gradient| of the cell's output w.r.t. the input; contours hold "
+                            "50 % (white) and 90 % (cyan) of the mass; see the Image tab's *Receptive field* view).")
+                fields_picture = gr.Image(show_label=False, type="numpy", interactive=False, height=440,
+                                          elem_id="compare-erf")
                 fields_info = gr.Markdown(elem_id="compare-erf-info")
 
     def fields_for(session, layer_name, target_value):

@@ -15,7 +15,7 @@ __all__ = ["build", "LESSON", "LATEX_DELIMITERS", "toy_model_name"]
 LATEX_DELIMITERS = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 
 LESSON = r"""
-### Deformable convolution v3 in five paragraphs
+### Deformable convolution v3 in a few paragraphs
 
 A plain 3x3 convolution reads its input on a fixed grid: for the output at position $p_0$ it takes the
 nine pixels $p_0 + p_k$, $p_k \in \{-1, 0, 1\}^2$, and weighs them with learned weights that are the same

@@ -1,0 +1,115 @@
+"""The receptive-field view, the Compare tab and the Learn toy, end to end in headless Chromium (the
+system browser, driven by Playwright; see test_browser.py). The app offers the bundled models: the
+DCNv3-YOLOv8n and its plain twin. Every request except the app's own is aborted, so the views
+(KaTeX included) work offline.
+
+Set DEFORMLENS_SCREENSHOT_DIR=folder to save a screenshot of each view.
+"""
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from test_app_api import free_port
+from test_browser import CHROMIUM, image_src, wait_for_new_image
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs the system Chromium at /usr/bin/chromium")
+sync_api = pytest.importorskip("playwright.sync_api")
+ROOT = Path(__file__).resolve().parent.parent
+SHAPES = ROOT / "assets" / "examples" / "shapes_0.jpg"
+
+
+@pytest.fixture(scope="module")
+def page():
+    from viz_app.models import ModelRegistry
+    from viz_app.ui import CSS, THEME, build_app
+
+    demo = build_app(ModelRegistry())
+    demo.queue()
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, theme=THEME,
+                css=CSS)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1600, "height": 1100})
+        page.set_default_timeout(90_000)
+        local = ("http://127.0.0.1", "data:", "blob:")
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(local) else route.abort())
+        page.goto(f"http://127.0.0.1:{port}/")
+        yield page
+        browser.close()
+    demo.close()
+
+
+def screenshot(page, name):
+    folder = os.environ.get("DEFORMLENS_SCREENSHOT_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
+def wait_text(page, selector, text):
+    page.wait_for_function("([sel, text]) => { const e = document.querySelector(sel);"
+                           " return e && e.innerText.includes(text); }", arg=[selector, text])
+
+
+def test_receptive_field_view(page):
+    page.set_input_files("#image-in input[type=file]", str(SHAPES))
+    page.wait_for_selector("#overlay img")
+    wait_text(page, "#sampling-info", "cell (row")
+    page.get_by_role("tab", name="Receptive field").click()
+    page.wait_for_selector("#erf-image img")
+    wait_text(page, "#erf-info", "yolov8n.pt")
+    info = page.locator("#erf-info").inner_text()
+    assert "dcnv3-yolov8n.pt" in info and "50 % area ratio" in info
+    areas = re.findall(r"50 % of the mass in ([\d,]+) px²", info)
+    assert len(areas) == 2 and all(int(a.replace(",", "")) > 0 for a in areas)
+    screenshot(page, "receptive_field")
+
+    # The detection target: the best detection's score, the twin read at the same anchor.
+    old = image_src(page, "#erf-image")
+    page.locator("#erf-target").get_by_label("score of the highlighted detection").check()
+    wait_for_new_image(page, "#erf-image", old)
+    wait_text(page, "#erf-info", "at anchor")
+
+
+def test_compare_tab(page):
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-from-image").click()  # the Image tab's picture (uploaded above)
+    page.wait_for_selector("#compare-detections img")
+    wait_text(page, "#compare-status", "yolov8n.pt")
+    wait_text(page, "#compare-health-a", "model.4.m.0.cv2.dcnv3")
+    wait_text(page, "#compare-health-b", "no DCNv3 layer")
+    page.wait_for_selector("#compare-erf img")
+    wait_text(page, "#compare-erf-info", "ratio A / B")
+    first = page.locator("#compare-erf-info").inner_text()
+    # A click on the right-hand (model B) panel moves the receptive-field point there.
+    old = image_src(page, "#compare-erf")
+    picture = page.locator("#compare-detections img")
+    box = picture.bounding_box()
+    picture.click(position={"x": box["width"] * 0.8, "y": box["height"] * 0.8})
+    wait_for_new_image(page, "#compare-erf", old)
+    page.wait_for_function("old => document.querySelector('#compare-erf-info').innerText !== old", arg=first)
+    screenshot(page, "compare")
+
+
+def test_learn_toy(page):
+    page.get_by_role("tab", name="Learn").click()
+    page.wait_for_selector("#learn-text .katex")  # the formula is typeset (KaTeX ships with gradio)
+    page.wait_for_selector("#learn-toy img")
+    wait_text(page, "#learn-info", "P4/16")
+    before = page.locator("#learn-info").inner_text()
+    old = image_src(page, "#learn-toy")
+    number = page.locator("#learn-scale input[type=number]")
+    number.fill("200")
+    number.press("Enter")
+    wait_for_new_image(page, "#learn-toy", old)
+    page.wait_for_function("old => document.querySelector('#learn-info').innerText !== old", arg=before)
+    old = image_src(page, "#learn-toy")
+    rotate = page.locator("#learn-rotate input[type=number]")
+    rotate.fill("45")
+    rotate.press("Enter")
+    wait_for_new_image(page, "#learn-toy", old)
+    screenshot(page, "learn")
