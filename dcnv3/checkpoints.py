@@ -10,7 +10,11 @@ unpickler resolves only:
 * a short list of plain functions and value types that rebuild tensors and containers.
 
 Anything else is refused with an ``UnsafeCheckpointError`` that names the global, before it is
-used. TorchScript archives are refused too (loading one runs its code).
+used. TorchScript archives are refused too (loading one runs its code). Module classes are looked
+up among the modules already imported, never imported on the file's behalf (importing a module
+runs it: ``dcnv3.__main__`` would start the CLI). The allowed callables that could materialise
+more than the file holds (``range`` fed to ``list``, ``bytes(10**12)``, a tensor view claiming
+10**12 elements of a one-element storage) are bounded, so a small file cannot exhaust memory.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import _compat_pickle
 import contextlib
 import importlib
 import pickle
+import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -76,6 +81,61 @@ _RENAMED = {("pathlib", "WindowsPath"): ("pathlib", "PosixPath"),
             ("pathlib", "PureWindowsPath"): ("pathlib", "PurePosixPath")}
 _MODULE_PACKAGES = ("torch.nn.modules", "ultralytics.", "dcnv3.")
 
+# Bounds on what an allowed callable may build. A real checkpoint never calls range, bytes or
+# bytearray with more than a handful of items (its data sits in tensor storages, bounded by the
+# file); a tensor is a view of a storage, and only a stride-0 view can claim more elements than
+# its storage holds (one element claiming 10**12 is 4 TB the moment anything copies it).
+MAX_BUILT_ITEMS = 1 << 24
+MAX_BROADCAST_ELEMENTS = 1 << 24
+
+
+def _too_many(what: str, count: int) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(f"refused: the checkpoint builds {what} of {count} items (limit "
+                                 f"{MAX_BUILT_ITEMS}); a detection checkpoint stores its data in tensors")
+
+
+def _bounded_range(*args):
+    built = range(*args)
+    if len(built) > MAX_BUILT_ITEMS:
+        raise _too_many("a range", len(built))
+    return built
+
+
+def _bounded_sized(cls):
+    """``bytes`` / ``bytearray``, refusing an integer argument (a size) over the bound."""
+    def build(*args):
+        if args and isinstance(args[0], int) and args[0] > MAX_BUILT_ITEMS:
+            raise _too_many(f"a {cls.__name__}", args[0])
+        return cls(*args)
+    return build
+
+
+def _bounded_tensor(rebuild):
+    """A torch tensor rebuilder that refuses a view claiming far more elements than its storage."""
+    def build(storage, storage_offset, size, *args, **kwargs):
+        claimed = 1
+        for extent in size:
+            claimed *= int(extent)
+        try:  # a TypedStorage (zip checkpoints) wraps an untyped one; v3 passes the untyped one
+            untyped = getattr(storage, "_untyped_storage", storage)
+            itemsize = storage.dtype.itemsize if hasattr(storage, "dtype") else 1
+            stored = untyped.nbytes() // max(1, itemsize)
+        except (AttributeError, RuntimeError, TypeError):
+            stored = 0
+        if claimed > max(stored, MAX_BROADCAST_ELEMENTS):
+            raise UnsafeCheckpointError(f"refused: a tensor of shape {tuple(size)} claims {claimed} elements but "
+                                        f"its storage holds {stored}; the checkpoint is malformed or hostile")
+        return rebuild(storage, storage_offset, size, *args, **kwargs)
+    return build
+
+
+_GUARDED = {("builtins", "range"): lambda _: _bounded_range,
+            ("builtins", "bytes"): lambda real: _bounded_sized(real),
+            ("builtins", "bytearray"): lambda real: _bounded_sized(real),
+            ("torch._utils", "_rebuild_tensor"): _bounded_tensor,
+            ("torch._utils", "_rebuild_tensor_v2"): _bounded_tensor,
+            ("torch._utils", "_rebuild_tensor_v3"): _bounded_tensor}
+
 
 def _state_only(cls: type) -> type:
     """A stand-in for ``cls`` that pickle can instantiate (NEWOBJ: ``cls.__new__``, then the
@@ -107,7 +167,9 @@ def _resolve(module_name: str, name: str):
     module_name, name = _RENAMED.get((module_name, name), (module_name, name))
     qualified = f"{module_name}.{name}"
     if (module_name, name) in _CALLABLES:
-        return getattr(importlib.import_module(module_name), name)
+        real = getattr(importlib.import_module(module_name), name)
+        guard = _GUARDED.get((module_name, name))
+        return guard(real) if guard else real
     if module_name == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout,
                                                                            torch.memory_format)):
         return getattr(torch, name)  # constants such as torch.float16
@@ -115,10 +177,9 @@ def _resolve(module_name: str, name: str):
         FORK_CLASS_ALIASES.update(_fork_aliases())
     cls = None
     if module_name.startswith(_MODULE_PACKAGES):
-        try:
-            cls = getattr(importlib.import_module(module_name), name, None)
-        except ImportError:  # a fork's module path that stock ultralytics lacks
-            cls = None
+        # Only modules already imported (ultralytics' and ours are, by `import dcnv3`): a fork's
+        # module path that stock ultralytics lacks falls through to the aliases below.
+        cls = getattr(sys.modules.get(module_name), name, None)
         if cls is None and module_name.startswith("ultralytics.") and name in FORK_CLASS_ALIASES:
             cls = FORK_CLASS_ALIASES[name]
         if cls is not None and not (isinstance(cls, type) and (issubclass(cls, nn.Module)
@@ -178,6 +239,10 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu"):
             IndexError, KeyError, zipfile.BadZipFile, UnicodeDecodeError, OverflowError) as error:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: "
                               f"{error})") from error
+    except (MemoryError, RecursionError) as error:  # e.g. a tensor storage claiming terabytes
+        raise CheckpointError(f"{path}: not a loadable checkpoint (it asks for more "
+                              f"{'memory' if isinstance(error, MemoryError) else 'nesting'} than a "
+                              f"checkpoint needs)") from None
 
 
 _preloaded = threading.local()

@@ -157,6 +157,9 @@ class ModelRegistry:
         """The loaded model for a name (LRU-cached). Raises ValueError / dcnv3.CheckpointError
         with a one-line message for unknown names and unusable checkpoints."""
         path = self.resolve(name)
+        if path is not None and not path.is_file():  # e.g. an upload removed after --keep-files-minutes
+            raise CheckpointError(f"{name}: the checkpoint file is gone (uploads are kept for a limited "
+                                  f"time); load it again")
         stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path else None
         key = (name, str(path), stamp)
         with self._lock:
@@ -260,11 +263,14 @@ def load_image(source, max_side: int = MAX_IMAGE_SIDE, name: str | None = None) 
         name = name or path.stem
         if not path.is_file():
             raise ValueError(f"{path.name}: no such file")
-        array, original_shape = _decode_file(path, max_side)
+        if path.stat().st_size == 0:
+            raise ValueError(f"{path.name}: the file is empty")
+        array, original_shape, frames = _decode_file(path, max_side)
         digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
     elif source is None:
         raise ValueError("no image: upload an image first")
     else:
+        frames = 1
         array = np.asarray(source)
         original_shape = tuple(array.shape[:2])
         hasher = hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=16)
@@ -281,6 +287,8 @@ def load_image(source, max_side: int = MAX_IMAGE_SIDE, name: str | None = None) 
         notes.append(f"the image ({original_shape[1]} x {original_shape[0]} px) was downscaled to "
                      f"{bgr.shape[1]} x {bgr.shape[0]} px before probing (longest side at most "
                      f"{max_side} px); the views show and measure the downscaled image")
+    if frames > 1:
+        notes.append(f"an animated image ({frames} frames): its first frame is analysed")
     if min(original_shape) < 8:
         notes.append(f"a tiny image ({original_shape[1]} x {original_shape[0]} px): the network sees "
                      f"it upsampled, so expect no meaningful detections")
@@ -288,10 +296,11 @@ def load_image(source, max_side: int = MAX_IMAGE_SIDE, name: str | None = None) 
                        name or "image", notes)
 
 
-def _decode_file(path: Path, max_side: int) -> tuple[np.ndarray, tuple[int, int]]:
+def _decode_file(path: Path, max_side: int) -> tuple[np.ndarray, tuple[int, int], int]:
     """Decode an image file with Pillow, already reduced to ``max_side`` (large JPEGs are decoded
     at 1/2, 1/4 or 1/8 size, so memory stays bounded). Returns (array in dcnv3's conventions:
-    BGR, BGRA, gray or 16-bit; the file's (H, W) after EXIF orientation)."""
+    BGR, BGRA, gray or 16-bit; the file's (H, W) after EXIF orientation; its number of frames,
+    of which only the first is decoded)."""
     import warnings
 
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -306,8 +315,9 @@ def _decode_file(path: Path, max_side: int) -> tuple[np.ndarray, tuple[int, int]
                 Image.MAX_IMAGE_PIXELS = previous
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
-                raise ValueError(f"{path.name}: {width} x {height} px is too large to decode "
+                raise _ImageRefused(f"{path.name}: {width} x {height} px is too large to decode "
                                  f"(limit {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels)")
+            frames = _frame_count(image)
             rotated = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF turns it by 90 degrees
             if max(width, height) > max_side:
                 image.draft("RGB", (max_side, max_side))  # JPEG only; other formats ignore it
@@ -315,13 +325,31 @@ def _decode_file(path: Path, max_side: int) -> tuple[np.ndarray, tuple[int, int]
             image = ImageOps.exif_transpose(image)
             if max(image.size) > max_side:
                 image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    except ValueError:
+            array = _to_array(image)
+    except _ImageRefused:
         raise
     except UnidentifiedImageError:
         raise ValueError(f"{path.name}: not an image (the file is not in an image format)") from None
-    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ValueError(f"{path.name}: a corrupt or truncated image ({error})") from None
-    return _to_array(image), ((width, height) if rotated else (height, width))
+    except MemoryError:
+        raise ValueError(f"{path.name}: too large to decode in the memory available") from None
+    except Exception as error:  # noqa: BLE001 - Pillow's decoders fail on broken files with
+        # OSError, SyntaxError, EOFError, but also IndexError, struct.error or ValueError
+        raise ValueError(f"{path.name}: a corrupt or truncated image ({type(error).__name__}: "
+                         f"{error})") from None
+    return array, ((width, height) if rotated else (height, width)), frames
+
+
+class _ImageRefused(ValueError):
+    """A readable image that DeformLens declines (its message is final)."""
+
+
+def _frame_count(image) -> int:
+    """Frames in an animated file; 1 when counting them fails (counting seeks through a possibly
+    truncated file, and the first frame may still decode)."""
+    try:
+        return max(1, int(getattr(image, "n_frames", 1)))
+    except Exception:  # noqa: BLE001 - see _decode_file: broken files fail in many ways
+        return 1
 
 
 def _to_array(image) -> np.ndarray:

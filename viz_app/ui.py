@@ -26,7 +26,8 @@ import pandas as pd
 from dcnv3 import CheckpointError
 
 from . import compare_tab, exports, health, learn_tab, receptive_tab, render, video_tab
-from .models import MAX_UPLOAD_BYTES, Analyser, ModelRegistry
+from .models import Analyser, ModelRegistry
+from .safety import local_files_only
 
 __all__ = ["build_app", "CSS", "THEME"]
 
@@ -100,7 +101,7 @@ def image_file_input(**kwargs) -> gr.Image:
         return decode(payload)  # e.g. a pasted image sent as a data URL
 
     component.preprocess = preprocess
-    return component
+    return local_files_only(component)  # a URL is refused, never fetched
 
 
 def _notice_markdown(analysis) -> str:
@@ -319,7 +320,7 @@ def build_app(registry: ModelRegistry, analyser: Analyser | None = None) -> gr.B
                             gr.Examples(examples, inputs=image_in, label="Examples", examples_per_page=6)
                         model = gr.Dropdown(registry.names(), value=registry.default_name(), label="Model",
                                             elem_id="model")
-                        checkpoint = gr.UploadButton(f"Load a checkpoint (.pt, up to {MAX_UPLOAD_BYTES >> 20} MB)",
+                        checkpoint = gr.UploadButton(f"Load a checkpoint (.pt, up to {registry.max_upload_bytes >> 20} MB)",
                                                      file_types=[".pt"], type="filepath", size="md", elem_id="checkpoint")
                         notices = gr.Markdown(elem_id="notices")
                         with gr.Row():
