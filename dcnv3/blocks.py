@@ -96,7 +96,22 @@ class DCNV3_YoLo(nn.Module, metaclass=_ParsedAs):  # noqa: N801 - the seed artic
         if stem is not None:
             x = stem(x)
         x = self.dcnv3(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return self.act(self.bn(x))
+        bn = getattr(self, "bn", None)  # folded into dcnv3.output_proj by fuse_batchnorm()
+        return self.act(x if bn is None else bn(x))
+
+    @torch.no_grad()
+    def fuse_batchnorm(self) -> None:
+        """Fold the BatchNorm into the DCNv3's ``output_proj`` (inference only), like ultralytics'
+        Conv+BN fusion: the BN is a per-channel affine map s*y + t of output_proj's output y, so
+        output_proj becomes (s * W, s * b + t) and the BN pass disappears. Removes ``bn``."""
+        bn = getattr(self, "bn", None)
+        if bn is None:
+            return
+        proj = self.dcnv3.output_proj
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        proj.weight.copy_(proj.weight * scale[:, None])
+        proj.bias.copy_(proj.bias * scale + bn.bias - bn.running_mean * scale)
+        del self.bn
 
 
 class Bottleneck_DCNv3(nn.Module, metaclass=_ParsedAs):  # noqa: N801 - the forks' name

@@ -99,7 +99,7 @@ def register() -> None:
 
     _check_version(ultralytics.__version__)
     from . import checkpoints
-    from .blocks import BLOCK_ALIASES, parsed_as_stock_twins
+    from .blocks import BLOCK_ALIASES, DCNV3_YoLo, parsed_as_stock_twins
 
     for name, cls in BLOCK_ALIASES.items():
         setattr(tasks, name, cls)  # parse_model looks YAML names up in its module's globals
@@ -120,6 +120,18 @@ def register() -> None:
         return str(shipped) if shipped is not None else stock_check_yaml(file, *args, **kwargs)
 
     tasks.check_yaml = check_yaml
+    stock_fuse = tasks.BaseModel.fuse
+
+    @functools.wraps(stock_fuse)
+    def fuse(self, *args, **kwargs):
+        # ultralytics folds BatchNorms into convolutions; a DCNV3_YoLo's BN follows a Linear.
+        fused = stock_fuse(self, *args, **kwargs)
+        for module in self.modules():
+            if isinstance(module, DCNV3_YoLo):
+                module.fuse_batchnorm()
+        return fused
+
+    tasks.BaseModel.fuse = fuse
     tasks.torch_safe_load = checkpoints.torch_safe_load
     install_fonts()
     _keep_pillow_offline()

@@ -99,3 +99,28 @@ def test_stemless_block_runs_without_conv():
 @pytest.mark.parametrize("channels,expected", [(32, 2), (64, 4), (128, 8), (48, 3), (40, 2), (24, 2)])
 def test_auto_group(channels, expected):
     assert auto_group(channels) == expected
+
+
+def test_fuse_folds_the_dcnv3_batchnorm_into_output_proj():
+    """ultralytics' fuse() (as predict and the probe call it) also folds each DCNV3_YoLo's
+    BatchNorm into the DCNv3's output_proj: same outputs, no BatchNorm left in the block."""
+    torch.manual_seed(0)
+    model = DetectionModel("dcnv3-yolov8n.yaml", verbose=False)
+    for module in model.modules():  # non-trivial statistics and non-zero offsets/masks
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    for _, layer in dcnv3_modules(model):
+        torch.nn.init.normal_(layer.offset.weight, std=0.05)
+        torch.nn.init.normal_(layer.mask.weight, std=0.2)
+    model.eval()
+    x = torch.rand(1, 3, 128, 160)
+    with torch.no_grad():
+        expected = model(x)[0]
+        model.fuse(verbose=False)
+        fused = model(x)[0]
+    blocks = [m for m in model.modules() if isinstance(m, DCNV3_YoLo)]
+    assert blocks and all(not hasattr(b, "bn") for b in blocks)
+    torch.testing.assert_close(fused, expected, rtol=1e-4, atol=1e-3)
