@@ -170,7 +170,7 @@ def _diagnose(path: Path, opened: bool) -> str:
     codec = video[0].split(",")[0].strip()
     if codec.startswith("none") or "unknown codec" in report:
         fourcc = re.search(r"\((\w{4}) /", codec)
-        return (f"{name}: unsupported video codec {fourcc.group(1) if fourcc else codec!r}; convert it to "
+        return (f"{name}: unsupported video codec {fourcc.group(1) if fourcc else codec}; convert it to "
                 f"H.264 MP4 (e.g. ffmpeg -i in -c:v libx264 out.mp4)")
     if opened:
         return f"{name}: the video has zero frames"
