@@ -26,6 +26,7 @@ from dcnv3 import video as dvideo
 
 from . import video_render
 from .models import Analyser, ModelRegistry
+from .safety import local_files_only
 
 __all__ = ["build", "build_api", "DEMO_VIDEO", "LIMITS", "KEEP_RUNS"]
 
@@ -221,7 +222,8 @@ def build(registry: ModelRegistry, analyser: Analyser | None, image_in, image_mo
 def build_api(registry: ModelRegistry, analyser: Analyser | None) -> None:
     """The /video endpoint's own components (call inside a hidden column)."""
     views = _VideoViews(registry, analyser)
-    source = gr.File(label="video", type="filepath")  # any file: dcnv3.video says what is wrong with it
+    source = local_files_only(gr.File(label="video", type="filepath"))  # any local file (dcnv3.video says
+    # what is wrong with it); a URL is refused, never fetched
     model = gr.Textbox(label="model", value=registry.default_name())
     layer = gr.Textbox(label="layer", value=dvideo.AUTO_LAYER)
     max_frames = gr.Number(60, label="max_frames", precision=0)
