@@ -237,3 +237,18 @@ def test_cli_inspect_writes_the_video_and_csv(tmp_path):
                               "--out", str(tmp_path / "x")], capture_output=True, text=True,
                              env={**os.environ, "YOLO_OFFLINE": "true"}, timeout=300)
     assert refused.returncode == 2 and refused.stderr.strip() == "error: sine.m4a: an audio-only file (no video stream)"
+
+
+def test_time_series_figure_and_track_table(demo_run):
+    from viz_app import video_render
+
+    figure = video_render.time_series_figure(demo_run.rows)
+    long_tracks = [t for t in video.track_summary(demo_run.rows) if t["frames"] >= 3]
+    assert len(figure.data) == 4 * min(len(long_tracks), 10)
+    assert [figure.layout[f"yaxis{a}"].title.text for a in ("", "2", "3", "4")] == [t for _, t in video_render.SERIES]
+    assert all(0 <= figure.layout[f"yaxis{a}"].domain[0] < figure.layout[f"yaxis{a}"].domain[1] <= 1
+               for a in ("", "2", "3", "4"))
+    table = video_render.track_table(demo_run.rows)
+    assert len(table) == len({r["track_id"] for r in demo_run.rows}) and "eff. dilation" in table[0]
+    empty = video_render.time_series_figure([])
+    assert not empty.data and "no track" in empty.layout.annotations[0].text

@@ -53,7 +53,8 @@ def time_series_figure(rows: list[dict], min_frames: int = 3, max_tracks: int = 
     for p, (_, title) in enumerate(SERIES):
         axis = "" if p == 0 else str(p + 1)
         top = 1 - p * (span + gap)
-        layout[f"yaxis{axis}"] = dict(grid, domain=[top - span, top], title=dict(text=title, font=dict(size=11)))
+        domain = [max(0.0, round(top - span, 6)), min(1.0, round(top, 6))]  # plotly refuses -1e-17
+        layout[f"yaxis{axis}"] = dict(grid, domain=domain, title=dict(text=title, font=dict(size=11)))
         layout[f"xaxis{axis}"] = dict(grid, anchor=f"y{axis}", matches="x" if p else None,
                                       showticklabels=p == panels - 1,
                                       title=dict(text="time (s)") if p == panels - 1 else None)
