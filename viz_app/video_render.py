@@ -48,8 +48,8 @@ def time_series_figure(rows: list[dict], min_frames: int = 3, max_tracks: int = 
                               f"<br>{key}: %{{y:.3f}}<extra></extra>"))
     grid = dict(gridcolor="#e5e5e5", zeroline=False)
     layout = dict(template=None, paper_bgcolor="white", plot_bgcolor="white", height=height,
-                  font=dict(family="sans-serif", size=12, color="#222"), margin=dict(l=70, r=10, t=30, b=50),
-                  legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0), hovermode="closest")
+                  font=dict(family="sans-serif", size=12, color="#222"), margin=dict(l=70, r=10, t=70, b=50),
+                  legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0), hovermode="closest")
     for p, (_, title) in enumerate(SERIES):
         axis = "" if p == 0 else str(p + 1)
         top = 1 - p * (span + gap)
