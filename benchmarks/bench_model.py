@@ -29,6 +29,7 @@ import torch  # noqa: E402
 
 import dcnv3  # noqa: E402
 from dcnv3.probe import inference_model  # noqa: E402
+from results import emit  # noqa: E402
 
 
 def letterboxed_input(image: np.ndarray, imgsz: int, channels_last: bool) -> torch.Tensor:
@@ -95,6 +96,9 @@ def main() -> None:
     print(f"probe / bare forward:           {probe_ratio:.2f}x (target <= 1.1x) "
           f"[{'OK' if probe_ratio <= 1.1 else 'above target'}]")
     print(f"probe / predict:                {ms['probe dcnv3-yolov8n'] / ms['predict dcnv3-yolov8n']:.2f}x")
+    emit("model", [("DCNv3-YOLOv8n / YOLOv8n forward", model_ratio, "<= 1.2"),
+                   ("probe / bare forward", probe_ratio, "<= 1.1"),
+                   ("probe / YOLO.predict", ms["probe dcnv3-yolov8n"] / ms["predict dcnv3-yolov8n"], None)])
 
 
 if __name__ == "__main__":

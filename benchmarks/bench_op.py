@@ -23,6 +23,7 @@ from torch.autograd import DeviceType  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from dcnv3.ops import dcnv3_core_grid_sample, dcnv3_core_sparse  # noqa: E402
+from results import emit  # noqa: E402
 
 SHAPES = [(1, 80, 80, 2, 16), (1, 40, 40, 4, 16), (1, 20, 20, 8, 16), (16, 20, 20, 4, 16)]
 FORMULATIONS = {"default (sparse)": dcnv3_core_sparse, "grid_sample": dcnv3_core_grid_sample}
@@ -79,6 +80,7 @@ def main() -> None:
               f"{'peak MiB':>9}")
     print(header)
     print("-" * len(header))
+    rows = []
     for shape in SHAPES:
         inputs = make_inputs(*shape)
         tensors, config = inputs[:3], inputs[3]
@@ -106,6 +108,9 @@ def main() -> None:
         verdict = "OK" if fb_g / fb_d >= 2 and m_d <= m_g else "below target"
         print(f"{'':<20} {'speed-up':<17} {f_g / f_d:7.2f}x {fb_g / fb_d:10.2f}x "
               f"{m_d / m_g:8.2f}x mem  [{verdict}]")
+        rows += [(f"fwd+bwd speed-up, sparse vs grid_sample, {shape}", fb_g / fb_d, ">= 2"),
+                 (f"peak memory, sparse / grid_sample, {shape}", m_d / m_g, "<= 1")]
+    emit("op", rows)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,9 @@ def main() -> None:
     median = statistics.median(times)
     print(f"toy slider move ({args.moves} moves, torch threads {torch.get_num_threads()}): "
           f"median {median:.3f} s, slowest {max(times):.3f} s; median / {TARGET_S} s target = {median / TARGET_S:.2f}")
+    from results import emit
+
+    emit("toy", [(f"toy slider move / {TARGET_S} s", median / TARGET_S, "<= 1")])
 
     if args.fields:
         from dcnv3 import receptive_field as rf
