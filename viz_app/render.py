@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 import plotly.graph_objects as go
 
-from dcnv3.overlay import (_SHIFT, _blend_disc, _fixed, _pair, _unit, draw_detections, draw_marker,
-                           draw_samples, group_colours, image_to_canvas, point_style)
+from dcnv3.overlay import (_SHIFT, _blend_disc, _fixed, _pair, _unit, cells_on_canvas, draw_detections, draw_marker,
+                           draw_samples, field_colours, group_colours, image_to_canvas, point_style)
 
 from .figure_spec import FigureSpec
 
@@ -457,29 +457,6 @@ def _field_range(field: str, values: np.ndarray) -> tuple[float, float]:
     return 0.0, top if top > 1e-9 else 1.0
 
 
-def _field_colours(field: str, values: np.ndarray, value_range) -> np.ndarray:
-    """(H, W, 3) BGR uint8 colours of the field's cells."""
-    if field == "offset direction":
-        angle = np.degrees(np.arctan2(values[..., 1], values[..., 0])) % 360  # y down: 90 = down
-        length = np.linalg.norm(values, axis=-1)
-        hsv = np.stack([angle / 2, np.full_like(angle, 255), np.clip(length / value_range[1], 0, 1) * 255], axis=-1)
-        return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2BGR)
-    lo, hi = value_range
-    scaled = np.clip((values - lo) / max(hi - lo, 1e-12), 0, 1)
-    return cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)
-
-
-def _cells_on_canvas(colours: np.ndarray, probe, record, canvas_shape, scale, smooth: bool) -> np.ndarray:
-    """Warp a (H, W, 3) per-cell picture onto the canvas so each cell is centred on its cell centre."""
-    sx, sy = _pair(scale)
-    origin = probe.cell_centre(record, (0, 0))  # image px
-    step = record.stride * record.layer_stride / probe.letterbox.ratio  # image px between cells
-    # canvas pixel-centre coordinate of cell c: (origin + c * step) * s - 0.5
-    matrix = np.array([[step * sx, 0, origin[0] * sx - 0.5], [0, step * sy, origin[1] * sy - 0.5]])
-    return cv2.warpAffine(colours, matrix, (canvas_shape[1], canvas_shape[0]),
-                          flags=cv2.INTER_LINEAR if smooth else cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
-
-
 def colour_bar(width: int, field: str, value_range, unit: int = 1) -> np.ndarray:
     """A (h, width, 3) BGR strip: the field's colour scale with its range and name."""
     height = 46 * unit
@@ -521,7 +498,7 @@ def field_overlay(image: np.ndarray, probe, layer, field: str, group: int | None
     values = field_values(probe, record, field, group)
     magnitude = np.linalg.norm(values, axis=-1) if field == "offset direction" else values
     value_range = _field_range(field, magnitude)
-    colours = _cells_on_canvas(_field_colours(field, values, value_range), probe, record, canvas.shape, scale, smooth)
+    colours = cells_on_canvas(field_colours(field, values, value_range), probe, record, canvas.shape, scale, smooth)
     blended = cv2.addWeighted(colours, float(opacity), canvas, 1 - float(opacity), 0)
     unit = max(1, round(canvas.shape[1] / 640))  # the strip's text stays legible but modest
     return np.vstack([blended, colour_bar(canvas.shape[1], field, value_range, unit)]), scale
