@@ -74,7 +74,7 @@ def canvas_to_image(xy, scale) -> np.ndarray:
     return np.asarray(xy, dtype=np.float64) / np.asarray(_pair(scale))
 
 
-# -- sampling view (drawing primitives live in dcnv3.overlay) -----------------------------------------------------------------------------------
+# -- sampling view (drawing primitives live in dcnv3.overlay) -----------------
 def sampling_overlay(image: np.ndarray, probe, layer, cell, groups=None, highlight: int | None = None,
                      scale=None, max_labels: int = 20) -> tuple[np.ndarray, tuple[float, float]]:
     """The sampling view's picture: detections, the cell's samples in every chosen group, the
