@@ -52,11 +52,12 @@ class CapturedLayer:
 
 
 @contextlib.contextmanager
-def capture(model: nn.Module):
+def capture(model: nn.Module, modules: list[tuple[str, DCNv3]] | None = None):
     """Record the offset and mask head outputs of every DCNv3 in ``model`` while inside the block.
 
     Yields a dict {qualified module name: CapturedLayer}, filled by each forward; a later forward
-    inside the same block overwrites the previous values.
+    inside the same block overwrites the previous values. ``modules``: the model's
+    ``dcnv3_modules`` if the caller has them already (walking a model's modules costs ~0.3 ms).
     """
     records: dict[str, CapturedLayer] = {}
     handles = []
@@ -69,7 +70,7 @@ def capture(model: nn.Module):
         return hook
 
     try:
-        for name, module in dcnv3_modules(model):
+        for name, module in (dcnv3_modules(model) if modules is None else modules):
             record = records[name] = CapturedLayer(module)
             handles.append(module.offset.register_forward_hook(make_hook(record, "offset_raw")))
             handles.append(module.mask.register_forward_hook(make_hook(record, "mask_logits")))

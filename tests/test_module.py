@@ -144,3 +144,22 @@ class TestErrors:
     def test_wrong_channel_count(self):
         with pytest.raises(ValueError, match="channels-last"):
             DCNv3(16, group=2)(torch.randn(1, 8, 8, 12))
+
+
+def test_softmax_over_points_equals_softmax_on_every_path():
+    """The CPU fast paths (in-place without autograd, transposed view with autograd) give
+    torch.softmax's values and gradients, also for logits large enough to overflow exp()."""
+    from dcnv3.module import softmax_over_points
+
+    logits = torch.randn(2, 5, 7, 4 * 9, dtype=torch.float64) * 40  # exp(±160) overflows float32 unguarded
+    logits[0, 0, 0, :9] = 1000.0
+    expected = torch.softmax(logits.view(2, 5, 7, 4, 9), -1).reshape(logits.shape)
+    with torch.no_grad():
+        torch.testing.assert_close(softmax_over_points(logits, 9), expected, rtol=0, atol=1e-15)
+        assert torch.isfinite(softmax_over_points(logits.float(), 9)).all()
+    leaf = logits.clone().requires_grad_()
+    upstream = torch.randn_like(logits)
+    (softmax_over_points(leaf, 9) * upstream).sum().backward()
+    reference = logits.clone().requires_grad_()
+    (torch.softmax(reference.view(2, 5, 7, 4, 9), -1).reshape(logits.shape) * upstream).sum().backward()
+    torch.testing.assert_close(leaf.grad, reference.grad, rtol=0, atol=1e-12)
