@@ -96,7 +96,7 @@ def inspect_image(model, image_path: Path, out_dir: Path, imgsz: int, conf: floa
     for layer, cell in queries:
         overlay = draw_samples(overlay, result.sampling_locations(layer, cell), layer.weights[cell],
                                result.regular_locations(layer, cell))
-        overlay = draw_marker(overlay, result.cell_centre(layer, cell))
+        overlay = draw_marker(overlay, result.cell_centre(layer, cell), in_place=True)
     stem = image_path.stem
     cv2.imwrite(str(out_dir / f"{stem}_overlay.png"), overlay)
     np.savez_compressed(out_dir / f"{stem}_probe.npz", **result.as_arrays())

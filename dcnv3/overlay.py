@@ -126,8 +126,9 @@ def point_style(weights: np.ndarray, base_radius: float) -> tuple[np.ndarray, np
 
 
 def draw_samples(canvas: np.ndarray, locations: np.ndarray, weights: np.ndarray,
-                 regular: np.ndarray | None = None, groups=None, scale=(1.0, 1.0)) -> np.ndarray:
-    """Sampling points of one cell on a copy of the canvas.
+                 regular: np.ndarray | None = None, groups=None, scale=(1.0, 1.0),
+                 in_place: bool = False) -> np.ndarray:
+    """Sampling points of one cell on a copy of the canvas (on the canvas itself with ``in_place``).
 
     Args:
         locations: (G, P, 2) sample positions (x, y) in image px; weights: (G, P) softmax weights.
@@ -137,7 +138,7 @@ def draw_samples(canvas: np.ndarray, locations: np.ndarray, weights: np.ndarray,
         scale: canvas px per image px.
     Point size and opacity follow ``point_style``; heavier points are drawn last (on top).
     """
-    out = canvas.copy()
+    out = canvas if in_place else canvas.copy()
     num_groups, points, _ = locations.shape
     colours = group_colours(num_groups)
     chosen = list(range(num_groups)) if groups is None else [g for g in groups if 0 <= g < num_groups]
@@ -153,6 +154,7 @@ def draw_samples(canvas: np.ndarray, locations: np.ndarray, weights: np.ndarray,
         grid = np.asarray(regular, dtype=np.float64) * to_canvas
         ring = int(2.5 * unit * (1 << _SHIFT))
         rings = np.round((grid[chosen] - 0.5) * (1 << _SHIFT)).astype(np.int64).reshape(-1, 2).tolist()
+        rings = list(dict.fromkeys(map(tuple, rings)))  # groups share the regular grid: each ring once
         for width, colour in ((unit + 1, (40, 40, 40)), (unit, _GHOST)):
             for centre in rings:
                 cv2.circle(out, centre, ring, colour, width, cv2.LINE_AA, _SHIFT)
@@ -169,9 +171,12 @@ def draw_samples(canvas: np.ndarray, locations: np.ndarray, weights: np.ndarray,
     return out
 
 
-def draw_marker(canvas: np.ndarray, xy, scale=(1.0, 1.0), colour=(255, 255, 255)) -> np.ndarray:
-    """A cross (with a dark outline, visible on any background) at image point ``xy``."""
-    out = canvas.copy()
+def draw_marker(canvas: np.ndarray, xy, scale=(1.0, 1.0), colour=(255, 255, 255),
+                in_place: bool = False) -> np.ndarray:
+    """A cross (with a dark outline, visible on any background) at image point ``xy``, on a copy
+    of the canvas, or on the canvas itself with ``in_place`` (a caller that owns a fresh canvas
+    saves a full-frame copy)."""
+    out = canvas if in_place else canvas.copy()
     unit = _unit(out)
     size = 7 * unit
     sx, sy = _pair(scale)

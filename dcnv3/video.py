@@ -405,8 +405,8 @@ def draw_frame(frame: np.ndarray, result, tracks: np.ndarray, layer: str, mode: 
         if cell is None:
             continue
         canvas = draw_samples(canvas, result.sampling_locations(record, cell), record.weights[cell],
-                              result.regular_locations(record, cell) if ghost else None)
-        canvas = draw_marker(canvas, result.cell_centre(record, cell))
+                              result.regular_locations(record, cell) if ghost else None, in_place=True)
+        canvas = draw_marker(canvas, result.cell_centre(record, cell), in_place=True)
     _caption(canvas, caption)
     return canvas
 
