@@ -58,9 +58,17 @@ def _unit(canvas: np.ndarray) -> int:
 def _blend_disc(canvas: np.ndarray, centre, radius: float, colour, alpha: float, outline=None) -> None:
     """Draw a filled disc (canvas pixel-centre coordinates) with opacity ``alpha``, in place.
 
-    Only the disc's bounding box is blended, so drawing stays cheap on large canvases.
+    Only the disc's bounding box is blended, so drawing stays cheap on large canvases; an opaque
+    disc is drawn straight onto the canvas.
     """
     x, y = centre
+    if alpha >= 1.0:
+        fixed = (int(round(x * (1 << _SHIFT))), int(round(y * (1 << _SHIFT))))
+        r = max(1, int(round(radius * (1 << _SHIFT))))
+        cv2.circle(canvas, fixed, r, colour, -1, cv2.LINE_AA, _SHIFT)
+        if outline is not None:
+            cv2.circle(canvas, fixed, r, outline, 1, cv2.LINE_AA, _SHIFT)
+        return
     reach = int(math.ceil(radius)) + 2
     x0, y0 = max(0, int(x) - reach), max(0, int(y) - reach)
     x1, y1 = min(canvas.shape[1], int(x) + reach + 2), min(canvas.shape[0], int(y) + reach + 2)

@@ -366,7 +366,7 @@ def trace_overlay(image: np.ndarray, levels: list[TraceLevel], start_xy, size: i
         for n in np.argsort(relative):  # strongest on top
             cx, cy = image_to_canvas(local(last.xy[n]), scale)
             _blend_disc(canvas, (cx - 0.5, cy - 0.5), (2.5 + 5 * math.sqrt(relative[n])) * unit,
-                        tuple(int(c) for c in colours[n]), 0.95, outline=(0, 0, 0))
+                        tuple(int(c) for c in colours[n]), 1.0, outline=(0, 0, 0))
     return draw_marker(canvas, local(start_xy), scale, in_place=True), (float(x0), float(y0)), scale
 
 
