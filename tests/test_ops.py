@@ -218,3 +218,29 @@ def test_cuda_matches_cpu():
     cpu = dcnv3_core(inputs, offset, mask, **config)
     gpu = dcnv3_core(inputs.cuda(), offset.cuda(), mask.cuda(), **config)
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("formulation", ["sparse", "gather"])
+@pytest.mark.parametrize("kernel,stride,pad,dilation,offset_scale,remove_center",
+                         [(3, 1, 1, 1, 1.0, 0), (3, 2, 1, 1, 1.0, 0), (3, 1, 2, 2, 0.5, 0), (5, 1, 2, 1, 2.0, 1)])
+def test_inference_locations_equal_the_reference_arithmetic(formulation, kernel, stride, pad, dilation, offset_scale,
+                                                            remove_center):
+    """Without autograd the taps come from a cached pixel grid + offset * scale (one pass); with
+    autograd from InternImage's normalised arithmetic. Both must give the same output, samples far
+    off the image and on the clamp limits included."""
+    torch.manual_seed(kernel + stride + pad)
+    n, h, w, g, d = 2, 9, 11, 2, 3
+    points = kernel * kernel - remove_center
+    out_h = (h + 2 * pad - (dilation * (kernel - 1) + 1)) // stride + 1
+    out_w = (w + 2 * pad - (dilation * (kernel - 1) + 1)) // stride + 1
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        inputs = torch.randn(n, h, w, g * d, dtype=dtype)
+        offset = torch.randn(n, out_h, out_w, g * points * 2, dtype=dtype) * 4
+        offset[0, 0, 0, :4] = torch.tensor([-30.0, 25.0, 0.0, 0.0])  # far outside, and exactly on the grid
+        mask = torch.rand(n, out_h, out_w, g * points, dtype=dtype)
+        args = (kernel, kernel, stride, stride, pad, pad, dilation, dilation, g, d, offset_scale, remove_center)
+        core = {"sparse": dcnv3_core_sparse, "gather": dcnv3_core_gather}[formulation]
+        with torch.no_grad():
+            fast = core(inputs, offset, mask, *args)
+        reference = core(inputs, offset.clone().requires_grad_(), mask, *args).detach()
+        torch.testing.assert_close(fast, reference, rtol=tol, atol=tol)
