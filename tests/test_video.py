@@ -252,3 +252,18 @@ def test_time_series_figure_and_track_table(demo_run):
     assert len(table) == len({r["track_id"] for r in demo_run.rows}) and "eff. dilation" in table[0]
     empty = video_render.time_series_figure([])
     assert not empty.data and "no track" in empty.layout.annotations[0].text
+
+
+def test_h264_writer_keeps_bgr_colours(tmp_path):
+    """Frames go to ffmpeg as BGR: a red and a blue frame decode as red and blue, odd sizes padded."""
+    from dcnv3.video_io import write_h264
+
+    red, blue = np.zeros((33, 47, 3), np.uint8), np.zeros((33, 47, 3), np.uint8)
+    red[..., 2], blue[..., 0] = 255, 255
+    path = write_h264([red, red, blue, blue], tmp_path / "colours.mp4", fps=4, crf=18)
+    capture = cv2.VideoCapture(str(path))
+    decoded = [capture.read()[1] for _ in range(4)]
+    capture.release()
+    assert decoded[0].shape[:2] == (34, 48)
+    assert decoded[0][16, 20, 2] > 230 and decoded[0][16, 20, 0] < 25
+    assert decoded[3][16, 20, 0] > 230 and decoded[3][16, 20, 2] < 25
