@@ -15,13 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from test_app_api import FORK_A, free_port
+from browser_support import NEEDS_CHROMIUM, offline_page, served_app
+from test_app_api import FORK_A
 
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
-                                reason="needs the system Chromium at /usr/bin/chromium (apt-get install -y "
-                                       "chromium); this project never runs `playwright install`")
-sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = NEEDS_CHROMIUM
+pytest.importorskip("playwright.sync_api")
 ROOT = Path(__file__).resolve().parent.parent
 BUS = ROOT / "assets" / "examples" / "bus.jpg"
 
@@ -29,31 +27,17 @@ BUS = ROOT / "assets" / "examples" / "bus.jpg"
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     from viz_app.models import ModelRegistry
-    from viz_app.ui import CSS, THEME, build_app
 
     models = tmp_path_factory.mktemp("models")
     shutil.copy(FORK_A, models / "fork_A.pt")
-    demo = build_app(ModelRegistry(models_dir=models, model=models / "fork_A.pt"))  # default: fork_A
-    demo.queue()
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, theme=THEME,
-                css=CSS)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    with served_app(ModelRegistry(models_dir=models, model=models / "fork_A.pt")) as url:  # default: fork_A
+        yield url
 
 
 @pytest.fixture(scope="module")
 def page(app_url):
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1600, "height": 1000}, accept_downloads=True)
-        page.set_default_timeout(60_000)
-        local = ("http://127.0.0.1", "data:", "blob:")
-        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(local) else route.abort())
-        page.goto(app_url)
+    with offline_page(app_url, accept_downloads=True) as page:
         yield page
-        browser.close()
 
 
 def save_screenshot(page, path: Path) -> None:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from test_app_api import free_port
-from test_browser import CHROMIUM, image_src, wait_for_new_image
+from browser_support import NEEDS_CHROMIUM, offline_page, served_app
+from test_browser import image_src, wait_for_new_image
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs the system Chromium at /usr/bin/chromium")
-sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = NEEDS_CHROMIUM
+pytest.importorskip("playwright.sync_api")
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = ROOT / "assets" / "examples" / "shapes_0.jpg"
 
@@ -23,24 +23,9 @@ SHAPES = ROOT / "assets" / "examples" / "shapes_0.jpg"
 @pytest.fixture(scope="module")
 def page():
     from viz_app.models import ModelRegistry
-    from viz_app.ui import CSS, THEME, build_app
 
-    demo = build_app(ModelRegistry())
-    demo.queue()
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, theme=THEME,
-                css=CSS)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1600, "height": 1100})
-        page.set_default_timeout(90_000)
-        local = ("http://127.0.0.1", "data:", "blob:")
-        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(local) else route.abort())
-        page.goto(f"http://127.0.0.1:{port}/")
+    with served_app(ModelRegistry()) as url, offline_page(url, height=1100, timeout_ms=90_000) as page:
         yield page
-        browser.close()
-    demo.close()
 
 
 def screenshot(page, name):

@@ -11,13 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from test_app_api import free_port
+from browser_support import NEEDS_CHROMIUM, offline_page, served_app
 
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
-                                reason="needs the system Chromium at /usr/bin/chromium (apt-get install -y "
-                                       "chromium); this project never runs `playwright install`")
-sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = NEEDS_CHROMIUM
+pytest.importorskip("playwright.sync_api")
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "assets" / "demo_shapes.mp4"
 MODEL = ROOT / "assets" / "models" / "dcnv3-yolov8n.pt"
@@ -26,32 +23,18 @@ MODEL = ROOT / "assets" / "models" / "dcnv3-yolov8n.pt"
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     from viz_app.models import ModelRegistry
-    from viz_app.ui import CSS, THEME, build_app
 
     models = tmp_path_factory.mktemp("models")
     shutil.copy(MODEL, models / "dcnv3-yolov8n.pt")
-    demo = build_app(ModelRegistry(models_dir=models, bundled_dir=models))
-    demo.queue()
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, theme=THEME,
-                css=CSS)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    with served_app(ModelRegistry(models_dir=models, bundled_dir=models)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def page(app_url):
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-            "--autoplay-policy=no-user-gesture-required"])
-        page = browser.new_page(viewport={"width": 1600, "height": 1100})
-        page.set_default_timeout(120_000)
-        local = ("http://127.0.0.1", "data:", "blob:")
-        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(local) else route.abort())
-        page.goto(app_url)
+    with offline_page(app_url, height=1100, timeout_ms=120_000,
+                      extra_args=["--autoplay-policy=no-user-gesture-required"]) as page:
         yield page
-        browser.close()
 
 
 def set_slider(page, elem_id, value):

@@ -1,0 +1,51 @@
+"""Shared pieces of the browser tests: the app served on a free loopback port, and a page of the
+system Chromium (driven by Playwright; ``playwright install`` is never used) that may only reach
+the app: every other request is aborted, so the tests also show that the UI works offline."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+
+from test_app_api import free_port
+
+CHROMIUM = Path("/usr/bin/chromium")
+NEEDS_CHROMIUM = pytest.mark.skipif(not CHROMIUM.exists(),
+                                    reason="needs the system Chromium at /usr/bin/chromium (apt-get install -y "
+                                           "chromium); this project never runs `playwright install`")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
+LOCAL = ("http://127.0.0.1", "data:", "blob:")
+
+
+@contextlib.contextmanager
+def served_app(registry):
+    """``build_app(registry)`` launched on 127.0.0.1 at a free port; yields its URL."""
+    from viz_app.ui import CSS, THEME, build_app
+
+    demo = build_app(registry)
+    demo.queue()
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, theme=THEME,
+                css=CSS)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@contextlib.contextmanager
+def offline_page(url: str, height: int = 1000, timeout_ms: int = 60_000, extra_args=(), **page_options):
+    """A 1600 px wide headless Chromium page on ``url`` that can reach nothing but the app."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS + list(extra_args))
+        page = browser.new_page(viewport={"width": 1600, "height": height}, **page_options)
+        page.set_default_timeout(timeout_ms)
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(LOCAL) else route.abort())
+        page.goto(url)
+        try:
+            yield page
+        finally:
+            browser.close()
