@@ -11,7 +11,7 @@ from torch import nn
 from .capture import dcnv3_modules
 from .checkpoints import CheckpointError, preloaded, safe_load
 
-__all__ = ["load_model", "dcnv3_layer_names", "MAX_CHECKPOINT_BYTES"]
+__all__ = ["load_model", "dcnv3_layer_names", "train_imgsz", "DEFAULT_IMGSZ", "MAX_CHECKPOINT_BYTES"]
 
 MAX_CHECKPOINT_BYTES = 1 << 30  # 1 GiB: far above any YOLOv8-x checkpoint
 
@@ -89,3 +89,16 @@ def dcnv3_layer_names(model) -> list[str]:
     if not isinstance(detection_model, nn.Module):
         return []
     return [name for name, _ in dcnv3_modules(detection_model)]
+
+
+DEFAULT_IMGSZ = 640  # ultralytics' default inference size, for a checkpoint that records none
+
+
+def train_imgsz(model, fallback: int = DEFAULT_IMGSZ) -> int:
+    """The image size a YOLO was trained at (its checkpoint's ``imgsz`` training argument, which
+    ultralytics keeps in ``model.overrides``), else ``fallback``: the size at which its offsets
+    mean what they learned (the bundled models: 320)."""
+    size = getattr(model, "overrides", {}).get("imgsz")
+    if isinstance(size, (list, tuple)) and size:
+        size = max(size)
+    return int(size) if isinstance(size, (int, float)) and size > 0 else int(fallback)

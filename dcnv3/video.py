@@ -413,11 +413,10 @@ def draw_frame(frame: np.ndarray, result, tracks: np.ndarray, layer: str, mode: 
 
 # -- the pipeline ----------------------------------------------------------------------------------------
 def default_imgsz(model, fallback: int = 320) -> int:
-    """The checkpoint's training size (``model.overrides["imgsz"]``), else ``fallback``."""
-    size = getattr(model, "overrides", {}).get("imgsz")
-    if isinstance(size, (list, tuple)):
-        size = max(size)
-    return int(size) if isinstance(size, (int, float)) and size > 0 else fallback
+    """The checkpoint's training size (``dcnv3.loading.train_imgsz``), else ``fallback``."""
+    from .loading import train_imgsz
+
+    return train_imgsz(model, fallback)
 
 
 def _layer_names(model) -> list[str]:

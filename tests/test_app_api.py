@@ -105,7 +105,21 @@ def test_api_lists_both_endpoints(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/detect", "/sampling", "/erf"} <= set(endpoints)  # /erf: tests/test_erf_api.py
     assert [p["parameter_name"] for p in endpoints["/sampling"]["parameters"]] == ["image_path", "model_name",
-                                                                                   "layer", "x", "y"]
+                                                                                   "layer", "x", "y", "imgsz"]
+    # imgsz is optional (0: the model's training size), so clients written without it still work
+    assert [p["parameter_has_default"] for p in endpoints["/detect"]["parameters"]][-1]
+    assert [p["parameter_has_default"] for p in endpoints["/sampling"]["parameters"]][-1]
+
+
+def test_network_input_defaults_to_the_checkpoint_training_size_and_can_be_set(client):
+    """fork_A was trained at 640: by default bus.jpg (810 x 1080) goes in letterboxed to 480 x 640;
+    imgsz=320 gives 256 x 320 (240 rounded up to the stride 32), and coarser DCNv3 grids."""
+    _, default = detect(client, BUS)
+    _, small = client.predict(handle_file(str(BUS)), "fork_A.pt", 0.25, 0.7, 320, api_name="/detect")
+    assert default["network_input"] == [480, 640] and small["network_input"] == [256, 320]
+    assert default["dcnv3_layers"][0]["grid"] == [80, 60] and small["dcnv3_layers"][0]["grid"] == [40, 32]
+    with pytest.raises(Exception, match="network input size"):
+        client.predict(handle_file(str(BUS)), "fork_A.pt", 0.25, 0.7, 5000, api_name="/detect")
 
 
 def test_detect_returns_annotated_image_and_detections(client):

@@ -56,13 +56,15 @@ def sampling_payload(probe, layer, cell, pixel_scale=(1.0, 1.0), query_xy=None) 
 
 
 def detections_payload(probe, pixel_scale=(1.0, 1.0), model: str | None = None, notices=()) -> dict:
-    """Detections (boxes xyxy in original-image px), the image size, the model's DCNv3 layers."""
+    """Detections (boxes xyxy in original-image px), the image size, the network input size
+    (letterboxed, [width, height]), the model's DCNv3 layers."""
     boxes = _unscale(np.asarray(probe.detections.boxes, dtype=np.float64).reshape(-1, 2, 2), pixel_scale)
     detections = probe.detections
     height, width = probe.image_shape
     return {
         "model": model,
         "image_size": [round(width / pixel_scale[0]), round(height / pixel_scale[1])],
+        "network_input": [int(probe.letterbox.input_shape[1]), int(probe.letterbox.input_shape[0])],
         "detections": [{"box": boxes[i].reshape(4).tolist(), "score": float(detections.scores[i]),
                         "class": int(detections.classes[i]),
                         "name": str(detections.names.get(int(detections.classes[i]), detections.classes[i]))}

@@ -27,6 +27,7 @@ import numpy as np
 
 import dcnv3
 from dcnv3 import CheckpointError
+from dcnv3.loading import train_imgsz
 
 __all__ = ["ModelRegistry", "LoadedModel", "LoadedImage", "Analysis", "Analyser", "load_image",
            "BUNDLED_DIR", "DEFAULT_BUNDLED", "UNTRAINED_NAME", "UNTRAINED_NOTICE", "NO_DCNV3_NOTICE",
@@ -42,6 +43,7 @@ MAX_UPLOAD_BYTES = 400 * 2**20  # far above any YOLOv8-x checkpoint (~140 MB)
 MAX_IMAGE_SIDE = 4096  # larger images are downscaled before probing
 MAX_IMAGE_PIXELS = 400_000_000  # refuse to decode more than this (a 20000 x 20000 image)
 UPLOAD_PREFIX = "upload: "
+MIN_IMGSZ, MAX_IMGSZ = 32, 1920  # network input sizes the app accepts (memory stays bounded)
 
 
 
@@ -399,16 +401,28 @@ class Analyser:
         self._lock = threading.Lock()  # one model run at a time keeps memory bounded
         self.runs = 0  # how many times a model actually ran (tests check the cache with it)
 
-    def analyse(self, source, model_name: str, conf: float = 0.25, iou: float = 0.7,
-                imgsz: int = 640, image: LoadedImage | None = None) -> Analysis:
-        """Load the image (unless given) and the model, and probe, or return the cached result.
+    def input_size(self, model_name: str, imgsz: int | None = None) -> int:
+        """``imgsz``, or when it is None / 0 the size the model was trained at
+        (``dcnv3.loading.train_imgsz``: the checkpoint's own ``imgsz``, else 640)."""
+        if imgsz:
+            size = int(imgsz)
+            if not MIN_IMGSZ <= size <= MAX_IMGSZ:
+                raise ValueError(f"network input size must lie in [{MIN_IMGSZ}, {MAX_IMGSZ}], got {size}")
+            return size
+        return train_imgsz(self.registry.load(model_name).yolo)
 
-        Raises ValueError (bad image, unknown model) or dcnv3.CheckpointError (bad checkpoint).
+    def analyse(self, source, model_name: str, conf: float = 0.25, iou: float = 0.7,
+                imgsz: int | None = None, image: LoadedImage | None = None) -> Analysis:
+        """Load the image (unless given) and the model, and probe, or return the cached result.
+        ``imgsz``: network input size; None (default) takes the model's training size.
+
+        Raises ValueError (bad image, unknown model, size out of range) or dcnv3.CheckpointError.
         """
         if not 0 <= conf <= 1 or not 0 <= iou <= 1:
             raise ValueError(f"conf and iou must lie in [0, 1], got conf={conf}, iou={iou}")
         image = image or load_image(source)
-        key = (image.key, model_name, int(imgsz), round(float(conf), 4), round(float(iou), 4))
+        imgsz = self.input_size(model_name, imgsz)
+        key = (image.key, model_name, imgsz, round(float(conf), 4), round(float(iou), 4))
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
@@ -424,12 +438,13 @@ class Analyser:
                 self._cache.popitem(last=False)
             return analysis
 
-    def analyse_any_threshold(self, source, model_name: str, imgsz: int = 640) -> Analysis:
+    def analyse_any_threshold(self, source, model_name: str, imgsz: int | None = None) -> Analysis:
         """A cached analysis of this image and model at any conf/iou (the DCNv3 layers do not
         depend on them), else a fresh run at the defaults. Used by the sampling API."""
         image = load_image(source)
+        imgsz = self.input_size(model_name, imgsz)
         with self._lock:
             for key in reversed(self._cache):
-                if key[:3] == (image.key, model_name, int(imgsz)):
+                if key[:3] == (image.key, model_name, imgsz):
                     return self._cache[key]
         return self.analyse(None, model_name, imgsz=imgsz, image=image)

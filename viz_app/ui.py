@@ -40,6 +40,8 @@ CSS = """
 .gradio-container { max-width: 1600px !important; }
 """
 THEME = gr.themes.Default(primary_hue="orange", secondary_hue="blue", neutral_hue="slate")
+# Network input sizes offered; 0 = the size the model was trained at (its checkpoint's imgsz).
+IMGSZ_CHOICES = [("the model's training size", 0), 320, 416, 480, 640, 800, 960, 1280]
 USAGE = ("Upload an image (or pick an example). **Click** anywhere on the picture, or pick a detection, to "
          "see where every group of the chosen DCNv3 layer samples: grey rings are the regular KxK grid, "
          "arrows lead to the learned sampling points, a point's size and opacity grow with its weight "
@@ -150,15 +152,16 @@ class _Views:
         return _picture(picture)
 
     # -- events ---------------------------------------------------------------------------------
-    def run(self, image_path, model_name, conf, iou, field, opacity, smooth):
-        """A new image / model / threshold: run (or fetch) the probe and fill every view."""
+    def run(self, image_path, model_name, conf, iou, imgsz, field, opacity, smooth):
+        """A new image / model / threshold / input size: run (or fetch) the probe and fill every
+        view. ``imgsz`` 0: the model's training size."""
         if image_path is None:
             note = f"Model **{model_name}** selected: upload an image to start."
             return [None, {}, note, gr.update(choices=[], value=None), gr.update(choices=[], value=None),
                     gr.update(choices=[], value=[]), gr.update(choices=[], value=None),
                     None, None, None, None, "Upload an image to start.", None, None, None, None]
         try:
-            analysis = self.analyser.analyse(image_path, model_name, conf, iou)
+            analysis = self.analyser.analyse(image_path, model_name, conf, iou, imgsz=imgsz or None)
         except (ValueError, CheckpointError) as error:
             gr.Warning(str(error))
             return [gr.skip(), gr.skip(), f"**Could not run:** {error}"] + [gr.skip()] * 13
@@ -257,29 +260,30 @@ class _Views:
         return gr.update(choices=self.registry.names(), value=name), f"Loaded **{name}**."
 
     # -- HTTP API ---------------------------------------------------------------------------------
-    def _analyse_for_api(self, image_path, model_name, conf=None, iou=None):
+    def _analyse_for_api(self, image_path, model_name, conf=None, iou=None, imgsz=None):
         if image_path is None:
             raise gr.Error("no image given")
         model_name = model_name or self.registry.default_name()
+        imgsz = int(imgsz) if imgsz else None  # 0 / None: the model's training size
         try:
             if conf is None:
-                return self.analyser.analyse_any_threshold(image_path, model_name)
-            return self.analyser.analyse(image_path, model_name, float(conf), float(iou))
+                return self.analyser.analyse_any_threshold(image_path, model_name, imgsz)
+            return self.analyser.analyse(image_path, model_name, float(conf), float(iou), imgsz=imgsz)
         except (ValueError, CheckpointError) as error:
             raise gr.Error(str(error)) from None
 
-    def api_detect(self, image_path, model_name, conf, iou):
-        """/detect: (image, model, conf, iou) -> (annotated image, detections JSON)."""
+    def api_detect(self, image_path, model_name, conf, iou, imgsz=0):
+        """/detect: (image, model, conf, iou[, imgsz]) -> (annotated image, detections JSON)."""
         analysis = self._analyse_for_api(image_path, model_name, 0.25 if conf is None else conf,
-                                         0.7 if iou is None else iou)
+                                         0.7 if iou is None else iou, imgsz)
         canvas, scale = render.make_canvas(analysis.image.bgr, _api_scale(analysis))
         annotated = render.draw_detections(canvas, analysis.probe.detections, scale, max_boxes=10**6)
         return _rgb(annotated), exports.detections_payload(analysis.probe, analysis.image.scale,
                                                            analysis.model_name, analysis.notices)
 
-    def api_sampling(self, image_path, model_name, layer, x, y):
-        """/sampling: (image, model, layer, x, y) -> (overlay image, sampling points JSON)."""
-        analysis = self._analyse_for_api(image_path, model_name)
+    def api_sampling(self, image_path, model_name, layer, x, y, imgsz=0):
+        """/sampling: (image, model, layer, x, y[, imgsz]) -> (overlay image, sampling points JSON)."""
+        analysis = self._analyse_for_api(image_path, model_name, imgsz=imgsz)
         probe = analysis.probe
         names = [r.name for r in probe.layers]
         if not names:
@@ -326,6 +330,8 @@ def build_app(registry: ModelRegistry, analyser: Analyser | None = None) -> gr.B
                         with gr.Row():
                             conf = gr.Slider(0.01, 1.0, 0.25, step=0.01, label="Confidence")
                             iou = gr.Slider(0.05, 1.0, 0.7, step=0.05, label="NMS IoU")
+                        imgsz = gr.Dropdown(IMGSZ_CHOICES, value=0, label="Network input size (longest side, px)",
+                                            elem_id="imgsz")
                         detection = gr.Dropdown([], label="Detection (jumps to the layer of its scale)",
                                                 elem_id="detection")
                         layer = gr.Dropdown([], label="DCNv3 layer (stage · stride · groups G · kernel K)", elem_id="layer")
@@ -385,10 +391,10 @@ def build_app(registry: ModelRegistry, analyser: Analyser | None = None) -> gr.B
         run_out = [analysis, view, notices, detection, layer, groups, field_group, *sampling_out, field_image,
                    health_table, histograms, dilation_table]
         private = dict(api_visibility="private")
-        run_in = [image_in, model, conf, iou, *field_params]
+        run_in = [image_in, model, conf, iou, imgsz, *field_params]
         image_in.change(views.run, run_in, run_out, **private)
         model.change(views.run, run_in, run_out, **private)
-        gr.on([conf.release, iou.release], views.run, run_in, run_out, **private)
+        gr.on([conf.release, iou.release, imgsz.input], views.run, run_in, run_out, **private)
         checkpoint.upload(views.upload_checkpoint, checkpoint, [model, notices], **private)
         click = dict(inputs=[analysis, view, groups], outputs=sampling_out, show_progress="minimal", **private)
         overlay.select(views.click, **click)
@@ -407,14 +413,15 @@ def build_app(registry: ModelRegistry, analyser: Analyser | None = None) -> gr.B
             api_image = image_file_input(label="image")
             api_model = gr.Textbox(label="model", value=registry.default_name())
             api_conf, api_iou = gr.Number(0.25, label="conf"), gr.Number(0.7, label="iou")
+            api_imgsz = gr.Number(0, label="imgsz (0: the model's training size)", precision=0)
             api_layer = gr.Textbox(label="layer")
             api_x, api_y = gr.Number(label="x"), gr.Number(label="y")
             api_picture, api_json = gr.Image(format="png", label="image"), gr.JSON(label="json")
             detect_button, sampling_button = gr.Button("detect"), gr.Button("sampling")
             video_tab.build_api(registry, views.analyser)
-        detect_button.click(views.api_detect, [api_image, api_model, api_conf, api_iou], [api_picture, api_json],
-                            api_name="detect")
-        sampling_button.click(views.api_sampling, [api_image, api_model, api_layer, api_x, api_y],
+        detect_button.click(views.api_detect, [api_image, api_model, api_conf, api_iou, api_imgsz],
+                            [api_picture, api_json], api_name="detect")
+        sampling_button.click(views.api_sampling, [api_image, api_model, api_layer, api_x, api_y, api_imgsz],
                               [api_picture, api_json], api_name="sampling")
         with gr.Column(visible=False):
             api_compare, erf_button = gr.Textbox(label="compare_model"), gr.Button("erf")

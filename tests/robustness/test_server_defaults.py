@@ -82,7 +82,7 @@ def test_uploads_over_the_limit_are_refused_and_the_server_goes_on(server, tmp_p
 def _call_with_raw_file(url: str, file_data: dict) -> str:
     """/detect over gradio's plain HTTP API with a FileData the client wrote itself (no upload):
     returns the event stream's text."""
-    response = httpx.post(url + "gradio_api/call/detect", json={"data": [file_data, "", 0.25, 0.7]}, timeout=60)
+    response = httpx.post(url + "gradio_api/call/detect", json={"data": [file_data, "", 0.25, 0.7, 0]}, timeout=60)
     response.raise_for_status()
     event = response.json()["event_id"]
     return httpx.get(url + f"gradio_api/call/detect/{event}", timeout=120).text
