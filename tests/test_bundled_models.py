@@ -30,3 +30,16 @@ print("hits", hits)
                             env={**os.environ, "YOLO_OFFLINE": "true"}, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert int(result.stdout.split("hits")[-1]) >= 5  # trained: shapes are found in nearly every scene
+
+
+def test_train_imgsz_reads_the_checkpoint_training_size():
+    """The app, the video pipeline and the toy run a model at the size it was trained at."""
+    from types import SimpleNamespace
+
+    from dcnv3 import load_model
+    from dcnv3.loading import train_imgsz
+
+    assert train_imgsz(load_model(MODELS / "dcnv3-yolov8n.pt")) == 320
+    assert train_imgsz(SimpleNamespace(overrides={"imgsz": [480, 640]})) == 640
+    assert train_imgsz(SimpleNamespace(overrides={})) == 640
+    assert train_imgsz(SimpleNamespace(overrides={"imgsz": None}), fallback=320) == 320
