@@ -199,31 +199,6 @@ def _location_grid(geo: Geometry, n: int, out_h: int, out_w: int, in_h: int, in_
 
 
 @functools.lru_cache(maxsize=64)
-def _pixel_grid(geo: Geometry, n: int, out_h: int, out_w: int, dtype: torch.dtype,
-                device: torch.device) -> torch.Tensor:
-    """(2, N, Ho, Wo, G, P) offset-free sampling locations (x, y) in input pixels (centres at
-    integers): what the reference's normalised arithmetic gives with zero offsets,
-    out_index * stride + centre - pad + kernel_point * offset_scale, computed in float64 once."""
-    c_h = (geo.dilation_h * (geo.kernel_h - 1)) // 2
-    c_w = (geo.dilation_w * (geo.kernel_w - 1)) // 2
-    options = dict(dtype=torch.float64, device=device)
-    kernel_x = torch.arange(geo.kernel_w, **options) * geo.dilation_w - c_w
-    kernel_y = torch.arange(geo.kernel_h, **options) * geo.dilation_h - c_h
-    grid_x = kernel_x.view(-1, 1).expand(geo.kernel_w, geo.kernel_h).reshape(-1)  # p = i*K_h + j
-    grid_y = kernel_y.view(1, -1).expand(geo.kernel_w, geo.kernel_h).reshape(-1)
-    if geo.remove_center:
-        keep = [q for q in range(geo.kernel_h * geo.kernel_w) if q != (geo.kernel_h * geo.kernel_w - 1) // 2]
-        grid_x, grid_y = grid_x[keep], grid_y[keep]
-    x = (torch.arange(out_w, **options) * geo.stride_w + c_w - geo.pad_w).view(1, out_w, 1) \
-        + grid_x.view(1, 1, -1) * geo.offset_scale
-    y = (torch.arange(out_h, **options) * geo.stride_h + c_h - geo.pad_h).view(out_h, 1, 1) \
-        + grid_y.view(1, 1, -1) * geo.offset_scale
-    base = torch.stack(torch.broadcast_tensors(x, y))  # (2, Ho, Wo, P)
-    shape = (2, n, out_h, out_w, geo.group, geo.points)
-    return base.unsqueeze(1).unsqueeze(4).expand(shape).to(dtype).contiguous()
-
-
-@functools.lru_cache(maxsize=64)
 def _row_base(n: int, group: int, image_rows: int, first: int, device: torch.device) -> torch.Tensor:
     """(N, 1, 1, G, 1) int64: table row of (n, g) at padded pixel (0, 0), plus ``first``."""
     return (torch.arange(n, dtype=torch.int64, device=device).view(n, 1, 1, 1, 1) * image_rows
@@ -243,39 +218,30 @@ def _bilinear_taps(offset: torch.Tensor, geo: Geometry, in_h: int, in_w: int,
     n, out_h, out_w, _ = offset.shape
     g, p = geo.group, geo.points
     m = n * out_h * out_w * g
+    base, size, pad = _location_grid(geo, n, out_h, out_w, in_h, in_w, offset.dtype, offset.device)
     learned = offset.view(n, out_h, out_w, g, p, 2).permute(5, 0, 1, 2, 3, 4)
+    # The reference's arithmetic: normalised location = base + offset*scale/size, grid_sample
+    # coordinate 2*loc - 1, and grid_sample's unnormalisation (g + 1) * size/2 - 0.5 into
+    # padded pixels; minus the pad (exact) gives input pixels. Same rounding as InternImage.
+    high = size - 2 * pad  # (W, H): samples are clamped to [-1, W] x [-1, H]
     if _exporting() or (torch.is_grad_enabled() and offset.requires_grad):
         # Out-of-place ops: the gather formulation's autograd, and what tracers can export.
-        # The reference's arithmetic: normalised location = base + offset*scale/size, grid_sample
-        # coordinate 2*loc - 1, and grid_sample's unnormalisation (g + 1) * size/2 - 0.5 into
-        # padded pixels; minus the pad (exact) gives input pixels. Same rounding as InternImage,
-        # so gradients at exact pixel positions take the same one-sided slope.
-        base, size, pad = _location_grid(geo, n, out_h, out_w, in_h, in_w, offset.dtype, offset.device)
-        high = size - 2 * pad  # (W, H): samples are clamped to [-1, W] x [-1, H]
         loc = base + learned * geo.offset_scale / size
         loc = ((2 * loc - 1) + 1) * (size / 2) - 0.5 - pad
         loc = torch.minimum(loc.clamp_min(-1.0), high)
         inside = None
-        top_left = torch.floor(loc)
-        # Interpolation weights as grid_sample forms them: (x0 + 1) - x and x - x0.
-        linear = torch.stack(((top_left + 1) - loc, loc - top_left), dim=1).view(2, 2, m, p)
-    else:
-        # No autograd (inference): pixel locations in one pass that also de-interleaves x and y
-        # into planes, base + offset * scale, and the weights written in place. The reference's
-        # normalised arithmetic above costs ~10 more passes for the same values up to float
-        # rounding (a last-bit difference moves a sample by ~1e-7 px; bilinear sampling is
-        # continuous, so the output moves by as little).
-        loc = torch.add(_pixel_grid(geo, n, out_h, out_w, offset.dtype, offset.device), learned,
-                        alpha=geo.offset_scale)
+    else:  # in place on a planar buffer: the de-interleaving copy is the only strided pass
+        loc = torch.empty_like(base).copy_(learned)
+        if geo.offset_scale != 1:
+            loc.mul_(geo.offset_scale)
+        loc.div_(size).add_(base).mul_(2).sub_(1).add_(1).mul_(size / 2).sub_(0.5).sub_(pad)
         raw = loc.clone() if need_inside else None
         loc[0].clamp_(-1.0, in_w)
         loc[1].clamp_(-1.0, in_h)
         inside = (loc == raw).to(loc.dtype).view(2, m, p) if need_inside else None
-        top_left = torch.floor(loc)
-        linear = torch.empty((2, 2) + tuple(loc.shape[1:]), dtype=loc.dtype, device=loc.device)
-        torch.sub(loc, top_left, out=linear[:, 1])  # x - x0
-        torch.sub(top_left, loc, out=linear[:, 0]).add_(1)  # (x0 + 1) - x
-        linear = linear.view(2, 2, m, p)
+    top_left = torch.floor(loc)
+    # Interpolation weights as grid_sample forms them: (x0 + 1) - x and x - x0.
+    linear = torch.stack(((top_left + 1) - loc, loc - top_left), dim=1).view(2, 2, m, p)
     bilinear = linear[1].unsqueeze(1) * linear[0].unsqueeze(0)  # [ty, tx]
     # Padded-table row of the top-left tap: ((n*(H+3) + y0+1)*(W+3) + x0+1)*G + g.
     stride_y, stride_x = (in_w + 3) * g, g

@@ -147,7 +147,7 @@ class TestErrors:
 
 
 def test_softmax_over_points_equals_softmax_on_every_path():
-    """The CPU fast paths (in-place without autograd, transposed view with autograd) give
+    """The CPU form (softmax over the transposed (P, rows) view), with and without autograd, gives
     torch.softmax's values and gradients, also for logits large enough to overflow exp()."""
     from dcnv3.module import softmax_over_points
 
