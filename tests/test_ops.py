@@ -223,11 +223,11 @@ def test_cuda_matches_cpu():
 @pytest.mark.parametrize("formulation", ["sparse", "gather"])
 @pytest.mark.parametrize("kernel,stride,pad,dilation,offset_scale,remove_center",
                          [(3, 1, 1, 1, 1.0, 0), (3, 2, 1, 1, 1.0, 0), (3, 1, 2, 2, 0.5, 0), (5, 1, 2, 1, 2.0, 1)])
-def test_inference_locations_equal_the_reference_arithmetic(formulation, kernel, stride, pad, dilation, offset_scale,
+def test_inference_taps_equal_the_autograd_taps(formulation, kernel, stride, pad, dilation, offset_scale,
                                                             remove_center):
-    """Without autograd the taps come from a cached pixel grid + offset * scale (one pass); with
-    autograd from InternImage's normalised arithmetic. Both must give the same output, samples far
-    off the image and on the clamp limits included."""
+    """Without autograd the taps are computed in place on a planar buffer; with autograd out of
+    place. Both follow InternImage's normalised arithmetic and must give the same output, samples
+    far off the image and on the clamp limits included."""
     torch.manual_seed(kernel + stride + pad)
     n, h, w, g, d = 2, 9, 11, 2, 3
     points = kernel * kernel - remove_center
