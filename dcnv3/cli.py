@@ -76,7 +76,7 @@ def inspect_image(model, image_path: Path, out_dir: Path, imgsz: int, conf: floa
     import numpy as np
 
     from . import stats
-    from .overlay import draw_detections, draw_marker, draw_samples
+    from .overlay import draw_cell, draw_detections
     from .probe import prepare_image, probe
 
     image = prepare_image(image_path)
@@ -94,9 +94,7 @@ def inspect_image(model, image_path: Path, out_dir: Path, imgsz: int, conf: floa
         if cell is not None:
             queries.append((layer, cell))
     for layer, cell in queries:
-        overlay = draw_samples(overlay, result.sampling_locations(layer, cell), layer.weights[cell],
-                               result.regular_locations(layer, cell))
-        overlay = draw_marker(overlay, result.cell_centre(layer, cell), in_place=True)
+        overlay = draw_cell(overlay, result, layer, cell, in_place=True)  # overlay: our own copy
     stem = image_path.stem
     cv2.imwrite(str(out_dir / f"{stem}_overlay.png"), overlay)
     np.savez_compressed(out_dir / f"{stem}_probe.npz", **result.as_arrays())

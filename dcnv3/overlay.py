@@ -14,7 +14,7 @@ import math
 import cv2
 import numpy as np
 
-__all__ = ["group_colours", "draw_detections", "draw_samples", "draw_marker", "point_style",
+__all__ = ["group_colours", "draw_detections", "draw_samples", "draw_marker", "draw_cell", "point_style",
            "image_to_canvas", "field_colours", "cells_on_canvas"]
 
 _SHIFT = 4  # fixed-point bits for sub-pixel drawing with OpenCV
@@ -193,6 +193,20 @@ def draw_marker(canvas: np.ndarray, xy, scale=(1.0, 1.0), colour=(255, 255, 255)
         for (ax, ay), (bx, by) in (((x - size, y), (x + size, y)), ((x, y - size), (x, y + size))):
             cv2.line(out, _fixed((ax, ay)), _fixed((bx, by)), col, width, cv2.LINE_AA, _SHIFT)
     return out
+
+
+def draw_cell(canvas: np.ndarray, probe, layer, cell, groups=None, scale=(1.0, 1.0), grid: bool = True,
+              in_place: bool = False) -> np.ndarray:
+    """One cell of a probed layer as every view draws it: the groups' sampling points
+    (``draw_samples``), the regular grid ghosted with arrows to the samples unless ``grid`` is
+    False, and a cross on the cell centre (``draw_marker``).
+
+    ``probe``: a ``dcnv3.Probe``; ``layer``: one of its ``LayerRecord``s; ``cell``: (row, col).
+    """
+    cell = tuple(cell)
+    out = draw_samples(canvas, probe.sampling_locations(layer, cell), layer.weights[cell],
+                       probe.regular_locations(layer, cell) if grid else None, groups, scale, in_place=in_place)
+    return draw_marker(out, probe.cell_centre(layer, cell), scale, in_place=True)
 
 
 def field_colours(field: str, values: np.ndarray, value_range) -> np.ndarray:

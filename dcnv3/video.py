@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from . import stats
-from .overlay import _unit, cells_on_canvas, draw_detections, draw_marker, draw_samples, field_colours
+from .overlay import _unit, cells_on_canvas, draw_cell, draw_detections, field_colours
 from .probe import probe as run_probe
 from .video_io import H264Writer
 
@@ -380,7 +380,7 @@ def draw_frame(frame: np.ndarray, result, tracks: np.ndarray, layer: str, mode: 
     """A processed frame: in "field" mode the effective-dilation map blended under everything;
     the tracked boxes (label "#id class score"); sampling points at each track's centre
     ("samples") or at fixed query points ("grid"); a caption. ``tracks``: (N, 8) tracker rows."""
-    canvas = frame.copy()
+    canvas = frame  # not drawn on: addWeighted and draw_detections below return new arrays
     fixed = None if layer == AUTO_LAYER or not result.layers else result.layer(layer)
     middle = result.layers[len(result.layers) // 2] if result.layers else None
     if mode == "field" and result.layers:
@@ -404,9 +404,7 @@ def draw_frame(frame: np.ndarray, result, tracks: np.ndarray, layer: str, mode: 
         cell = result.cell_at(record, x, y)
         if cell is None:
             continue
-        canvas = draw_samples(canvas, result.sampling_locations(record, cell), record.weights[cell],
-                              result.regular_locations(record, cell) if ghost else None, in_place=True)
-        canvas = draw_marker(canvas, result.cell_centre(record, cell), in_place=True)
+        canvas = draw_cell(canvas, result, record, cell, grid=ghost, in_place=True)
     _caption(canvas, caption)
     return canvas
 

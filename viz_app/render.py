@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 import plotly.graph_objects as go
 
-from dcnv3.overlay import (_SHIFT, _blend_disc, _fixed, _pair, _unit, cells_on_canvas, draw_detections, draw_marker,
-                           draw_samples, field_colours, group_colours, image_to_canvas, point_style)
+from dcnv3.overlay import (_SHIFT, _blend_disc, _fixed, _pair, _unit, cells_on_canvas, draw_cell, draw_detections,
+                           draw_marker, draw_samples, field_colours, group_colours, image_to_canvas, point_style)
 
 from .figure_spec import FigureSpec
 
@@ -86,10 +86,7 @@ def sampling_overlay(image: np.ndarray, probe, layer, cell, groups=None, highlig
     canvas = draw_detections(canvas, probe.detections, scale, highlight, max_labels)
     if layer is None or cell is None:
         return canvas, scale
-    record = probe.record(layer)
-    canvas = draw_samples(canvas, probe.sampling_locations(record, cell), record.weights[tuple(cell)],
-                          probe.regular_locations(record, cell), groups, scale)
-    return draw_marker(canvas, probe.cell_centre(record, cell), scale, in_place=True), scale
+    return draw_cell(canvas, probe, probe.record(layer), cell, groups, scale, in_place=True), scale
 
 
 def _rgb(bgr) -> str:
@@ -422,10 +419,8 @@ def sampling_view(image: np.ndarray, probe, layer: str | None, xy, groups=None, 
     if cell is None:
         return SamplingView(base, scale, None, None, None, None,
                             f"({x:.1f}, {y:.1f}) is outside the image: click on the picture")
-    locations = probe.sampling_locations(record, cell)
-    overlay = draw_samples(base, locations, record.weights[cell], probe.regular_locations(record, cell), groups, scale)
+    overlay = draw_cell(base, probe, record, cell, groups, scale)  # a copy: ``base`` stays cached clean
     centre = probe.cell_centre(record, cell)
-    overlay = draw_marker(overlay, centre, scale, in_place=True)
     levels = trace_through_layers(probe, record, cell, groups, top=trace_top)
     trace, _, _ = trace_overlay(image, levels, centre)
     message = (f"{record.stage}, {record.name}: cell (row {cell[0]}, col {cell[1]}) centred at "

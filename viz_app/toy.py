@@ -21,7 +21,8 @@ from dcnv3.data import CLASS_NAMES
 from dcnv3.data.backgrounds import luma, make_background
 from dcnv3.data.generator import contrasting_colour, paint_object, Appearance
 from dcnv3.data.shapes import place, rasterise, sample_geometry
-from dcnv3.overlay import draw_detections, draw_marker, draw_samples
+
+from .render import sampling_overlay
 
 __all__ = ["TOY_SIDE", "ToyShape", "toy_scene", "toy_view", "ToyView", "DEFAULT_LAYER_PREFIX"]
 
@@ -90,18 +91,14 @@ def toy_view(model, layer: str, shape: ToyShape, seed: int = 0, groups=None) -> 
     start = time.perf_counter()
     image = toy_scene(shape, seed)
     probe = dcnv3.probe(model, image, imgsz=TOY_SIDE, conf=0.25, iou=0.7)
-    scale = (float(DISPLAY_FACTOR), float(DISPLAY_FACTOR))
-    canvas = np.repeat(np.repeat(image, DISPLAY_FACTOR, axis=0), DISPLAY_FACTOR, axis=1)
-    canvas = draw_detections(canvas, probe.detections, scale)
     record = probe.layer(layer)
     x = float(np.clip(shape.x, 0, TOY_SIDE - 1e-3))
     y = float(np.clip(shape.y, 0, TOY_SIDE - 1e-3))
     cell = probe.cell_at(record, x, y)
+    # The Image tab's picture: detections, the cell's samples, the grid, the centre (2x enlarged)
+    canvas, _ = sampling_overlay(image, probe, record, cell, groups, scale=float(DISPLAY_FACTOR))
     if cell is None:
         return ToyView(canvas, "the shape's centre is off the image", time.perf_counter() - start, None)
-    canvas = draw_samples(canvas, probe.sampling_locations(record, cell), record.weights[cell],
-                          probe.regular_locations(record, cell), groups, scale)
-    canvas = draw_marker(canvas, probe.cell_centre(record, cell), scale)
     spread = _spread(probe, record, cell)
     found = ", ".join(probe.detections.label(i) for i in np.argsort(-probe.detections.scores)[:3]) or "nothing"
     message = (f"**{record.stage}**, {record.name}, cell (row {cell[0]}, col {cell[1]}): the samples spread "
