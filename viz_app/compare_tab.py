@@ -15,7 +15,7 @@ from dcnv3 import CheckpointError
 from dcnv3 import receptive_field as rf
 
 from . import health, receptive
-from .render import draw_detections, make_canvas
+from .render import draw_detections, make_canvas, to_rgb
 from .receptive_tab import field_cache
 
 __all__ = ["build", "detections_panels", "layer_choices", "compare_fields", "PANEL_SIDE", "GAP"]
@@ -75,13 +75,9 @@ def compare_fields(registry, analyser, analyses, names, layer, xy, detection=Non
     order = [names[first], names[second]]
     if first == 1:  # show A on the left whatever the primary was
         fields, order = fields[::-1], order[::-1]
-    panels = [receptive.field_panel(analyses[0].image.bgr, f, receptive.field_label(n, f))
-              for n, f in zip(order, fields)]
-    return receptive.side_by_side(panels, GAP), receptive.pair_payload(order, fields, analyses[0].image.scale)
+    return (receptive.pair_picture(analyses[0].image.bgr, order, fields, GAP),
+            receptive.pair_payload(order, fields, analyses[0].image.scale))
 
-
-def _rgb(image):
-    return None if image is None else np.ascontiguousarray(image[..., ::-1])
 
 
 def _health_frame(analysis):
@@ -147,7 +143,7 @@ def build(registry, analyser, image_tab_input) -> None:
                  f"90 % in **{m['areas_px2']['90%']:,.0f} px²**" for m in payload["models"]]
         if payload.get("area_ratio_50") is not None:
             lines.append(f"- 50 % area ratio A / B: **{payload['area_ratio_50']:.2f}**")
-        return _rgb(picture), "\n".join(lines)
+        return to_rgb(picture), "\n".join(lines)
 
     def run(image_path, name_a, name_b, layer_name, target_value, session):
         if image_path is None:
@@ -170,7 +166,7 @@ def build(registry, analyser, image_tab_input) -> None:
         erf, info = fields_for(session, layer_name, target_value)
         status_text = " · ".join(f"**{n}**: {len(a.probe.detections)} detections in {a.seconds:.2f} s"
                                  for n, a in zip(session["names"], analyses))
-        return [session, _rgb(picture), status_text, gr.update(choices=choices, value=layer_name),
+        return [session, to_rgb(picture), status_text, gr.update(choices=choices, value=layer_name),
                 _health_frame(analyses[0]), _health_frame(analyses[1]), erf, info]
 
     def click(session, layer_name, target_value, evt: gr.SelectData):

@@ -21,7 +21,7 @@ from dcnv3.overlay import _unit, draw_marker
 from .render import make_canvas
 
 __all__ = ["AUTO_TWIN", "NO_COMPARISON", "twin_name", "FieldRequest", "FieldCache", "field_panel",
-           "side_by_side", "pair_payload", "compute_pair", "field_label", "title_strip", "title_height",
+           "side_by_side", "pair_picture", "pair_payload", "compute_pair", "field_label", "title_strip", "title_height",
            "fallback_layers", "CONTOUR_COLOURS"]
 
 AUTO_TWIN = "plain twin (auto)"
@@ -202,6 +202,12 @@ def side_by_side(panels: list[np.ndarray], gap: int = 12) -> np.ndarray:
         out[:panel.shape[0], x:x + panel.shape[1]] = panel
         x += panel.shape[1] + gap
     return out
+
+
+def pair_picture(image: np.ndarray, names: list[str], fields: list, gap: int = 12) -> np.ndarray:
+    """The fields of ``names`` (None entries skipped) as titled ``field_panel``s side by side (BGR)."""
+    return side_by_side([field_panel(image, field, field_label(name, field))
+                         for name, field in zip(names, fields) if field is not None], gap)
 
 
 def field_label(name: str, field: rf.ReceptiveField) -> str:

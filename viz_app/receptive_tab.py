@@ -12,12 +12,12 @@ from __future__ import annotations
 import weakref
 
 import gradio as gr
-import numpy as np
 
 from dcnv3 import CheckpointError
 from dcnv3 import receptive_field as rf
 
 from . import receptive
+from .render import to_rgb
 
 __all__ = ["build", "field_cache", "resolve_comparison", "compute_view", "api_erf", "TARGETS", "EXPLANATION"]
 
@@ -86,10 +86,8 @@ def compute_view(registry, analyser, analysis, view, target: str, compare: str |
     except (ValueError, CheckpointError) as error:
         return None, f"**Could not compute:** {error}", None
     names = [primary[0]] + ([secondary[0]] if secondary else [])
-    panels = [receptive.field_panel(analysis.image.bgr, f, receptive.field_label(n, f))
-              for n, f in zip(names, fields) if f is not None]
     payload = receptive.pair_payload(names, fields, analysis.image.scale)
-    return receptive.side_by_side(panels), _message(payload, note), payload
+    return receptive.pair_picture(analysis.image.bgr, names, fields), _message(payload, note), payload
 
 
 def _message(payload: dict, note: str | None) -> str:
@@ -107,9 +105,6 @@ def _message(payload: dict, note: str | None) -> str:
     return "\n".join(lines)
 
 
-def _rgb(image):
-    return None if image is None else np.ascontiguousarray(image[..., ::-1])
-
 
 def build(registry, analyser, analysis_state, view_state) -> None:
     """The "Receptive field" tab, inside the Image tab's inner Tabs, and its events."""
@@ -126,7 +121,7 @@ def build(registry, analyser, analysis_state, view_state) -> None:
 
     def run(analysis, view, target_value, compare_value):
         canvas, message, _ = compute_view(registry, analyser, analysis, view or {}, target_value, compare_value)
-        return _rgb(canvas), message
+        return to_rgb(canvas), message
 
     inputs = [analysis_state, view_state, target, compare]
     gr.on([button.click, tab.select, target.input, compare.input], run, inputs, [picture, info],
@@ -165,6 +160,5 @@ def api_erf(registry, analyser, image_path, model_name, layer, x, y, compare_mod
     except (ValueError, CheckpointError) as error:
         raise gr.Error(str(error)) from None
     names = [primary[0]] + ([other] if other else [])
-    panels = [receptive.field_panel(analysis.image.bgr, f, receptive.field_label(n, f))
-              for n, f in zip(names, fields) if f is not None]
-    return _rgb(receptive.side_by_side(panels)), receptive.pair_payload(names, fields, analysis.image.scale)
+    return (to_rgb(receptive.pair_picture(analysis.image.bgr, names, fields)),
+            receptive.pair_payload(names, fields, analysis.image.scale))

@@ -27,7 +27,7 @@ from dcnv3.overlay import (_SHIFT, _blend_disc, _fixed, _pair, _unit, cells_on_c
 
 from .figure_spec import FigureSpec
 
-__all__ = ["display_scale", "make_canvas", "draw_detections", "draw_samples", "draw_marker",
+__all__ = ["display_scale", "make_canvas", "to_rgb", "draw_detections", "draw_samples", "draw_marker",
            "sampling_overlay", "sampling_figure", "weight_matrix", "weight_matrices_figure",
            "TraceLevel", "trace_through_layers", "trace_overlay", "FIELDS", "field_values",
            "field_overlay", "colour_bar", "health_histograms", "layer_choice_label", "image_to_canvas",
@@ -69,6 +69,11 @@ def make_canvas(image: np.ndarray, scale=None) -> tuple[np.ndarray, tuple[float,
     return canvas, (size[0] / image.shape[1], size[1] / image.shape[0])
 
 
+def to_rgb(bgr: np.ndarray | None) -> np.ndarray | None:
+    """A BGR canvas (H, W, 3) as the contiguous RGB array gradio's image components expect."""
+    return None if bgr is None else np.ascontiguousarray(bgr[..., ::-1])
+
+
 def canvas_to_image(xy, scale) -> np.ndarray:
     """(..., 2) canvas coordinates -> image coordinates (both continuous)."""
     return np.asarray(xy, dtype=np.float64) / np.asarray(_pair(scale))
@@ -89,7 +94,7 @@ def sampling_overlay(image: np.ndarray, probe, layer, cell, groups=None, highlig
     return draw_cell(canvas, probe, probe.record(layer), cell, groups, scale, in_place=True), scale
 
 
-def _rgb(bgr) -> str:
+def _css_colour(bgr) -> str:
     return f"rgb({bgr[2]},{bgr[1]},{bgr[0]})"
 
 
@@ -152,14 +157,14 @@ def sampling_figure(image: np.ndarray, probe, layer, cell, groups=None, max_back
         segments = np.full((points, 3, 2), np.nan)
         segments[:, 0], segments[:, 1] = regular[g], locations[g]
         traces.append(dict(type="scatter", x=segments[..., 0].ravel(), y=segments[..., 1].ravel(), mode="lines",
-                           line=dict(color=_rgb(colours[g]), width=1.5), hoverinfo="skip", showlegend=False,
+                           line=dict(color=_css_colour(colours[g]), width=1.5), hoverinfo="skip", showlegend=False,
                            legendgroup=f"g{g}", connectgaps=False))
         custom = np.stack([np.full(points, g), np.arange(points), index // kernel, index % kernel,
                            offsets[g, :, 0], offsets[g, :, 1], weights[g], weights[g] * points], axis=1)
         traces.append(dict(
             type="scatter", x=locations[g, :, 0], y=locations[g, :, 1], mode="markers", name=f"group {g}",
             legendgroup=f"g{g}", customdata=custom,
-            marker=dict(size=2 * radius[g], color=_rgb(colours[g]), opacity=opacity[g],
+            marker=dict(size=2 * radius[g], color=_css_colour(colours[g]), opacity=opacity[g],
                         line=dict(color="black", width=1)),
             hovertemplate=("group %{customdata[0]:d}, point %{customdata[1]:d} (i=%{customdata[2]:d}, "
                            "j=%{customdata[3]:d})<br>x=%{x:.1f} px, y=%{y:.1f} px<br>"

@@ -27,6 +27,7 @@ from dcnv3 import CheckpointError
 
 from . import compare_tab, exports, health, learn_tab, receptive_tab, render, video_tab
 from .models import Analyser, ModelRegistry
+from .render import to_rgb
 from .safety import local_files_only
 
 __all__ = ["build_app", "CSS", "THEME"]
@@ -47,9 +48,6 @@ USAGE = ("Upload an image (or pick an example). **Click** anywhere on the pictur
          "arrows lead to the learned sampling points, a point's size and opacity grow with its weight "
          "(relative to the uniform 1/P).")
 
-
-def _rgb(image: np.ndarray | None) -> np.ndarray | None:
-    return None if image is None else np.ascontiguousarray(image[..., ::-1])  # BGR -> RGB for gradio
 
 
 _KEEP_VIEWS = 300  # picture files kept in the views folder (gradio copies each into its cache at once)
@@ -278,7 +276,7 @@ class _Views:
                                          0.7 if iou is None else iou, imgsz)
         canvas, scale = render.make_canvas(analysis.image.bgr, _api_scale(analysis))
         annotated = render.draw_detections(canvas, analysis.probe.detections, scale, max_boxes=10**6)
-        return _rgb(annotated), exports.detections_payload(analysis.probe, analysis.image.scale,
+        return to_rgb(annotated), exports.detections_payload(analysis.probe, analysis.image.scale,
                                                            analysis.model_name, analysis.notices)
 
     def api_sampling(self, image_path, model_name, layer, x, y, imgsz=0):
@@ -299,7 +297,7 @@ class _Views:
         view = render.sampling_view(analysis.image.bgr, probe, layer, (px, py), scale=_api_scale(analysis))
         if view.cell is None:
             raise gr.Error(view.message)
-        return _rgb(view.overlay), exports.sampling_payload(probe, layer, view.cell, analysis.image.scale, (x, y))
+        return to_rgb(view.overlay), exports.sampling_payload(probe, layer, view.cell, analysis.image.scale, (x, y))
 
 
 def _api_scale(analysis) -> float:

@@ -26,6 +26,7 @@ from dcnv3 import video as dvideo
 
 from . import video_render
 from .models import Analyser, ModelRegistry
+from .render import to_rgb
 from .safety import local_files_only
 
 __all__ = ["build", "build_api", "DEMO_VIDEO", "LIMITS", "KEEP_RUNS"]
@@ -102,7 +103,7 @@ class _VideoViews:
                 progress((step.done, step.total), desc="frames", unit="frames")
                 if step.result is None:
                     if step.preview is not None:
-                        yield [_rgb(step.preview)] + skip[1:5] + [f"Processing: frame {step.frame} "
+                        yield [to_rgb(step.preview)] + skip[1:5] + [f"Processing: frame {step.frame} "
                                                                   f"({step.done} of ~{step.total})…"] + skip[6:]
                     continue
                 yield self._finished(step.result, source, model_name)
@@ -166,9 +167,6 @@ class _VideoViews:
             raise gr.Error(str(error)) from None
         raise gr.Error("nothing was processed")
 
-
-def _rgb(bgr):
-    return None if bgr is None else bgr[..., ::-1].copy()
 
 
 def build(registry: ModelRegistry, analyser: Analyser | None, image_in, image_model, main_tabs,
