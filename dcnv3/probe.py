@@ -26,7 +26,7 @@ from . import geometry, stats
 from .capture import capture, dcnv3_modules
 from .geometry import Letterbox
 
-__all__ = ["Probe", "LayerRecord", "Detections", "probe", "prepare_image"]
+__all__ = ["Probe", "LayerRecord", "Detections", "probe", "prepare_image", "network_input"]
 
 
 @dataclass
@@ -216,6 +216,26 @@ def _inference_copy(model) -> tuple[torch.nn.Module, list]:
     return runner, modules
 
 
+def network_input(runner: torch.nn.Module, image, imgsz: int) -> tuple[torch.Tensor, Letterbox, np.ndarray]:
+    """What the network sees, as ``YOLO.predict`` prepares it: ultralytics' ``LetterBox`` (rect,
+    stride 32) of the image at ``imgsz``.
+
+    Returns (x (1, 3, H_in, W_in) RGB float32 in [0, 1], kept channels-last in memory: CPU
+    convolutions run faster on it and DCNv3 layers work channels-last anyway; the ``Letterbox``
+    geometry between the image and x; the image as a BGR uint8 (H, W, 3) array).
+    """
+    from ultralytics.data.augment import LetterBox
+    from ultralytics.utils.checks import check_imgsz
+
+    array = prepare_image(image)
+    stride = max(int(runner.stride.max()), 32)
+    size = check_imgsz(imgsz, stride=stride, min_dim=2)
+    letterboxed = LetterBox(size, auto=True, stride=stride)(image=array)
+    rgb = cv2.cvtColor(letterboxed, cv2.COLOR_BGR2RGB)  # one SIMD pass; a reversed-axis copy is ~4x slower
+    x = torch.from_numpy(rgb).unsqueeze(0).permute(0, 3, 1, 2).float().div_(255)
+    return x, Letterbox.from_shapes(array.shape[:2], tuple(x.shape[2:])), array
+
+
 def probe(model, image, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
           max_det: int = 300) -> Probe:
     """Run ``model`` (an ultralytics YOLO) once on ``image`` and record every DCNv3 layer.
@@ -233,27 +253,16 @@ def probe(model, image, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
         A ``Probe`` with detections in original-image pixels and one ``LayerRecord`` per DCNv3
         layer (empty for a detector without DCNv3).
     """
-    from ultralytics.data.augment import LetterBox
     from ultralytics.utils import nms, ops
-    from ultralytics.utils.checks import check_imgsz
 
-    array = prepare_image(image)
     runner, modules = _inference_copy(model)
-    stride = max(int(runner.stride.max()), 32)
-    size = check_imgsz(imgsz, stride=stride, min_dim=2)
-    letterboxed = LetterBox(size, auto=True, stride=stride)(image=array)
-    # BGR uint8 HWC -> RGB float NCHW in [0, 1], kept channels-last in memory: CPU convolutions
-    # run faster on it, and DCNv3 layers work channels-last anyway.
-    rgb = cv2.cvtColor(letterboxed, cv2.COLOR_BGR2RGB)  # one SIMD pass; a reversed-axis copy is ~4x slower
-    x = torch.from_numpy(rgb).unsqueeze(0).permute(0, 3, 1, 2)
-    x = x.float().div_(255)
+    x, letterbox, array = network_input(runner, image, imgsz)
     with capture(runner, modules) as captured, torch.inference_mode():
         predictions = runner(x)
         boxes = nms.non_max_suppression(predictions, conf, iou, max_det=max_det, nc=0,
                                         end2end=getattr(runner, "end2end", False))[0]
         boxes[:, :4] = ops.scale_boxes(x.shape[2:], boxes[:, :4], array.shape)
     input_shape = tuple(x.shape[2:])
-    letterbox = Letterbox.from_shapes(array.shape[:2], input_shape)
     names = getattr(model, "names", None) or getattr(runner, "names", {})
     detections = Detections(boxes[:, :4].numpy().astype(np.float32), boxes[:, 4].numpy().astype(np.float32),
                             boxes[:, 5].numpy().astype(np.int64), dict(names))

@@ -41,9 +41,10 @@ import torch
 from torch import nn
 
 from .geometry import Letterbox
+from .probe import inference_model, network_input
 
 __all__ = ["ReceptiveField", "receptive_field", "input_gradient", "mass_regions", "target_module",
-           "twin_modules", "gradient_network", "letterbox_input", "detection_anchor", "FRACTIONS"]
+           "twin_modules", "gradient_network", "detection_anchor", "FRACTIONS"]
 
 FRACTIONS = (0.5, 0.9)
 
@@ -144,8 +145,6 @@ _lock = threading.Lock()  # one gradient forward at a time: the hooks live on a 
 def gradient_network(model) -> nn.Module:
     """A private copy of the probe's fused fp32 eval network (the probe's own stays hook-free,
     so a probe in another thread never sees this module's hooks)."""
-    from .probe import inference_model
-
     base = inference_model(model)
     cached = _runners.get(model)
     if cached is not None and cached[0] is base:
@@ -153,22 +152,6 @@ def gradient_network(model) -> nn.Module:
     runner = copy.deepcopy(base)
     _runners[model] = (base, runner)
     return runner
-
-
-def letterbox_input(runner: nn.Module, image, imgsz: int) -> tuple[torch.Tensor, Letterbox, np.ndarray]:
-    """Exactly ``dcnv3.probe``'s preprocessing: (x (1, 3, H_in, W_in) RGB float in [0, 1],
-    the letterbox geometry, the BGR uint8 image array)."""
-    from ultralytics.data.augment import LetterBox
-    from ultralytics.utils.checks import check_imgsz
-
-    from .probe import prepare_image
-
-    array = prepare_image(image)
-    stride = max(int(runner.stride.max()), 32)
-    size = check_imgsz(imgsz, stride=stride, min_dim=2)
-    letterboxed = LetterBox(size, auto=True, stride=stride)(image=array)
-    x = torch.from_numpy(letterboxed[..., ::-1].copy()).unsqueeze(0).permute(0, 3, 1, 2).float().div_(255)
-    return x, Letterbox.from_shapes(array.shape[:2], tuple(x.shape[2:])), array
 
 
 def target_module(runner: nn.Module, layer: str) -> str:
@@ -302,7 +285,7 @@ def receptive_field(model, image, layer: str | None = None, xy=None, *, detectio
         A ``ReceptiveField``.
     """
     runner = gradient_network(model)
-    x, letterbox, _ = letterbox_input(runner, image, imgsz)
+    x, letterbox, _ = network_input(runner, image, imgsz)  # exactly what the probe feeds the network
     with _lock:
         if detection is not None or anchor is not None:
             target: dict = {"kind": "detection"}
