@@ -291,16 +291,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--source", required=True, help="image, folder of images, or a video (then: an H.264 MP4 "
                                                       "with overlays and a per-track statistics CSV)")
     sub.add_argument("--out", default="runs/dcnv3/inspect", help="output folder")
+    from . import video  # its modes, trackers and limits are the options' choices and defaults
+
+    limits = video.VideoLimits()
     video_options = sub.add_argument_group("video (imgsz defaults to the checkpoint's training size)")
-    video_options.add_argument("--layer", default="auto", help="DCNv3 layer name, or auto: per object, the layer "
-                                                               "whose stride matches its size")
-    video_options.add_argument("--mode", default="samples", choices=["samples", "grid", "field"],
+    video_options.add_argument("--layer", default=video.AUTO_LAYER, help="DCNv3 layer name, or auto: per object, "
+                                                                        "the layer whose stride matches its size")
+    video_options.add_argument("--mode", default="samples", choices=list(video.MODES),
                                help="overlay: sampling points at tracked objects, at a fixed grid, or a field map")
     video_options.add_argument("--stride", type=int, default=1, help="process every n-th frame")
-    video_options.add_argument("--max-frames", type=int, default=600, help="processed frames at most")
-    video_options.add_argument("--max-seconds", type=float, default=60.0, help="of the video, from its start")
-    video_options.add_argument("--max-side", type=int, default=1280, help="longer frames are downscaled")
-    video_options.add_argument("--tracker", default="bytetrack", choices=["bytetrack", "botsort"])
+    video_options.add_argument("--max-frames", type=int, default=limits.max_frames, help="processed frames at most")
+    video_options.add_argument("--max-seconds", type=float, default=limits.max_seconds,
+                               help="of the video, from its start")
+    video_options.add_argument("--max-side", type=int, default=limits.max_side, help="longer frames are downscaled")
+    video_options.add_argument("--tracker", default=video.TRACKERS[0], choices=list(video.TRACKERS))
     sub.set_defaults(imgsz=None)  # images: 640; videos: the checkpoint's training size
     sub.set_defaults(func=cmd_inspect)
 

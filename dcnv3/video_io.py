@@ -41,8 +41,8 @@ class H264Writer:
             self._encoder = imageio_ffmpeg.write_frames(
                 str(self.path), (width + width % 2, height + height % 2), fps=self.fps, codec="libx264",
                 pix_fmt_in="bgr24", pix_fmt_out="yuv420p", macro_block_size=2, ffmpeg_log_level="error",
-                # One encoder thread: the model's forward runs beside it on the same cores, and x264's
-                # thread pool cost the forward more than it saved (~5 % of a 2-core video run).
+                # One encoder thread: the model's forward runs beside it on the same cores (in
+                # bench_video its thread pool gained nothing measurable over one thread).
                 output_params=["-crf", str(self.crf), "-preset", self.preset, "-threads", "1",
                                "-movflags", "+faststart"])
             self._encoder.send(None)  # start the encoder

@@ -32,7 +32,7 @@ from .safety import local_files_only
 __all__ = ["build", "build_api", "DEMO_VIDEO", "LIMITS", "KEEP_RUNS"]
 
 DEMO_VIDEO = Path(__file__).resolve().parent.parent / "assets" / "demo_shapes.mp4"
-LIMITS = dvideo.VideoLimits(max_frames=600, max_seconds=60.0, max_side=1280, max_bytes=500 * 2**20)
+LIMITS = dvideo.VideoLimits(max_bytes=500 * 2**20)  # the package's frame, duration and size caps; uploads to 500 MB
 KEEP_RUNS = 4
 AUTO_CHOICE = ("per object: the layer whose stride matches its size", dvideo.AUTO_LAYER)
 MODE_CHOICES = [("sampling points at each tracked object's centre", "samples"),
