@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--layer", default=video.AUTO_LAYER)
     args = parser.parse_args()
     model = dcnv3.load_model(args.model)
-    imgsz = video.default_imgsz(model)
+    imgsz = dcnv3.loading.train_imgsz(model)
     source = Path(args.source)
     bare_fps(model, source, 3, imgsz)  # warm-up: predictor setup, first-call allocations
     our_fps(model, source, 3, imgsz, args.mode, args.layer)

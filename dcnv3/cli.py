@@ -130,12 +130,12 @@ def inspect_video(model, args) -> None:
 
 
 def cmd_inspect(args) -> None:
-    from .loading import load_model
+    from .loading import load_model, train_imgsz
 
     model = load_model(args.model)
     if Path(args.source).is_file() and Path(args.source).suffix.lower() not in IMAGE_SUFFIXES:
         return inspect_video(model, args)  # any other file is taken for a video (and refused if it is not one)
-    args.imgsz = args.imgsz or 640
+    args.imgsz = args.imgsz or train_imgsz(model)  # as the app: the size the model was trained at
     if not model.dcnv3_layers:
         print(f"note: {Path(args.model).name} has no DCNv3 layer; writing detections only")
     out_dir = Path(args.out)
@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sub, thresholds=False):
         sub.add_argument("--model", required=True, help="checkpoint (.pt)")
-        sub.add_argument("--imgsz", type=int, default=640, help="inference size (default 640)")
+        sub.add_argument("--imgsz", type=int, default=640,
+                         help="inference size (default 640; inspect: the size the checkpoint was trained at)")
         if thresholds:
             sub.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
             sub.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold")
@@ -294,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import video  # its modes, trackers and limits are the options' choices and defaults
 
     limits = video.VideoLimits()
-    video_options = sub.add_argument_group("video (imgsz defaults to the checkpoint's training size)")
+    video_options = sub.add_argument_group("video")
     video_options.add_argument("--layer", default=video.AUTO_LAYER, help="DCNv3 layer name, or auto: per object, "
                                                                         "the layer whose stride matches its size")
     video_options.add_argument("--mode", default="samples", choices=list(video.MODES),
@@ -305,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                                help="of the video, from its start")
     video_options.add_argument("--max-side", type=int, default=limits.max_side, help="longer frames are downscaled")
     video_options.add_argument("--tracker", default=video.TRACKERS[0], choices=list(video.TRACKERS))
-    sub.set_defaults(imgsz=None)  # images: 640; videos: the checkpoint's training size
+    sub.set_defaults(imgsz=None)  # images and videos: the checkpoint's training size, else 640
     sub.set_defaults(func=cmd_inspect)
 
     sub = commands.add_parser("export", help="export to ONNX through ultralytics' exporter and check "

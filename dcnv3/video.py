@@ -34,11 +34,12 @@ import numpy as np
 from . import stats
 from .overlay import _unit, cells_on_canvas, draw_cell, draw_detections, field_colours
 from .probe import probe as run_probe
+from .loading import train_imgsz
 from .video_io import H264Writer
 
 __all__ = ["AUTO_LAYER", "MODES", "TRACKERS", "CSV_COLUMNS", "VideoLimits", "VideoInfo", "VideoError",
            "VideoProgress", "VideoResult", "open_video", "iter_frames", "make_tracker", "process_video",
-           "run_video", "read_frame", "track_summary", "size_dilation_correlation", "default_imgsz"]
+           "run_video", "read_frame", "track_summary", "size_dilation_correlation"]
 
 AUTO_LAYER = "auto"  # per object: the DCNv3 layer whose stride matches its size
 MODES = {
@@ -410,13 +411,6 @@ def draw_frame(frame: np.ndarray, result, tracks: np.ndarray, layer: str, mode: 
 
 
 # -- the pipeline ----------------------------------------------------------------------------------------
-def default_imgsz(model, fallback: int = 320) -> int:
-    """The checkpoint's training size (``dcnv3.loading.train_imgsz``), else ``fallback``."""
-    from .loading import train_imgsz
-
-    return train_imgsz(model, fallback)
-
-
 def _layer_names(model) -> list[str]:
     from .loading import dcnv3_layer_names
 
@@ -437,7 +431,8 @@ def process_video(model, source: str | Path, out_dir: str | Path, *, layer: str 
             middle layer for the grid and field modes).
         mode: one of ``MODES``. stride: process every ``stride``-th frame (the output runs at
             fps / stride, so it lasts as long as the processed span).
-        imgsz: inference size (default: the checkpoint's training size, else 320); conf, iou: NMS.
+        imgsz: inference size (default: the checkpoint's training size, else 640, as the app's);
+            conf, iou: NMS.
         tracker: "bytetrack" or "botsort" (ultralytics' trackers). limits: ``VideoLimits``.
         preview_seconds: a drawn frame rides on a progress item at most this often (wall time).
         preset, crf: x264 settings of the output.
@@ -455,7 +450,7 @@ def process_video(model, source: str | Path, out_dir: str | Path, *, layer: str 
     if layer != AUTO_LAYER and layer not in names:
         raise ValueError(f"unknown layer {layer!r}; layers: {', '.join(names) or 'none (no DCNv3 layer)'}")
     info = open_video(source, limits)
-    imgsz = int(imgsz or default_imgsz(model))
+    imgsz = int(imgsz or train_imgsz(model))
     tracker_state = make_tracker(tracker)
     notes = []
     if not names:
