@@ -3,11 +3,11 @@ itself is ``viz_app.toy``)."""
 from __future__ import annotations
 
 import gradio as gr
-import numpy as np
 
 from dcnv3.data import CLASS_NAMES
 
 from . import toy
+from .render import to_rgb
 from .models import DEFAULT_BUNDLED
 
 __all__ = ["build", "LESSON", "LATEX_DELIMITERS", "toy_model_name"]
@@ -82,11 +82,11 @@ def build(registry) -> None:
             layer_name = preferred[-1] if preferred else layers[len(layers) // 2]
         shape = toy.ToyShape(int(class_id), float(size_value), float(angle_value), float(x_value), float(y_value))
         view = toy.toy_view(loaded.yolo, layer_name, shape, int(seed_value))
-        notes = [note for note in loaded.notices]
+        notes = loaded.notices
         message = view.message + (f" ({view.seconds * 1000:.0f} ms)" if view.seconds else "")
         if notes:
             message += "\n\n" + "; ".join(f"**{n}**" for n in notes)
-        return np.ascontiguousarray(view.picture[..., ::-1]), message, gr.update(choices=layers, value=layer_name)
+        return to_rgb(view.picture), message, gr.update(choices=layers, value=layer_name)
 
     controls = [shape_class, size, angle, x, y, layer, seed]
     private = dict(api_visibility="private", show_progress="hidden", trigger_mode="always_last")
