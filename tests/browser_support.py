@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from test_app_api import free_port
+from app_server import served_app  # noqa: F401 - the browser tests' server
 
 CHROMIUM = Path("/usr/bin/chromium")
 NEEDS_CHROMIUM = pytest.mark.skipif(not CHROMIUM.exists(),
@@ -16,22 +16,6 @@ NEEDS_CHROMIUM = pytest.mark.skipif(not CHROMIUM.exists(),
                                            "chromium); this project never runs `playwright install`")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
 LOCAL = ("http://127.0.0.1", "data:", "blob:")
-
-
-@contextlib.contextmanager
-def served_app(registry):
-    """``build_app(registry)`` launched on 127.0.0.1 at a free port; yields its URL."""
-    from viz_app.ui import CSS, THEME, build_app
-
-    demo = build_app(registry)
-    demo.queue()
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, theme=THEME,
-                css=CSS)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
 
 
 @contextlib.contextmanager

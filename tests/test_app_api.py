@@ -8,10 +8,6 @@ import json
 import math
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -25,17 +21,11 @@ from ultralytics.utils import ASSETS
 
 import dcnv3
 from viz_app.models import UNTRAINED_NAME, Analyser, ModelRegistry, load_image
-from viz_app.ui import build_app
+from app_server import app_process, served_app
 
 ROOT = Path(__file__).resolve().parent.parent
 FORK_A = ROOT / "tests" / "data" / "fork_fixture" / "fork_A.pt"
 BUS = Path(ASSETS) / "bus.jpg"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class _RunsCommand:
@@ -65,12 +55,8 @@ def models_dir(tmp_path_factory):
 def app(models_dir):
     registry = ModelRegistry(models_dir=models_dir)
     analyser = Analyser(registry)
-    demo = build_app(registry, analyser)
-    demo.queue()
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True)
-    yield f"http://127.0.0.1:{port}/", analyser
-    demo.close()
+    with served_app(registry, analyser) as url:
+        yield url, analyser
 
 
 @pytest.fixture(scope="module")
@@ -267,35 +253,19 @@ def test_huge_image_is_downscaled_and_coordinates_stay_in_its_pixels(client, tmp
 
 
 def test_app_py_starts_offline_on_loopback_and_prints_its_url(tmp_path):
-    port = free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", YOLO_OFFLINE="true",
-               PYTHONUNBUFFERED="1")
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy(FORK_A, models / "fork_A.pt")
-    command = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--models-dir", str(models),
-               "--model", str(models / "fork_A.pt")]
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
-    try:
-        lines, deadline = [], time.time() + 120
-        while time.time() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "running at" in line:
-                break
-        assert f"DeformLens is running at http://127.0.0.1:{port}/" in "".join(lines), "".join(lines)
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    with app_process("--models-dir", str(models), "--model", str(models / "fork_A.pt"), cwd=tmp_path,
+                     timeout=120) as (_, url, lines):
+        assert f"DeformLens is running at {url}" in "".join(lines), "".join(lines)
+        assert url.startswith("http://127.0.0.1:")
+        client = Client(url, verbose=False)
         small = tmp_path / "small.png"
         cv2.imwrite(str(small), cv2.resize(cv2.imread(str(BUS)), (162, 216)))
         _, payload = client.predict(handle_file(str(small)), "", 0.25, 0.7, api_name="/detect")
         assert payload["model"] == "fork_A.pt"  # an empty model name means the default: --model
         assert json.dumps(payload)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 # -- the model registry and image loading behind both the API and the UI ----------------------------------

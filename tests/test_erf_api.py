@@ -7,10 +7,9 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from test_app_api import free_port
+from app_server import served_app
 from viz_app.models import Analyser, ModelRegistry
 from viz_app.receptive_tab import field_cache
-from viz_app.ui import build_app
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = ROOT / "assets" / "examples" / "shapes_0.jpg"  # 416 x 416: a triangle top left, a cross bottom right
@@ -19,12 +18,8 @@ SHAPES = ROOT / "assets" / "examples" / "shapes_0.jpg"  # 416 x 416: a triangle 
 @pytest.fixture(scope="module")
 def app():
     analyser = Analyser(ModelRegistry())
-    demo = build_app(analyser.registry, analyser)
-    demo.queue()
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True)
-    yield Client(f"http://127.0.0.1:{port}/", verbose=False), analyser
-    demo.close()
+    with served_app(analyser.registry, analyser) as url:
+        yield Client(url, verbose=False), analyser
 
 
 def erf(client, layer="model.8.m.0.cv2.dcnv3", x=317.0, y=370.0, compare="auto", model="dcnv3-yolov8n.pt"):

@@ -7,9 +7,8 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from test_app_api import free_port
+from app_server import served_app
 from viz_app.models import Analyser, ModelRegistry
-from viz_app.ui import build_app
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "assets" / "demo_shapes.mp4"
@@ -18,12 +17,8 @@ DEMO = ROOT / "assets" / "demo_shapes.mp4"
 @pytest.fixture(scope="module")
 def client():
     registry = ModelRegistry()  # the bundled models; default dcnv3-yolov8n.pt
-    demo = build_app(registry, Analyser(registry))
-    demo.queue()
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True)
-    yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    demo.close()
+    with served_app(registry, Analyser(registry)) as url:
+        yield Client(url, verbose=False)
 
 
 def test_video_endpoint_returns_playable_video_and_statistics(client):

@@ -22,9 +22,9 @@ from gradio_client.exceptions import AppError
 import dcnv3
 from dcnv3 import CheckpointError, UnsafeCheckpointError
 from dcnv3.checkpoints import safe_load
-from serving import EXAMPLES, FORK_A, free_port
+from app_server import served_app
+from serving import EXAMPLES, FORK_A
 from viz_app.models import Analyser, ModelRegistry
-from viz_app.ui import build_app
 
 PROTO = b"\x80\x02"
 
@@ -176,11 +176,8 @@ def server(checkpoints):
     """One in-process server offering every fuzzed checkpoint by name (its models folder)."""
     folder, _ = checkpoints
     registry = ModelRegistry(models_dir=folder, model=FORK_A)
-    demo = build_app(registry, Analyser(registry)).queue()
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True)
-    yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    demo.close()
+    with served_app(registry, Analyser(registry)) as url:
+        yield Client(url, verbose=False)
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -13,9 +13,9 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from serving import EXAMPLES, free_port
+from app_server import served_app
+from serving import EXAMPLES
 from viz_app.models import Analyser, ModelRegistry, load_image
-from viz_app.ui import build_app
 
 BUS = EXAMPLES / "bus.jpg"
 
@@ -106,12 +106,8 @@ def test_converted_pixels_are_right(fuzzed):
 def server():
     """One in-process server for the module (the bundled model, else the untrained one)."""
     registry = ModelRegistry()
-    analyser = Analyser(registry)
-    demo = build_app(registry, analyser).queue()
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True)
-    yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    demo.close()
+    with served_app(registry, Analyser(registry)) as url:
+        yield Client(url, verbose=False)
 
 
 @pytest.fixture(scope="module")

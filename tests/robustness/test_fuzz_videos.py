@@ -12,9 +12,9 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 import dcnv3
-from serving import ROOT, free_port
+from app_server import served_app
+from serving import ROOT
 from viz_app.models import Analyser, ModelRegistry
-from viz_app.ui import build_app
 
 video = pytest.importorskip("dcnv3.video")
 DEMO = ROOT / "assets" / "demo_shapes.mp4"
@@ -91,15 +91,8 @@ def test_variable_frame_rate_keeps_frames_in_order(videos, model, tmp_path):
 @pytest.fixture(scope="module")
 def server():
     registry = ModelRegistry()
-    demo = build_app(registry, Analyser(registry)).queue()
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True)
-    client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-    if "/video" not in client.view_api(print_info=False, return_format="dict")["named_endpoints"]:
-        demo.close()
-        pytest.skip("this app has no /video endpoint")
-    yield client
-    demo.close()
+    with served_app(registry, Analyser(registry)) as url:
+        yield Client(url, verbose=False)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
