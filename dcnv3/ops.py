@@ -14,9 +14,12 @@ Sampling location of point (i, j), group g, output cell (h, w), in unpadded inpu
     x = w*stride_w - pad_w + c_w + offset_scale * (i*dilation_w - c_w + dx)
     y = h*stride_h - pad_h + c_h + offset_scale * (j*dilation_h - c_h + dy)
 
-Three formulations compute the same thing (``set_default_formulation``):
+Four formulations compute the same thing (``set_default_formulation``):
 
-* ``"sparse"`` (default on CPU and CUDA): sampling is linear in the input, so each of the four
+* ``"native"`` (default): the compiled CPU kernel of ``dcnv3/native`` (built with g++ on first
+  use), one parallel pass over the samples for the forward and one for all three gradients.
+  Off the CPU, or where no compiler can build it, it hands over to ``"sparse"``.
+* ``"sparse"`` (the default off the CPU): sampling is linear in the input, so each of the four
   bilinear taps is a sparse (outputs x input pixels) CSR matrix of tap weight x mask, applied to
   the NHWC input viewed as an (N*H*W*G, D) table (a group's D channels are contiguous). The
   sampled values are never materialised; a hand-written backward uses ``sampled_addmm`` for
@@ -25,11 +28,12 @@ Three formulations compute the same thing (``set_default_formulation``):
   differentiable ops: the path for tracing, ONNX export and devices without sparse kernels.
 * ``"grid_sample"``: the reference's formulation (one ``F.grid_sample`` per group on NCHW).
 
-All three form sampling locations with the reference's own arithmetic (normalised coordinates,
+All four form sampling locations with the reference's own arithmetic (normalised coordinates,
 grid_sample's unnormalisation), compute in at least float32 and return the input's dtype.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import warnings
 from typing import NamedTuple
@@ -37,13 +41,15 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from . import native
+
 # The sparse formulation builds CSR tensors on every call; PyTorch warns once that CSR is "beta"
 # and that invariant checks are off. Both are expected here (indices are built in range).
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 __all__ = ["dcnv3_core", "dcnv3_core_grid_sample", "dcnv3_core_gather", "dcnv3_core_sparse",
-           "output_size", "set_default_formulation"]
+           "dcnv3_core_native", "output_size", "set_default_formulation"]
 
 
 class Geometry(NamedTuple):
@@ -165,14 +171,13 @@ class _Taps(NamedTuple):
 
 
 @functools.lru_cache(maxsize=64)
-def _location_grid(geo: Geometry, n: int, out_h: int, out_w: int, in_h: int, in_w: int,
-                   dtype: torch.dtype, device: torch.device) -> tuple:
-    """Offset-free sampling locations and the constants that turn them into pixels.
+def _base_planes(geo: Geometry, out_h: int, out_w: int, in_h: int, in_w: int,
+                 dtype: torch.dtype, device: torch.device) -> tuple:
+    """Offset-free sampling locations in InternImage's normalised coordinates.
 
-    Returns ``(base, size, pad)``: ``base`` (2, N, Ho, Wo, G, P) holds the x and y planes in
-    InternImage's normalised coordinates (padded-input pixels / padded size), computed with the
-    reference's operations in the reference's order, so float32 rounding matches it; ``size``
-    and ``pad`` are (2, 1, 1, 1, 1, 1) tensors of the padded sizes (W_pad, H_pad) and the pads.
+    Returns ``(x, y)``: x (W_out, P) and y (H_out, P), in padded-input pixels / padded size,
+    computed with the reference's operations in the reference's order, so float32 rounding
+    matches it. x does not depend on the row, y not on the column.
     """
     size_w, size_h = in_w + 2 * geo.pad_w, in_h + 2 * geo.pad_h
     c_h = (geo.dilation_h * (geo.kernel_h - 1)) // 2
@@ -188,12 +193,26 @@ def _location_grid(geo: Geometry, n: int, out_h: int, out_w: int, in_h: int, in_
     if geo.remove_center:
         keep = [q for q in range(geo.kernel_h * geo.kernel_w) if q != (geo.kernel_h * geo.kernel_w - 1) // 2]
         grid_x, grid_y = grid_x[keep], grid_y[keep]
-    x = ref_x.view(1, out_w, 1) + grid_x.view(1, 1, -1) * geo.offset_scale
-    y = ref_y.view(out_h, 1, 1) + grid_y.view(1, 1, -1) * geo.offset_scale
-    base = torch.stack(torch.broadcast_tensors(x, y))  # (2, Ho, Wo, P)
+    x = ref_x.view(out_w, 1) + grid_x.view(1, -1) * geo.offset_scale
+    y = ref_y.view(out_h, 1) + grid_y.view(1, -1) * geo.offset_scale
+    return x.contiguous(), y.contiguous()
+
+
+@functools.lru_cache(maxsize=64)
+def _location_grid(geo: Geometry, n: int, out_h: int, out_w: int, in_h: int, in_w: int,
+                   dtype: torch.dtype, device: torch.device) -> tuple:
+    """Offset-free sampling locations and the constants that turn them into pixels.
+
+    Returns ``(base, size, pad)``: ``base`` (2, N, Ho, Wo, G, P) holds the x and y planes of
+    ``_base_planes``; ``size`` and ``pad`` are (2, 1, 1, 1, 1, 1) tensors of the padded sizes
+    (W_pad, H_pad) and the pads.
+    """
+    x, y = _base_planes(geo, out_h, out_w, in_h, in_w, dtype, device)
+    base = torch.stack(torch.broadcast_tensors(x.unsqueeze(0), y.unsqueeze(1)))  # (2, Ho, Wo, P)
     shape = (2, n, out_h, out_w, geo.group, geo.points)
     base = base.unsqueeze(1).unsqueeze(4).expand(shape).contiguous()
-    size = torch.tensor([size_w, size_h], **options).view(2, 1, 1, 1, 1, 1)
+    options = dict(dtype=dtype, device=device)
+    size = torch.tensor([in_w + 2 * geo.pad_w, in_h + 2 * geo.pad_h], **options).view(2, 1, 1, 1, 1, 1)
     pad = torch.tensor([geo.pad_w, geo.pad_h], **options).view(2, 1, 1, 1, 1, 1)
     return base, size, pad
 
@@ -416,6 +435,80 @@ def dcnv3_core_sparse(input, offset, mask, kernel_h, kernel_w, stride_h, stride_
     return out.to(input.dtype)
 
 
+# ---------------------------------------------------------------------------------------------
+# Formulation 4 (default on CPU): the compiled kernel of dcnv3/native.
+# ---------------------------------------------------------------------------------------------
+class _NativeFunction(torch.autograd.Function):
+    """DCNv3 core through ``dcnv3/native/dcnv3_cpu.cpp``: one pass over the samples each way.
+
+    The forward keeps only its inputs; the backward recomputes each sample's location and taps
+    (cheaper than storing four weights and four indices per sample) and forms all three gradients
+    in that one pass. Inputs are contiguous CPU float32 or float64 tensors.
+    """
+
+    @staticmethod
+    def _call(name, tensors, geo, in_h, in_w, out_h, out_w):
+        x, y = _base_planes(geo, out_h, out_w, in_h, in_w, tensors[0].dtype, tensors[0].device)
+        shape = native.Dcnv3Shape(tensors[0].shape[0], in_h, in_w, out_h, out_w, geo.group,
+                                  geo.group_channels, geo.points, geo.offset_scale,
+                                  in_w + 2 * geo.pad_w, in_h + 2 * geo.pad_h, geo.pad_w, geo.pad_h)
+        suffix = "f64" if tensors[0].dtype == torch.float64 else "f32"
+        pointers = [t.data_ptr() if t is not None else None for t in tensors]
+        status = getattr(native.library(), f"dcnv3_{name}_{suffix}")(
+            *pointers[:3], x.data_ptr(), y.data_ptr(), *pointers[3:], ctypes.byref(shape))
+        if status != 0:
+            raise ValueError(f"the native DCNv3 kernel cannot take group_channels={geo.group_channels}")
+
+    @staticmethod
+    def forward(ctx, input, offset, mask, geo):
+        n, in_h, in_w, channels = input.shape
+        _, out_h, out_w, _ = offset.shape
+        out = input.new_empty(n, out_h, out_w, channels)
+        _NativeFunction._call("forward", (input, offset, mask, out), geo, in_h, in_w, out_h, out_w)
+        ctx.geo = geo
+        ctx.save_for_backward(input, offset, mask)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        input, offset, mask = ctx.saved_tensors
+        _, in_h, in_w, _ = input.shape
+        _, out_h, out_w, _ = offset.shape
+        need_input, need_offset, need_mask = ctx.needs_input_grad[:3]
+        grad_input = torch.zeros_like(input) if need_input else None
+        # The kernel forms the offset and mask gradients together (they share the tap dots).
+        both = need_offset or need_mask
+        grad_offset = torch.empty_like(offset) if both else None
+        grad_mask = torch.empty_like(mask) if both else None
+        _NativeFunction._call("backward", (input, offset, mask, grad_out.contiguous(), grad_input,
+                                           grad_offset, grad_mask), ctx.geo, in_h, in_w, out_h, out_w)
+        return (grad_input, grad_offset if need_offset else None,
+                grad_mask if need_mask else None, None)
+
+
+def dcnv3_core_native(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                      dilation_h, dilation_w, group, group_channels, offset_scale, remove_center):
+    """DCNv3 core through the compiled CPU kernel. Same contract as ``dcnv3_core``.
+
+    Falls back to the sparse formulation off the CPU and where the kernel cannot be built (no
+    C++ compiler; ``dcnv3.native.failure()`` says why), and to the gather formulation while
+    tracing or exporting.
+    """
+    if (input.device.type != "cpu" or _exporting() or native.library() is None
+            or group_channels > 1024):
+        return dcnv3_core_sparse(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w,
+                                 pad_h, pad_w, dilation_h, dilation_w, group, group_channels,
+                                 offset_scale, remove_center)
+    geo = Geometry(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+                   group, group_channels, float(offset_scale), int(remove_center))
+    _validate(input, offset, mask, geo)
+    compute = _compute_dtype(input.dtype)
+    args = (input.to(compute).contiguous(), offset.to(compute).contiguous(),
+            mask.to(compute).contiguous())
+    return _NativeFunction.apply(*args, geo).to(input.dtype)
+
+
 def _exporting() -> bool:
     """True under torch.onnx.export, torch.jit.trace, torch.export and torch.compile."""
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
@@ -423,13 +516,17 @@ def _exporting() -> bool:
             or torch.compiler.is_compiling())
 
 
-_FORMULATIONS = {"sparse": dcnv3_core_sparse, "gather": dcnv3_core_gather,
-                 "grid_sample": dcnv3_core_grid_sample}
-_default = "sparse"
+_FORMULATIONS = {"native": dcnv3_core_native, "sparse": dcnv3_core_sparse,
+                 "gather": dcnv3_core_gather, "grid_sample": dcnv3_core_grid_sample}
+_default = "native"
 
 
 def set_default_formulation(name: str) -> None:
-    """Choose the formulation ``dcnv3_core`` uses: ``"sparse"`` (default), ``"gather"``, ``"grid_sample"``."""
+    """Choose the formulation ``dcnv3_core`` uses.
+
+    ``"native"`` (default; the sparse formulation where the kernel is unavailable), ``"sparse"``,
+    ``"gather"`` or ``"grid_sample"``.
+    """
     global _default
     if name not in _FORMULATIONS:
         raise ValueError(f"unknown DCNv3 formulation {name!r}; choose from {sorted(_FORMULATIONS)}")

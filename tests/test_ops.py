@@ -8,12 +8,13 @@ import torch.nn.functional as F
 
 from dcnv3 import dcnv3_core
 from dcnv3.geometry import kernel_offsets
-from dcnv3.ops import dcnv3_core_gather, dcnv3_core_grid_sample, dcnv3_core_sparse, output_size
+from dcnv3.ops import (dcnv3_core_gather, dcnv3_core_grid_sample, dcnv3_core_native, dcnv3_core_sparse,
+                       output_size)
 from oracle import dcnv3_core_oracle
 
 GOLDEN = Path(__file__).parent / "data" / "golden_dcnv3"
 CORE_CASES = [c for c in json.loads((GOLDEN / "index.json").read_text()) if c["kind"] == "core"]
-FORMULATIONS = {"sparse": dcnv3_core_sparse, "gather": dcnv3_core_gather,
+FORMULATIONS = {"native": dcnv3_core_native, "sparse": dcnv3_core_sparse, "gather": dcnv3_core_gather,
                 "grid_sample": dcnv3_core_grid_sample, "default": dcnv3_core}
 
 
@@ -81,7 +82,7 @@ ORACLE_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("formulation", ["sparse", "gather", "grid_sample"])
+@pytest.mark.parametrize("formulation", ["native", "sparse", "gather", "grid_sample"])
 @pytest.mark.parametrize("config", ORACLE_CONFIGS, ids=[str(c) for c in ORACLE_CONFIGS])
 def test_formulations_match_oracle_with_gradients(config, formulation):
     inputs, offset, mask, core_config = random_case(seed=len(str(config)), **config)
@@ -163,7 +164,7 @@ def test_stride_two_equals_subsampled_stride_one():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
-@pytest.mark.parametrize("formulation", ["sparse", "gather", "grid_sample"])
+@pytest.mark.parametrize("formulation", ["native", "sparse", "gather", "grid_sample"])
 def test_dtypes_round_trip(dtype, formulation):
     inputs, offset, mask, config = random_case(seed=5)
     tensors = [t.to(dtype).requires_grad_() for t in (inputs, offset, mask)]
