@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import platform
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,11 +210,25 @@ def _inference_copy(model) -> tuple[torch.nn.Module, list]:
     runner = copy.deepcopy(model.model).float().eval()
     if hasattr(runner, "fuse"):
         runner = runner.fuse(verbose=False)
+    if _channels_last_pays(next(runner.parameters()).device):
+        runner = runner.to(memory_format=torch.channels_last)
     for parameter in runner.parameters():
         parameter.requires_grad_(False)
     modules = dcnv3_modules(runner)
     _runners[model] = (model.model, runner, modules)
     return runner, modules
+
+
+def _channels_last_pays(device: torch.device) -> bool:
+    """Whether convolution weights should be channels-last, by ``YOLO.predict``'s own rule.
+
+    Ultralytics' AutoBackend converts the model by default on x86 CPUs with oneDNN (Linux and
+    Windows): oneDNN's convolutions then skip a weight reorder on every call (about 1 ms of a
+    15 ms YOLOv8n forward at 320 here).
+    """
+    return (device.type == "cpu" and platform.machine() in {"AMD64", "x86_64"}
+            and platform.system() in {"Linux", "Windows"}
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
 
 def network_input(runner: torch.nn.Module, image, imgsz: int) -> tuple[torch.Tensor, Letterbox, np.ndarray]:
