@@ -8,6 +8,7 @@ used (the same convention as its ``scale_boxes``).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,14 +43,16 @@ class Letterbox:
         return np.asarray(xy_image, dtype=np.float64) * self.ratio + np.asarray(self.pad)
 
 
+@functools.lru_cache(maxsize=32)
 def kernel_offsets(kernel: int, dilation: int, remove_center: bool = False) -> np.ndarray:
     """(P, 2) fixed kernel offsets (x, y) in feature cells, in DCNv3's point order p = i*K + j
-    (i walks x, j walks y)."""
+    (i walks x, j walks y). Cached and read-only (every drawn cell asks for it twice)."""
     c = (dilation * (kernel - 1)) // 2
     steps = np.arange(kernel) * dilation - c
     grid = np.stack(np.meshgrid(steps, steps, indexing="ij"), axis=-1).reshape(-1, 2).astype(np.float64)
     if remove_center:
         grid = np.delete(grid, (kernel * kernel - 1) // 2, axis=0)
+    grid.flags.writeable = False
     return grid
 
 

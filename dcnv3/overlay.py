@@ -55,35 +55,6 @@ def _unit(canvas: np.ndarray) -> int:
     return max(1, round(max(canvas.shape[:2]) / 480))
 
 
-def _blend_disc(canvas: np.ndarray, centre, radius: float, colour, alpha: float, outline=None) -> None:
-    """Draw a filled disc (canvas pixel-centre coordinates) with opacity ``alpha``, in place.
-
-    Only the disc's bounding box is blended, so drawing stays cheap on large canvases; an opaque
-    disc is drawn straight onto the canvas.
-    """
-    x, y = centre
-    if alpha >= 1.0:
-        fixed = (int(round(x * (1 << _SHIFT))), int(round(y * (1 << _SHIFT))))
-        r = max(1, int(round(radius * (1 << _SHIFT))))
-        cv2.circle(canvas, fixed, r, colour, -1, cv2.LINE_AA, _SHIFT)
-        if outline is not None:
-            cv2.circle(canvas, fixed, r, outline, 1, cv2.LINE_AA, _SHIFT)
-        return
-    reach = int(math.ceil(radius)) + 2
-    x0, y0 = max(0, int(x) - reach), max(0, int(y) - reach)
-    x1, y1 = min(canvas.shape[1], int(x) + reach + 2), min(canvas.shape[0], int(y) + reach + 2)
-    if x0 >= x1 or y0 >= y1:
-        return
-    roi = canvas[y0:y1, x0:x1]
-    layer = roi.copy()
-    scaled = (int(round((x - x0) * (1 << _SHIFT))), int(round((y - y0) * (1 << _SHIFT))))
-    r = max(1, int(round(radius * (1 << _SHIFT))))
-    cv2.circle(layer, scaled, r, colour, -1, cv2.LINE_AA, _SHIFT)
-    if outline is not None:
-        cv2.circle(layer, scaled, r, outline, 1, cv2.LINE_AA, _SHIFT)
-    cv2.addWeighted(layer, alpha, roi, 1 - alpha, 0, dst=roi)
-
-
 def draw_detections(canvas: np.ndarray, detections, scale=(1.0, 1.0), highlight: int | None = None,
                     max_labels: int = 20, max_boxes: int = 50) -> np.ndarray:
     """Detection boxes (xyxy image px) on a copy of the canvas: the ``max_boxes`` best-scoring
@@ -153,30 +124,73 @@ def draw_samples(canvas: np.ndarray, locations: np.ndarray, weights: np.ndarray,
     unit = _unit(out)
     base = 4.5 * unit
     radius, opacity = point_style(weights, base)
-    sx, sy = _pair(scale)
-    # Canvas coordinates of every point at once (a click draws up to a few hundred shapes, and
-    # per-point numpy calls would cost more than the drawing).
-    to_canvas = np.array([sx, sy])
+    # Canvas coordinates and OpenCV's fixed-point integers of every shape are formed in numpy at
+    # once: the video draws a few cells per frame and the app up to a few hundred shapes per
+    # click, where per-point Python arithmetic would cost more than the drawing itself.
+    to_canvas = np.array(_pair(scale))
     samples = np.asarray(locations, dtype=np.float64) * to_canvas  # (G, P, 2) continuous canvas px
     if regular is not None:
         grid = np.asarray(regular, dtype=np.float64) * to_canvas
         ring = int(2.5 * unit * (1 << _SHIFT))
-        rings = np.round((grid[chosen] - 0.5) * (1 << _SHIFT)).astype(np.int64).reshape(-1, 2).tolist()
+        rings = _to_fixed(grid[chosen]).reshape(-1, 2).tolist()
         rings = list(dict.fromkeys(map(tuple, rings)))  # groups share the regular grid: each ring once
         for width, colour in ((unit + 1, (40, 40, 40)), (unit, _GHOST)):
             for centre in rings:
                 cv2.circle(out, centre, ring, colour, width, cv2.LINE_AA, _SHIFT)
         lengths = np.hypot(*(samples - grid).transpose(2, 0, 1))  # (G, P)
-        for g in chosen:
-            for p in np.nonzero(lengths[g] > radius[g] + 2)[0].tolist():  # shorter ones: the disc hides them
-                start, end, length = grid[g, p], samples[g, p], lengths[g, p]
-                tip_end = end - (end - start) * radius[g, p] / length  # stop at the disc's edge: head stays visible
-                cv2.arrowedLine(out, _fixed(start), _fixed(tip_end), colours[g], unit, cv2.LINE_AA, _SHIFT,
-                                min(0.5, 5.0 * unit / (length - radius[g, p])))
-    order = sorted(((g, p) for g in chosen for p in range(points)), key=lambda gp: weights[gp])  # heaviest on top
-    for g, p in order:
-        _blend_disc(out, samples[g, p] - 0.5, radius[g, p], colours[g], float(opacity[g, p]), outline=(0, 0, 0))
+        arrows = np.zeros(lengths.shape, dtype=bool)
+        arrows[chosen] = lengths[chosen] > radius[chosen] + 2  # shorter ones: the disc hides them
+        g_index, p_index = np.nonzero(arrows)
+        start, end = grid[g_index, p_index], samples[g_index, p_index]
+        length, disc = lengths[g_index, p_index], radius[g_index, p_index]
+        tip_end = end - (end - start) * (disc / length)[:, None]  # stop at the disc's edge: head stays visible
+        tips = np.minimum(0.5, 5.0 * unit / (length - disc)).tolist()
+        for g, a, b, tip in zip(g_index.tolist(), _to_fixed(start).tolist(), _to_fixed(tip_end).tolist(), tips):
+            cv2.arrowedLine(out, a, b, colours[g], unit, cv2.LINE_AA, _SHIFT, tip)
+    chosen_points = np.array([(g, p) for g in chosen for p in range(points)], dtype=np.int64).reshape(-1, 2)
+    heaviest_last = np.argsort(weights[chosen_points[:, 0], chosen_points[:, 1]], kind="stable")
+    g_index, p_index = chosen_points[heaviest_last].T
+    _blend_discs(out, samples[g_index, p_index] - 0.5, radius[g_index, p_index],
+                 [colours[g] for g in g_index.tolist()], opacity[g_index, p_index], outline=(0, 0, 0))
     return out
+
+
+def _to_fixed(xy: np.ndarray) -> np.ndarray:
+    """(..., 2) continuous canvas coordinates -> OpenCV's fixed-point pixel-centre integers."""
+    return np.round((xy - 0.5) * (1 << _SHIFT)).astype(np.int64)
+
+
+def _blend_discs(canvas: np.ndarray, centres: np.ndarray, radii: np.ndarray, colours: list,
+                 alphas: np.ndarray, outline=None) -> None:
+    """Filled discs, in order (later ones on top), in place: (K, 2) centres in canvas
+    pixel-centre coordinates, (K,) radii (px) and opacities, K BGR colours, an optional outline.
+
+    An opaque disc is drawn straight onto the canvas; a translucent one is blended over its
+    bounding box only, so drawing stays cheap on large canvases. The integer geometry of all
+    discs is formed in numpy at once.
+    """
+    fixed = np.round(centres * (1 << _SHIFT)).astype(np.int64).tolist()
+    fixed_radii = np.maximum(1, np.round(radii * (1 << _SHIFT))).astype(np.int64).tolist()
+    reach = np.ceil(radii).astype(np.int64) + 2
+    corner = np.trunc(centres).astype(np.int64)
+    low = np.maximum(0, corner - reach[:, None])
+    high = np.minimum([canvas.shape[1], canvas.shape[0]], corner + reach[:, None] + 2)
+    local = np.round((centres - low) * (1 << _SHIFT)).astype(np.int64).tolist()
+    for centre, r, colour, alpha, (x0, y0), (x1, y1), inside in zip(
+            fixed, fixed_radii, colours, alphas.tolist(), low.tolist(), high.tolist(), local):
+        if alpha >= 1.0:  # opaque: straight onto the canvas
+            cv2.circle(canvas, centre, r, colour, -1, cv2.LINE_AA, _SHIFT)
+            if outline is not None:
+                cv2.circle(canvas, centre, r, outline, 1, cv2.LINE_AA, _SHIFT)
+            continue
+        if x0 >= x1 or y0 >= y1:
+            continue
+        roi = canvas[y0:y1, x0:x1]  # only the disc's bounding box is blended
+        layer = roi.copy()
+        cv2.circle(layer, inside, r, colour, -1, cv2.LINE_AA, _SHIFT)
+        if outline is not None:
+            cv2.circle(layer, inside, r, outline, 1, cv2.LINE_AA, _SHIFT)
+        cv2.addWeighted(layer, alpha, roi, 1 - alpha, 0, dst=roi)
 
 
 def draw_marker(canvas: np.ndarray, xy, scale=(1.0, 1.0), colour=(255, 255, 255),

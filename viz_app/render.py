@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import plotly.graph_objects as go
 
-from dcnv3.overlay import (_SHIFT, _blend_disc, _fixed, _pair, _unit, cells_on_canvas, draw_cell, draw_detections,
+from dcnv3.overlay import (_SHIFT, _blend_discs, _fixed, _pair, _unit, cells_on_canvas, draw_cell, draw_detections,
                            draw_marker, draw_samples, field_colours, group_colours, image_to_canvas, point_style)
 
 from .figure_spec import FigureSpec
@@ -365,10 +365,10 @@ def trace_overlay(image: np.ndarray, levels: list[TraceLevel], start_xy, size: i
         # inferno from 30 % up: its darkest colours vanish on the dimmed photo
         shades = ((0.3 + 0.7 * relative) * 255).astype(np.uint8)[:, None]
         colours = cv2.applyColorMap(shades, cv2.COLORMAP_INFERNO)[:, 0]
-        for n in np.argsort(relative):  # strongest on top
-            cx, cy = image_to_canvas(local(last.xy[n]), scale)
-            _blend_disc(canvas, (cx - 0.5, cy - 0.5), (2.5 + 5 * math.sqrt(relative[n])) * unit,
-                        tuple(int(c) for c in colours[n]), 1.0, outline=(0, 0, 0))
+        order = np.argsort(relative)  # strongest on top
+        centres = image_to_canvas(last.xy[order] - (x0, y0), scale) - 0.5  # (K, 2)
+        _blend_discs(canvas, centres, (2.5 + 5 * np.sqrt(relative[order])) * unit,
+                     [tuple(c) for c in colours[order].tolist()], np.ones(len(order)), outline=(0, 0, 0))
     return draw_marker(canvas, local(start_xy), scale, in_place=True), (float(x0), float(y0)), scale
 
 
