@@ -1,7 +1,8 @@
 """Opt-in capture of what every DCNv3 layer predicted in the last forward pass.
 
-Forward hooks are attached to each DCNv3's ``offset`` and ``mask`` Linear heads only inside the
-``capture`` context, so a model that is not being probed pays nothing::
+Inside the ``capture`` context each DCNv3 hands its offsets, mask logits and the softmax weights
+it sampled with to a record (``CAPTURE_SLOT`` in the module's ``__dict__``): nothing is
+recomputed, and outside the context a forward pays one dictionary lookup per layer::
 
     with dcnv3.capture(model) as layers:
         model(x)
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .module import DCNv3, softmax_over_points
+from .module import CAPTURE_SLOT, DCNv3
 
 __all__ = ["CapturedLayer", "capture", "dcnv3_modules"]
 
@@ -28,12 +29,20 @@ def dcnv3_modules(model: nn.Module) -> list[tuple[str, DCNv3]]:
 
 @dataclass
 class CapturedLayer:
-    """Raw head outputs of one DCNv3 layer from the last forward (detached, on the model's device)."""
+    """What one DCNv3 layer computed in the last forward (detached, on the model's device)."""
     module: DCNv3
     offset_raw: torch.Tensor | None = None  # (N, H, W, G*P*2), the ``offset`` Linear's output
     mask_logits: torch.Tensor | None = None  # (N, H, W, G*P), the ``mask`` Linear's output
+    mask_weights: torch.Tensor | None = None  # (N, H, W, G*P), their softmax, as the layer used it
     input_hw: tuple[int, int] | None = None  # (H_in, W_in) of the layer's channels-last input
     calls: int = field(default=0)
+
+    def store(self, offset: torch.Tensor, logits: torch.Tensor, weights: torch.Tensor,
+              input_hw: tuple[int, int]) -> None:
+        """Called by ``DCNv3.forward`` with its offsets, mask logits and softmax weights."""
+        self.offset_raw, self.mask_logits = offset.detach(), logits.detach()
+        self.mask_weights, self.input_hw = weights.detach(), input_hw
+        self.calls += 1
 
     @property
     def offsets(self) -> torch.Tensor:
@@ -44,10 +53,9 @@ class CapturedLayer:
     @property
     def weights(self) -> torch.Tensor:
         """(N, H, W, G, P) modulation weights: softmax over each group's P points (float32+)."""
-        n, h, w, _ = self.mask_logits.shape
-        logits = self.mask_logits
-        logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-        weights = softmax_over_points(logits, self.module.points)  # the layer's own softmax
+        n, h, w, _ = self.mask_weights.shape
+        weights = self.mask_weights
+        weights = weights.float() if weights.dtype in (torch.float16, torch.bfloat16) else weights
         return weights.reshape(n, h, w, self.module.group, self.module.points)
 
 
@@ -60,23 +68,18 @@ def capture(model: nn.Module, modules: list[tuple[str, DCNv3]] | None = None):
     ``dcnv3_modules`` if the caller has them already (walking a model's modules costs ~0.3 ms).
     """
     records: dict[str, CapturedLayer] = {}
-    handles = []
-
-    def make_hook(record: CapturedLayer, attribute: str):
-        def hook(_module, _inputs, output):
-            setattr(record, attribute, output.detach())
-            if attribute == "offset_raw":
-                record.calls += 1
-        return hook
-
+    attached = []
     try:
         for name, module in (dcnv3_modules(model) if modules is None else modules):
             record = records[name] = CapturedLayer(module)
-            handles.append(module.offset.register_forward_hook(make_hook(record, "offset_raw")))
-            handles.append(module.mask.register_forward_hook(make_hook(record, "mask_logits")))
-            handles.append(module.register_forward_pre_hook(
-                lambda _module, inputs, record=record: setattr(record, "input_hw", tuple(inputs[0].shape[1:3]))))
+            # A tuple per module, so nested captures each get their own record.
+            module.__dict__[CAPTURE_SLOT] = module.__dict__.get(CAPTURE_SLOT, ()) + (record,)
+            attached.append((module, record))
         yield records
     finally:
-        for handle in handles:
-            handle.remove()
+        for module, record in attached:
+            remaining = tuple(r for r in module.__dict__.get(CAPTURE_SLOT, ()) if r is not record)
+            if remaining:
+                module.__dict__[CAPTURE_SLOT] = remaining
+            else:
+                module.__dict__.pop(CAPTURE_SLOT, None)

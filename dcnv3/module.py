@@ -50,6 +50,11 @@ def build_norm_layer(dim: int, norm_layer: str, in_format: str = "channels_last"
     return nn.Sequential(*layers)
 
 
+# While ``dcnv3.capture`` is active, a DCNv3's ``__dict__`` holds under this key the records that
+# its forward fills with what it predicted (a plain attribute lookup when nothing is captured).
+CAPTURE_SLOT = "_dcnv3_capture_records"
+
+
 def build_act_layer(act_layer: str) -> nn.Module:
     """InternImage's activation factory."""
     layers = {"ReLU": lambda: nn.ReLU(inplace=True), "SiLU": lambda: nn.SiLU(inplace=True),
@@ -101,8 +106,8 @@ class DCNv3(nn.Module):
     the same pixels (h*stride, w*stride).
 
     Introspection: the raw offsets (N, H_out, W_out, G*P*2) are the output of ``self.offset`` and
-    the softmax weights are ``softmax(self.mask(...))`` per group; ``dcnv3.capture`` reads both
-    through forward hooks that exist only while a capture is active.
+    the softmax weights are ``softmax(self.mask(...))`` per group; while ``dcnv3.capture`` is
+    active, the forward hands both (and the mask logits) to its records.
     """
 
     def __init__(self, channels: int = 64, kernel_size: int = 3, dw_kernel_size: int | None = None,
@@ -177,7 +182,10 @@ class DCNv3(nn.Module):
                 f"stride={self.stride}) gives a {tuple(x1.shape[1:3])} grid but kernel "
                 f"{self.kernel_size}, pad {self.pad}, dilation {self.dilation} give {(out_h, out_w)}")
         offset = self.offset(x1)
-        mask = softmax_over_points(self.mask(x1), self.points)
+        logits = self.mask(x1)
+        mask = softmax_over_points(logits, self.points)
+        for record in self.__dict__.get(CAPTURE_SLOT, ()):  # only inside dcnv3.capture
+            record.store(offset, logits, mask, (in_h, in_w))
         x = dcnv3_core(x, offset, mask, self.kernel_size, self.kernel_size, self.stride, self.stride,
                        self.pad, self.pad, self.dilation, self.dilation, self.group,
                        self.group_channels, self.offset_scale, remove_center)
@@ -189,6 +197,13 @@ class DCNv3(nn.Module):
                 x_proj = x_proj[:, ::self.stride, ::self.stride][:, :out_h, :out_w]
             x = x * (1 - scale) + x_proj * scale
         return self.output_proj(x)
+
+    def __getstate__(self) -> dict:
+        # A model pickled or deep-copied inside ``dcnv3.capture`` must not carry the records.
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        state.pop(CAPTURE_SLOT, None)
+        return state
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

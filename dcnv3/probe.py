@@ -210,7 +210,8 @@ def _inference_copy(model) -> tuple[torch.nn.Module, list]:
     runner = copy.deepcopy(model.model).float().eval()
     if hasattr(runner, "fuse"):
         runner = runner.fuse(verbose=False)
-    if _channels_last_pays(next(runner.parameters()).device):
+    parameter = next(runner.parameters(), None)
+    if _channels_last_pays(parameter.device if parameter is not None else torch.device("cpu")):
         runner = runner.to(memory_format=torch.channels_last)
     for parameter in runner.parameters():
         parameter.requires_grad_(False)

@@ -1,4 +1,5 @@
 """dcnv3.DCNv3: InternImage's module (state_dict, init, forward), strided grids, dtypes, capture."""
+import copy
 import json
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import torch
 
 import dcnv3
 from dcnv3 import DCNv3, DCNv3_pytorch, capture
+from dcnv3.module import CAPTURE_SLOT
 
 GOLDEN = Path(__file__).parent / "data" / "golden_dcnv3"
 MODULE_CASES = [c for c in json.loads((GOLDEN / "index.json").read_text()) if c["kind"] == "module"]
@@ -101,14 +103,18 @@ def test_module_dtypes(dtype):
     assert out.dtype == dtype and torch.isfinite(out.float()).all()
 
 
-def test_capture_hooks_exist_only_inside_the_block():
+def test_capture_attaches_only_inside_the_block_and_nests():
     module = DCNv3(16, group=2)
     model = torch.nn.Sequential(module, torch.nn.Identity())
-    with capture(model) as layers:
+    with capture(model) as outer:
         model(torch.randn(1, 4, 4, 16))
-        assert module.offset._forward_hooks and module.mask._forward_hooks
-    assert not module.offset._forward_hooks and not module.mask._forward_hooks
-    assert list(layers) == ["0"] and layers["0"].calls == 1
+        with capture(model) as inner:
+            model(torch.randn(1, 3, 3, 16))
+        assert CAPTURE_SLOT in module.__dict__
+        assert copy.deepcopy(module).__dict__.get(CAPTURE_SLOT) is None  # records never travel
+    assert CAPTURE_SLOT not in module.__dict__
+    assert list(outer) == ["0"] and outer["0"].calls == 2 and inner["0"].calls == 1
+    assert outer["0"].input_hw == inner["0"].input_hw == (3, 3)
     assert dcnv3.dcnv3_modules(model)[0][1] is module
 
 
