@@ -1,4 +1,7 @@
 """The probe: geometry in original-image pixels, statistics, detections as ultralytics predicts."""
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -7,8 +10,12 @@ from ultralytics.data.augment import LetterBox
 
 import dcnv3
 from dcnv3 import probe
-from dcnv3.probe import prepare_image
+from dcnv3.probe import prepare_image, probe_batch
 from dcnv3.stats import adjacent_pairs
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLED = ROOT / "assets" / "models" / "dcnv3-yolov8n.pt"
+DEMO_VIDEO = ROOT / "assets" / "demo_shapes.mp4"
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +138,38 @@ def test_probe_runs_the_model_once(untrained):
     finally:
         handle.remove()
     assert calls == [1]
+
+
+def test_batched_probe_equals_one_image_at_a_time():
+    """Video frames go through probe_batch: one forward, each frame's probe as if alone."""
+    model = dcnv3.load_model(BUNDLED)
+    capture = cv2.VideoCapture(str(DEMO_VIDEO))
+    frames = [capture.read()[1] for _ in range(3)]
+    runner = dcnv3.probe.__globals__["inference_model"](model)
+    calls = []
+    handle = runner.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        batched = probe_batch(model, frames, imgsz=320)
+    finally:
+        handle.remove()
+    assert calls == [1] and len(batched) == 3
+    for frame, result in zip(frames, batched):
+        alone = probe(model, frame, imgsz=320)
+        assert len(result.detections) == len(alone.detections) > 0
+        np.testing.assert_allclose(result.detections.boxes, alone.detections.boxes, atol=1e-2)
+        np.testing.assert_array_equal(result.detections.classes, alone.detections.classes)
+        assert [r.name for r in result.layers] == [r.name for r in alone.layers]
+        for record, reference in zip(result.layers, alone.layers):
+            np.testing.assert_allclose(record.offsets, reference.offsets, atol=1e-3)
+            np.testing.assert_allclose(record.weights, reference.weights, atol=1e-4)
+
+
+def test_batched_probe_of_differently_sized_images(untrained):
+    images = [np.zeros((64, 64, 3), np.uint8), np.zeros((40, 64, 3), np.uint8)]
+    results = probe_batch(untrained, images, imgsz=64)
+    assert [r.image_shape for r in results] == [(64, 64), (40, 64)]
+    assert [r.layers[0].grid for r in results] == [probe(untrained, image, imgsz=64).layers[0].grid
+                                                   for image in images]
 
 
 @pytest.mark.parametrize("image,shape", [

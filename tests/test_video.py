@@ -90,19 +90,22 @@ def test_cell_statistics_match_the_probe(model, demo_run):
     assert row["offset_magnitude"] == pytest.approx(result.offset_magnitude(record)[cell].mean(), abs=1e-4)
 
 
-def test_frames_are_streamed_one_forward_each(model, tmp_path, monkeypatch):
-    """The first progress step comes after exactly one probe (nothing is read ahead), every
-    processed frame costs one probe, and ultralytics' own predict / track never run."""
+@pytest.mark.parametrize("batch", [1, 4])
+def test_frames_are_streamed_in_batched_forwards(model, tmp_path, monkeypatch, batch):
+    """The first progress step comes after one batched probe (at most ``batch`` frames read
+    ahead), every frame is probed once, and ultralytics' own predict / track never run."""
     calls = []
-    real_probe = video.run_probe
-    monkeypatch.setattr(video, "run_probe", lambda *a, **k: calls.append(1) or real_probe(*a, **k))
+    real_probe = video.probe_batch
+    monkeypatch.setattr(video, "probe_batch", lambda m, frames, **k: calls.append(len(frames)) or real_probe(m, frames, **k))
     monkeypatch.setattr(type(model), "predict", lambda *a, **k: pytest.fail("predict ran"))
     monkeypatch.setattr(type(model), "track", lambda *a, **k: pytest.fail("track ran"))
-    steps = video.process_video(model, DEMO, tmp_path, stride=4, mode="grid", limits=video.VideoLimits(max_frames=6))
+    steps = video.process_video(model, DEMO, tmp_path, stride=4, mode="grid", batch=batch,
+                                limits=video.VideoLimits(max_frames=6))
     first = next(steps)
-    assert len(calls) == 1 and first.done == 1 and first.total == 6 and first.preview is not None
+    assert calls == [batch] and first.done == 1 and first.total == 6 and first.preview is not None
     final = list(steps)[-1].result
-    assert len(calls) == final.processed_frames == 6 and final.frame_indices == [0, 4, 8, 12, 16, 20]
+    assert sum(calls) == final.processed_frames == 6 and final.frame_indices == [0, 4, 8, 12, 16, 20]
+    assert calls == ([1] * 6 if batch == 1 else [4, 2])
 
 
 def test_stride_duration_and_resolution_limits(model, tmp_path):
@@ -179,15 +182,15 @@ def test_no_partial_files_after_an_error_or_an_early_stop(model, tmp_path, monke
     steps.close()  # the consumer stops (the UI's Stop, a closed page)
     assert not list((tmp_path / "stopped").iterdir())
 
-    real_probe, calls = video.run_probe, []
+    real_probe, calls = video.probe_batch, []
 
     def failing(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == 2:
             raise RuntimeError("boom")
         return real_probe(*args, **kwargs)
 
-    monkeypatch.setattr(video, "run_probe", failing)
+    monkeypatch.setattr(video, "probe_batch", failing)
     with pytest.raises(RuntimeError, match="boom"):
         video.run_video(model, DEMO, tmp_path / "failed")
     assert not list((tmp_path / "failed").iterdir())
