@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import native
 from .ops import dcnv3_core, output_size
 
 __all__ = ["DCNv3", "DCNv3_pytorch", "to_channels_first", "to_channels_last",
@@ -69,13 +70,20 @@ def softmax_over_points(logits: torch.Tensor, points: int) -> torch.Tensor:
 
     On the CPU, PyTorch's softmax over a short last dimension (P = 9) walks one row at a time
     and takes 3-6x longer than the same softmax over the first dimension of the transposed
-    (P, rows) view, which vectorises across rows; that form is used there (autograd as usual;
-    values equal the reference's ``F.softmax(..., -1)`` up to last-bit rounding). Other devices
-    and ONNX export take the plain form.
+    (P, rows) view, which vectorises across rows; that form is used there under autograd.
+    Without autograd (inference, the probe) the kernel library's one-pass softmax runs instead
+    (``dcnv3.native.softmax_rows``), saving that form's two transposing copies. Values equal the
+    reference's ``F.softmax(..., -1)`` up to last-bit rounding. Other devices and ONNX export take
+    the plain form.
     """
     rows = logits.reshape(-1, points)
     if logits.device.type != "cpu" or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
         return F.softmax(rows, -1).reshape(logits.shape)
+    if (not (torch.is_grad_enabled() and logits.requires_grad) and logits.is_contiguous()
+            and logits.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling()):
+        weights = native.softmax_rows(logits, points)  # inference: one pass in the kernel library
+        if weights is not None:
+            return weights
     return F.softmax(rows.t(), 0).t().reshape(logits.shape)
 
 

@@ -121,3 +121,17 @@ def test_the_build_is_cached_per_source(tmp_path):
     first = run_python(code, DEFORMLENS_CACHE_DIR=str(tmp_path))
     second = run_python(code, DEFORMLENS_CACHE_DIR=str(tmp_path))
     assert first == second and first.count(".so") == 1
+
+
+@NEEDS_COMPILER
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inference_softmax_over_points_equals_torch(dtype):
+    from dcnv3.module import softmax_over_points
+
+    logits = 20 * torch.randn(2, 5, 7, 3 * 9, dtype=dtype)  # large logits: the max is subtracted
+    expected = torch.softmax(logits.reshape(-1, 9), -1).reshape(logits.shape)
+    with torch.inference_mode():
+        weights = softmax_over_points(logits, 9)
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-14
+    assert (weights - expected).abs().max() < tolerance
+    assert native.softmax_rows(logits, 9) is not None  # the kernel's path, not the fallback

@@ -1,7 +1,7 @@
 """The compiled CPU kernel of the DCNv3 core: built on first use, cached, loaded through ctypes.
 
 ``dcnv3_cpu.cpp`` holds a forward and a backward that each walk the samples once, in parallel
-with OpenMP. It includes no PyTorch header, so g++ builds it in about a second; the library goes
+with OpenMP, and the inference-time softmax over each group's P points. It includes no PyTorch header, so g++ builds it in about a second; the library goes
 to ``$DEFORMLENS_CACHE_DIR`` (default ``$XDG_CACHE_HOME/deformlens``, i.e. ``~/.cache/deformlens``)
 under a name that hashes the source, the flags, the compiler and this CPU's instruction sets, so
 an edited source, another compiler or another machine sharing the home directory gets its own
@@ -109,6 +109,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         backward = getattr(lib, f"dcnv3_backward_{suffix}")
         backward.argtypes = [pointer] * 9 + [shape]
         backward.restype = ctypes.c_int
+        softmax = getattr(lib, f"dcnv3_softmax_{suffix}")
+        softmax.argtypes = [pointer, pointer, ctypes.c_int64, ctypes.c_int64]
+        softmax.restype = ctypes.c_int
 
 
 def library() -> ctypes.CDLL | None:
@@ -136,3 +139,22 @@ def library() -> ctypes.CDLL | None:
 def failure() -> str | None:
     """Why ``library()`` returned None (None while it has not been asked or when it loaded)."""
     return _failure
+
+
+def softmax_rows(logits, points: int):
+    """Softmax over each group's ``points`` logits of a contiguous CPU float32/float64 tensor
+    (..., G*P) -> same shape, through the kernel library (no autograd: inference only).
+
+    PyTorch's softmax over a last dimension of 9 walks one short row at a time, and its
+    transposed-view alternative pays two transposing copies; this is one pass. Returns None
+    where the library is unavailable.
+    """
+    import torch
+
+    lib = library()
+    if lib is None:
+        return None
+    out = torch.empty_like(logits)
+    function = lib.dcnv3_softmax_f64 if logits.dtype == torch.float64 else lib.dcnv3_softmax_f32
+    function(logits.data_ptr(), out.data_ptr(), logits.numel() // points, points)
+    return out

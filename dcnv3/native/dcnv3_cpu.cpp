@@ -218,6 +218,25 @@ int backward_dispatch(const T* input, const T* offset, const T* mask, const T* b
   return 0;
 }
 
+// Softmax over each row of ``points`` logits (the P points of one group of one cell):
+// (rows, P) contiguous -> (rows, P). Subtracting the row maximum keeps exp in range.
+template <typename T>
+void softmax_rows(const T* logits, T* out, int64_t rows, int64_t points) {
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < rows; ++row) {
+    const T* in = logits + row * points;
+    T* target = out + row * points;
+    T top = in[0];
+    for (int64_t p = 1; p < points; ++p) top = in[p] > top ? in[p] : top;
+    T total = T(0);
+    for (int64_t p = 0; p < points; ++p) {
+      target[p] = std::exp(in[p] - top);
+      total += target[p];
+    }
+    for (int64_t p = 0; p < points; ++p) target[p] = target[p] / total;
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -246,6 +265,16 @@ int dcnv3_backward_f64(const double* input, const double* offset, const double* 
                        const Dcnv3Shape* s) {
   return backward_dispatch(input, offset, mask, base_x, base_y, grad_out, grad_input, grad_offset,
                            grad_mask, s);
+}
+
+int dcnv3_softmax_f32(const float* logits, float* out, int64_t rows, int64_t points) {
+  softmax_rows(logits, out, rows, points);
+  return 0;
+}
+
+int dcnv3_softmax_f64(const double* logits, double* out, int64_t rows, int64_t points) {
+  softmax_rows(logits, out, rows, points);
+  return 0;
 }
 
 }  // extern "C"
