@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import dcnv3  # noqa: E402
+from dcnv3.integration import keep_freed_memory  # noqa: E402
 from viz_app import render  # noqa: E402
 from viz_app.models import Analyser, ModelRegistry  # noqa: E402
 from results import emit  # noqa: E402
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=default_model())
     parser.add_argument("--threads", type=int, default=dcnv3.integration.cpu_cores())
     args = parser.parse_args()
+    keep_freed_memory()  # as the app and the CLI run (dcnv3.integration.keep_freed_memory)
     from ultralytics.utils import ASSETS
 
     torch.set_num_threads(args.threads)

@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import dcnv3  # noqa: E402
+from dcnv3.integration import keep_freed_memory  # noqa: E402
 from dcnv3.probe import inference_model  # noqa: E402
 from results import emit  # noqa: E402
 
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=dcnv3.integration.cpu_cores())
     args = parser.parse_args()
+    keep_freed_memory()  # as the app and the CLI run (dcnv3.integration.keep_freed_memory)
     torch.set_num_threads(args.threads)
     from ultralytics import YOLO
     from ultralytics.utils import ASSETS

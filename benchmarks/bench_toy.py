@@ -42,6 +42,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--fields", type=int, default=3, help="receptive-field pairs to time (0: none)")
     args = parser.parse_args()
+    from dcnv3.integration import keep_freed_memory
+
+    keep_freed_memory()  # as the app and the CLI run (dcnv3.integration.keep_freed_memory)
 
     import cv2
     import torch

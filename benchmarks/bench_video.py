@@ -20,6 +20,7 @@ from pathlib import Path
 
 import dcnv3  # noqa: F401 - registers the DCNv3 blocks, restores all CPU threads
 from dcnv3 import video
+from dcnv3.integration import keep_freed_memory
 from results import emit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--mode", default="samples", choices=list(video.MODES))
     parser.add_argument("--layer", default=video.AUTO_LAYER)
     args = parser.parse_args()
+    keep_freed_memory()  # as the app and the CLI run (dcnv3.integration.keep_freed_memory)
     model = dcnv3.load_model(args.model)
     imgsz = dcnv3.loading.train_imgsz(model)
     source = Path(args.source)

@@ -345,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     from .checkpoints import CheckpointError
+    from .integration import keep_freed_memory
+
+    keep_freed_memory()  # every forward reuses the last one's memory instead of faulting it in
 
     try:
         args.func(args)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["register", "model_yaml", "MODEL_YAMLS", "TESTED_ULTRALYTICS", "cpu_cores"]
+__all__ = ["register", "model_yaml", "MODEL_YAMLS", "TESTED_ULTRALYTICS", "cpu_cores", "keep_freed_memory"]
 
 CFG_DIR = Path(__file__).parent / "cfg"
 MODEL_YAMLS = {path.name: path for path in CFG_DIR.glob("*.yaml")}
@@ -36,6 +36,29 @@ def cpu_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 30) -> bool:
+    """Let glibc's malloc keep freed memory for reuse instead of handing it back to the system.
+
+    A CPU forward allocates and frees its activations (tens of MB at 640 px) every call. By
+    default glibc serves large blocks with fresh mmaps and trims the heap when its top is free,
+    so each forward page-faults its activations in again; between a letterbox and a forward the
+    pattern shifts and the faults grow. With blocks below ``mmap_threshold`` taken from the heap
+    and the heap trimmed only beyond ``trim_threshold`` of free memory, a DCNv3-YOLOv8n forward
+    at 640 took 41-42 ms instead of 44-47 ms here. The price: the process keeps its peak heap.
+
+    Called by the app and the CLI (their own processes), not by ``import dcnv3``. Returns False
+    where there is no glibc ``mallopt`` (macOS, Windows, musl), True when both settings took.
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, int(mmap_threshold)) and mallopt(m_trim_threshold, int(trim_threshold)))
 
 
 def model_yaml(scale: str = "n", neck: bool = False) -> str:

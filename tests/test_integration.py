@@ -42,3 +42,15 @@ def test_register_is_idempotent():
     parse_model = tasks.parse_model
     dcnv3.register()
     assert tasks.parse_model is parse_model
+
+
+def test_keep_freed_memory_applies_on_glibc():
+    """In a child process: the setting is process-wide and the test process keeps its own."""
+    import platform
+    import subprocess
+    import sys
+
+    code = "from dcnv3.integration import keep_freed_memory; print(keep_freed_memory())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == str(platform.libc_ver()[0] == "glibc")
