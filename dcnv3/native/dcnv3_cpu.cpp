@@ -17,6 +17,7 @@
 // bitwise the one the PyTorch formulations form. Only the order of the final sums differs.
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 extern "C" {
 
@@ -86,6 +87,9 @@ inline Sample<T> sample_at(const Constants<T>& c, T dx, T dy, T base_x, T base_y
 }
 
 // D is the group's channel count when known at compile time (unrolled, vectorised), else 0.
+// Per output row and group, a first loop over the P points forms every sample's four tap
+// indices and weights (branch-free, so the compiler vectorises it); a second loop adds the
+// taps' channel vectors in the same order as before (taps outside the image read zeros).
 template <typename T, int kD>
 void forward(const T* input, const T* offset, const T* mask, const T* base_x, const T* base_y,
              T* out, const Dcnv3Shape& s) {
@@ -93,32 +97,73 @@ void forward(const T* input, const T* offset, const T* mask, const T* base_x, co
   const int64_t d_count = kD > 0 ? kD : s.group_channels;
   const int64_t channels = s.group * d_count, points = s.points;
   const int64_t rows = s.n * s.out_h * s.out_w;
-#pragma omp parallel for schedule(static)
-  for (int64_t row = 0; row < rows; ++row) {
-    const int64_t w = row % s.out_w, h = (row / s.out_w) % s.out_h, n = row / (s.out_w * s.out_h);
-    const T* image = input + n * s.in_h * s.in_w * channels;
-    for (int64_t g = 0; g < s.group; ++g) {
-      T acc[kD > 0 ? kD : 1024];
-      for (int64_t d = 0; d < d_count; ++d) acc[d] = T(0);
-      const T* off = offset + (row * s.group + g) * points * 2;
-      const T* weight = mask + (row * s.group + g) * points;
-      for (int64_t p = 0; p < points; ++p) {
-        const Sample<T> smp = sample_at(c, off[2 * p], off[2 * p + 1], base_x[w * points + p],
-                                        base_y[h * points + p]);
-        for (int ty = 0; ty < 2; ++ty) {
-          const int64_t y = smp.y0 + ty;
-          if (y < 0 || y >= s.in_h) continue;
-          for (int tx = 0; tx < 2; ++tx) {
-            const int64_t x = smp.x0 + tx;
-            if (x < 0 || x >= s.in_w) continue;
-            const T tap = (smp.lin_y[ty] * smp.lin_x[tx]) * weight[p];
-            const T* value = image + (y * s.in_w + x) * channels + g * d_count;
-            for (int64_t d = 0; d < d_count; ++d) acc[d] += tap * value[d];
+  const int64_t in_w = s.in_w, in_h = s.in_h;
+  // Scalars in locals, so the vectorised point loop keeps them in registers.
+  const T scale = c.scale, size_w = c.size_w, size_h = c.size_h, half_w = c.half_w,
+          half_h = c.half_h, pad_w = c.pad_w, pad_h = c.pad_h, high_w = c.high_w, high_h = c.high_h;
+  std::vector<T> zeros(d_count, T(0));
+  const T* zero = zeros.data();
+#pragma omp parallel
+  {
+    std::vector<int32_t> tap_at(4 * points);  // element offset of each tap in the image, -1 outside
+    std::vector<T> tap_weight(4 * points);    // bilinear weight x modulation weight
+    int32_t* at = tap_at.data();
+    const int32_t width = static_cast<int32_t>(in_w), height = static_cast<int32_t>(in_h);
+    const int32_t row_step = static_cast<int32_t>(channels);
+    T* tw = tap_weight.data();
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < rows; ++row) {
+      const int64_t w = row % s.out_w, h = (row / s.out_w) % s.out_h, n = row / (s.out_w * s.out_h);
+      const T* image = input + n * in_h * in_w * channels;
+      const T* bx = base_x + w * points;
+      const T* by = base_y + h * points;
+      for (int64_t g = 0; g < s.group; ++g) {
+        const T* off = offset + (row * s.group + g) * points * 2;
+        const T* weight = mask + (row * s.group + g) * points;
+        const int32_t group_start = static_cast<int32_t>(g * d_count);
+#pragma omp simd
+        for (int64_t p = 0; p < points; ++p) {
+          T x = locate(off[2 * p], scale, size_w, bx[p], half_w, pad_w);
+          T y = locate(off[2 * p + 1], scale, size_h, by[p], half_h, pad_h);
+          x = x < T(-1) ? T(-1) : x;
+          x = x > high_w ? high_w : x;
+          y = y < T(-1) ? T(-1) : y;
+          y = y > high_h ? high_h : y;
+          // floor() by truncation and a correction, which vectorises (std::floor does not here):
+          // exact, as the clamp keeps x and y in [-1, size], well inside int32.
+          const T tx = static_cast<T>(static_cast<int32_t>(x)), ty = static_cast<T>(static_cast<int32_t>(y));
+          const T fx = tx > x ? tx - T(1) : tx, fy = ty > y ? ty - T(1) : ty;
+          const int32_t x0 = static_cast<int32_t>(fx), y0 = static_cast<int32_t>(fy);
+          const T lx0 = (fx + T(1)) - x, lx1 = x - fx, ly0 = (fy + T(1)) - y, ly1 = y - fy;
+          const T m = weight[p];
+          tw[p] = (ly0 * lx0) * m;
+          tw[points + p] = (ly0 * lx1) * m;
+          tw[2 * points + p] = (ly1 * lx0) * m;
+          tw[3 * points + p] = (ly1 * lx1) * m;
+          // All in int32 (the caller checks H_in * W_in * C < 2^31), one mask width throughout.
+          // 0 <= i < n as one unsigned comparison; int32 masks combined with & (no branches).
+          const uint32_t w_u = static_cast<uint32_t>(width), h_u = static_cast<uint32_t>(height);
+          const int32_t x0_in = static_cast<uint32_t>(x0) < w_u, x1_in = static_cast<uint32_t>(x0 + 1) < w_u;
+          const int32_t y0_in = static_cast<uint32_t>(y0) < h_u, y1_in = static_cast<uint32_t>(y0 + 1) < h_u;
+          const int32_t corner = (y0 * width + x0) * row_step + group_start;
+          at[p] = (y0_in & x0_in) ? corner : -1;
+          at[points + p] = (y0_in & x1_in) ? corner + row_step : -1;
+          at[2 * points + p] = (y1_in & x0_in) ? corner + width * row_step : -1;
+          at[3 * points + p] = (y1_in & x1_in) ? corner + (width + 1) * row_step : -1;
+        }
+        T acc[kD > 0 ? kD : 1024];
+        for (int64_t d = 0; d < d_count; ++d) acc[d] = T(0);
+        for (int64_t p = 0; p < points; ++p) {
+          for (int t = 0; t < 4; ++t) {
+            const int32_t tap = at[t * points + p];
+            const T* value = tap >= 0 ? image + tap : zero;
+            const T weight_t = tw[t * points + p];
+            for (int64_t d = 0; d < d_count; ++d) acc[d] += weight_t * value[d];
           }
         }
+        T* target = out + row * channels + g * d_count;
+        for (int64_t d = 0; d < d_count; ++d) target[d] = acc[d];
       }
-      T* target = out + row * channels + g * d_count;
-      for (int64_t d = 0; d < d_count; ++d) target[d] = acc[d];
     }
   }
 }
