@@ -112,6 +112,20 @@ def _validate(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, geo
                 f" dilation ({geo.dilation_h}, {geo.dilation_w}) on a {in_h}x{in_w} input")
 
 
+def _prepare(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+             dilation_w, group, group_channels, offset_scale, remove_center) -> tuple:
+    """Validate a core call and bring its tensors to the compute dtype, contiguous.
+
+    Returns ``(geo, (input, offset, mask))``: the ``Geometry`` and the three tensors in float64
+    for float64 inputs, else float32 (every formulation returns the input's dtype).
+    """
+    geo = Geometry(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+                   group, group_channels, float(offset_scale), int(remove_center))
+    _validate(input, offset, mask, geo)
+    compute = _compute_dtype(input.dtype)
+    return geo, tuple(t.to(compute).contiguous() for t in (input, offset, mask))
+
+
 # ---------------------------------------------------------------------------------------------
 # Formulation 1: grid_sample, as the reference does it.
 # ---------------------------------------------------------------------------------------------
@@ -136,12 +150,9 @@ def _grid_sample_forward(input: torch.Tensor, offset: torch.Tensor, mask: torch.
 def dcnv3_core_grid_sample(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                            dilation_h, dilation_w, group, group_channels, offset_scale, remove_center):
     """DCNv3 core through ``F.grid_sample`` (autograd by PyTorch). Same contract as ``dcnv3_core``."""
-    geo = Geometry(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
-                   group, group_channels, float(offset_scale), int(remove_center))
-    _validate(input, offset, mask, geo)
-    compute = _compute_dtype(input.dtype)
-    out = _grid_sample_forward(input.to(compute), offset.to(compute), mask.to(compute), geo)
-    return out.to(input.dtype)
+    geo, args = _prepare(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                          dilation_h, dilation_w, group, group_channels, offset_scale, remove_center)
+    return _grid_sample_forward(*args, geo).to(input.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,12 +308,9 @@ def _gather_forward(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tenso
 def dcnv3_core_gather(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                       dilation_h, dilation_w, group, group_channels, offset_scale, remove_center):
     """DCNv3 core through index_select + bmm (autograd by PyTorch). Same contract as ``dcnv3_core``."""
-    geo = Geometry(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
-                   group, group_channels, float(offset_scale), int(remove_center))
-    _validate(input, offset, mask, geo)
-    compute = _compute_dtype(input.dtype)
-    out = _gather_forward(input.to(compute), offset.to(compute), mask.to(compute), geo)
-    return out.to(input.dtype)
+    geo, args = _prepare(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                          dilation_h, dilation_w, group, group_channels, offset_scale, remove_center)
+    return _gather_forward(*args, geo).to(input.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,12 +430,8 @@ def dcnv3_core_sparse(input, offset, mask, kernel_h, kernel_w, stride_h, stride_
     Falls back to the gather formulation while tracing or exporting (ONNX has no sparse
     products) and on devices without sparse CSR kernels.
     """
-    geo = Geometry(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
-                   group, group_channels, float(offset_scale), int(remove_center))
-    _validate(input, offset, mask, geo)
-    compute = _compute_dtype(input.dtype)
-    args = (input.to(compute).contiguous(), offset.to(compute).contiguous(),
-            mask.to(compute).contiguous())
+    geo, args = _prepare(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                          dilation_h, dilation_w, group, group_channels, offset_scale, remove_center)
     if _exporting() or not _sparse_supported(input.device):
         out = _gather_forward(*args, geo)
     else:
@@ -500,12 +504,8 @@ def dcnv3_core_native(input, offset, mask, kernel_h, kernel_w, stride_h, stride_
         return dcnv3_core_sparse(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w,
                                  pad_h, pad_w, dilation_h, dilation_w, group, group_channels,
                                  offset_scale, remove_center)
-    geo = Geometry(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
-                   group, group_channels, float(offset_scale), int(remove_center))
-    _validate(input, offset, mask, geo)
-    compute = _compute_dtype(input.dtype)
-    args = (input.to(compute).contiguous(), offset.to(compute).contiguous(),
-            mask.to(compute).contiguous())
+    geo, args = _prepare(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                          dilation_h, dilation_w, group, group_channels, offset_scale, remove_center)
     return _NativeFunction.apply(*args, geo).to(input.dtype)
 
 
