@@ -31,22 +31,18 @@ struct Dcnv3Shape {
 
 namespace {
 
-// One sample's four bilinear taps: input pixel indices (valid or not) and tap weights.
-template <typename T>
-struct Sample {
-  int64_t x0, y0;
-  T lin_x[2], lin_y[2];  // 1-D interpolation weights: (x0 + 1) - x and x - x0
-  bool inside_x, inside_y;  // the clamp to [-1, W] x [-1, H] left the coordinate alone
-};
-
+// The scalar arguments of a call in the compute type T, and the sizes the tap loop needs.
 template <typename T>
 struct Constants {
   T scale, size_w, size_h, half_w, half_h, pad_w, pad_h, high_w, high_h;
+  int32_t width, height, row_step;  // input W, H and elements per pixel (C)
   explicit Constants(const Dcnv3Shape& s)
       : scale(static_cast<T>(s.offset_scale)), size_w(static_cast<T>(s.size_w)),
         size_h(static_cast<T>(s.size_h)), half_w(size_w / T(2)), half_h(size_h / T(2)),
         pad_w(static_cast<T>(s.pad_w)), pad_h(static_cast<T>(s.pad_h)),
-        high_w(static_cast<T>(s.in_w)), high_h(static_cast<T>(s.in_h)) {}
+        high_w(static_cast<T>(s.in_w)), high_h(static_cast<T>(s.in_h)),
+        width(static_cast<int32_t>(s.in_w)), height(static_cast<int32_t>(s.in_h)),
+        row_step(static_cast<int32_t>(s.group * s.group_channels)) {}
 };
 
 // Unpadded input pixel coordinate of a learned offset, as InternImage forms it:
@@ -65,31 +61,75 @@ inline T locate(T learned, T scale, T size, T base, T half, T pad) {
   return v - pad;
 }
 
-template <typename T>
-inline void interpolation(T loc, T high, int64_t* corner, T* lin, bool* inside) {
-  T clamped = loc < T(-1) ? T(-1) : loc;
-  clamped = clamped > high ? high : clamped;
-  *inside = clamped == loc;
-  T floor_value = std::floor(clamped);
-  *corner = static_cast<int64_t>(floor_value);
-  lin[0] = (floor_value + T(1)) - clamped;
-  lin[1] = clamped - floor_value;
+// The four bilinear taps of the P samples of one output cell and group, in one branch-free loop
+// that g++ vectorises. Outputs, each P long per block:
+//   at     [4][P]  element offset of tap (ty, tx) = (0,0), (0,1), (1,0), (1,1) in the image
+//                  (from its group's first channel), -1 where the tap lies outside the image;
+//   lin    [4][P]  1-D weights lx0 = (x0 + 1) - x, lx1 = x - x0, ly0, ly1;
+//   inside [2][P]  1 where the clamp to [-1, W] x [-1, H] left x (then y) alone, else 0;
+//   weight [4][P]  tap weight bilinear x modulation, (ly * lx) * mask.
+// Offsets are int32: the caller keeps H_in * W_in * C below 2^31. lin and inside are written
+// only with kForGradient (the forward needs neither).
+template <bool kForGradient, typename T>
+inline void form_taps(const Constants<T>& c, const T* off, const T* mask, const T* bx, const T* by,
+                      int64_t points, int32_t group_start, int32_t* at, T* lin, T* inside,
+                      T* weight) {
+  const T scale = c.scale, size_w = c.size_w, size_h = c.size_h, half_w = c.half_w,
+          half_h = c.half_h, pad_w = c.pad_w, pad_h = c.pad_h, high_w = c.high_w, high_h = c.high_h;
+  const int32_t width = c.width, height = c.height, row_step = c.row_step;
+  const uint32_t w_u = static_cast<uint32_t>(width), h_u = static_cast<uint32_t>(height);
+#pragma omp simd
+  for (int64_t p = 0; p < points; ++p) {
+    const T raw_x = locate(off[2 * p], scale, size_w, bx[p], half_w, pad_w);
+    const T raw_y = locate(off[2 * p + 1], scale, size_h, by[p], half_h, pad_h);
+    T x = raw_x < T(-1) ? T(-1) : raw_x;
+    x = x > high_w ? high_w : x;
+    T y = raw_y < T(-1) ? T(-1) : raw_y;
+    y = y > high_h ? high_h : y;
+    if (kForGradient) {
+      inside[p] = x == raw_x ? T(1) : T(0);
+      inside[points + p] = y == raw_y ? T(1) : T(0);
+    }
+    // floor() by truncation and a correction, which vectorises (std::floor does not here);
+    // exact, as the clamp keeps x and y in [-1, size], well inside int32.
+    const T tx = static_cast<T>(static_cast<int32_t>(x)), ty = static_cast<T>(static_cast<int32_t>(y));
+    const T fx = tx > x ? tx - T(1) : tx, fy = ty > y ? ty - T(1) : ty;
+    const int32_t x0 = static_cast<int32_t>(fx), y0 = static_cast<int32_t>(fy);
+    const T lx0 = (fx + T(1)) - x, lx1 = x - fx, ly0 = (fy + T(1)) - y, ly1 = y - fy;
+    if (kForGradient) {
+      lin[p] = lx0;
+      lin[points + p] = lx1;
+      lin[2 * points + p] = ly0;
+      lin[3 * points + p] = ly1;
+    }
+    const T m = mask[p];
+    weight[p] = (ly0 * lx0) * m;
+    weight[points + p] = (ly0 * lx1) * m;
+    weight[2 * points + p] = (ly1 * lx0) * m;
+    weight[3 * points + p] = (ly1 * lx1) * m;
+    // 0 <= i < n as one unsigned comparison; int32 masks combined with & (no branches).
+    const int32_t x0_in = static_cast<uint32_t>(x0) < w_u, x1_in = static_cast<uint32_t>(x0 + 1) < w_u;
+    const int32_t y0_in = static_cast<uint32_t>(y0) < h_u, y1_in = static_cast<uint32_t>(y0 + 1) < h_u;
+    const int32_t corner = (y0 * width + x0) * row_step + group_start;
+    at[p] = (y0_in & x0_in) ? corner : -1;
+    at[points + p] = (y0_in & x1_in) ? corner + row_step : -1;
+    at[2 * points + p] = (y1_in & x0_in) ? corner + width * row_step : -1;
+    at[3 * points + p] = (y1_in & x1_in) ? corner + (width + 1) * row_step : -1;
+  }
 }
 
+// Per-thread scratch for form_taps (and the backward's tap dots) of one cell and group.
 template <typename T>
-inline Sample<T> sample_at(const Constants<T>& c, T dx, T dy, T base_x, T base_y) {
-  Sample<T> s;
-  interpolation(locate(dx, c.scale, c.size_w, base_x, c.half_w, c.pad_w), c.high_w, &s.x0,
-                s.lin_x, &s.inside_x);
-  interpolation(locate(dy, c.scale, c.size_h, base_y, c.half_h, c.pad_h), c.high_h, &s.y0,
-                s.lin_y, &s.inside_y);
-  return s;
-}
+struct Scratch {
+  std::vector<int32_t> at;
+  std::vector<T> lin, inside, weight, dot;
+  explicit Scratch(int64_t points)
+      : at(4 * points), lin(4 * points), inside(2 * points), weight(4 * points), dot(4 * points) {}
+};
 
 // D is the group's channel count when known at compile time (unrolled, vectorised), else 0.
-// Per output row and group, a first loop over the P points forms every sample's four tap
-// indices and weights (branch-free, so the compiler vectorises it); a second loop adds the
-// taps' channel vectors in the same order as before (taps outside the image read zeros).
+// Per output cell and group: form_taps, then the taps' channel vectors added point by point,
+// taps (0,0), (0,1), (1,0), (1,1) in turn (taps outside the image read zeros).
 template <typename T, int kD>
 void forward(const T* input, const T* offset, const T* mask, const T* base_x, const T* base_y,
              T* out, const Dcnv3Shape& s) {
@@ -97,67 +137,27 @@ void forward(const T* input, const T* offset, const T* mask, const T* base_x, co
   const int64_t d_count = kD > 0 ? kD : s.group_channels;
   const int64_t channels = s.group * d_count, points = s.points;
   const int64_t rows = s.n * s.out_h * s.out_w;
-  const int64_t in_w = s.in_w, in_h = s.in_h;
-  // Scalars in locals, so the vectorised point loop keeps them in registers.
-  const T scale = c.scale, size_w = c.size_w, size_h = c.size_h, half_w = c.half_w,
-          half_h = c.half_h, pad_w = c.pad_w, pad_h = c.pad_h, high_w = c.high_w, high_h = c.high_h;
   std::vector<T> zeros(d_count, T(0));
   const T* zero = zeros.data();
 #pragma omp parallel
   {
-    std::vector<int32_t> tap_at(4 * points);  // element offset of each tap in the image, -1 outside
-    std::vector<T> tap_weight(4 * points);    // bilinear weight x modulation weight
-    int32_t* at = tap_at.data();
-    const int32_t width = static_cast<int32_t>(in_w), height = static_cast<int32_t>(in_h);
-    const int32_t row_step = static_cast<int32_t>(channels);
-    T* tw = tap_weight.data();
+    Scratch<T> scratch(points);
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < rows; ++row) {
       const int64_t w = row % s.out_w, h = (row / s.out_w) % s.out_h, n = row / (s.out_w * s.out_h);
-      const T* image = input + n * in_h * in_w * channels;
-      const T* bx = base_x + w * points;
-      const T* by = base_y + h * points;
+      const T* image = input + n * s.in_h * s.in_w * channels;
       for (int64_t g = 0; g < s.group; ++g) {
-        const T* off = offset + (row * s.group + g) * points * 2;
-        const T* weight = mask + (row * s.group + g) * points;
-        const int32_t group_start = static_cast<int32_t>(g * d_count);
-#pragma omp simd
-        for (int64_t p = 0; p < points; ++p) {
-          T x = locate(off[2 * p], scale, size_w, bx[p], half_w, pad_w);
-          T y = locate(off[2 * p + 1], scale, size_h, by[p], half_h, pad_h);
-          x = x < T(-1) ? T(-1) : x;
-          x = x > high_w ? high_w : x;
-          y = y < T(-1) ? T(-1) : y;
-          y = y > high_h ? high_h : y;
-          // floor() by truncation and a correction, which vectorises (std::floor does not here):
-          // exact, as the clamp keeps x and y in [-1, size], well inside int32.
-          const T tx = static_cast<T>(static_cast<int32_t>(x)), ty = static_cast<T>(static_cast<int32_t>(y));
-          const T fx = tx > x ? tx - T(1) : tx, fy = ty > y ? ty - T(1) : ty;
-          const int32_t x0 = static_cast<int32_t>(fx), y0 = static_cast<int32_t>(fy);
-          const T lx0 = (fx + T(1)) - x, lx1 = x - fx, ly0 = (fy + T(1)) - y, ly1 = y - fy;
-          const T m = weight[p];
-          tw[p] = (ly0 * lx0) * m;
-          tw[points + p] = (ly0 * lx1) * m;
-          tw[2 * points + p] = (ly1 * lx0) * m;
-          tw[3 * points + p] = (ly1 * lx1) * m;
-          // All in int32 (the caller checks H_in * W_in * C < 2^31), one mask width throughout.
-          // 0 <= i < n as one unsigned comparison; int32 masks combined with & (no branches).
-          const uint32_t w_u = static_cast<uint32_t>(width), h_u = static_cast<uint32_t>(height);
-          const int32_t x0_in = static_cast<uint32_t>(x0) < w_u, x1_in = static_cast<uint32_t>(x0 + 1) < w_u;
-          const int32_t y0_in = static_cast<uint32_t>(y0) < h_u, y1_in = static_cast<uint32_t>(y0 + 1) < h_u;
-          const int32_t corner = (y0 * width + x0) * row_step + group_start;
-          at[p] = (y0_in & x0_in) ? corner : -1;
-          at[points + p] = (y0_in & x1_in) ? corner + row_step : -1;
-          at[2 * points + p] = (y1_in & x0_in) ? corner + width * row_step : -1;
-          at[3 * points + p] = (y1_in & x1_in) ? corner + (width + 1) * row_step : -1;
-        }
+        const int64_t sample0 = (row * s.group + g) * points;
+        form_taps<false>(c, offset + sample0 * 2, mask + sample0, base_x + w * points, base_y + h * points,
+                  points, static_cast<int32_t>(g * d_count), scratch.at.data(), scratch.lin.data(),
+                  scratch.inside.data(), scratch.weight.data());
         T acc[kD > 0 ? kD : 1024];
         for (int64_t d = 0; d < d_count; ++d) acc[d] = T(0);
         for (int64_t p = 0; p < points; ++p) {
           for (int t = 0; t < 4; ++t) {
-            const int32_t tap = at[t * points + p];
+            const int32_t tap = scratch.at[t * points + p];
             const T* value = tap >= 0 ? image + tap : zero;
-            const T weight_t = tw[t * points + p];
+            const T weight_t = scratch.weight[t * points + p];
             for (int64_t d = 0; d < d_count; ++d) acc[d] += weight_t * value[d];
           }
         }
@@ -180,56 +180,64 @@ void backward(const T* input, const T* offset, const T* mask, const T* base_x, c
   const int64_t channels = s.group * d_count, points = s.points;
   const int64_t pixels_out = s.out_h * s.out_w;
   const int64_t pairs = s.n * s.group;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t pair = 0; pair < pairs; ++pair) {
-    const int64_t n = pair / s.group, g = pair % s.group;
-    const T* image = input + n * s.in_h * s.in_w * channels + g * d_count;
-    T* grad_image = grad_input ? grad_input + n * s.in_h * s.in_w * channels + g * d_count : nullptr;
-    for (int64_t hw = 0; hw < pixels_out; ++hw) {
-      const int64_t row = n * pixels_out + hw, h = hw / s.out_w, w = hw % s.out_w;
-      const T* upstream = grad_out + row * channels + g * d_count;
-      const int64_t sample0 = (row * s.group + g) * points;
-      const T* off = offset + sample0 * 2;
-      const T* weight = mask + sample0;
-      for (int64_t p = 0; p < points; ++p) {
-        const Sample<T> smp = sample_at(c, off[2 * p], off[2 * p + 1], base_x[w * points + p],
-                                        base_y[h * points + p]);
-        T dot[2][2] = {{T(0), T(0)}, {T(0), T(0)}};  // <grad_out, value at tap (ty, tx)>
-        for (int ty = 0; ty < 2; ++ty) {
-          const int64_t y = smp.y0 + ty;
-          if (y < 0 || y >= s.in_h) continue;
-          for (int tx = 0; tx < 2; ++tx) {
-            const int64_t x = smp.x0 + tx;
-            if (x < 0 || x >= s.in_w) continue;
-            const int64_t at = (y * s.in_w + x) * channels;
-            if (grad_offset) {
-              const T* value = image + at;
-              T sum = T(0);
-              // A sum over channels: let it be vectorised (reassociated), as a BLAS dot would be.
+#pragma omp parallel
+  {
+    Scratch<T> scratch(points);
+    const int32_t* at = scratch.at.data();
+    const T* lin = scratch.lin.data();
+    const T* inside = scratch.inside.data();
+    const T* tap_weight = scratch.weight.data();
+    T* dot = scratch.dot.data();  // [4][P] <grad_out, value at tap t>
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t pair = 0; pair < pairs; ++pair) {
+      const int64_t n = pair / s.group, g = pair % s.group;
+      const T* image = input + n * s.in_h * s.in_w * channels;
+      T* grad_image = grad_input ? grad_input + n * s.in_h * s.in_w * channels : nullptr;
+      for (int64_t hw = 0; hw < pixels_out; ++hw) {
+        const int64_t row = n * pixels_out + hw, h = hw / s.out_w, w = hw % s.out_w;
+        const T* upstream = grad_out + row * channels + g * d_count;
+        const int64_t sample0 = (row * s.group + g) * points;
+        const T* weight = mask + sample0;
+        form_taps<true>(c, offset + sample0 * 2, weight, base_x + w * points, base_y + h * points,
+                  points, static_cast<int32_t>(g * d_count), scratch.at.data(), scratch.lin.data(),
+                  scratch.inside.data(), scratch.weight.data());
+        for (int64_t q = 0; q < 4 * points; ++q) {
+          const int32_t tap = at[q];
+          if (tap < 0) {  // outside the image: reads zeros, so no gradient flows either way
+            dot[q] = T(0);
+            continue;
+          }
+          if (grad_offset) {
+            const T* value = image + tap;
+            T sum = T(0);
+            // A sum over channels: let it be vectorised (reassociated), as a BLAS dot would be.
 #pragma omp simd reduction(+ : sum)
-              for (int64_t d = 0; d < d_count; ++d) sum += upstream[d] * value[d];
-              dot[ty][tx] = sum;
-            }
-            if (grad_image) {
-              const T tap = (smp.lin_y[ty] * smp.lin_x[tx]) * weight[p];
-              T* target = grad_image + at;
+            for (int64_t d = 0; d < d_count; ++d) sum += upstream[d] * value[d];
+            dot[q] = sum;
+          }
+          if (grad_image) {
+            const T tap_w = tap_weight[q];
+            T* target = grad_image + tap;
 #pragma omp simd  // target (grad_input) never overlaps upstream (grad_out)
-              for (int64_t d = 0; d < d_count; ++d) target[d] += tap * upstream[d];
-            }
+            for (int64_t d = 0; d < d_count; ++d) target[d] += tap_w * upstream[d];
           }
         }
-        if (grad_offset) {
-          grad_mask[sample0 + p] = smp.lin_y[0] * smp.lin_x[0] * dot[0][0] +
-                                   smp.lin_y[0] * smp.lin_x[1] * dot[0][1] +
-                                   smp.lin_y[1] * smp.lin_x[0] * dot[1][0] +
-                                   smp.lin_y[1] * smp.lin_x[1] * dot[1][1];
-          // d bilinear[ty][tx] / dx = lin_y[ty] * (-1 at tx = 0, +1 at tx = 1); d loc / d offset
+        if (!grad_offset) continue;
+        T* out_mask = grad_mask + sample0;
+        T* out_offset = grad_offset + sample0 * 2;
+        const T scale = c.scale;
+#pragma omp simd
+        for (int64_t p = 0; p < points; ++p) {
+          const T lx0 = lin[p], lx1 = lin[points + p], ly0 = lin[2 * points + p], ly1 = lin[3 * points + p];
+          const T d00 = dot[p], d01 = dot[points + p], d10 = dot[2 * points + p], d11 = dot[3 * points + p];
+          out_mask[p] = ly0 * lx0 * d00 + ly0 * lx1 * d01 + ly1 * lx0 * d10 + ly1 * lx1 * d11;
+          // d bilinear[ty][tx] / dx = ly[ty] * (-1 at tx = 0, +1 at tx = 1); d loc / d offset
           // = offset_scale; a clamped coordinate has no gradient.
-          const T chain = weight[p] * c.scale;
-          const T gx = smp.lin_y[0] * (dot[0][1] - dot[0][0]) + smp.lin_y[1] * (dot[1][1] - dot[1][0]);
-          const T gy = smp.lin_x[0] * (dot[1][0] - dot[0][0]) + smp.lin_x[1] * (dot[1][1] - dot[0][1]);
-          grad_offset[(sample0 + p) * 2] = smp.inside_x ? gx * chain : T(0);
-          grad_offset[(sample0 + p) * 2 + 1] = smp.inside_y ? gy * chain : T(0);
+          const T chain = weight[p] * scale;
+          const T gx = ly0 * (d01 - d00) + ly1 * (d11 - d10);
+          const T gy = lx0 * (d10 - d00) + lx1 * (d11 - d01);
+          out_offset[2 * p] = inside[p] * (gx * chain);
+          out_offset[2 * p + 1] = inside[points + p] * (gy * chain);
         }
       }
     }
