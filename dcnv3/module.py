@@ -208,8 +208,7 @@ class DCNv3(nn.Module):
 
     def __getstate__(self) -> dict:
         # A model pickled or deep-copied inside ``dcnv3.capture`` must not carry the records.
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        state = dict(state)
+        state = dict(super().__getstate__())
         state.pop(CAPTURE_SLOT, None)
         return state
 

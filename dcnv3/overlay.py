@@ -9,7 +9,6 @@ sub-pixel precision (``shift``), hence the ``- 0.5`` in ``_fixed``.
 from __future__ import annotations
 
 import colorsys
-import math
 
 import cv2
 import numpy as np

@@ -280,12 +280,18 @@ def probe_batch(model, images: list, imgsz: int = 640, conf: float = 0.25, iou: 
     on a CPU one forward of 4 frames at 320 px takes about 2.2 times one frame's, not 4 times.
     Images whose letterboxed inputs differ in size are probed one by one.
     """
-    from ultralytics.utils import nms, ops
-
     runner, modules = _inference_copy(model)
     prepared = [network_input(runner, image, imgsz) for image in images]
     if len({tuple(x.shape) for x, _, _ in prepared}) > 1:
-        return [probe_batch(model, [image], imgsz, conf, iou, max_det)[0] for image in images]
+        return [_probe_prepared(model, runner, modules, [item], conf, iou, max_det)[0] for item in prepared]
+    return _probe_prepared(model, runner, modules, prepared, conf, iou, max_det)
+
+
+def _probe_prepared(model, runner, modules, prepared: list, conf: float, iou: float,
+                    max_det: int) -> list[Probe]:
+    """The probes of ``network_input`` results of one input size: one forward of their batch."""
+    from ultralytics.utils import nms, ops
+
     x = prepared[0][0] if len(prepared) == 1 else torch.cat([x for x, _, _ in prepared]).contiguous(
         memory_format=torch.channels_last)
     with capture(runner, modules) as captured, torch.inference_mode():

@@ -1,7 +1,5 @@
 """python -m dcnv3 analyze: effective dilation by object size over a labelled split."""
-import math
 
-import numpy as np
 import pytest
 from ultralytics import YOLO
 

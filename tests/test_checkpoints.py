@@ -1,5 +1,4 @@
 """Loading checkpoints: the fork fixture, other fork layouts, hostile and unsuitable files."""
-import io
 import os
 import pickle
 import subprocess
@@ -12,7 +11,6 @@ import pytest
 import torch
 from ultralytics import YOLO
 
-import dcnv3
 from dcnv3 import CheckpointError, UnsafeCheckpointError, load_model
 
 DATA = Path(__file__).parent / "data"
@@ -242,7 +240,7 @@ def test_other_fork_layouts_load(tmp_path, layout):
     printed = run_python(FORK_LAYOUT_BUILDER.format(layout=layout), cwd=tmp_path)
     fork_globals = printed.strip()
     assert ("extra_modules" in fork_globals) == (layout["paths"] == "extra_modules")
-    out = run_python(f"""
+    out = run_python("""
         import sys, torch, dcnv3
         model = dcnv3.load_model("fork.pt")
         assert "ultralytics.nn.extra_modules" not in sys.modules

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import plotly.graph_objects as go
 
-from dcnv3.overlay import (_SHIFT, _blend_discs, _fixed, _pair, _unit, cells_on_canvas, draw_cell, draw_detections,
+from dcnv3.overlay import (_SHIFT, _blend_discs, _pair, _unit, cells_on_canvas, draw_cell, draw_detections,
                            draw_marker, draw_samples, field_colours, group_colours, image_to_canvas, point_style)
 
 from .figure_spec import FigureSpec

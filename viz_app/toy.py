@@ -13,7 +13,6 @@ import math
 import time
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 import dcnv3

@@ -23,7 +23,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-import torch  # noqa: F401  (loads PyTorch's libgomp before the kernel asks for it)
+import torch  # also loads PyTorch's libgomp before the kernel asks for it
 
 SOURCE = Path(__file__).with_name("dcnv3_cpu.cpp")
 # -ffp-contract=off: no FMA contraction, so locations round exactly as PyTorch's separate ops do.
@@ -149,8 +149,6 @@ def softmax_rows(logits, points: int):
     transposed-view alternative pays two transposing copies; this is one pass. Returns None
     where the library is unavailable.
     """
-    import torch
-
     lib = library()
     if lib is None:
         return None

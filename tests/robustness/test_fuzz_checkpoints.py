@@ -7,7 +7,6 @@ The pickles are written opcode by opcode (GLOBAL, MARK ... TUPLE, REDUCE), as an
 no object in this process has to be picklable for them to exist.
 """
 import io
-import os
 import struct
 import sys
 import time
