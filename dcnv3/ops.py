@@ -1,4 +1,4 @@
-"""The DCNv3 core operator in pure PyTorch: InternImage's numerics, any device, exportable.
+"""The DCNv3 core operator: InternImage's numerics, any device, exportable (PyTorch, plus an optional compiled CPU kernel).
 
 Layout conventions (identical to InternImage's ``dcnv3_core_pytorch``):
 
