@@ -1,4 +1,4 @@
-"""The DCNv3 core operator: InternImage's numerics, any device, exportable (PyTorch, plus an optional compiled CPU kernel).
+"""The DCNv3 core operator: InternImage's numerics, any device, exportable, fast on the CPU.
 
 Layout conventions (identical to InternImage's ``dcnv3_core_pytorch``):
 
