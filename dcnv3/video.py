@@ -1,14 +1,15 @@
 """Offsets over time: a video streamed through the probe and ultralytics' tracker, drawn, encoded.
 
-Per processed frame, in one straight line (one model forward each, nothing else runs the model):
+Per processed frame, in one straight line (nothing but the probe runs the model):
 
-    OpenCV decode -> (downscale to ``VideoLimits.max_side``) -> ``dcnv3.probe`` -> its detections
-    into ultralytics' own ``BYTETracker`` / ``BOTSORT`` -> per-track statistics at the track's
-    centre cell (``Probe.layer_for_box``, ``Probe.cell_at``, ``stats``) -> overlay
-    (``dcnv3.overlay``) -> ``H264Writer`` (ffmpeg from imageio-ffmpeg).
+    OpenCV decode -> (downscale to ``VideoLimits.max_side``) -> ``dcnv3.probe_batch`` (one forward
+    for every ``batch`` frames, a ``Probe`` each) -> its detections into ultralytics' own
+    ``BYTETracker`` / ``BOTSORT`` -> per-track statistics at the track's centre cell
+    (``Probe.layer_for_box``, ``Probe.cell_at``, ``stats``) -> overlay (``dcnv3.overlay``) ->
+    ``H264Writer`` (ffmpeg from imageio-ffmpeg).
 
-Frames are streamed: one decoded frame at a time is alive, the encoder receives each drawn frame
-at once, and only the small per-track rows are kept. ``process_video`` is a generator of
+Frames are streamed: at most ``batch`` decoded frames are alive, the encoder receives each drawn
+frame at once, and only the small per-track rows are kept. ``process_video`` is a generator of
 ``VideoProgress`` (for a progress bar and a live preview); its last item carries the
 ``VideoResult``. ``run_video`` runs it to the end.
 
@@ -426,7 +427,8 @@ def process_video(model, source: str | Path, out_dir: str | Path, *, layer: str 
     """Process a video; yields ``VideoProgress`` after every frame, the last one with the result.
 
     Args:
-        model: ultralytics YOLO detection model (``dcnv3.load_model``); one forward per processed frame.
+        model: ultralytics YOLO detection model (``dcnv3.load_model``); one forward per ``batch``
+            processed frames.
         source: video file. out_dir: where ``<stem>_dcnv3.mp4`` and ``<stem>_stats.csv`` go.
         layer: a DCNv3 layer name, or ``AUTO_LAYER`` (per object: the layer of its scale; the
             middle layer for the grid and field modes).
