@@ -500,7 +500,8 @@ def dcnv3_core_native(input, offset, mask, kernel_h, kernel_w, stride_h, stride_
     tracing or exporting.
     """
     if (input.device.type != "cpu" or _exporting() or native.library() is None
-            or group_channels > 1024 or input[0].numel() >= 2**31):  # the kernel's int32 offsets
+            or group_channels > native.MAX_GROUP_CHANNELS
+            or input[0].numel() >= 2**31):  # the kernel's offsets are int32
         return dcnv3_core_sparse(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w,
                                  pad_h, pad_w, dilation_h, dilation_w, group, group_channels,
                                  offset_scale, remove_center)

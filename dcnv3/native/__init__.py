@@ -26,6 +26,8 @@ from pathlib import Path
 import torch  # also loads PyTorch's libgomp before the kernel asks for it
 
 SOURCE = Path(__file__).with_name("dcnv3_cpu.cpp")
+# The forward keeps one group's channel sums on the stack: dcnv3_cpu.cpp refuses wider groups.
+MAX_GROUP_CHANNELS = 1024
 # -ffp-contract=off: no FMA contraction, so locations round exactly as PyTorch's separate ops do.
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17",
          "-ffp-contract=off", "-fno-math-errno"]

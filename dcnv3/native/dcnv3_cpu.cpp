@@ -252,7 +252,7 @@ int forward_dispatch(const T* input, const T* offset, const T* mask, const T* ba
     case 16: forward<T, 16>(input, offset, mask, base_x, base_y, out, *s); return 0;
     case 32: forward<T, 32>(input, offset, mask, base_x, base_y, out, *s); return 0;
     default:
-      if (s->group_channels > 1024) return 1;  // the accumulator lives on the stack
+      if (s->group_channels > 1024) return 1;  // the accumulator lives on the stack (MAX_GROUP_CHANNELS)
       forward<T, 0>(input, offset, mask, base_x, base_y, out, *s);
       return 0;
   }
