@@ -5,7 +5,7 @@ around the DCNv3 layer. Attribute names (conv, dcnv3, bn, act; cv1, cv2, m, c, a
 community forks', so their pickled modules are instances of these classes once loaded.
 
 parse_model in ultralytics scales a layer's channels and repeats only for blocks in its own
-tables (``m in base_modules``). While ``dcnv3.integration`` runs parse_model, ``_ParsedAs`` makes
+tables (``m in base_modules``). While ``dcnv3.yolo`` runs parse_model, ``_ParsedAs`` makes
 each block compare equal to its stock twin (C2f, Bottleneck, Conv), so the stock tables apply
 to it unchanged, without editing ultralytics. Identity (``is``) and ``isinstance`` tell the
 classes apart throughout, and outside parse_model they are simply different classes.
@@ -17,12 +17,13 @@ import threading
 
 import torch
 from torch import nn
-from ultralytics.nn.modules.block import Bottleneck, C2f
+from ultralytics.nn.modules.block import Bottleneck, C2f, C3k, C3k2
 from ultralytics.nn.modules.conv import Conv, autopad
 
 from .module import DCNv3
 
-__all__ = ["DCNV3_YoLo", "Bottleneck_DCNv3", "C2f_DCNv3", "auto_group", "CHANNELS_PER_GROUP"]
+__all__ = ["DCNV3_YoLo", "Bottleneck_DCNv3", "C2f_DCNv3", "C3k_DCNv3", "C3k2_DCNv3", "BLOCK_ALIASES",
+           "auto_group", "parsed_as_stock_twins", "with_stock_scale_rules", "CHANNELS_PER_GROUP"]
 
 # InternImage uses 16 channels per DCNv3 group.
 CHANNELS_PER_GROUP = 16
@@ -75,17 +76,23 @@ class DCNV3_YoLo(nn.Module, metaclass=_ParsedAs):  # noqa: N801 - the seed artic
         s, p, d: stride, padding (None: autopad), dilation.
         g: DCNv3 groups; 0 picks ``auto_group(ouc)`` (16 channels per group, at least 2).
         act: True for ultralytics' default activation (SiLU), a module, or False.
+        stem: build the 1x1 Conv stem ``conv`` (the seed article always does). False needs
+            inc == ouc: the extra_modules family's DCNV3_YOLO drops the stem then, and the
+            YOLO11 blocks below follow it so that its checkpoints and ours share one structure.
 
-    Forward: (N, inc, H, W) -> (N, ouc, H_out, W_out). A fork that drops the stem when
-    inc == ouc pickles no ``conv``; such modules run without it.
+    Forward: (N, inc, H, W) -> (N, ouc, H_out, W_out). A module without ``conv`` (built with
+    stem=False, or pickled so by a fork) runs without the stem.
     """
 
     _parsed_as = Conv
 
     def __init__(self, inc: int, ouc: int, k: int = 3, s: int = 1, p: int | None = None, g: int = 1,
-                 d: int = 1, act: bool | nn.Module = True):
+                 d: int = 1, act: bool | nn.Module = True, stem: bool = True):
         super().__init__()
-        self.conv = Conv(inc, ouc, k=1)
+        if stem:
+            self.conv = Conv(inc, ouc, k=1)
+        elif inc != ouc:
+            raise ValueError(f"a DCNV3_YoLo without stem needs inc == ouc, got {inc} and {ouc}")
         self.dcnv3 = DCNv3(ouc, kernel_size=k, stride=s, pad=autopad(k, p, d), dilation=d,
                            group=g if g > 0 else auto_group(ouc))
         self.bn = nn.BatchNorm2d(ouc)
@@ -117,18 +124,19 @@ class DCNV3_YoLo(nn.Module, metaclass=_ParsedAs):  # noqa: N801 - the seed artic
 class Bottleneck_DCNv3(nn.Module, metaclass=_ParsedAs):  # noqa: N801 - the forks' name
     """Bottleneck whose second conv is DCNV3_YoLo: Conv(k[0]) -> DCNV3_YoLo(k[1]) (+ shortcut).
 
-    ``g`` is the DCNv3 group count (0: auto), as the forks pass it. Shapes: (N, c1, H, W) ->
-    (N, c2, H, W).
+    ``g`` is the DCNv3 group count (0: auto), as the forks pass it; ``stem`` is DCNV3_YoLo's
+    (None: a stem only where the DCNv3 block changes the channels, c2*e != c2). Shapes:
+    (N, c1, H, W) -> (N, c2, H, W).
     """
 
     _parsed_as = Bottleneck
 
     def __init__(self, c1: int, c2: int, shortcut: bool = True, g: int = 1, k: tuple = (3, 3),
-                 e: float = 0.5):
+                 e: float = 0.5, stem: bool | None = True):
         super().__init__()
         hidden = int(c2 * e)
         self.cv1 = Conv(c1, hidden, k[0], 1)
-        self.cv2 = DCNV3_YoLo(hidden, c2, k[1], 1, g=g)
+        self.cv2 = DCNV3_YoLo(hidden, c2, k[1], 1, g=g, stem=hidden != c2 if stem is None else stem)
         self.add = shortcut and c1 == c2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -155,9 +163,87 @@ class C2f_DCNv3(C2f, metaclass=_ParsedAs):  # noqa: N801 - the forks' name
                                for _ in range(n))
 
 
+class C3k_DCNv3(C3k, metaclass=_ParsedAs):  # noqa: N801 - the forks' name
+    """C3k whose bottlenecks are Bottleneck_DCNv3 with k x k convolutions (forward is C3's).
+
+    Args: (c1, c2, n, shortcut, g, e, k) as the forks' C3k_DCNv3 (shortcut defaults to False
+    there, unlike stock C3k); ``g`` is the DCNv3 group count (0: auto). The n bottlenecks run
+    on c_ = c2*e channels, and their DCNv3 blocks have no stem (c_ in, c_ out), as the forks'.
+    Attributes as C3: cv1, cv2 (1x1 Conv c1 -> c_ each), cv3 (1x1 Conv 2*c_ -> c2), m.
+    Shapes: (N, c1, H, W) -> (N, c2, H, W).
+    """
+
+    _parsed_as = C3k
+
+    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = False, g: int = 1,
+                 e: float = 0.5, k: int = 3):
+        nn.Module.__init__(self)  # C3k.__init__ would build stock bottlenecks only to drop them
+        hidden = int(c2 * e)
+        self.cv1 = Conv(c1, hidden, 1, 1)
+        self.cv2 = Conv(c1, hidden, 1, 1)
+        self.cv3 = Conv(2 * hidden, c2, 1)
+        self.m = nn.Sequential(*(Bottleneck_DCNv3(hidden, hidden, shortcut, g, k=(k, k), e=1.0, stem=None)
+                                 for _ in range(n)))
+
+
+class C3k2_DCNv3(C3k2, metaclass=_ParsedAs):  # noqa: N801 - the forks' name
+    """C3k2 whose inner blocks hold DCNv3: C3k_DCNv3 (c3k=True) or Bottleneck_DCNv3.
+
+    Args: (c1, c2, n, c3k, e, g, shortcut) as the forks' C3k2_DCNv3 (stock C3k2 of ultralytics
+    8.4 has an ``attn`` argument before ``g``; the forks' has none, and neither has this one).
+    ``g`` is the DCNv3 group count (0: auto, 16 channels per group). With c = c2*e:
+    c3k=False: n x Bottleneck_DCNv3(c, c, e=0.5): Conv 3x3 c -> c/2, DCNV3_YoLo with its
+        1x1 stem c/2 -> c and DCNv3 on c channels;
+    c3k=True: n x C3k_DCNv3(c, c, 2 bottlenecks): DCNv3 on c/2 channels, no stems.
+    ultralytics picks c3k=True at scales m, l, x for C3k2; ``with_stock_scale_rules`` does it for
+    this twin. forward / forward_split are C2f's. Shapes: (N, c1, H, W) -> (N, c2, H, W).
+    """
+
+    _parsed_as = C3k2
+
+    def __init__(self, c1: int, c2: int, n: int = 1, c3k: bool = False, e: float = 0.5, g: int = 1,
+                 shortcut: bool = True):
+        nn.Module.__init__(self)  # C3k2.__init__ would build stock blocks only to drop them
+        self.c = int(c2 * e)
+        self.cv1 = Conv(c1, 2 * self.c, 1, 1)
+        self.cv2 = Conv((2 + n) * self.c, c2, 1)
+        self.m = nn.ModuleList(C3k_DCNv3(self.c, self.c, 2, shortcut, g) if c3k
+                               else Bottleneck_DCNv3(self.c, self.c, shortcut, g, stem=None)
+                               for _ in range(n))
+
+
 # The names forks use for the same classes, in YAML files and in pickles.
 BLOCK_ALIASES = {
     "DCNV3_YoLo": DCNV3_YoLo, "DCNV3_YOLO": DCNV3_YoLo, "DCNv3_YoLo": DCNV3_YoLo,
     "Bottleneck_DCNv3": Bottleneck_DCNv3, "Bottleneck_DCNV3": Bottleneck_DCNv3,
     "C2f_DCNv3": C2f_DCNv3, "C2f_DCNV3": C2f_DCNv3,
+    "C3k_DCNv3": C3k_DCNv3, "C3k_DCNV3": C3k_DCNv3,
+    "C3k2_DCNv3": C3k2_DCNv3, "C3k2_DCNV3": C3k2_DCNv3,
 }
+
+
+def with_stock_scale_rules(model_dict: dict) -> dict:
+    """A copy of a model dict (a parsed model YAML) in which the C3k2 twins' lines carry what
+    parse_model gives C3k2 itself by identity (``m is C3k2``), which ``_ParsedAs`` cannot reach:
+    at scales m, l and x, c3k=True (the YAML's second argument; stock does ``args[3:4] = [True]``
+    after inserting c1 and the repeats). Other lines, and dicts without twins, are unchanged.
+
+    The other identity rule there, ``legacy = False`` for the Detect head once a C3k2 is seen,
+    comes from the stock C3k2 layers that the YOLO11 / YOLO26 YAMLs keep (layer 2 and the head).
+    """
+    scales, scale = model_dict.get("scales"), model_dict.get("scale")
+    if scales and not scale:
+        scale = next(iter(scales))  # parse_model's own fallback
+    if scale not in {"m", "l", "x"}:
+        return model_dict
+    rewritten = dict(model_dict)
+    for part in ("backbone", "head"):
+        lines = []
+        for line in model_dict.get(part) or []:
+            if len(line) == 4 and getattr(BLOCK_ALIASES.get(line[2]), "_parsed_as", None) is C3k2:
+                args = list(line[3])
+                args[1:2] = [True]  # also supplies c3k when the YAML omits it
+                line = [line[0], line[1], line[2], args]
+            lines.append(line)
+        rewritten[part] = lines
+    return rewritten
