@@ -62,8 +62,8 @@ def _private_upload_folder() -> str | None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     upload_folder = _private_upload_folder()  # before gradio reads GRADIO_TEMP_DIR
-    from dcnv3 import CheckpointError
-    from dcnv3.integration import keep_freed_memory
+    from dcnv3 import yolo
+    from dcnv3.checkpoints import CheckpointError
     from viz_app.models import ModelRegistry
     from viz_app.retention import Sweeper, delete_cache_setting
     from viz_app.ui import CSS, THEME, _work_dir, build_app
@@ -71,7 +71,9 @@ def main(argv=None) -> None:
     if args.models_dir and not os.path.isdir(args.models_dir):
         sys.exit(f"error: --models-dir {args.models_dir}: no such folder")
     max_upload = int(args.max_upload_mb * 2**20)
-    keep_freed_memory()  # every forward reuses the last one's memory instead of faulting it in
+    yolo.prepare_runtime()  # offline, plot fonts, every core: this process is ours
+    yolo.register()
+    yolo.keep_freed_memory()  # every forward reuses the last one's memory instead of faulting it in
     try:
         registry = ModelRegistry(models_dir=args.models_dir, model=args.model, max_upload_bytes=max_upload)
     except CheckpointError as error:

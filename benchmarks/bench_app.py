@@ -32,8 +32,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import dcnv3  # noqa: E402
-from dcnv3.integration import keep_freed_memory  # noqa: E402
+from dcnv3 import yolo  # noqa: E402
 from viz_app import render  # noqa: E402
 from viz_app.models import Analyser, ModelRegistry  # noqa: E402
 from results import emit  # noqa: E402
@@ -57,9 +56,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--model", type=Path, default=default_model())
-    parser.add_argument("--threads", type=int, default=dcnv3.integration.cpu_cores())
+    parser.add_argument("--threads", type=int, default=yolo.cpu_cores())
     args = parser.parse_args()
-    keep_freed_memory()  # as the app and the CLI run (dcnv3.integration.keep_freed_memory)
+    yolo.prepare_runtime()  # as the app and the CLI run: offline, every core
+    yolo.register()
+    yolo.keep_freed_memory()  # as the app and the CLI run
     from ultralytics.utils import ASSETS
 
     torch.set_num_threads(args.threads)

@@ -27,9 +27,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import dcnv3  # noqa: E402
-from dcnv3.integration import keep_freed_memory  # noqa: E402
-from dcnv3.probe import inference_model  # noqa: E402
+from dcnv3 import yolo  # noqa: E402
+from dcnv3.probe import inference_model, probe  # noqa: E402
 from results import emit  # noqa: E402
 
 
@@ -51,9 +50,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=dcnv3.integration.cpu_cores())
+    parser.add_argument("--threads", type=int, default=yolo.cpu_cores())
     args = parser.parse_args()
-    keep_freed_memory()  # as the app and the CLI run (dcnv3.integration.keep_freed_memory)
+    yolo.prepare_runtime()  # as the app and the CLI run: offline, every core
+    yolo.register()
+    yolo.keep_freed_memory()  # as the app and the CLI run
     torch.set_num_threads(args.threads)
     from ultralytics import YOLO
     from ultralytics.utils import ASSETS
@@ -74,7 +75,7 @@ def main() -> None:
         "forward dcnv3-yolov8n": lambda: forward(runners["dcnv3-yolov8n"], x),
         "forward yolov8n": lambda: forward(runners["yolov8n"], x),
         "forward (probe's input)": lambda: forward(runners["dcnv3-yolov8n"], x_probe),
-        "probe dcnv3-yolov8n": lambda: dcnv3.probe(ours, image, imgsz=args.imgsz),
+        "probe dcnv3-yolov8n": lambda: probe(ours, image, imgsz=args.imgsz),
         "predict dcnv3-yolov8n": lambda: ours.predict(image, imgsz=args.imgsz, verbose=False),
     }
     for task in tasks.values():  # warm-up: caches, predictor setup, first-call allocations

@@ -24,7 +24,7 @@ from torch.autograd import DeviceType  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from dcnv3 import native  # noqa: E402
-from dcnv3.integration import keep_freed_memory  # noqa: E402
+from dcnv3.yolo import keep_freed_memory  # noqa: E402 - only this: the op needs no ultralytics
 from dcnv3.ops import dcnv3_core_grid_sample, dcnv3_core_native, dcnv3_core_sparse  # noqa: E402
 from results import emit  # noqa: E402
 
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
-    keep_freed_memory()  # as the app and the CLI run (dcnv3.integration.keep_freed_memory)
+    keep_freed_memory()  # as the app and the CLI run (dcnv3.yolo.keep_freed_memory)
     torch.set_num_threads(args.threads)
     if native.library() is None:  # the default would silently be the sparse formulation
         sys.exit(f"the native DCNv3 kernel is unavailable here: {native.failure()}")

@@ -42,19 +42,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--fields", type=int, default=3, help="receptive-field pairs to time (0: none)")
     args = parser.parse_args()
-    from dcnv3.integration import keep_freed_memory
+    from dcnv3 import yolo
 
-    keep_freed_memory()  # as the app and the CLI run (dcnv3.integration.keep_freed_memory)
+    yolo.prepare_runtime()  # as the app and the CLI run: offline, every core
+    yolo.register()
+    yolo.keep_freed_memory()  # as the app and the CLI run
 
     import cv2
     import torch
 
-    import dcnv3
+    from dcnv3.loading import load_model
     from viz_app import toy
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = dcnv3.load_model(ROOT / "assets" / "models" / "dcnv3-yolov8n.pt")
+    model = load_model(ROOT / "assets" / "models" / "dcnv3-yolov8n.pt")
     shapes = list(moves(args.moves + 2))
     times = []
     for n, shape in enumerate(shapes):
@@ -73,7 +75,7 @@ def main() -> None:
     if args.fields:
         from dcnv3 import receptive_field as rf
 
-        plain = dcnv3.load_model(ROOT / "assets" / "models" / "yolov8n.pt")
+        plain = load_model(ROOT / "assets" / "models" / "yolov8n.pt")
         image = cv2.imread(str(ROOT / "assets" / "examples" / "shapes_0.jpg"))
         module = rf.target_module(rf.gradient_network(model), args.layer)
         field_times, areas = [], []

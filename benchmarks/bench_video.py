@@ -18,9 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import dcnv3  # noqa: F401 - registers the DCNv3 blocks, restores all CPU threads
-from dcnv3 import video
-from dcnv3.integration import keep_freed_memory
+from dcnv3 import video, yolo
+from dcnv3.loading import load_model, train_imgsz
 from results import emit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,9 +76,11 @@ def main() -> None:
     parser.add_argument("--mode", default="samples", choices=list(video.MODES))
     parser.add_argument("--layer", default=video.AUTO_LAYER)
     args = parser.parse_args()
-    keep_freed_memory()  # as the app and the CLI run (dcnv3.integration.keep_freed_memory)
-    model = dcnv3.load_model(args.model)
-    imgsz = dcnv3.loading.train_imgsz(model)
+    yolo.prepare_runtime()  # as the app and the CLI run: offline, every core
+    yolo.register()
+    yolo.keep_freed_memory()  # as the app and the CLI run
+    model = load_model(args.model)
+    imgsz = train_imgsz(model)
     source = Path(args.source)
     bare_fps(model, source, 3, imgsz)  # warm-up: predictor setup, first-call allocations
     bare_fps(model, source, 4, imgsz, batch=4)

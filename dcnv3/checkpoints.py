@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 __all__ = ["CheckpointError", "UnsafeCheckpointError", "safe_load", "torch_safe_load",
-           "FORK_CLASS_ALIASES"]
+           "FORK_CLASS_ALIASES", "add_safe_globals", "get_safe_globals", "clear_safe_globals",
+           "preloaded", "is_preloaded"]
 
 
 class CheckpointError(ValueError):
@@ -154,6 +155,38 @@ def _state_only(cls: type) -> type:
     return _NoCall(cls.__name__, (), {"__new__": __new__, "__qualname__": cls.__qualname__})
 
 
+# Globals the user allows on top of the built-in ones (``add_safe_globals``), by (module, name).
+_USER_GLOBALS: dict[tuple[str, str], object] = {}
+
+
+def _global_key(obj) -> tuple[str, str]:
+    return obj.__module__, obj.__qualname__
+
+
+def add_safe_globals(objects) -> None:
+    """Allow these classes or functions in checkpoints, like ``torch.serialization.add_safe_globals``.
+
+    For your own ``nn.Module`` classes (a custom block in your YAML): they are restored from
+    their saved state only (``__new__`` + state), as the built-in module classes are; their
+    constructors never run. Any other object is allowed as it is: pickle may call it with
+    arguments from the file, so allow only what is harmless to call.
+    """
+    with _CACHE_LOCK:
+        for obj in objects:
+            _USER_GLOBALS[_global_key(obj)] = obj
+
+
+def get_safe_globals() -> list:
+    """The objects allowed with ``add_safe_globals``."""
+    with _CACHE_LOCK:
+        return list(_USER_GLOBALS.values())
+
+
+def clear_safe_globals() -> None:
+    with _CACHE_LOCK:
+        _USER_GLOBALS.clear()
+
+
 _STATE_ONLY_CACHE: dict[int, type] = {}  # by id: classes may share hashes (dcnv3.blocks)
 _CACHE_LOCK = threading.Lock()
 
@@ -175,10 +208,12 @@ def _resolve(module_name: str, name: str):
         return getattr(torch, name)  # constants such as torch.float16
     if not FORK_CLASS_ALIASES:
         FORK_CLASS_ALIASES.update(_fork_aliases())
-    cls = None
-    if module_name.startswith(_MODULE_PACKAGES):
-        # Only modules already imported (ultralytics' and ours are, by `import dcnv3`): a fork's
-        # module path that stock ultralytics lacks falls through to the aliases below.
+    cls = _USER_GLOBALS.get((module_name, name))
+    if cls is not None and not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        return cls  # the user allowed this callable as it is
+    if cls is None and module_name.startswith(_MODULE_PACKAGES):
+        # Only modules already imported (ultralytics' by the loader, ours by _fork_aliases): a
+        # fork's module path that stock ultralytics lacks falls through to the aliases below.
         cls = getattr(sys.modules.get(module_name), name, None)
         if cls is None and module_name.startswith("ultralytics.") and name in FORK_CLASS_ALIASES:
             cls = FORK_CLASS_ALIASES[name]
@@ -256,6 +291,15 @@ def preloaded(path: str | Path, checkpoint):
         yield
     finally:
         _preloaded.entry = None
+
+
+def is_preloaded(path) -> bool:
+    """Whether ``path`` is the file of an active ``preloaded`` block in this thread."""
+    entry = getattr(_preloaded, "entry", None)
+    try:
+        return entry is not None and entry[0] == Path(path).resolve()
+    except (TypeError, OSError):
+        return False
 
 
 def torch_safe_load(weight, safe_only=None):

@@ -1,12 +1,13 @@
 """``python -m dcnv3``: train, validate, predict, inspect, analyze, export and generate data.
 
-Every command takes ``--help``. Checkpoints are always loaded through ``dcnv3.load_model`` (no
+Every command takes ``--help``. Checkpoints are always loaded through ``dcnv3.loading.load_model`` (no
 code from the file runs); bad input ends with a one-line ``error:`` message and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 from pathlib import Path
 
@@ -343,11 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("YOLO_OFFLINE", "true")  # before anything imports ultralytics
     args = build_parser().parse_args(argv)
+    from . import yolo
     from .checkpoints import CheckpointError
-    from .integration import keep_freed_memory
 
-    keep_freed_memory()  # every forward reuses the last one's memory instead of faulting it in
+    yolo.prepare_runtime()  # offline, plot fonts, every core: this process is ours
+    yolo.register()
+    yolo.keep_freed_memory()  # every forward reuses the last one's memory instead of faulting it in
 
     try:
         args.func(args)

@@ -56,7 +56,8 @@ def load_model(path: str | Path, max_bytes: int = MAX_CHECKPOINT_BYTES):
 
     Loads DeformLens checkpoints, community-fork checkpoints (their DCNv3 class paths map onto
     ``dcnv3``'s classes, no fork code needed) and plain YOLOv8 detectors. Nothing in the file is
-    executed (see ``dcnv3.checkpoints``). ``model.dcnv3_layers`` lists the qualified names of its
+    executed (see ``dcnv3.checkpoints``). Registers the ultralytics integration
+    (``dcnv3.yolo.register()``, idempotent) if it is not yet. ``model.dcnv3_layers`` lists the qualified names of its
     DCNv3 modules; it is empty for a detector without DCNv3.
 
     Raises:
@@ -65,6 +66,9 @@ def load_model(path: str | Path, max_bytes: int = MAX_CHECKPOINT_BYTES):
     """
     from ultralytics import YOLO
 
+    from . import yolo
+
+    yolo.register()  # the blocks, and ultralytics' loader taking the checkpoint read here
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")

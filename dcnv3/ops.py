@@ -33,6 +33,7 @@ grid_sample's unnormalisation), compute in at least float32 and return the input
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import warnings
@@ -43,13 +44,9 @@ import torch.nn.functional as F
 
 from . import native
 
-# The sparse formulation builds CSR tensors on every call; PyTorch warns once that CSR is "beta"
-# and that invariant checks are off. Both are expected here (indices are built in range).
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
-
 __all__ = ["dcnv3_core", "dcnv3_core_grid_sample", "dcnv3_core_gather", "dcnv3_core_sparse",
-           "dcnv3_core_native", "output_size", "set_default_formulation"]
+           "dcnv3_core_native", "output_size", "set_default_formulation", "default_formulation",
+           "formulation", "FORMULATIONS"]
 
 
 class Geometry(NamedTuple):
@@ -352,8 +349,14 @@ class _SparseFunction(torch.autograd.Function):
         m, p = taps.row.shape
         crow = torch.arange(0, m * p + 1, p, dtype=torch.int64, device=weights.device)
         cols = taps.row.view(-1)
-        return [torch.sparse_csr_tensor(crow, cols, w.view(-1), size=(m, span), check_invariants=False)
-                for w in weights]
+        # PyTorch warns (once per process) that CSR is "beta" and that invariant checks are off;
+        # both are expected here (the indices are built in range). Silenced for this call only:
+        # a library must not change the process' warning filters.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+            warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+            return [torch.sparse_csr_tensor(crow, cols, w.view(-1), size=(m, span), check_invariants=False)
+                    for w in weights]
 
     @staticmethod
     def forward(ctx, input, offset, mask, geo):
@@ -517,21 +520,39 @@ def _exporting() -> bool:
             or torch.compiler.is_compiling())
 
 
-_FORMULATIONS = {"native": dcnv3_core_native, "sparse": dcnv3_core_sparse,
-                 "gather": dcnv3_core_gather, "grid_sample": dcnv3_core_grid_sample}
+FORMULATIONS = {"native": dcnv3_core_native, "sparse": dcnv3_core_sparse,
+                "gather": dcnv3_core_gather, "grid_sample": dcnv3_core_grid_sample}
 _default = "native"
 
 
-def set_default_formulation(name: str) -> None:
-    """Choose the formulation ``dcnv3_core`` uses.
+def set_default_formulation(name: str) -> str:
+    """Choose the formulation ``dcnv3_core`` uses, process-wide; returns the previous one.
 
     ``"native"`` (default; the sparse formulation where the kernel is unavailable), ``"sparse"``,
-    ``"gather"`` or ``"grid_sample"``.
+    ``"gather"`` or ``"grid_sample"``. To change it for a block of code only, use
+    ``with formulation(name):``.
     """
     global _default
-    if name not in _FORMULATIONS:
-        raise ValueError(f"unknown DCNv3 formulation {name!r}; choose from {sorted(_FORMULATIONS)}")
-    _default = name
+    if name not in FORMULATIONS:
+        raise ValueError(f"unknown DCNv3 formulation {name!r}; choose from {sorted(FORMULATIONS)}")
+    previous, _default = _default, name
+    return previous
+
+
+def default_formulation() -> str:
+    """The formulation ``dcnv3_core`` uses now."""
+    return _default
+
+
+@contextlib.contextmanager
+def formulation(name: str):
+    """Context manager: ``dcnv3_core`` uses ``name`` inside the block, and the previous
+    formulation again after it (also on an exception), like timm's ``set_layer_config``."""
+    previous = set_default_formulation(name)
+    try:
+        yield
+    finally:
+        set_default_formulation(previous)
 
 
 def dcnv3_core(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, kernel_h: int,
@@ -552,6 +573,6 @@ def dcnv3_core(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, ke
         (N, H_out, W_out, group*group_channels) in ``input``'s dtype; the sampling itself runs in
         float64 for float64 inputs and in float32 otherwise.
     """
-    return _FORMULATIONS[_default](input, offset, mask, kernel_h, kernel_w, stride_h, stride_w,
+    return FORMULATIONS[_default](input, offset, mask, kernel_h, kernel_w, stride_h, stride_w,
                                    pad_h, pad_w, dilation_h, dilation_w, group, group_channels,
                                    offset_scale, remove_center)

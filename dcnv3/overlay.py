@@ -214,7 +214,7 @@ def draw_cell(canvas: np.ndarray, probe, layer, cell, groups=None, scale=(1.0, 1
     (``draw_samples``), the regular grid ghosted with arrows to the samples unless ``grid`` is
     False, and a cross on the cell centre (``draw_marker``).
 
-    ``probe``: a ``dcnv3.Probe``; ``layer``: one of its ``LayerRecord``s; ``cell``: (row, col).
+    ``probe``: a ``dcnv3.probe.Probe``; ``layer``: one of its ``LayerRecord``s; ``cell``: (row, col).
     """
     cell = tuple(cell)
     out = draw_samples(canvas, probe.sampling_locations(layer, cell), layer.weights[cell],

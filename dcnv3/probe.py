@@ -261,7 +261,7 @@ def probe(model, image, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
     predicted to ``dcnv3.capture`` during that one forward.
 
     Args:
-        model: ultralytics ``YOLO`` detection model (e.g. from ``dcnv3.load_model``).
+        model: ultralytics ``YOLO`` detection model (e.g. from ``dcnv3.loading.load_model``).
         image: path, or BGR uint8 array (H, W, 3); grayscale and BGRA are converted.
         imgsz, conf, iou, max_det: as ``YOLO.predict``.
 

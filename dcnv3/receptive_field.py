@@ -15,7 +15,7 @@ Targets (the scalar whose gradient is taken):
   Detect head: the anchor whose decoded box NMS kept as the detection.
 
 The gradient is taken on the letterboxed network input (ultralytics' ``LetterBox``, as
-``dcnv3.probe`` does), |d target / d input| is summed over RGB, and the part that lies on the image
+``dcnv3.probe.probe`` does), |d target / d input| is summed over RGB, and the part that lies on the image
 (not the letterbox padding) is mapped back to original-image pixels with ``geometry.Letterbox``.
 Strided convolutions make the raw map a checkerboard (a stride-2 layer reaches neighbouring
 pixels through different weights), so its mass regions would be scattered pixels; the heat map
@@ -270,7 +270,7 @@ def receptive_field(model, image, layer: str | None = None, xy=None, *, detectio
     """The effective receptive field of a cell or a detection of an ultralytics YOLO on an image.
 
     Args:
-        model: ultralytics ``YOLO`` detector (e.g. ``dcnv3.load_model``).
+        model: ultralytics ``YOLO`` detector (e.g. ``dcnv3.loading.load_model``).
         image: path or BGR uint8 array (H, W, 3).
         layer, xy: a cell target: a layer name (a DCNv3 layer or any module with an (N, C, H, W)
             output) and the original-image point (x, y) whose cell is taken (continuous px).
@@ -278,7 +278,7 @@ def receptive_field(model, image, layer: str | None = None, xy=None, *, detectio
         detection: a detection target instead: ((x1, y1, x2, y2) original px, class id), a box the
             model itself detected (``Probe.detections``).
         anchor: a detection target given as (anchor index, class id): the twin comparison.
-        imgsz: network input size, as ``dcnv3.probe``.
+        imgsz: network input size, as ``dcnv3.probe.probe``.
         fractions: mass fractions of the reported regions.
         smooth: Gaussian sigma (network-input px) applied before the heat map and mass regions.
     Returns:

@@ -2,20 +2,19 @@
 
 ``DCNv3DetectionTrainer`` is ultralytics' ``DetectionTrainer`` living in this package: for
 multi-GPU training ultralytics pickles the trainer class into a generated script that each DDP
-worker runs, and unpickling it imports ``dcnv3.training``, hence ``dcnv3``, which registers the
-DCNv3 blocks in the worker before the model is rebuilt.
+worker runs; the trainer registers the ultralytics integration (``dcnv3.yolo.register()``) and
+prepares the runtime (offline, plot fonts, all cores) when it is constructed, so each worker has
+the DCNv3 blocks before the model is rebuilt. Importing this module changes nothing.
 """
 from __future__ import annotations
 
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import LOGGER
 
-from . import integration
+from . import yolo
 from .module import DCNv3
 
 __all__ = ["DCNv3DetectionTrainer", "configured_trainer", "train"]
-
-integration.register()
 
 
 class DCNv3DetectionTrainer(DetectionTrainer):
@@ -29,6 +28,11 @@ class DCNv3DetectionTrainer(DetectionTrainer):
 
     offset_lr_scale: float = 1.0
     offset_weight_decay: bool = True
+
+    def __init__(self, *args, **kwargs):
+        yolo.prepare_runtime()
+        yolo.register()
+        super().__init__(*args, **kwargs)
 
     def build_optimizer(self, model, *args, **kwargs):
         optimizer = super().build_optimizer(model, *args, **kwargs)
@@ -72,6 +76,8 @@ def train(model: str, data: str, offset_lr_scale: float = 1.0, offset_weight_dec
     with ultralytics' trainer; returns the ``YOLO`` whose ``trainer.best`` is the best checkpoint."""
     from ultralytics import YOLO
 
-    yolo = YOLO(model)
-    yolo.train(data=data, trainer=configured_trainer(offset_lr_scale, offset_weight_decay), **overrides)
-    return yolo
+    yolo.prepare_runtime()
+    yolo.register()  # YOLO("dcnv3-yolov8n.yaml") needs the blocks before the trainer exists
+    detector = YOLO(model)
+    detector.train(data=data, trainer=configured_trainer(offset_lr_scale, offset_weight_decay), **overrides)
+    return detector

@@ -2,7 +2,7 @@
 
 Per processed frame, in one straight line (nothing but the probe runs the model):
 
-    OpenCV decode -> (downscale to ``VideoLimits.max_side``) -> ``dcnv3.probe_batch`` (one forward
+    OpenCV decode -> (downscale to ``VideoLimits.max_side``) -> ``dcnv3.probe.probe_batch`` (one forward
     for every ``batch`` frames, a ``Probe`` each) -> its detections into ultralytics' own
     ``BYTETracker`` / ``BOTSORT`` -> per-track statistics at the track's centre cell
     (``Probe.layer_for_box``, ``Probe.cell_at``, ``stats``) -> overlay (``dcnv3.overlay``) ->
@@ -427,7 +427,7 @@ def process_video(model, source: str | Path, out_dir: str | Path, *, layer: str 
     """Process a video; yields ``VideoProgress`` after every frame, the last one with the result.
 
     Args:
-        model: ultralytics YOLO detection model (``dcnv3.load_model``); one forward per ``batch``
+        model: ultralytics YOLO detection model (``dcnv3.loading.load_model``); one forward per ``batch``
             processed frames.
         source: video file. out_dir: where ``<stem>_dcnv3.mp4`` and ``<stem>_stats.csv`` go.
         layer: a DCNv3 layer name, or ``AUTO_LAYER`` (per object: the layer of its scale; the

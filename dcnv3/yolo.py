@@ -1,34 +1,42 @@
-"""Registration of the DCNv3 blocks with stock ultralytics, without editing its files.
+"""The ultralytics integration: one explicit, idempotent and reversible step.
 
-``register()`` (run by ``import dcnv3``):
+``register()`` changes stock ultralytics in place (its files are never edited), and
+``unregister()`` puts back exactly what it changed; ``with registered(): ...`` does both:
 
-* puts the block classes, under their names and the forks' aliases, into the namespace where
-  ``parse_model`` resolves YAML module names, and runs parse_model with the blocks standing in
+* the block classes, under their names and the forks' aliases, go into the namespace where
+  ``parse_model`` resolves YAML module names, and parse_model runs with the blocks standing in
   for their stock twins in its scaling tables, so YAMLs (ours and the forks') build with
   ultralytics' width/depth scaling, also when it rebuilds a model to fine-tune a checkpoint;
-* lets ``YOLO("dcnv3-yolov8n.yaml")`` find the YAMLs shipped in ``dcnv3/cfg``;
-* routes every checkpoint ultralytics loads through ``dcnv3.checkpoints.torch_safe_load``
-  (no code execution, no downloads, fork class paths mapped onto ours);
-* restores all CPU cores for torch (ultralytics leaves one core idle on CPU);
-* copies matplotlib's DejaVu Sans to where ultralytics looks for its plot fonts, and stops its
-  Pillow wrapper from pip-installing a HEIF plugin on the first unreadable image.
+* ``YOLO("dcnv3-yolov8n.yaml")`` finds the YAMLs shipped in ``dcnv3/cfg``;
+* ``BaseModel.fuse`` also folds each DCNv3 block's BatchNorm into its output projection;
+* ``torch_safe_load`` hands the checkpoint that ``dcnv3.loading.load_model`` already read
+  safely to ultralytics. Every other checkpoint ultralytics loads goes through its own loader,
+  unless ``register(safe_loading=True)`` routes them all through ``dcnv3.checkpoints`` (no code
+  execution, fork class paths mapped onto ours; your own module classes are allowed with
+  ``dcnv3.checkpoints.add_safe_globals``).
+
+Importing this module changes nothing and does not import ultralytics. ``prepare_runtime()``
+is the process-wide setup the app, the CLI and the trainer make for themselves (offline
+ultralytics, plot fonts, all CPU cores); a library import never does it.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import torch
 
-__all__ = ["register", "model_yaml", "MODEL_YAMLS", "TESTED_ULTRALYTICS", "cpu_cores", "keep_freed_memory"]
+__all__ = ["register", "unregister", "registered", "is_registered", "prepare_runtime", "model_yaml",
+           "MODEL_YAMLS", "TESTED_ULTRALYTICS", "cpu_cores", "keep_freed_memory"]
 
 CFG_DIR = Path(__file__).parent / "cfg"
 MODEL_YAMLS = {path.name: path for path in CFG_DIR.glob("*.yaml")}
 # ultralytics' internals (parse_model's tables, checkpoint layout) move between minor releases.
 TESTED_ULTRALYTICS = ((8, 4, 190), (8, 5, 0))  # [first tested, first untested)
-_registered = False
 
 
 def cpu_cores() -> int:
@@ -111,21 +119,97 @@ def _keep_pillow_offline() -> None:
         patches._pil_plugins_registered = True
 
 
-def register() -> None:
-    """Make stock ultralytics build, load and train DCNv3-YOLOv8 models (idempotent)."""
-    global _registered
-    if _registered:
-        return
+class _Patches:
+    """What ``register()`` changed, so that ``unregister()`` can put each thing back.
+
+    ``saved`` maps (object, attribute name) to the original value, or to ``_ABSENT`` for a name
+    that did not exist before (then it is deleted again).
+    """
+
+    def __init__(self):
+        self.saved: dict[tuple[object, str], object] = {}
+        self.safe_loading = False
+
+    def set(self, owner, name: str, value) -> None:
+        if (owner, name) not in self.saved:
+            self.saved[(owner, name)] = owner.__dict__.get(name, _ABSENT) if isinstance(owner, type) \
+                else getattr(owner, name, _ABSENT)
+        setattr(owner, name, value)
+
+    def restore(self) -> None:
+        for (owner, name), value in reversed(list(self.saved.items())):
+            if value is _ABSENT:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, value)
+        self.saved.clear()
+        self.safe_loading = False
+
+
+_ABSENT = object()
+_patches: _Patches | None = None
+_lock = threading.RLock()
+
+
+def is_registered() -> bool:
+    return _patches is not None
+
+
+def register(safe_loading: bool | None = None) -> None:
+    """Make stock ultralytics build, load, fuse and train DCNv3 models (idempotent).
+
+    Args:
+        safe_loading: True routes every checkpoint ultralytics loads (``YOLO("x.pt")``, a
+            trainer's ``model=...``) through ``dcnv3.checkpoints``' restricted unpickler, which
+            refuses code and classes it does not know; False leaves them to ultralytics' own
+            loader; None keeps the current choice (off at first). ``dcnv3.loading.load_model``
+            is safe either way.
+    """
+    global _patches
+    with _lock:
+        if _patches is None:
+            _patches = _install()
+        if safe_loading is not None:
+            _patches.safe_loading = bool(safe_loading)
+
+
+def unregister() -> None:
+    """Undo ``register()``: ultralytics' functions and namespaces are as they were before it."""
+    global _patches
+    with _lock:
+        if _patches is not None:
+            _patches.restore()
+            _patches = None
+
+
+@contextlib.contextmanager
+def registered(safe_loading: bool | None = None):
+    """``register()`` for the block; unregisters after it unless it was registered before."""
+    with _lock:
+        was_registered = is_registered()
+        previous = _patches.safe_loading if was_registered else False
+        register(safe_loading)
+    try:
+        yield
+    finally:
+        with _lock:
+            if not was_registered:
+                unregister()
+            elif _patches is not None:
+                _patches.safe_loading = previous
+
+
+def _install() -> _Patches:
     import ultralytics
     from ultralytics.nn import tasks
-    from ultralytics.utils import torch_utils
 
     _check_version(ultralytics.__version__)
     from . import checkpoints
     from .blocks import BLOCK_ALIASES, DCNV3_YoLo, parsed_as_stock_twins
 
+    patches = _Patches()
     for name, cls in BLOCK_ALIASES.items():
-        setattr(tasks, name, cls)  # parse_model looks YAML names up in its module's globals
+        patches.set(tasks, name, cls)  # parse_model looks YAML names up in its module's globals
 
     stock_parse_model = tasks.parse_model
 
@@ -134,15 +218,13 @@ def register() -> None:
         with parsed_as_stock_twins():  # width/depth scaling and repeats as for C2f, Conv, ...
             return stock_parse_model(*args, **kwargs)
 
-    tasks.parse_model = parse_model
-
     stock_check_yaml = tasks.check_yaml
 
+    @functools.wraps(stock_check_yaml)
     def check_yaml(file, *args, **kwargs):
         shipped = MODEL_YAMLS.get(Path(str(file)).name)
         return str(shipped) if shipped is not None else stock_check_yaml(file, *args, **kwargs)
 
-    tasks.check_yaml = check_yaml
     stock_fuse = tasks.BaseModel.fuse
 
     @functools.wraps(stock_fuse)
@@ -154,11 +236,35 @@ def register() -> None:
                 module.fuse_batchnorm()
         return fused
 
-    tasks.BaseModel.fuse = fuse
-    tasks.torch_safe_load = checkpoints.torch_safe_load
+    stock_torch_safe_load = tasks.torch_safe_load
+
+    @functools.wraps(stock_torch_safe_load)
+    def torch_safe_load(weight, *args, **kwargs):
+        # load_model hands over what it read safely; other files go to the loader the user chose.
+        if checkpoints.is_preloaded(weight) or patches.safe_loading:
+            return checkpoints.torch_safe_load(weight)
+        return stock_torch_safe_load(weight, *args, **kwargs)
+
+    patches.set(tasks, "parse_model", parse_model)
+    patches.set(tasks, "check_yaml", check_yaml)
+    patches.set(tasks.BaseModel, "fuse", fuse)
+    patches.set(tasks, "torch_safe_load", torch_safe_load)
+    return patches
+
+
+def prepare_runtime() -> None:
+    """The process-wide setup of DeformLens' own programs (the app, the CLI, the trainer).
+
+    * ultralytics stays offline (no connectivity checks, no downloads) unless the environment
+      says otherwise; effective when called before ultralytics is first imported;
+    * its plot fonts come from matplotlib's DejaVu Sans, so plots never try to download Arial;
+    * its Pillow wrapper never pip-installs a HEIF plugin on the first unreadable image;
+    * torch uses every CPU core (ultralytics' ``select_device`` leaves one idle for CPU work).
+    """
+    os.environ.setdefault("YOLO_OFFLINE", "true")
+    from ultralytics.utils import torch_utils
+
     install_fonts()
     _keep_pillow_offline()
-    # select_device() resets torch to NUM_THREADS (cores - 1) for CPU work; use every core.
     torch_utils.NUM_THREADS = cpu_cores()
     torch.set_num_threads(cpu_cores())
-    _registered = True

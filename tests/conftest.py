@@ -1,13 +1,85 @@
-"""Test-wide guards: nothing may reach the network, and ultralytics/gradio stay offline."""
+"""Test-wide set-up: nothing may reach the network, ultralytics and gradio stay offline, the
+markers (browser, server, training, slow) by file, the shared model fixtures, and the
+"DeformLens measurements" summary (figures tests report, and the suite's wall time).
+
+``python -m pytest`` runs everything (the README's and CI's command);
+``python -m pytest -m "not slow"`` is the quick run for a newcomer.
+"""
 import ipaddress
 import os
 import socket
+import time
 
 import pytest
 
 os.environ.setdefault("YOLO_OFFLINE", "true")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from dcnv3 import yolo  # noqa: E402
+
+# The test process runs like the app and the CLI: offline ultralytics, local plot fonts, every
+# core, the DCNv3 blocks and YAMLs registered. Tests of import side effects and of unregistering
+# run in child processes.
+yolo.prepare_runtime()
+yolo.register()
+
+from repo_paths import BUNDLED_DCNV3, BUNDLED_PLAIN  # noqa: E402
+
+# Markers by test file: each file's tests share what makes them slow or special.
+BROWSER_FILES = {"test_browser.py", "test_browser_compare_learn.py", "test_browser_video.py",
+                 "test_browser_forks.py"}
+SERVER_FILES = {"test_app_api.py", "test_erf_api.py", "test_video_api.py", "test_server_defaults.py",
+                "test_concurrency.py", "test_offline.py"}
+TRAINING_FILES = {"test_training.py"}
+# Files whose tests take long on 2 cores (measured with --durations): the fuzz suites run the
+# model on hundreds of inputs; video and receptive-field tests run many forwards.
+SLOW_FILES = BROWSER_FILES | SERVER_FILES | TRAINING_FILES | {
+    "test_fuzz_images.py", "test_fuzz_videos.py", "test_fuzz_checkpoints.py", "test_video.py",
+    "test_bundled_models.py"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        name = item.path.name
+        if name in BROWSER_FILES:
+            item.add_marker(pytest.mark.browser)
+        if name in SERVER_FILES:
+            item.add_marker(pytest.mark.server)
+        if name in TRAINING_FILES or item.get_closest_marker("training"):
+            item.add_marker(pytest.mark.training)
+        if name in SLOW_FILES or item.get_closest_marker("training") or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def bundled_dcnv3():
+    """The bundled DCNv3-YOLOv8n (``assets/models/dcnv3-yolov8n.pt``), loaded once per session.
+    Tests must not change it; copy it (``copy.deepcopy``) to modify."""
+    from dcnv3.loading import load_model
+
+    return load_model(BUNDLED_DCNV3)
+
+
+@pytest.fixture(scope="session")
+def bundled_plain():
+    """The bundled plain YOLOv8n twin, loaded once per session (read-only, as above)."""
+    from dcnv3.loading import load_model
+
+    return load_model(BUNDLED_PLAIN)
+
+
+@pytest.fixture(scope="session")
+def untrained_dcnv3():
+    """A DCNv3-YOLOv8n built from its YAML with seed 0: zero offsets, uniform weights."""
+    import torch
+    from ultralytics import YOLO
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = YOLO("dcnv3-yolov8n.yaml")
+    model.model.eval()
+    return model
 
 
 def _is_loopback(address) -> bool:
@@ -77,8 +149,17 @@ def report():
     return REPORT.append
 
 
+_SESSION_START = time.monotonic()
+
+
+def pytest_sessionstart(session):
+    global _SESSION_START
+    _SESSION_START = time.monotonic()
+
+
 def pytest_terminal_summary(terminalreporter):
-    if REPORT:
-        terminalreporter.section("DeformLens measurements")
-        for line in REPORT:
-            terminalreporter.write_line(line)
+    terminalreporter.section("DeformLens measurements")
+    for line in REPORT:
+        terminalreporter.write_line(line)
+    wall = time.monotonic() - _SESSION_START
+    terminalreporter.write_line(f"suite wall time: {wall:.0f} s ({wall / 60:.1f} min) on {os.cpu_count()} cores")

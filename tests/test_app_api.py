@@ -19,11 +19,13 @@ from gradio_client.exceptions import AppError
 from ultralytics import YOLO
 from ultralytics.utils import ASSETS
 
-import dcnv3
+from dcnv3.checkpoints import CheckpointError
+from dcnv3.loading import load_model
+from dcnv3.probe import probe
 from viz_app.models import UNTRAINED_NAME, Analyser, ModelRegistry, load_image
 from app_server import app_process, served_app
 
-ROOT = Path(__file__).resolve().parent.parent
+from repo_paths import ROOT
 FORK_A = ROOT / "tests" / "data" / "fork_fixture" / "fork_A.pt"
 BUS = Path(ASSETS) / "bus.jpg"
 
@@ -125,7 +127,7 @@ def test_detect_returns_annotated_image_and_detections(client):
 @pytest.fixture(scope="module")
 def reference_probe():
     """The same model and image probed directly, for an independent check of /sampling."""
-    return dcnv3.probe(dcnv3.load_model(FORK_A), str(BUS))
+    return probe(load_model(FORK_A), str(BUS))
 
 
 @pytest.mark.parametrize("layer_index,x,y", [(0, 400.5, 500.5), (2, 10.2, 1000.7), (4, 805.0, 3.0),
@@ -288,7 +290,7 @@ def test_default_model_follows_bundled_then_folder_then_untrained(tmp_path):
 
 def test_uploads_are_size_limited_and_named_uniquely(tmp_path):
     registry = ModelRegistry(bundled_dir=tmp_path, max_upload_bytes=1000)
-    with pytest.raises(dcnv3.CheckpointError, match="over the 0 MiB upload limit"):
+    with pytest.raises(CheckpointError, match="over the 0 MiB upload limit"):
         registry.add_upload(FORK_A)
     registry = ModelRegistry(bundled_dir=tmp_path)
     copy = tmp_path / "up" / "fork_A.pt"

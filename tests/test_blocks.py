@@ -2,12 +2,13 @@
 import pytest
 import torch
 from ultralytics import YOLO
-from ultralytics.nn.modules.block import C2f
+from ultralytics.nn.modules.block import C2f, C3k, C3k2
 from ultralytics.nn.tasks import DetectionModel
 
-import dcnv3
-from dcnv3 import C2f_DCNv3, DCNV3_YoLo, dcnv3_modules
-from dcnv3.blocks import auto_group
+from dcnv3 import dcnv3_modules
+from dcnv3.blocks import C2f_DCNv3, DCNV3_YoLo
+from dcnv3.yolo import model_yaml
+from dcnv3.blocks import Bottleneck_DCNv3, C3k2_DCNv3, C3k_DCNv3, auto_group
 
 
 def layer_output_channels(model: DetectionModel, size: int = 64) -> list[tuple]:
@@ -47,10 +48,10 @@ def test_neck_variant_adds_dcnv3_to_the_neck():
 
 
 def test_model_yaml_helper_names_shipped_files():
-    assert dcnv3.model_yaml("s") == "dcnv3-yolov8s.yaml"
-    assert YOLO(dcnv3.model_yaml("n", neck=True)).model.yaml["scale"] == "n"
+    assert model_yaml("s") == "dcnv3-yolov8s.yaml"
+    assert YOLO(model_yaml("n", neck=True)).model.yaml["scale"] == "n"
     with pytest.raises(ValueError):
-        dcnv3.model_yaml("q")
+        model_yaml("q")
 
 
 def test_fork_yaml_names_build():

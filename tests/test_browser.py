@@ -20,7 +20,7 @@ from test_app_api import FORK_A
 
 pytestmark = NEEDS_CHROMIUM
 pytest.importorskip("playwright.sync_api")
-ROOT = Path(__file__).resolve().parent.parent
+from repo_paths import ROOT
 BUS = ROOT / "assets" / "examples" / "bus.jpg"
 
 

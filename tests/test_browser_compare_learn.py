@@ -16,7 +16,7 @@ from test_browser import image_src, wait_for_new_image
 
 pytestmark = NEEDS_CHROMIUM
 pytest.importorskip("playwright.sync_api")
-ROOT = Path(__file__).resolve().parent.parent
+from repo_paths import ROOT
 SHAPES = ROOT / "assets" / "examples" / "shapes_0.jpg"
 
 

@@ -7,7 +7,6 @@ DEFORMLENS_VIDEO_SCREENSHOT=path.png to save a screenshot of the processed Video
 """
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +14,7 @@ from browser_support import NEEDS_CHROMIUM, offline_page, served_app
 
 pytestmark = NEEDS_CHROMIUM
 pytest.importorskip("playwright.sync_api")
-ROOT = Path(__file__).resolve().parent.parent
+from repo_paths import ROOT
 DEMO = ROOT / "assets" / "demo_shapes.mp4"
 MODEL = ROOT / "assets" / "models" / "dcnv3-yolov8n.pt"
 

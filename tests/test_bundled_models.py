@@ -12,18 +12,19 @@ MODELS = Path(__file__).resolve().parent.parent / "assets" / "models"
 @pytest.mark.parametrize("name,layers", [("dcnv3-yolov8n.pt", 5), ("yolov8n.pt", 0)])
 def test_bundled_model_loads_in_a_fresh_process_and_detects(name, layers):
     code = f"""
-import dcnv3
+from dcnv3.loading import load_model
+from dcnv3.probe import probe
 from dcnv3.data import render_scene, CLASS_NAMES
 from dcnv3.data.generator import image_rng
-model = dcnv3.load_model({str(MODELS / name)!r})
+model = load_model({str(MODELS / name)!r})
 assert len(model.dcnv3_layers) == {layers}, model.dcnv3_layers
 assert [model.names[i] for i in range(len(model.names))] == list(CLASS_NAMES)
 hits = 0
 for index in range(6):
     image, boxes, classes = render_scene(image_rng(999, "bundled-test", index), size=320)
-    probe = dcnv3.probe(model, image, imgsz=320, conf=0.25)
-    assert len(probe.layers) == {layers}
-    hits += len(probe.detections) > 0
+    result = probe(model, image, imgsz=320, conf=0.25)
+    assert len(result.layers) == {layers}
+    hits += len(result.detections) > 0
 print("hits", hits)
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -36,8 +37,7 @@ def test_train_imgsz_reads_the_checkpoint_training_size():
     """The app, the video pipeline and the toy run a model at the size it was trained at."""
     from types import SimpleNamespace
 
-    from dcnv3 import load_model
-    from dcnv3.loading import train_imgsz
+    from dcnv3.loading import load_model, train_imgsz
 
     assert train_imgsz(load_model(MODELS / "dcnv3-yolov8n.pt")) == 320
     assert train_imgsz(SimpleNamespace(overrides={"imgsz": [480, 640]})) == 640

@@ -11,7 +11,9 @@ import pytest
 import torch
 from ultralytics import YOLO
 
-from dcnv3 import CheckpointError, UnsafeCheckpointError, load_model
+from dcnv3 import yolo
+from dcnv3.checkpoints import CheckpointError, UnsafeCheckpointError
+from dcnv3.loading import load_model
 
 DATA = Path(__file__).parent / "data"
 FORK_A = DATA / "fork_fixture" / "fork_A.pt"
@@ -31,11 +33,12 @@ def test_fork_a_matches_what_the_fork_computed_in_a_clean_process():
     out = run_python(f"""
         import sys, torch, cv2
         import dcnv3
+        from dcnv3.loading import load_model
         from ultralytics.data.augment import LetterBox
         from ultralytics.utils import ASSETS
         assert not any("ops_dcnv3" in name for name in sys.modules)
         expected = torch.load({str(FORK_A_EXPECTED)!r}, weights_only=True)
-        model = dcnv3.load_model({str(FORK_A)!r})
+        model = load_model({str(FORK_A)!r})
         image = cv2.imread(str(ASSETS / "bus.jpg"))
         boxed = LetterBox((640, 640), auto=True, stride=32)(image=image)
         x = torch.from_numpy(boxed[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255
@@ -44,16 +47,23 @@ def test_fork_a_matches_what_the_fork_computed_in_a_clean_process():
         with dcnv3.capture(model.model) as layers, torch.no_grad():
             pred = model.model(x)[0]
 
-        def check(name, actual, reference):
-            excess = (actual - reference).abs() - (1e-3 + 1e-3 * reference.abs())
+        # The bounds of shared/fixtures/README.md, which hold on any CPU: fp32 summation order
+        # (another CPU's convolution kernels, another formulation of the DCNv3 sum) moves boxes
+        # by up to ~0.03 px, so boxes get 0.1 px; scores in [0, 1] move by ~1e-4, so 1e-3; the
+        # offset and mask projections 2e-3 + 2e-3 |x|. A wrong reading of the checkpoint moves
+        # boxes by tens to hundreds of pixels.
+        def check(name, actual, reference, absolute, relative=0.0):
             assert actual.shape == reference.shape, (name, actual.shape)
+            excess = (actual - reference).abs() - (absolute + relative * reference.abs())
             assert excess.max() <= 0, (name, excess.max().item())
             return (actual - reference).abs().max().item()
 
-        print("pred", check("pred", pred, expected["pred"]))
+        pred, reference = pred[0], expected["pred"][0]  # (84, anchors): rows 0-3 boxes, 4+ scores
+        print("boxes", check("boxes", pred[:4], reference[:4], 0.1))
+        print("scores", check("scores", pred[4:], reference[4:], 1e-3))
         for name, record in layers.items():
-            check(name + ".offset", record.offset_raw, expected["layers"][name + ".offset"])
-            check(name + ".mask_logits", record.mask_logits, expected["layers"][name + ".mask_logits"])
+            check(name + ".offset", record.offset_raw, expected["layers"][name + ".offset"], 2e-3, 2e-3)
+            check(name + ".mask_logits", record.mask_logits, expected["layers"][name + ".mask_logits"], 2e-3, 2e-3)
         print("layers", len(layers), sorted(expected["layers"]) == sorted(
             [n + s for n in layers for s in (".offset", ".mask_logits")]))
     """)
@@ -167,8 +177,8 @@ def test_hostile_checkpoints_are_refused_and_nothing_runs(tmp_path, payload):
     expected = {"top_level": "posix.system", "inside_model": "posix.system",
                 "module_call": "DetectionModel"}[payload]
     assert expected in str(error.value)
-    # ultralytics' own loading path is guarded too after `import dcnv3`.
-    with pytest.raises(UnsafeCheckpointError):
+    # ultralytics' own loading path is guarded too once the user opts in.
+    with yolo.registered(safe_loading=True), pytest.raises(UnsafeCheckpointError):
         YOLO(str(path))
     assert not marker.exists()
 
@@ -187,8 +197,9 @@ def test_plain_pickle_protocols(tmp_path):
 FORK_LAYOUT_BUILDER = """
     import sys, types, torch
     import dcnv3
-    from dcnv3 import blocks, module as dcn_module
+    from dcnv3 import blocks, module as dcn_module, yolo
     from ultralytics import YOLO
+    yolo.register()
     layout = {layout!r}
 
     def fake_class(module_path, name, base):
@@ -242,7 +253,8 @@ def test_other_fork_layouts_load(tmp_path, layout):
     assert ("extra_modules" in fork_globals) == (layout["paths"] == "extra_modules")
     out = run_python("""
         import sys, torch, dcnv3
-        model = dcnv3.load_model("fork.pt")
+        from dcnv3.loading import load_model
+        model = load_model("fork.pt")
         assert "ultralytics.nn.extra_modules" not in sys.modules
         data = torch.load("expected.pt", weights_only=True)
         with torch.no_grad():

@@ -1,6 +1,5 @@
 """The /erf endpoint through gradio_client: the bundled DCNv3 model beside its plain twin, caching,
 refusals. The app runs in this process on a free loopback port (see test_app_api.py)."""
-from pathlib import Path
 
 import cv2
 import pytest
@@ -11,7 +10,7 @@ from app_server import served_app
 from viz_app.models import Analyser, ModelRegistry
 from viz_app.receptive_tab import field_cache
 
-ROOT = Path(__file__).resolve().parent.parent
+from repo_paths import ROOT
 SHAPES = ROOT / "assets" / "examples" / "shapes_0.jpg"  # 416 x 416: a triangle top left, a cross bottom right
 
 

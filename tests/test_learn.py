@@ -1,22 +1,21 @@
 """The Learn tab's toy (viz_app.toy) and the receptive-field pictures (viz_app.receptive): pure
 functions, no browser."""
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-import dcnv3
+from dcnv3.loading import load_model
 from dcnv3 import receptive_field as rf
 from dcnv3.geometry import Letterbox
 from viz_app import compare_tab, receptive, toy
 from viz_app.learn_tab import LATEX_DELIMITERS, LESSON
 
-ROOT = Path(__file__).resolve().parent.parent
+from repo_paths import ROOT
 
 
 @pytest.fixture(scope="module")
 def bundled():
-    return dcnv3.load_model(ROOT / "assets" / "models" / "dcnv3-yolov8n.pt")
+    return load_model(ROOT / "assets" / "models" / "dcnv3-yolov8n.pt")
 
 
 def test_toy_scene_moves_scales_and_rotates_only_the_shape():

@@ -245,3 +245,28 @@ def test_inference_taps_equal_the_autograd_taps(formulation, kernel, stride, pad
             fast = core(inputs, offset, mask, *args)
         reference = core(inputs, offset.clone().requires_grad_(), mask, *args).detach()
         torch.testing.assert_close(fast, reference, rtol=tol, atol=tol)
+
+
+def test_formulation_context_manager_restores_the_previous_choice():
+    """``with formulation(name):`` as timm's ``set_layer_config``: restored after the block,
+    also when it raises; the setter returns the previous choice."""
+    from dcnv3 import default_formulation, formulation, set_default_formulation
+
+    start = default_formulation()
+    with formulation("gather"):
+        assert default_formulation() == "gather"
+        with pytest.raises(RuntimeError):
+            with formulation("grid_sample"):
+                assert default_formulation() == "grid_sample"
+                raise RuntimeError("inside")
+        assert default_formulation() == "gather"
+    assert default_formulation() == start
+    previous = set_default_formulation("sparse")
+    try:
+        assert previous == start and default_formulation() == "sparse"
+    finally:
+        set_default_formulation(previous)
+    with pytest.raises(ValueError, match="unknown DCNv3 formulation"):
+        with formulation("cuda"):
+            pass
+    assert default_formulation() == start

@@ -1,5 +1,4 @@
 """The probe: geometry in original-image pixels, statistics, detections as ultralytics predicts."""
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -8,12 +7,11 @@ import torch
 from ultralytics import YOLO
 from ultralytics.data.augment import LetterBox
 
-import dcnv3
-from dcnv3 import probe
-from dcnv3.probe import prepare_image, probe_batch
+from dcnv3.loading import load_model
+from dcnv3.probe import inference_model, prepare_image, probe, probe_batch
 from dcnv3.stats import adjacent_pairs
 
-ROOT = Path(__file__).resolve().parent.parent
+from repo_paths import ROOT
 BUNDLED = ROOT / "assets" / "models" / "dcnv3-yolov8n.pt"
 DEMO_VIDEO = ROOT / "assets" / "demo_shapes.mp4"
 
@@ -130,7 +128,7 @@ def test_detections_match_ultralytics_predict():
 
 
 def test_probe_runs_the_model_once(untrained):
-    runner = dcnv3.probe.__globals__["inference_model"](untrained)
+    runner = inference_model(untrained)
     calls = []
     handle = runner.register_forward_hook(lambda *_: calls.append(1))
     try:
@@ -142,10 +140,10 @@ def test_probe_runs_the_model_once(untrained):
 
 def test_batched_probe_equals_one_image_at_a_time():
     """Video frames go through probe_batch: one forward, each frame's probe as if alone."""
-    model = dcnv3.load_model(BUNDLED)
+    model = load_model(BUNDLED)
     capture = cv2.VideoCapture(str(DEMO_VIDEO))
     frames = [capture.read()[1] for _ in range(3)]
-    runner = dcnv3.probe.__globals__["inference_model"](model)
+    runner = inference_model(model)
     calls = []
     handle = runner.register_forward_hook(lambda *_: calls.append(1))
     try:

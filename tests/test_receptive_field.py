@@ -7,7 +7,6 @@ box, i.e. the outer product of t_n = [1, 1, 1] convolved with itself n times (tr
 coefficients), so d centre / d input is exactly that outer product. A DCNv3 layer with zero offsets
 and uniform softmax weights is a 3x3 average: the same picture times (1/9)^n.
 """
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,10 +15,12 @@ import torch
 from torch import nn
 
 import dcnv3
+from dcnv3.loading import load_model
+from dcnv3.probe import probe
 from dcnv3 import receptive_field as rf
 from dcnv3.module import DCNv3
 
-ROOT = Path(__file__).resolve().parent.parent
+from repo_paths import ROOT
 SHAPES = ROOT / "assets" / "examples" / "shapes_0.jpg"
 
 
@@ -175,8 +176,8 @@ def test_points_outside_the_input_and_unknown_layers_are_refused():
 # -- the bundled DCNv3 model and its plain twin ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def models():
-    return (dcnv3.load_model(ROOT / "assets" / "models" / "dcnv3-yolov8n.pt"),
-            dcnv3.load_model(ROOT / "assets" / "models" / "yolov8n.pt"))
+    return (load_model(ROOT / "assets" / "models" / "dcnv3-yolov8n.pt"),
+            load_model(ROOT / "assets" / "models" / "yolov8n.pt"))
 
 
 def test_twin_mapping(models):
@@ -207,12 +208,12 @@ def test_bundled_models_cell_and_detection_fields(models):
         assert abs(peak[0] + 0.5 - field.target["centre"][1]) < 3 * 16 / field.letterbox.ratio
         assert field.masks[0].sum() <= field.masks[1].sum()
 
-    probe = dcnv3.probe(dcn, image, imgsz=320)
-    best = int(np.argmax(probe.detections.scores))
-    det = rf.receptive_field(dcn, image, detection=(probe.detections.boxes[best], probe.detections.classes[best]),
+    probed = probe(dcn, image, imgsz=320)
+    best = int(np.argmax(probed.detections.scores))
+    det = rf.receptive_field(dcn, image, detection=(probed.detections.boxes[best], probed.detections.classes[best]),
                              imgsz=320)
     assert det.target["kind"] == "detection"
-    assert det.target["box"] == pytest.approx(probe.detections.boxes[best].tolist(), abs=0.02)
+    assert det.target["box"] == pytest.approx(probed.detections.boxes[best].tolist(), abs=0.02)
     assert det.target["value"] == pytest.approx(float(probe.detections.scores[best]), abs=1e-4)
     twin_det = rf.receptive_field(plain, image, anchor=(det.target["anchor"], det.target["class"]), imgsz=320)
     assert twin_det.target["anchor"] == det.target["anchor"] and twin_det.areas[0] > 0

@@ -6,7 +6,7 @@ import pytest
 import torch
 from ultralytics import YOLO
 
-import dcnv3
+from dcnv3.probe import probe
 from dcnv3.geometry import kernel_offsets
 from dcnv3.overlay import group_colours
 from test_health import make_layer, make_probe
@@ -22,7 +22,7 @@ def untrained_probe():
     torch.manual_seed(0)
     model = YOLO("dcnv3-yolov8n.yaml")
     image = np.random.default_rng(0).integers(0, 255, (256, 320, 3), dtype=np.uint8)
-    return image, dcnv3.probe(model, image, imgsz=320)
+    return image, probe(model, image, imgsz=320)
 
 
 def blank(h=100, w=120):

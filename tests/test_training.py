@@ -36,11 +36,13 @@ def test_train_reload_predict_and_finetune(tiny_dataset, tmp_path, report):
     assert best.is_file(), log[-2000:]
     report(f"2-epoch DCNv3-YOLOv8n training on 16 images at 64 px saved {best.name}")
     out = run("-c", f"""
-import numpy as np, dcnv3
-model = dcnv3.load_model({str(best)!r})
+import numpy as np
+from dcnv3.loading import load_model
+from dcnv3.probe import probe
+model = load_model({str(best)!r})
 result = model.predict(np.zeros((64, 80, 3), np.uint8), imgsz=64, verbose=False)[0]
-probe = dcnv3.probe(model, np.zeros((64, 80, 3), np.uint8), imgsz=64)
-print("layers", len(model.dcnv3_layers), len(probe.layers), "boxes", len(result.boxes))
+probed = probe(model, np.zeros((64, 80, 3), np.uint8), imgsz=64)
+print("layers", len(model.dcnv3_layers), len(probed.layers), "boxes", len(result.boxes))
 """)
     assert "layers 5 5" in out
     # Fine-tuning from the checkpoint: ultralytics rebuilds the model from its stored YAML.
@@ -54,7 +56,7 @@ print("layers", len(model.dcnv3_layers), len(probe.layers), "boxes", len(result.
 
 def test_ddp_worker_script_registers_the_blocks(tiny_dataset, tmp_path):
     """Multi-GPU training runs a generated script in each worker; it unpickles the trainer class
-    from dcnv3.training, which must register the blocks before the model is rebuilt. Without GPUs
+    from dcnv3.training, whose constructor must register the blocks before the model is rebuilt. Without GPUs
     we run that script with the final `trainer.train()` swapped for a model rebuild."""
     out = run("-c", f"""
 from dcnv3.training import DCNv3DetectionTrainer

@@ -13,10 +13,11 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
-import dcnv3
+from dcnv3.loading import load_model
+from dcnv3.probe import probe
 from dcnv3 import video
 
-ROOT = Path(__file__).resolve().parent.parent
+from repo_paths import ROOT
 DEMO = ROOT / "assets" / "demo_shapes.mp4"
 MODEL = ROOT / "assets" / "models" / "dcnv3-yolov8n.pt"
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
@@ -24,7 +25,7 @@ FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 
 @pytest.fixture(scope="module")
 def model():
-    return dcnv3.load_model(MODEL)
+    return load_model(MODEL)
 
 
 def ffmpeg_report(path) -> str:
@@ -81,7 +82,7 @@ def test_tracks_statistics_and_csv(demo_run):
 def test_cell_statistics_match_the_probe(model, demo_run):
     """The row of a track equals the Probe's own statistics at the cell under its box centre."""
     frame = video.read_frame(DEMO, 5)
-    result = dcnv3.probe(model, frame, imgsz=demo_run.imgsz)
+    result = probe(model, frame, imgsz=demo_run.imgsz)
     row = next(r for r in demo_run.rows if r["frame"] == 5)
     record = result.layer(row["layer"])
     cell = result.cell_at(record, (row["x1"] + row["x2"]) / 2, (row["y1"] + row["y2"]) / 2)

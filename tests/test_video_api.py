@@ -10,7 +10,7 @@ from gradio_client.exceptions import AppError
 from app_server import served_app
 from viz_app.models import Analyser, ModelRegistry
 
-ROOT = Path(__file__).resolve().parent.parent
+from repo_paths import ROOT
 DEMO = ROOT / "assets" / "demo_shapes.mp4"
 
 

@@ -11,7 +11,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from dcnv3 import CheckpointError
+from dcnv3.checkpoints import CheckpointError
 from dcnv3 import receptive_field as rf
 
 from . import health, receptive

@@ -2,12 +2,12 @@
 
 * ``ModelRegistry``: the models the app offers, by name: bundled checkpoints (``assets/models/*.pt``),
   a models folder, an explicit ``--model`` path, uploaded checkpoints (size-limited) and an untrained
-  DCNv3-YOLOv8n built from its YAML. Loading goes through ``dcnv3.load_model`` (no code from the
+  DCNv3-YOLOv8n built from its YAML. Loading goes through ``dcnv3.loading.load_model`` (no code from the
   file runs) and loaded models are kept in a small LRU.
 * ``load_image``: any image file or array -> the BGR uint8 array the model sees, downscaled so the
   longest side is at most ``MAX_IMAGE_SIDE`` (memory stays bounded; the scale is recorded).
 * ``Analyser``: image + model name + settings -> ``Analysis`` (the image, the model's notices and the
-  cached ``dcnv3.Probe``), memoised in an LRU keyed by (image hash, model, imgsz, conf, iou), so the
+  cached ``dcnv3.probe.Probe``), memoised in an LRU keyed by (image hash, model, imgsz, conf, iou), so the
   UI and the HTTP API never rerun the model for an image they have already seen.
 
 Coordinates: ``Analysis.image.bgr`` is the "processed" image. Every probe coordinate is in its
@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-import dcnv3
-from dcnv3 import CheckpointError
-from dcnv3.loading import train_imgsz
+from dcnv3.checkpoints import CheckpointError
+from dcnv3 import yolo as dcnv3_yolo
+from dcnv3.loading import MAX_CHECKPOINT_BYTES, dcnv3_layer_names, load_model, train_imgsz
+from dcnv3.probe import Probe, probe
 
 __all__ = ["ModelRegistry", "LoadedModel", "LoadedImage", "Analysis", "Analyser", "load_image",
            "BUNDLED_DIR", "DEFAULT_BUNDLED", "UNTRAINED_NAME", "UNTRAINED_NOTICE", "NO_DCNV3_NOTICE",
@@ -156,7 +157,7 @@ class ModelRegistry:
 
     # -- loading -------------------------------------------------------------------------------
     def load(self, name: str) -> LoadedModel:
-        """The loaded model for a name (LRU-cached). Raises ValueError / dcnv3.CheckpointError
+        """The loaded model for a name (LRU-cached). Raises ValueError / CheckpointError
         with a one-line message for unknown names and unusable checkpoints."""
         path = self.resolve(name)
         if path is not None and not path.is_file():  # e.g. an upload removed after --keep-files-minutes
@@ -170,10 +171,10 @@ class ModelRegistry:
                 return self._loaded[key]
             if path is None:
                 loaded = LoadedModel(name, _untrained_model(), [], untrained=True)
-                loaded.dcnv3_layers = dcnv3.loading.dcnv3_layer_names(loaded.yolo)
+                loaded.dcnv3_layers = dcnv3_layer_names(loaded.yolo)
             else:
-                limit = self.max_upload_bytes if name.startswith(UPLOAD_PREFIX) else dcnv3.loading.MAX_CHECKPOINT_BYTES
-                yolo = dcnv3.load_model(path, max_bytes=limit)
+                limit = self.max_upload_bytes if name.startswith(UPLOAD_PREFIX) else MAX_CHECKPOINT_BYTES
+                yolo = load_model(path, max_bytes=limit)
                 loaded = LoadedModel(name, yolo, list(yolo.dcnv3_layers))
             self._loaded[key] = loaded
             while len(self._loaded) > self.cache_size:
@@ -183,7 +184,7 @@ class ModelRegistry:
     def add_upload(self, path: str | Path) -> str:
         """Register an uploaded checkpoint after loading it safely; returns its new name.
 
-        Raises dcnv3.CheckpointError (UnsafeCheckpointError for hostile pickles) with a message
+        Raises CheckpointError (UnsafeCheckpointError for hostile pickles) with a message
         that says what is wrong; a refused file is not registered.
         """
         path = Path(path)
@@ -193,7 +194,7 @@ class ModelRegistry:
         if size > self.max_upload_bytes:
             raise CheckpointError(f"{path.name}: {size / 2**20:.0f} MiB, over the "
                                   f"{self.max_upload_bytes / 2**20:.0f} MiB upload limit")
-        yolo = dcnv3.load_model(path, max_bytes=self.max_upload_bytes)  # raises before registering
+        yolo = load_model(path, max_bytes=self.max_upload_bytes)  # raises before registering
         name = self._add_extra(UPLOAD_PREFIX + path.name, path.resolve())
         stamp = (path.stat().st_mtime_ns, path.stat().st_size)
         with self._lock:
@@ -214,6 +215,7 @@ def _untrained_model():
     import torch
     from ultralytics import YOLO
 
+    dcnv3_yolo.register()  # YOLO() resolves the DCNv3 blocks and finds the shipped YAML
     with torch.random.fork_rng():  # do not disturb the caller's random state
         torch.manual_seed(0)
         model = YOLO(UNTRAINED_YAML)
@@ -380,7 +382,7 @@ class Analysis:
     image: LoadedImage
     model_name: str
     model_notices: list[str]
-    probe: "dcnv3.Probe"
+    probe: Probe
     imgsz: int
     conf: float
     iou: float
@@ -416,7 +418,7 @@ class Analyser:
         """Load the image (unless given) and the model, and probe, or return the cached result.
         ``imgsz``: network input size; None (default) takes the model's training size.
 
-        Raises ValueError (bad image, unknown model, size out of range) or dcnv3.CheckpointError.
+        Raises ValueError (bad image, unknown model, size out of range) or CheckpointError.
         """
         if not 0 <= conf <= 1 or not 0 <= iou <= 1:
             raise ValueError(f"conf and iou must lie in [0, 1], got conf={conf}, iou={iou}")
@@ -429,7 +431,7 @@ class Analyser:
                 return self._cache[key]
             model = self.registry.load(model_name)
             start = time.perf_counter()
-            result = dcnv3.probe(model.yolo, image.bgr, imgsz=imgsz, conf=conf, iou=iou)
+            result = probe(model.yolo, image.bgr, imgsz=imgsz, conf=conf, iou=iou)
             analysis = Analysis(image, model_name, model.notices, result, int(imgsz), float(conf),
                                 float(iou), time.perf_counter() - start)
             self.runs += 1

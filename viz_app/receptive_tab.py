@@ -13,7 +13,7 @@ import weakref
 
 import gradio as gr
 
-from dcnv3 import CheckpointError
+from dcnv3.checkpoints import CheckpointError
 from dcnv3 import receptive_field as rf
 
 from . import receptive

@@ -1,7 +1,7 @@
 """Pure render functions of the app: a probe and a BGR image in, a BGR image or a plotly figure out.
 
 No gradio here: every view of the app is a call to one of these functions on a cached
-``dcnv3.Probe``, so re-rendering after a click never runs the model.
+``dcnv3.probe.Probe``, so re-rendering after a click never runs the model.
 
 Coordinates. Probe coordinates are continuous image pixels: pixel i spans [i, i+1), its centre
 is i + 0.5. Images are drawn on a *canvas*: the image resized by ``scale`` = (sx, sy) canvas px

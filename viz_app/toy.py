@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import dcnv3
+from dcnv3.probe import probe as run_probe
 from dcnv3.data import CLASS_NAMES
 from dcnv3.data.backgrounds import luma, make_background
 from dcnv3.data.generator import contrasting_colour, paint_object, Appearance
@@ -89,7 +89,7 @@ def toy_view(model, layer: str, shape: ToyShape, seed: int = 0, groups=None) -> 
     """
     start = time.perf_counter()
     image = toy_scene(shape, seed)
-    probe = dcnv3.probe(model, image, imgsz=TOY_SIDE, conf=0.25, iou=0.7)
+    probe = run_probe(model, image, imgsz=TOY_SIDE, conf=0.25, iou=0.7)
     record = probe.layer(layer)
     x = float(np.clip(shape.x, 0, TOY_SIDE - 1e-3))
     y = float(np.clip(shape.y, 0, TOY_SIDE - 1e-3))

@@ -23,7 +23,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from dcnv3 import CheckpointError
+from dcnv3.checkpoints import CheckpointError
 
 from . import compare_tab, exports, health, learn_tab, receptive_tab, render, video_tab
 from .models import Analyser, ModelRegistry

@@ -21,7 +21,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from dcnv3 import CheckpointError
+from dcnv3.checkpoints import CheckpointError
 from dcnv3 import video as dvideo
 
 from . import video_render

@@ -18,8 +18,8 @@ import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-import dcnv3
-from dcnv3 import CheckpointError, UnsafeCheckpointError
+from dcnv3.checkpoints import CheckpointError, UnsafeCheckpointError
+from dcnv3.loading import load_model
 from dcnv3.checkpoints import safe_load
 from app_server import served_app
 from serving import EXAMPLES, FORK_A
@@ -124,7 +124,7 @@ def test_package_refuses_in_one_line_fast_and_runs_nothing(checkpoints, name):
     folder, messages = checkpoints
     start = time.perf_counter()
     with pytest.raises(CheckpointError, match=messages[name]) as error:
-        dcnv3.load_model(folder / f"{name}.pt")
+        load_model(folder / f"{name}.pt")
     assert time.perf_counter() - start < 5  # a memory bomb is refused, not attempted
     assert "\n" not in str(error.value)
     if name in hostile_pickles(folder) or name in ("huge_view", "zip_with_hostile_pickle"):
@@ -140,11 +140,11 @@ def test_the_refusals_name_the_global_before_anything_is_called(checkpoints):
 
 
 def test_real_checkpoints_still_load_through_the_bounds():
-    model = dcnv3.load_model(FORK_A)
+    model = load_model(FORK_A)
     assert len(model.dcnv3_layers) == 5
     bundled = EXAMPLES.parent / "models" / "dcnv3-yolov8n.pt"
     if bundled.is_file():
-        assert len(dcnv3.load_model(bundled).dcnv3_layers) > 0
+        assert len(load_model(bundled).dcnv3_layers) > 0
 
 
 @pytest.mark.parametrize("name", ["os_system", "import_side_effect", "huge_view", "truncated_zip"])

@@ -11,7 +11,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-import dcnv3
+from dcnv3.loading import load_model
 from app_server import served_app
 from serving import ROOT
 from viz_app.models import Analyser, ModelRegistry
@@ -63,7 +63,7 @@ def videos(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model():
-    return dcnv3.load_model(MODEL)
+    return load_model(MODEL)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
