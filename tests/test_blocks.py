@@ -1,4 +1,4 @@
-"""YOLOv8 blocks with DCNv3 and their registration with stock ultralytics."""
+"""YOLOv8 and YOLO11 blocks with DCNv3 and their registration with stock ultralytics."""
 import pytest
 import torch
 from ultralytics import YOLO
@@ -6,9 +6,8 @@ from ultralytics.nn.modules.block import C2f, C3k, C3k2
 from ultralytics.nn.tasks import DetectionModel
 
 from dcnv3 import dcnv3_modules
-from dcnv3.blocks import C2f_DCNv3, DCNV3_YoLo
+from dcnv3.blocks import Bottleneck_DCNv3, C2f_DCNv3, C3k2_DCNv3, C3k_DCNv3, DCNV3_YoLo, auto_group
 from dcnv3.yolo import model_yaml
-from dcnv3.blocks import Bottleneck_DCNv3, C3k2_DCNv3, C3k_DCNv3, auto_group
 
 
 def layer_output_channels(model: DetectionModel, size: int = 64) -> list[tuple]:
@@ -125,3 +124,112 @@ def test_fuse_folds_the_dcnv3_batchnorm_into_output_proj():
     blocks = [m for m in model.modules() if isinstance(m, DCNV3_YoLo)]
     assert blocks and all(not hasattr(b, "bn") for b in blocks)
     torch.testing.assert_close(fused, expected, rtol=1e-4, atol=1e-3)
+
+
+# YOLO11 / YOLO26 blocks: the forks' C3k2_DCNv3 / C3k_DCNv3 over Bottleneck_DCNv3.
+
+def shapes_by_name(module: torch.nn.Module) -> dict:
+    return {name: tuple(p.shape) for name, p in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("c3k", [False, True])
+def test_c3k2_dcnv3_is_stock_c3k2_with_dcnv3_in_place_of_the_second_convs(c3k):
+    """Every tensor of stock C3k2 outside the replaced convolutions is in ours under the same
+    name and shape (so the forks' pickles and ours share one layout), and the DCNv3 blocks sit
+    where stock has the bottlenecks' cv2: with their 1x1 stem in C3k2's bottlenecks (c/2 -> c),
+    without it in C3k's (c/2 -> c/2), as the extra_modules family builds them."""
+    ours = C3k2_DCNv3(64, 128, n=2, c3k=c3k, e=0.5, g=0)
+    stock = C3k2(64, 128, n=2, c3k=c3k, e=0.5)
+    ours_shapes, stock_shapes = shapes_by_name(ours), shapes_by_name(stock)
+    inner = ("m.{i}.m.{j}.cv2." if c3k else "m.{i}.cv2.")
+    replaced = [inner.format(i=i, j=j) for i in range(2) for j in range(2)]
+    kept = {k: v for k, v in stock_shapes.items() if not any(k.startswith(r) for r in replaced)}
+    assert kept and all(ours_shapes[k] == v for k, v in kept.items())
+    assert ours.c == 64 and ours.cv1.conv.out_channels == 128 and ours.cv2.conv.in_channels == 4 * 64
+    for i in range(2):
+        if c3k:
+            block = ours.m[i]
+            assert type(block) is C3k_DCNv3 and isinstance(block, C3k) and len(block.m) == 2
+            assert all(not hasattr(b.cv2, "conv") and b.cv2.dcnv3.channels == 32 for b in block.m)
+            assert all(b.add for b in block.m)  # shortcut passed on, c_ in == c_ out
+        else:
+            block = ours.m[i]
+            assert type(block) is Bottleneck_DCNv3 and block.add
+            assert block.cv1.conv.out_channels == 32 and block.cv2.conv.conv.in_channels == 32
+            assert block.cv2.dcnv3.channels == 64
+    groups = {m.group for _, m in dcnv3_modules(ours)}
+    assert groups == {auto_group(32 if c3k else 64)}
+    assert {m.group for _, m in dcnv3_modules(C3k2_DCNv3(64, 128, 1, c3k))} == {1}  # the forks' default
+
+
+def test_c3k2_dcnv3_forward_is_the_csp_composition_of_its_children():
+    """C3k2_DCNv3 computes C2f's split-and-concatenate over its children, C3k_DCNv3 C3's two
+    branches, each bottleneck x + cv2(cv1(x)); forward_split (used for export) agrees."""
+    torch.manual_seed(0)
+    block = C3k2_DCNv3(24, 48, n=2, c3k=True, g=0).eval()
+    for _, layer in dcnv3_modules(block):  # non-zero offsets and masks
+        torch.nn.init.normal_(layer.offset.weight, std=0.1)
+        torch.nn.init.normal_(layer.mask.weight, std=0.3)
+    x = torch.randn(2, 24, 14, 10)
+
+    def bottleneck(b, t):
+        return t + b.cv2(b.cv1(t))
+
+    def c3k_block(c, t):
+        inner = c.cv1(t)
+        for b in c.m:
+            inner = bottleneck(b, inner)
+        return c.cv3(torch.cat((inner, c.cv2(t)), 1))
+
+    with torch.no_grad():
+        first, second = block.cv1(x).chunk(2, 1)
+        outputs = [first, second]
+        for c in block.m:
+            outputs.append(c3k_block(c, outputs[-1]))
+        expected = block.cv2(torch.cat(outputs, 1))
+        torch.testing.assert_close(block(x), expected)
+        torch.testing.assert_close(block.forward_split(x), expected)
+    assert expected.shape == (2, 48, 14, 10)
+
+
+def test_yolo11_blocks_equal_their_twins_only_while_parsing():
+    from dcnv3.blocks import parsed_as_stock_twins
+
+    assert C3k2_DCNv3 != C3k2 and len({C3k2: 1, C3k2_DCNv3: 2}) == 2
+    with parsed_as_stock_twins():
+        assert C3k2_DCNv3 in frozenset({C3k2}) and C3k_DCNv3 == C3k
+    assert C3k2_DCNv3 not in frozenset({C3k2})
+    assert issubclass(C3k2_DCNv3, C2f) and issubclass(C3k_DCNv3, C3k)
+
+
+def test_fork_spellings_name_the_yolo11_blocks():
+    from dcnv3.blocks import BLOCK_ALIASES
+
+    assert BLOCK_ALIASES["C3k2_DCNv3"] is BLOCK_ALIASES["C3k2_DCNV3"] is C3k2_DCNv3
+    assert BLOCK_ALIASES["C3k_DCNv3"] is BLOCK_ALIASES["C3k_DCNV3"] is C3k_DCNv3
+    assert BLOCK_ALIASES["Bottleneck_DCNV3"] is Bottleneck_DCNv3
+
+
+def test_stemless_dcnv3_block_needs_equal_channels():
+    assert not hasattr(DCNV3_YoLo(16, 16, stem=False), "conv")
+    with pytest.raises(ValueError, match="inc == ouc"):
+        DCNV3_YoLo(8, 16, stem=False)
+
+
+def test_stock_scale_rules_give_the_c3k2_twins_c3k_at_m_l_x():
+    """parse_model sets c3k=True for `m is C3k2` at m/l/x; the rewrite does it for the twins'
+    lines only, as the YAML's second argument, without touching the input."""
+    from dcnv3.blocks import with_stock_scale_rules
+
+    cfg = {"scales": {"n": [0.5, 0.25, 1024], "m": [0.5, 1.0, 512]},
+           "backbone": [[-1, 2, "C3k2", [256, False, 0.25]], [-1, 2, "C3k2_DCNv3", [512, False, 0.25, 0]],
+                        [-1, 2, "C3k2_DCNV3", [1024]], [-1, 1, "Conv", [64, 3, 2]]],
+           "head": [[-1, 2, "C3k2_DCNv3", [512, True, 0.5, 0]]]}
+    assert with_stock_scale_rules({**cfg, "scale": "n"})["backbone"] == cfg["backbone"]
+    assert with_stock_scale_rules(cfg) is cfg  # no scale: parse_model takes the first, n
+    for scale in "mlx":
+        rewritten = with_stock_scale_rules({**cfg, "scale": scale})
+        assert [line[3] for line in rewritten["backbone"]] == [[256, False, 0.25], [512, True, 0.25, 0], [1024, True],
+                                                               [64, 3, 2]]
+        assert rewritten["head"][0][3] == [512, True, 0.5, 0]
+    assert cfg["backbone"][1][3] == [512, False, 0.25, 0] and cfg["backbone"][2][3] == [1024]
