@@ -109,18 +109,33 @@ def _validate(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, geo
                 f" dilation ({geo.dilation_h}, {geo.dilation_w}) on a {in_h}x{in_w} input")
 
 
-def _prepare(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
-             dilation_w, group, group_channels, offset_scale, remove_center) -> tuple:
+def _prepare(input, offset, mask, geometry: tuple) -> tuple:
     """Validate a core call and bring its tensors to the compute dtype, contiguous.
 
+    ``geometry``: the reference's twelve static arguments, in its order (``Geometry``'s fields).
     Returns ``(geo, (input, offset, mask))``: the ``Geometry`` and the three tensors in float64
     for float64 inputs, else float32 (every formulation returns the input's dtype).
     """
-    geo = Geometry(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
-                   group, group_channels, float(offset_scale), int(remove_center))
+    geo = Geometry(*geometry[:10], float(geometry[10]), int(geometry[11]))
     _validate(input, offset, mask, geo)
     compute = _compute_dtype(input.dtype)
     return geo, tuple(t.to(compute).contiguous() for t in (input, offset, mask))
+
+
+def _with_reference_signature(run, summary: str):
+    """The public function of one formulation: InternImage's 15-argument ``dcnv3_core_pytorch``
+    signature around ``run(input, offset, mask, geo)``, which receives validated tensors in the
+    compute dtype and whose result is returned in the input's dtype."""
+    def core(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+             dilation_w, group, group_channels, offset_scale, remove_center):
+        geo, tensors = _prepare(input, offset, mask, (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                                                      dilation_h, dilation_w, group, group_channels,
+                                                      offset_scale, remove_center))
+        return run(*tensors, geo).to(input.dtype)
+
+    core.__name__ = core.__qualname__ = f"dcnv3_core_{run.__name__.removeprefix('_run_')}"
+    core.__doc__ = f"DCNv3 core through {summary}. Same contract as ``dcnv3_core``."
+    return core
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,12 +159,11 @@ def _grid_sample_forward(input: torch.Tensor, offset: torch.Tensor, mask: torch.
     return out.transpose(1, 2).reshape(n, out_h, out_w, g * d)
 
 
-def dcnv3_core_grid_sample(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                           dilation_h, dilation_w, group, group_channels, offset_scale, remove_center):
-    """DCNv3 core through ``F.grid_sample`` (autograd by PyTorch). Same contract as ``dcnv3_core``."""
-    geo, args = _prepare(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                          dilation_h, dilation_w, group, group_channels, offset_scale, remove_center)
-    return _grid_sample_forward(*args, geo).to(input.dtype)
+def _run_grid_sample(input, offset, mask, geo: Geometry) -> torch.Tensor:
+    return _grid_sample_forward(input, offset, mask, geo)
+
+
+dcnv3_core_grid_sample = _with_reference_signature(_run_grid_sample, "``F.grid_sample`` (autograd by PyTorch)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,12 +316,11 @@ def _gather_forward(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tenso
     return torch.bmm(weights, values).view(n, out_h, out_w, g * d)
 
 
-def dcnv3_core_gather(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                      dilation_h, dilation_w, group, group_channels, offset_scale, remove_center):
-    """DCNv3 core through index_select + bmm (autograd by PyTorch). Same contract as ``dcnv3_core``."""
-    geo, args = _prepare(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                          dilation_h, dilation_w, group, group_channels, offset_scale, remove_center)
-    return _gather_forward(*args, geo).to(input.dtype)
+def _run_gather(input, offset, mask, geo: Geometry) -> torch.Tensor:
+    return _gather_forward(input, offset, mask, geo)
+
+
+dcnv3_core_gather = _with_reference_signature(_run_gather, "index_select + bmm (autograd by PyTorch)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,20 +439,16 @@ def _sparse_supported(device: torch.device) -> bool:
     return device.type in ("cpu", "cuda")
 
 
-def dcnv3_core_sparse(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                      dilation_h, dilation_w, group, group_channels, offset_scale, remove_center):
-    """DCNv3 core through sparse tap matrices. Same contract as ``dcnv3_core``.
-
-    Falls back to the gather formulation while tracing or exporting (ONNX has no sparse
-    products) and on devices without sparse CSR kernels.
-    """
-    geo, args = _prepare(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                          dilation_h, dilation_w, group, group_channels, offset_scale, remove_center)
+def _run_sparse(input, offset, mask, geo: Geometry) -> torch.Tensor:
+    # ONNX has no sparse products, and some devices have no sparse CSR kernels: gather there.
     if _exporting() or not _sparse_supported(input.device):
-        out = _gather_forward(*args, geo)
-    else:
-        out = _SparseFunction.apply(*args, geo)
-    return out.to(input.dtype)
+        return _gather_forward(input, offset, mask, geo)
+    return _SparseFunction.apply(input, offset, mask, geo)
+
+
+dcnv3_core_sparse = _with_reference_signature(
+    _run_sparse, "sparse tap matrices (the gather formulation while tracing or exporting, and on "
+    "devices without sparse CSR kernels)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,23 +503,19 @@ class _NativeFunction(torch.autograd.Function):
                 grad_mask if need_mask else None, None)
 
 
-def dcnv3_core_native(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                      dilation_h, dilation_w, group, group_channels, offset_scale, remove_center):
-    """DCNv3 core through the compiled CPU kernel. Same contract as ``dcnv3_core``.
-
-    Falls back to the sparse formulation off the CPU and where the kernel cannot be built (no
-    C++ compiler; ``dcnv3.native.failure()`` says why), and to the gather formulation while
-    tracing or exporting.
-    """
+def _run_native(input, offset, mask, geo: Geometry) -> torch.Tensor:
+    # The sparse formulation off the CPU and where the kernel cannot be built (no C++ compiler;
+    # ``dcnv3.native.failure()`` says why), which hands over to gather while tracing or exporting.
     if (input.device.type != "cpu" or _exporting() or native.library() is None
-            or group_channels > native.MAX_GROUP_CHANNELS
+            or geo.group_channels > native.MAX_GROUP_CHANNELS
             or input[0].numel() >= 2**31):  # the kernel's offsets are int32
-        return dcnv3_core_sparse(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w,
-                                 pad_h, pad_w, dilation_h, dilation_w, group, group_channels,
-                                 offset_scale, remove_center)
-    geo, args = _prepare(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                          dilation_h, dilation_w, group, group_channels, offset_scale, remove_center)
-    return _NativeFunction.apply(*args, geo).to(input.dtype)
+        return _run_sparse(input, offset, mask, geo)
+    return _NativeFunction.apply(input, offset, mask, geo)
+
+
+dcnv3_core_native = _with_reference_signature(
+    _run_native, "the compiled CPU kernel (the sparse formulation off the CPU and without a C++ "
+    "compiler, gather while tracing or exporting)")
 
 
 def _exporting() -> bool:
@@ -522,6 +527,8 @@ def _exporting() -> bool:
 
 FORMULATIONS = {"native": dcnv3_core_native, "sparse": dcnv3_core_sparse,
                 "gather": dcnv3_core_gather, "grid_sample": dcnv3_core_grid_sample}
+_RUNNERS = {"native": _run_native, "sparse": _run_sparse, "gather": _run_gather,
+            "grid_sample": _run_grid_sample}
 _default = "native"
 
 
@@ -573,6 +580,7 @@ def dcnv3_core(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, ke
         (N, H_out, W_out, group*group_channels) in ``input``'s dtype; the sampling itself runs in
         float64 for float64 inputs and in float32 otherwise.
     """
-    return FORMULATIONS[_default](input, offset, mask, kernel_h, kernel_w, stride_h, stride_w,
-                                   pad_h, pad_w, dilation_h, dilation_w, group, group_channels,
-                                   offset_scale, remove_center)
+    geo, tensors = _prepare(input, offset, mask, (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                                                  dilation_h, dilation_w, group, group_channels,
+                                                  offset_scale, remove_center))
+    return _RUNNERS[_default](*tensors, geo).to(input.dtype)
