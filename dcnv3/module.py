@@ -12,7 +12,7 @@ from torch import nn
 from . import native
 from .ops import dcnv3_core, output_size
 
-__all__ = ["DCNv3", "DCNv3_pytorch", "to_channels_first", "to_channels_last",
+__all__ = ["DCNv3", "DCNv3_pytorch", "DCNv3ConvDW", "to_channels_first", "to_channels_last",
            "CenterFeatureScaleModule", "build_norm_layer", "build_act_layer"]
 
 
@@ -170,6 +170,11 @@ class DCNv3(nn.Module):
         """P, sampling points per group."""
         return self.kernel_size * self.kernel_size - int(getattr(self, "remove_center", 0))
 
+    def offset_features(self, input: torch.Tensor) -> torch.Tensor:
+        """The depthwise branch that feeds the ``offset`` and ``mask`` heads: (N, H, W, C) ->
+        (N, H_out, W_out, C). InternImage's ``dw_conv`` takes NCHW and returns channels-last."""
+        return self.dw_conv(input.permute(0, 3, 1, 2))
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if input.dim() != 4 or input.shape[-1] != self.channels:
             raise ValueError(
@@ -181,7 +186,7 @@ class DCNv3(nn.Module):
         remove_center = int(getattr(self, "remove_center", 0))  # absent in ops v1.0 pickles
         x = self.input_proj(input)
         x_proj = x
-        x1 = self.dw_conv(input.permute(0, 3, 1, 2))  # NHWC out, on the strided output grid
+        x1 = self.offset_features(input)  # NHWC, on the strided output grid
         out_h, out_w = output_size(in_h, in_w, self.kernel_size, self.kernel_size, self.stride,
                                    self.stride, self.pad, self.pad, self.dilation, self.dilation)
         if x1.shape[1:3] != (out_h, out_w):
@@ -220,3 +225,23 @@ class DCNv3(nn.Module):
 
 # InternImage names the pure-PyTorch module DCNv3_pytorch; forks pickle either name.
 DCNv3_pytorch = DCNv3
+
+
+class DCNv3ConvDW(DCNv3):
+    """DCNv3 whose depthwise branch is a channels-first conv block, as the ``extra_modules``
+    family of YOLO forks builds it (``ultralytics.nn.extra_modules.ops_dcnv3.modules.dcnv3.DCNv3``):
+    ``dw_conv`` is an ultralytics ``Conv`` (depthwise Conv2d without bias, autopad, stride 1 ->
+    BatchNorm2d -> SiLU), (N, C, H, W) -> (N, C, H, W), instead of InternImage's Conv2d ->
+    LayerNorm -> GELU that returns channels-last. Everything else, parameters and forward, is
+    DCNv3's; state_dict keys are the fork's (``dw_conv.conv.weight``, ``dw_conv.bn.*``).
+
+    ``dw_conv``: that block, built by the caller (this module does not depend on ultralytics);
+    the other arguments are DCNv3's. Forward: (N, H, W, C) -> (N, H_out, W_out, C).
+    """
+
+    def __init__(self, channels: int = 64, kernel_size: int = 3, *, dw_conv: nn.Module, **kwargs):
+        super().__init__(channels, kernel_size, **kwargs)
+        self.dw_conv = dw_conv
+
+    def offset_features(self, input: torch.Tensor) -> torch.Tensor:
+        return self.dw_conv(input.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
