@@ -20,9 +20,10 @@ community forks included), ``dcnv3.probe.probe`` (one forward, every layer's off
 ``dcnv3.blocks``, ``dcnv3.training``, ``dcnv3.video``; ``python -m dcnv3`` is the CLI.
 """
 from .capture import CapturedLayer, capture, dcnv3_modules
+from .dcnv4 import DCNv4, dcnv4_core
 from .module import DCNv3, DCNv3_pytorch
 from .ops import dcnv3_core, default_formulation, formulation, set_default_formulation
 
-__all__ = ["DCNv3", "DCNv3_pytorch", "dcnv3_core", "set_default_formulation", "default_formulation",
-           "formulation", "capture", "CapturedLayer", "dcnv3_modules"]
+__all__ = ["DCNv3", "DCNv3_pytorch", "dcnv3_core", "DCNv4", "dcnv4_core", "set_default_formulation",
+           "default_formulation", "formulation", "capture", "CapturedLayer", "dcnv3_modules"]
 __version__ = "0.1.0"
