@@ -1,12 +1,18 @@
-"""Loading ultralytics checkpoints without executing code from them, forks' class paths included.
+"""Loading ultralytics checkpoints without executing code from them, community forks' included.
 
 A ``.pt`` checkpoint is a pickle, and unpickling can call any importable function. Here the
 unpickler resolves only:
 
 * module classes (subclasses of ``torch.nn.Module`` from torch.nn, ultralytics and this
-  package, and the community forks' DCNv3 classes mapped onto ours), which pickle may only
-  rebuild from saved state (``__new__`` + ``__setstate__``), never call: their constructors run
-  arbitrary logic (ultralytics' model classes even ``eval`` parts of their YAML);
+  package), which pickle may only rebuild from saved state (``__new__`` + ``__setstate__``),
+  never call: their constructors run arbitrary logic (ultralytics' model classes even ``eval``
+  parts of their YAML);
+* classes that a fork pickled under its own copy of ultralytics and stock ultralytics lacks
+  (``ultralytics.nn.extra_modules.block.C2f_DCNv3``, ``ultralytics.ops_dcnv3.modules.dcnv3.DCNv3_pytorch``,
+  ...): each becomes a ``dcnv3.fork_layouts.ForkModule`` placeholder holding the saved state, and
+  after unpickling ``dcnv3.fork_layouts.adopt_fork_modules`` gives it the class of ours that
+  computes what the fork's did, decided by what it holds (never by its name, which means
+  different things in different forks), or refuses the file saying what it holds;
 * a short list of plain functions and value types that rebuild tensors and containers.
 
 Anything else is refused with an ``UnsafeCheckpointError`` that names the global, before it is
@@ -30,8 +36,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["CheckpointError", "UnsafeCheckpointError", "safe_load", "torch_safe_load",
-           "FORK_CLASS_ALIASES", "add_safe_globals", "get_safe_globals", "clear_safe_globals",
+from .fork_layouts import UnknownLayoutError, adopt_fork_modules, fork_placeholder
+
+__all__ = ["CheckpointError", "UnsafeCheckpointError", "safe_load", "torch_safe_load", "add_safe_globals", "get_safe_globals", "clear_safe_globals",
            "preloaded", "is_preloaded"]
 
 
@@ -42,21 +49,6 @@ class CheckpointError(ValueError):
 class UnsafeCheckpointError(CheckpointError):
     """The pickle references a global that a detection checkpoint never needs."""
 
-
-def _fork_aliases() -> dict[str, type]:
-    from . import blocks, module
-
-    return {**blocks.BLOCK_ALIASES, "DCNv3": module.DCNv3, "DCNv3_pytorch": module.DCNv3,
-            "DCNv3_PyTorch": module.DCNv3, "to_channels_last": module.to_channels_last,
-            "to_channels_first": module.to_channels_first,
-            "CenterFeatureScaleModule": module.CenterFeatureScaleModule}
-
-
-# Class names that community forks pickle under their own copies of ultralytics (e.g.
-# ultralytics.nn.modules.block.C2f_DCNV3, ultralytics.nn.modules.ops_dcnv3.modules.dcnv3.DCNv3,
-# ultralytics.nn.extra_modules.block.DCNV3_YOLO, ultralytics.ops_dcnv3.modules.dcnv3.DCNv3_pytorch,
-# ultralytics.nn.modules.conv.DCNv3_PyTorch), resolved by name under any ``ultralytics.`` module.
-FORK_CLASS_ALIASES: dict[str, type] = {}
 
 # Callables a checkpoint may invoke (pickle REDUCE): tensor and container rebuilders only.
 _CALLABLES = {
@@ -206,17 +198,19 @@ def _resolve(module_name: str, name: str):
     if module_name == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout,
                                                                            torch.memory_format)):
         return getattr(torch, name)  # constants such as torch.float16
-    if not FORK_CLASS_ALIASES:
-        FORK_CLASS_ALIASES.update(_fork_aliases())
     cls = _USER_GLOBALS.get((module_name, name))
     if cls is not None and not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         return cls  # the user allowed this callable as it is
     if cls is None and module_name.startswith(_MODULE_PACKAGES):
-        # Only modules already imported (ultralytics' by the loader, ours by _fork_aliases): a
-        # fork's module path that stock ultralytics lacks falls through to the aliases below.
+        # Only modules already imported (ultralytics' by the loader): a module is never imported
+        # for the file. What stock ultralytics lacks under its name is a fork's class: a
+        # placeholder holding its state, recognised by structure after unpickling.
         cls = getattr(sys.modules.get(module_name), name, None)
-        if cls is None and module_name.startswith("ultralytics.") and name in FORK_CLASS_ALIASES:
-            cls = FORK_CLASS_ALIASES[name]
+        if cls is None and module_name.startswith("ultralytics."):
+            try:
+                cls = fork_placeholder(module_name, name)
+            except UnknownLayoutError as error:
+                raise UnsafeCheckpointError(str(error)) from None
         if cls is not None and not (isinstance(cls, type) and (issubclass(cls, nn.Module)
                                                                or module_name.startswith("ultralytics.utils.loss"))):
             cls = None  # functions and other objects in those packages are not needed
@@ -266,8 +260,8 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu"):
     path = Path(path)
     _check_container(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=False,
-                          pickle_module=_RestrictedPickleModule)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False,
+                                pickle_module=_RestrictedPickleModule)
     except UnsafeCheckpointError:
         raise
     except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, TypeError, AttributeError,
@@ -278,6 +272,13 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu"):
         raise CheckpointError(f"{path}: not a loadable checkpoint (it asks for more "
                               f"{'memory' if isinstance(error, MemoryError) else 'nesting'} than a "
                               f"checkpoint needs)") from None
+    # A best.pt holds the network under "model", a last.pt (while training runs) under "ema".
+    values = checkpoint.values() if isinstance(checkpoint, dict) else (checkpoint,)
+    try:
+        adopt_fork_modules([value for value in values if isinstance(value, nn.Module)])
+    except UnknownLayoutError as error:
+        raise CheckpointError(f"{path.name}: {error}") from None
+    return checkpoint
 
 
 _preloaded = threading.local()

@@ -30,6 +30,8 @@ def _detector_from(checkpoint, path: Path) -> nn.Module:
     if isinstance(checkpoint, nn.Module):
         model = checkpoint
     elif isinstance(checkpoint, dict):
+        # best.pt holds the network under "model" ("ema" None); last.pt, written while training
+        # runs, under "ema" ("model" None). ultralytics' own loader takes "ema" first too.
         model = checkpoint.get("ema") or checkpoint.get("model")
         if not isinstance(model, nn.Module):
             keys = ", ".join(sorted(map(str, checkpoint))[:8])
@@ -54,8 +56,9 @@ def _detector_from(checkpoint, path: Path) -> nn.Module:
 def load_model(path: str | Path, max_bytes: int = MAX_CHECKPOINT_BYTES):
     """Load a YOLOv8 detection checkpoint as an ultralytics ``YOLO`` (CPU, fp32, eval).
 
-    Loads DeformLens checkpoints, community-fork checkpoints (their DCNv3 class paths map onto
-    ``dcnv3``'s classes, no fork code needed) and plain YOLOv8 detectors. Nothing in the file is
+    Loads DeformLens checkpoints, community-fork checkpoints (their modules recognised by what
+    they hold, ``dcnv3.fork_layouts``; no fork code needed) and plain detectors, as best.pt or
+    last.pt. Nothing in the file is
     executed (see ``dcnv3.checkpoints``). Registers the ultralytics integration
     (``dcnv3.yolo.register()``, idempotent) if it is not yet. ``model.dcnv3_layers`` lists the qualified names of its
     DCNv3 modules; it is empty for a detector without DCNv3.

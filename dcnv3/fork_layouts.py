@@ -1,0 +1,347 @@
+"""Community-fork modules recognised by what they hold, then given the class of ours that computes
+what the fork's forward computed.
+
+Forks pickle their DCNv3 classes under their own copies of ultralytics, and the same name means
+different things in different forks (``DCNv3_PyTorch`` is a whole block in one, the operator in
+another; ``DCNv3`` has InternImage's LayerNorm depthwise branch in one family and an ultralytics
+``Conv`` in another). So names decide nothing here. The restricted unpickler
+(``dcnv3.checkpoints``) restores every class that stock ultralytics lacks as a ``ForkModule``: a
+placeholder that holds the saved state and computes nothing. ``adopt_fork_modules`` then walks
+each network, innermost modules first, and re-classes every placeholder whose state matches one
+of these shapes (all children, attributes and parameter shapes checked):
+
+=====================  =========================================================  ==================
+shape                  what it holds                                               becomes
+=====================  =========================================================  ==================
+DCNv3 operator         ``offset``, ``mask``, ``input_proj``, ``output_proj``         ``DCNv3``
+                       Linears of matching sizes; ``dw_conv``: InternImage's        (``DCNv3ConvDW``
+                       Conv2d -> LN/BN -> act (channels-last out), or an            for the Conv
+                       ultralytics Conv (channels-first out); channels, group,      branch)
+                       kernel_size, stride, pad, dilation, offset_scale
+DCNv3 block            ``dcnv3`` (an operator above), ``bn``, an activation          ``DCNV3_YoLo``
+                       (``act`` or ``gelu``), an optional 1x1 Conv stem
+                       (``conv`` or ``stem_conv``)
+Bottleneck             ``cv1`` (Conv), ``cv2`` (a DCNv3 block), ``add``              ``Bottleneck_DCNv3``
+C3 / C3k               ``cv1``, ``cv2``, ``cv3`` (Convs), ``m`` (Sequential of       ``C3k_DCNv3``
+                       DCNv3 bottlenecks)
+C2f / C3k2             ``cv1``, ``cv2`` (Convs), ``c``, ``m`` (ModuleList of DCNv3   ``C2f_DCNv3`` /
+                       bottlenecks or C3k)                                          ``C3k2_DCNv3``
+=====================  =========================================================  ==================
+
+plus InternImage's stateless helpers (``to_channels_last``, ``to_channels_first``,
+``CenterFeatureScaleModule``), which hold nothing, so their name is all there is to go by.
+Attribute spellings are normalised onto ours (``stem_conv`` -> ``conv``, ``gelu`` -> ``act``),
+keeping the order of the children. A C2f- and a C3k2-shaped container compute the same (C2f's
+forward); it becomes ``C3k2_DCNv3`` when it holds C3k blocks or its name says C3k2.
+
+A placeholder that matches nothing is reported by ``UnknownLayoutError`` with what it holds,
+and nothing of the file has run.
+"""
+from __future__ import annotations
+
+import threading
+
+from torch import nn
+from ultralytics.nn.modules.conv import Conv
+
+from . import blocks, module
+from .module import DCNv3, DCNv3ConvDW
+
+__all__ = ["ForkModule", "fork_placeholder", "adopt_fork_modules", "UnknownLayoutError",
+           "README_SECTION", "KNOWN_LAYERS"]
+
+README_SECTION = "README, 'Checkpoint layouts that load'"
+KNOWN_LAYERS = ("InternImage's DCNv3 / DCNv3_pytorch (ops v1.0 and v1.1), the extra_modules "
+                "family's DCNv3 with a Conv depthwise branch, the DCNv3 blocks around them "
+                "(DCNv3_PyTorch, DCNV3_YOLO, DCNV3_YoLo) and Bottleneck / C2f / C3 / C3k / C3k2 "
+                "containers of those blocks")
+MAX_FORK_CLASSES = 1024  # distinct class names one process restores as placeholders
+
+
+class UnknownLayoutError(ValueError):
+    """A checkpoint holds fork modules that match no known layout; the message says what they hold."""
+
+
+class ForkModule(nn.Module):
+    """State-only stand-in for a class a fork pickled and stock ultralytics lacks.
+
+    ``fork_class`` is the pickled qualified name. It holds the saved state (children, parameters,
+    attributes) and computes nothing: ``adopt_fork_modules`` gives it a class of ours, or refuses.
+    """
+
+    fork_class = "?"
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError(f"{self.fork_class} was not recognised; DeformLens does not run fork code")
+
+
+_placeholders: dict[str, type] = {}
+_lock = threading.Lock()
+
+
+def fork_placeholder(module_name: str, name: str) -> type:
+    """The ForkModule subclass standing for ``module_name.name`` (one per qualified name)."""
+    qualified = f"{module_name}.{name}"
+    with _lock:
+        if qualified not in _placeholders:
+            if len(_placeholders) >= MAX_FORK_CLASSES or len(qualified) > 300 or not name.isidentifier():
+                raise UnknownLayoutError(f"refused: the checkpoint names the class '{qualified[:300]}', "
+                                         f"which no detection checkpoint needs")
+            _placeholders[qualified] = type(name, (ForkModule,), {
+                "fork_class": qualified, "__module__": __name__, "__qualname__": f"ForkModule[{qualified}]"})
+        return _placeholders[qualified]
+
+
+def _short(module: nn.Module) -> str:
+    return module.fork_class.rsplit(".", 1)[-1] if isinstance(module, ForkModule) else type(module).__name__
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes. Each takes a placeholder whose children are already adopted and returns
+# (class of ours, None) or (None, what does not fit).
+# ---------------------------------------------------------------------------------------------
+
+_STATELESS = {"to_channels_last": module.to_channels_last, "to_channels_first": module.to_channels_first,
+              "CenterFeatureScaleModule": module.CenterFeatureScaleModule}
+_ACTIVATIONS = (nn.GELU, nn.SiLU, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.Mish, nn.Identity)
+
+
+def _stateless(candidate: nn.Module):
+    target = _STATELESS.get(_short(candidate))
+    if target is None:
+        return None, "holds nothing"
+    if candidate._modules or candidate._parameters or candidate._buffers:
+        return None, f"holds state, unlike InternImage's stateless {_short(candidate)}"
+    return target, None
+
+
+def _depthwise(conv, channels: int) -> bool:
+    return (isinstance(conv, nn.Conv2d) and conv.in_channels == conv.out_channels == channels
+            and conv.groups == channels)
+
+
+def _dw_branch_kind(dw_conv, channels: int):
+    """DCNv3 (InternImage's Conv2d -> norm -> act, channels-last out), DCNv3ConvDW (an
+    ultralytics Conv, channels-first out), or None."""
+    if isinstance(dw_conv, Conv) and _depthwise(dw_conv.conv, channels):
+        bn = getattr(dw_conv, "bn", None)  # absent once fused
+        if bn is None or (isinstance(bn, nn.BatchNorm2d) and bn.num_features == channels):
+            return DCNv3ConvDW
+        return None
+    if not (isinstance(dw_conv, nn.Sequential) and len(dw_conv) == 3 and _depthwise(dw_conv[0], channels)
+            and isinstance(dw_conv[1], nn.Sequential) and isinstance(dw_conv[2], _ACTIVATIONS)):
+        return None
+    norm = list(dw_conv[1])
+    layer_norm = (len(norm) == 2 and isinstance(norm[0], module.to_channels_last)
+                  and isinstance(norm[1], nn.LayerNorm) and tuple(norm[1].normalized_shape) == (channels,))
+    batch_norm = (len(norm) == 2 and isinstance(norm[0], nn.BatchNorm2d) and norm[0].num_features == channels
+                  and isinstance(norm[1], module.to_channels_last))
+    return DCNv3 if layer_norm or batch_norm else None
+
+
+_OPERATOR_CHILDREN = {"dw_conv", "offset", "mask", "input_proj", "output_proj"}
+_OPERATOR_NUMBERS = ("channels", "kernel_size", "stride", "pad", "dilation", "group", "group_channels")
+
+
+def _operator(candidate: nn.Module):
+    children = set(candidate._modules)
+    if not _OPERATOR_CHILDREN <= children:
+        return None, None
+    extra = children - _OPERATOR_CHILDREN - {"center_feature_scale_module"}
+    if extra:
+        return None, f"a DCNv3-like operator with unknown children {sorted(extra)}"
+    state = candidate.__dict__
+    missing = [a for a in _OPERATOR_NUMBERS if not _is_int(state.get(a))]
+    if missing or not isinstance(state.get("offset_scale"), (int, float)):
+        return None, f"a DCNv3-like operator without integer {missing or ['offset_scale']}"
+    channels, group, k = state["channels"], state["group"], state["kernel_size"]
+    remove_center = int(state.get("remove_center", 0))  # ops v1.0 pickles have none
+    points = k * k - remove_center
+    linears = {n: candidate._modules[n] for n in ("offset", "mask", "input_proj", "output_proj")}
+    expected = {"offset": group * points * 2, "mask": group * points, "input_proj": channels,
+                "output_proj": channels}
+    for name, layer in linears.items():
+        if not (isinstance(layer, nn.Linear) and layer.in_features == channels
+                and layer.out_features == expected[name]):
+            return None, (f"a DCNv3-like operator whose `{name}` is not Linear({channels}, {expected[name]}) "
+                          f"(channels {channels}, group {group}, {points} points)")
+    if min(channels, group, k, state["stride"], state["dilation"]) < 1 or channels % group \
+            or state["group_channels"] != channels // group or (remove_center and k % 2 == 0):
+        return None, f"a DCNv3-like operator with inconsistent geometry (channels {channels}, group {group}, kernel {k})"
+    if state.get("center_feature_scale"):
+        weight = candidate._parameters.get("center_feature_scale_proj_weight")
+        bias = candidate._parameters.get("center_feature_scale_proj_bias")
+        if weight is None or bias is None or tuple(weight.shape) != (group, channels) \
+                or tuple(bias.shape) != (group,) \
+                or not isinstance(candidate._modules.get("center_feature_scale_module"), module.CenterFeatureScaleModule):
+            return None, "a DCNv3-like operator with center_feature_scale but without its projection"
+    dw_conv = candidate._modules["dw_conv"]
+    kind = _dw_branch_kind(dw_conv, channels)
+    if kind is None:
+        return None, f"a DCNv3-like operator with an unknown depthwise branch `dw_conv` ({_short(dw_conv)})"
+    depthwise = dw_conv.conv if kind is DCNv3ConvDW else dw_conv[0]
+    if tuple(depthwise.stride) != (state["stride"],) * 2:
+        # The forks' depthwise branch always has stride 1, and their forward then breaks for a
+        # strided DCNv3 (offsets on the input grid); ours runs that branch at the layer's stride.
+        return None, (f"a DCNv3-like operator of stride {state['stride']} whose depthwise branch has "
+                      f"stride {tuple(depthwise.stride)}: its own forward could not have run")
+    return kind, None
+
+
+def _normalise_children(candidate: nn.Module, renames: dict[str, str]) -> None:
+    """Rename children in place (``stem_conv`` -> ``conv``), keeping their order."""
+    if any(old in candidate._modules for old in renames):
+        candidate._modules = type(candidate._modules)(
+            (renames.get(name, name), child) for name, child in candidate._modules.items())
+
+
+def _block(candidate: nn.Module):
+    children = candidate._modules
+    if "dcnv3" not in children:
+        return None, None
+    operator = children["dcnv3"]
+    if not isinstance(operator, DCNv3):
+        return None, f"a DCNv3 block whose `dcnv3` is an unknown `{_short(operator)}`"
+    stems = [n for n in ("conv", "stem_conv") if n in children]
+    acts = [n for n in ("act", "gelu") if n in children]
+    extra = set(children) - {"dcnv3", "bn", "conv", "stem_conv", "act", "gelu"}
+    if extra or len(stems) > 1 or len(acts) != 1 or "bn" not in children:
+        return None, (f"a DCNv3 block holding {sorted(children)} (known: dcnv3, bn, act or gelu, "
+                      f"an optional conv or stem_conv)")
+    bn, act = children["bn"], children[acts[0]]
+    if not (isinstance(bn, nn.BatchNorm2d) and bn.num_features == operator.channels):
+        return None, f"a DCNv3 block whose `bn` is not BatchNorm2d({operator.channels})"
+    if not isinstance(act, _ACTIVATIONS):
+        return None, f"a DCNv3 block with an unknown activation `{_short(act)}`"
+    if stems:
+        stem = children[stems[0]]
+        if not (isinstance(stem, Conv) and stem.conv.out_channels == operator.channels):
+            return None, f"a DCNv3 block whose stem `{stems[0]}` is not a Conv to {operator.channels} channels"
+    _normalise_children(candidate, {"stem_conv": "conv", "gelu": "act"})
+    return blocks.DCNV3_YoLo, None
+
+
+def _bottleneck(candidate: nn.Module):
+    children = candidate._modules
+    if set(children) != {"cv1", "cv2"}:
+        return None, None
+    cv1, cv2 = children["cv1"], children["cv2"]
+    if not isinstance(cv2, blocks.DCNV3_YoLo):
+        return None, f"a Bottleneck-shaped block (cv1, cv2) with an unknown `{_short(cv2)}` child"
+    if not isinstance(cv1, Conv) or not isinstance(candidate.__dict__.get("add"), bool):
+        return None, "a Bottleneck-shaped block (cv1, cv2) without a Conv `cv1` or a boolean `add`"
+    inner = cv2.conv.conv.in_channels if hasattr(cv2, "conv") else cv2.dcnv3.channels
+    if cv1.conv.out_channels != inner:
+        return None, "a Bottleneck-shaped block whose cv1 and cv2 channels differ"
+    return blocks.Bottleneck_DCNv3, None
+
+
+def _unknown_child(candidate: nn.Module, allowed: tuple[type, ...]) -> str | None:
+    """The first child of ``m`` that is not one of ``allowed``, or 'no' when ``m`` is empty."""
+    inner = candidate._modules["m"]
+    if inner is None or not len(inner):
+        return "no"
+    for child in inner:
+        if not isinstance(child, allowed):
+            return f"an unknown `{_short(child)}`"
+    return None
+
+
+def _csp(candidate: nn.Module):
+    children = candidate._modules
+    if set(children) == {"cv1", "cv2", "cv3", "m"}:  # C3 / C3k: cv3(cat(m(cv1(x)), cv2(x)))
+        unknown = _unknown_child(candidate, (blocks.Bottleneck_DCNv3,))
+        if unknown or not isinstance(children["m"], nn.Sequential):
+            return None, f"a C3k-shaped container (cv1, cv2, cv3, m) with {unknown or 'a non-Sequential'} child"
+        if not all(isinstance(children[n], Conv) for n in ("cv1", "cv2", "cv3")):
+            return None, "a C3k-shaped container whose cv1 / cv2 / cv3 are not Convs"
+        return blocks.C3k_DCNv3, None
+    if set(children) != {"cv1", "cv2", "m"}:
+        return None, None
+    # C2f / C3k2: cv2(cat(split(cv1(x), c) + [m_i(...)]))
+    shape = "C3k2" if "C3k2" in _short(candidate) else "C2f"
+    unknown = _unknown_child(candidate, (blocks.Bottleneck_DCNv3, blocks.C3k_DCNv3))
+    if unknown or not isinstance(children["m"], nn.ModuleList):
+        return None, f"a {shape}-shaped container (cv1, cv2, m) with {unknown or 'a non-ModuleList'} child"
+    c, n = candidate.__dict__.get("c"), len(children["m"])
+    cv1, cv2 = children["cv1"], children["cv2"]
+    if not (_is_int(c) and isinstance(cv1, Conv) and isinstance(cv2, Conv)
+            and cv1.conv.out_channels == 2 * c and cv2.conv.in_channels == (2 + n) * c):
+        return None, f"a {shape}-shaped container whose cv1, cv2 and c do not fit {n} blocks"
+    if shape == "C3k2" or any(isinstance(child, blocks.C3k_DCNv3) for child in children["m"]):
+        return blocks.C3k2_DCNv3, None
+    return blocks.C2f_DCNv3, None
+
+
+_SHAPES = (_operator, _block, _bottleneck, _csp)
+
+
+def _adopt(candidate: nn.Module) -> str | None:
+    """Re-class ``candidate`` in place; None, or why it matches no layout."""
+    if not candidate._modules and _short(candidate) in _STATELESS:
+        target, reason = _stateless(candidate)
+    else:
+        target, reason = None, None
+        for shape in _SHAPES:
+            target, reason = shape(candidate)
+            if target is not None or reason is not None:
+                break
+    if target is None:
+        return reason or _holdings(candidate)
+    candidate.__class__ = target
+    return None
+
+
+def _holdings(candidate: nn.Module) -> str:
+    parts = []
+    if candidate._modules:
+        parts.append("children " + ", ".join(f"{n} ({_short(c)})" for n, c in candidate._modules.items()))
+    if candidate._parameters:
+        parts.append("parameters " + ", ".join(f"{n} {tuple(p.shape)}" for n, p in candidate._parameters.items()
+                                               if p is not None))
+    return "a module holding " + ("; ".join(parts) if parts else "no state") + ", in no known layout"
+
+
+def _post_order(root: nn.Module):
+    """Every module under ``root`` once, children before parents (iterative: no recursion limit)."""
+    seen, order, stack = set(), [], [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.append((node, True))
+        stack.extend((child, False) for child in reversed(list(node._modules.values())) if child is not None)
+    return order
+
+
+def adopt_fork_modules(networks: list[nn.Module]) -> int:
+    """Give every ForkModule in ``networks`` the class of ours that computes what the fork's did.
+
+    Returns how many were adopted. Raises UnknownLayoutError naming each fork class that fits no
+    known layout, with what it holds; the networks are then unusable (nothing has run).
+    """
+    adopted, unknown = 0, {}
+    for network in networks:
+        for candidate in _post_order(network):
+            if not isinstance(candidate, ForkModule):
+                continue
+            reason = _adopt(candidate)
+            if reason is None:
+                adopted += 1
+            else:
+                unknown.setdefault(candidate.fork_class, reason)
+    if unknown:
+        needs = "; ".join(f"`{name.rsplit('.', 1)[-1]}` ({name}): {reason}" for name, reason in unknown.items())
+        raise UnknownLayoutError(
+            f"the checkpoint needs classes DeformLens does not know: {needs}. DeformLens knows "
+            f"{KNOWN_LAYERS}, recognised by what they hold (see the {README_SECTION}); nothing "
+            f"from the file was run")
+    return adopted

@@ -1,0 +1,179 @@
+"""Community-fork checkpoint layouts load by what their modules hold and compute what the forks did.
+
+The fixtures (tests/data/forks, built by tests/forks/make_fork_fixtures.py from the forks' own
+code, see the README there) are loaded in a clean interpreter in which no fork code exists, as
+best.pt and as last.pt, and must reproduce the forks' recorded forward within the bounds shared by
+every fork fixture test. Why these bounds:
+
+- boxes (pred rows 0-3, pixels): 0.1 px. fp32 summation order alone (another CPU's convolution
+  kernels, another formulation of the DCNv3 sum) moves them by up to ~0.03 px; a wrong reading
+  (offsets zeroed or swapped, a missing layer, the wrong activation) by tens to hundreds of px.
+- class scores (rows 4+, in [0, 1]): 1e-3 (measured: ~1e-4).
+- offsets and mask logits: 2e-3 + 2e-3 |x| elementwise.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from repo_paths import ROOT
+
+FORKS = ROOT / "tests" / "data" / "forks"
+LAYOUTS = ("jiangjh_v8", "extra_v8", "extra_v11")
+BOX_PX, SCORE, LAYER_ABS, LAYER_REL = 0.1, 1e-3, 2e-3, 2e-3
+
+
+def run_python(code: str) -> str:
+    """Run code in a fresh interpreter (no fork code, nothing imported yet); return stdout."""
+    env = {**os.environ, "YOLO_OFFLINE": "true"}
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                            cwd=ROOT, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_every_layout_reproduces_its_fork_as_best_and_last_in_a_clean_process():
+    out = run_python(f"""
+        import sys, cv2, torch
+        import dcnv3
+        from dcnv3.loading import load_model
+        from dcnv3.probe import probe
+        from ultralytics.data.augment import LetterBox
+
+        image = cv2.imread({str(ROOT / "assets" / "examples" / "bus.jpg")!r})
+        x = torch.from_numpy(LetterBox((640, 640), auto=True, stride=32)(image=image)[..., ::-1].copy())
+        x = x.permute(2, 0, 1)[None].float() / 255
+
+        def excess(actual, reference, absolute, relative):  # largest |diff| / bound (<= 1 passes), |diff|
+            assert actual.shape == reference.shape, (actual.shape, reference.shape)
+            diff = (actual - reference).abs()
+            return (diff / (absolute + relative * reference.abs())).max().item(), diff.max().item()
+
+        for layout in {LAYOUTS!r}:
+            expected = torch.load(f"{FORKS}/{{layout}}_expected.pt", weights_only=True)
+            assert list(x.shape) == expected["input_shape"] and abs(x.double().sum().item() - expected["input_sum"]) < 1e-3
+            for kind in ("best", "last"):
+                model = load_model(f"{FORKS}/{{layout}}_{{kind}}.pt")
+                assert sorted(model.dcnv3_layers) == sorted({{k.rsplit(".", 1)[0] for k in expected["layers"]}})
+                for formulation in ("native", "grid_sample"):
+                    dcnv3.set_default_formulation(formulation)
+                    with dcnv3.capture(model.model) as layers, torch.no_grad():
+                        pred = model.model(x)[0]
+                    ref = expected["pred"]
+                    boxes = (pred[:, :4] - ref[:, :4]).abs().max().item()
+                    scores = (pred[:, 4:] - ref[:, 4:]).abs().max().item()
+                    assert boxes <= {BOX_PX} and scores <= {SCORE}, (layout, kind, formulation, boxes, scores)
+                    ratio, diff = max(excess(getattr(record, field), expected["layers"][name + key], {LAYER_ABS}, {LAYER_REL})
+                                      for name, record in layers.items()
+                                      for field, key in (("offset_raw", ".offset"), ("mask_logits", ".mask_logits")))
+                    assert ratio <= 1, (layout, kind, formulation, ratio)
+                    print(f"{{layout}} {{kind}} {{formulation}}: boxes {{boxes:.2g}} px, scores {{scores:.2g}}, "
+                          f"offsets / mask logits {{diff:.2g}} ({{ratio:.2g}} of the bound)")
+                dcnv3.set_default_formulation("native")
+            # The probe (the app's path: letterbox, inference copy, NMS) lists every layer with the
+            # fork's offsets.
+            result = probe(model, {str(ROOT / "assets" / "examples" / "bus.jpg")!r}, imgsz=640)
+            assert [layer.name for layer in result.layers] == model.dcnv3_layers
+            for layer in result.layers:
+                reference = expected["layers"][layer.name + ".offset"][0].reshape(layer.offsets.shape)
+                assert excess(torch.from_numpy(layer.offsets).float(), reference, {LAYER_ABS}, {LAYER_REL})[0] <= 1, layer.name
+            forks = [name for name in sys.modules if "ops_dcnv3" in name or "extra_modules" in name]
+            assert not forks, forks
+            print(layout, "probe", len(result.layers), "layers")
+    """)
+    print(out)
+    assert out.count("probe 5 layers") == len(LAYOUTS)
+
+
+# ---------------------------------------------------------------------------------------------
+# An unknown deformable layout: a C3k2-shaped container whose bottleneck holds a `FooConv`.
+# ---------------------------------------------------------------------------------------------
+
+FOO_MODULE = "ultralytics.nn.extra_modules.block"
+
+
+def _unknown_fork_checkpoint(path: Path) -> int:
+    """A detector whose layer 4 is a fork's C3k2_Foo(Bottleneck_Foo(FooConv)), pickled under the
+    fork's module path; the classes exist only while saving. Returns FooConv's channels."""
+    from ultralytics.nn.modules.conv import Conv
+    from ultralytics.nn.tasks import DetectionModel
+
+    fork = types.ModuleType(FOO_MODULE)
+
+    class FooConv(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.offset_conv = nn.Conv2d(c, 18, 3, padding=1)
+            self.weight = nn.Parameter(torch.zeros(c, c, 3, 3))
+
+    class Bottleneck_Foo(nn.Module):  # noqa: N801 - a fork's spelling
+        def __init__(self, c):
+            super().__init__()
+            self.cv1, self.cv2, self.add = Conv(c, c, 3), FooConv(c), True
+
+    class C3k2_Foo(nn.Module):  # noqa: N801 - a fork's spelling
+        def __init__(self, stock):
+            super().__init__()
+            self.c, self.cv1, self.cv2 = stock.c, stock.cv1, stock.cv2
+            self.m = nn.ModuleList([Bottleneck_Foo(stock.c)])
+
+    for cls in (FooConv, Bottleneck_Foo, C3k2_Foo):
+        cls.__module__, cls.__qualname__ = FOO_MODULE, cls.__name__
+        setattr(fork, cls.__name__, cls)
+    model = DetectionModel("yolo11n.yaml", nc=2, verbose=False)
+    model.model[4] = C3k2_Foo(model.model[4])
+    sys.modules[FOO_MODULE] = fork
+    try:
+        torch.save({"model": model.half(), "ema": None}, path)
+    finally:
+        del sys.modules[FOO_MODULE]
+    return model.model[4].c
+
+
+def test_unknown_deformable_class_is_refused_saying_what_it_holds(tmp_path):
+    path = tmp_path / "foo_best.pt"
+    channels = _unknown_fork_checkpoint(path)
+    out = run_python(f"""
+        import sys
+        from dcnv3.checkpoints import CheckpointError
+        from dcnv3.loading import load_model
+        try:
+            load_model({str(path)!r})
+        except CheckpointError as error:
+            print("REFUSED", error)
+        assert {FOO_MODULE!r} not in sys.modules  # looked up, never imported
+    """)
+    message = out.split("REFUSED ", 1)[1]
+    assert "\n" not in message.strip()  # one line, as the app shows it
+    assert message.startswith("foo_best.pt: ")
+    for needed in ("`C3k2_Foo`", "a C3k2-shaped container (cv1, cv2, m) with an unknown `Bottleneck_Foo` child",
+                   "`Bottleneck_Foo`", "a Bottleneck-shaped block (cv1, cv2) with an unknown `FooConv` child",
+                   "`FooConv`", "offset_conv (Conv2d)", f"weight ({channels}, {channels}, 3, 3)",
+                   "InternImage's DCNv3", "Checkpoint layouts that load", "nothing from the file was run"):
+        assert needed in message, (needed, message)
+
+
+def test_dcnv3_conv_dw_runs_the_channels_first_branch():
+    """DCNv3ConvDW computes DCNv3 with the extra_modules family's Conv depthwise branch: the same
+    as a DCNv3 whose dw_conv is that Conv followed by a permute to channels-last."""
+    from ultralytics.nn.modules.conv import Conv
+
+    from dcnv3.module import DCNv3, DCNv3ConvDW, to_channels_last
+
+    torch.manual_seed(0)
+    conv = Conv(32, 32, 3, g=32).eval()
+    ours = DCNv3ConvDW(32, 3, group=2, dw_conv=conv).eval()
+    nn.init.normal_(ours.offset.weight, std=0.3)
+    nn.init.normal_(ours.mask.weight, std=0.3)
+    twin = DCNv3(32, 3, group=2).eval()
+    twin.load_state_dict({k: v for k, v in ours.state_dict().items() if not k.startswith("dw_conv")}, strict=False)
+    twin.dw_conv = nn.Sequential(conv, to_channels_last())
+    x = torch.randn(1, 12, 10, 32)
+    with torch.no_grad():
+        assert torch.equal(ours(x), twin(x))
+    assert set(ours.state_dict()) >= {"dw_conv.conv.weight", "dw_conv.bn.running_var", "offset.weight"}
