@@ -1,12 +1,14 @@
-"""The probe: one forward of a YOLO detector, its detections, and what every DCNv3 layer computed.
+"""The probe: one forward of a YOLO detector, its raw predictions, and what every DCNv3 layer computed.
 
 Like segment-anything's predictor caches the image embedding, a ``Probe`` caches the expensive
-step (the model run) and answers cheap queries from it: sampling locations of any cell in
-original-image pixels, the cell under a pixel, and per-cell statistics. Clicking around in the
-app never runs the model again.
+step (the model run) and answers cheap queries from it: detections at any confidence and IoU
+(``Probe.detect``: ultralytics' NMS on the cached raw predictions), sampling locations of any
+cell in original-image pixels, the cell under a pixel, and per-cell statistics. Clicking
+around in the app, or moving a threshold slider, never runs the model again.
 
-Data flow: image -> ultralytics' predictor (its LetterBox, the model forward with capture hooks
-on every DCNv3 module, its NMS and scale_boxes) -> ``Probe``.
+Data flow: image -> ultralytics' LetterBox -> the model forward, every DCNv3 module handing what
+it predicted to ``dcnv3.capture`` -> ``Probe`` (raw predictions + one ``LayerRecord`` per layer)
+-> ultralytics' ``non_max_suppression`` and ``scale_boxes`` per query -> ``Detections``.
 """
 from __future__ import annotations
 
@@ -27,7 +29,13 @@ from . import geometry, stats
 from .capture import capture, dcnv3_modules
 from .geometry import Letterbox
 
-__all__ = ["Probe", "LayerRecord", "Detections", "probe", "probe_batch", "prepare_image", "network_input"]
+__all__ = ["Probe", "LayerRecord", "Detections", "RawPredictions", "WEIGHT_KINDS", "default_layer", "probe",
+           "probe_batch", "prepare_image", "network_input", "inference_model"]
+
+# What a record's modulation weights are, by ``LayerRecord.weight_kind``. Views that size points
+# by weight or take the weights' entropy read the kind; DCNv3's are a softmax over each group's P
+# points. (DCNv2's per-point sigmoid and DCNv4's unnormalised scalars would be further kinds.)
+WEIGHT_KINDS = {"softmax": "softmax over each group's P points: each in [0, 1], each group sums to 1"}
 
 
 @dataclass
@@ -47,12 +55,24 @@ class Detections:
 
 @dataclass
 class LayerRecord:
-    """What one DCNv3 layer computed for the probed image (batch element 0).
+    """What one deformable layer computed for one probed image: the one record every view reads.
 
-    ``offsets`` (H, W, G, P, 2): learned (dx, dy) in feature cells of the layer's input, before
-    ``offset_scale``; ``weights`` (H, W, G, P): softmax modulation weights (each group sums to 1).
-    ``stride``: stride of the layer's input feature map in network-input pixels; ``layer_stride``:
-    the DCNv3's own stride; ``grid``: (H, W) of its output.
+    Arrays, over the layer's (H, W) output grid ``grid``, G groups of P points:
+
+    * ``offsets`` (H, W, G, P, 2) float32: the learned (dx, dy) of each point, in feature cells of
+      the layer's input, before ``offset_scale``.
+    * ``weights`` (H, W, G, P) float32: the modulation weight of each point; ``weight_kind`` (a
+      key of ``WEIGHT_KINDS``) says what they are: "softmax" for DCNv3.
+
+    Point order: p = i*K + j over the K x K kernel, i walking x (columns) and j walking y (rows);
+    with ``remove_center`` the centre point is left out and the later points move down by one.
+
+    Geometry, from which every location follows (``dcnv3.geometry``): point p of group g at output
+    cell (row, col) samples the input feature map at index (x, y) =
+    (col * layer_stride - pad + c, row * layer_stride - pad + c) + offset_scale * (kernel_p + offset),
+    where c = dilation * (kernel - 1) // 2 and kernel_p is the point's place in the dilated grid
+    (``geometry.kernel_offsets``); input index x lies at network-input pixel (x + 0.5) * stride.
+    ``stride``: of the layer's input map in network-input pixels; ``layer_stride``: the layer's own.
     """
     name: str
     stage: str
@@ -68,6 +88,7 @@ class LayerRecord:
     remove_center: bool
     offsets: np.ndarray
     weights: np.ndarray
+    weight_kind: str = "softmax"
 
     @property
     def label(self) -> str:
@@ -76,12 +97,55 @@ class LayerRecord:
 
 
 @dataclass
+class RawPredictions:
+    """The detection head's output for one image, as the forward left it (before NMS).
+
+    ``values`` float32 on the CPU: (4 + nc, A) for an NMS head (per anchor the box cx, cy, w, h
+    in network-input px, then nc class scores), or (N, 6) rows (x1, y1, x2, y2, score, class)
+    for an end-to-end head (``end2end``). ``input_shape``: (H, W) of the network input.
+    """
+    values: np.ndarray
+    end2end: bool
+    input_shape: tuple[int, int]
+    names: dict
+
+    def detections(self, image_shape: tuple[int, int], conf: float, iou: float, max_det: int = 300) -> Detections:
+        """Ultralytics' ``non_max_suppression`` and ``scale_boxes``, with the arguments of
+        ``YOLO.predict``'s own path, -> detections in pixels of an image of ``image_shape``."""
+        from ultralytics.utils import nms, ops
+
+        # A copy: NMS must not be able to change the cached predictions in place.
+        prediction = torch.tensor(self.values).unsqueeze(0)
+        with torch.inference_mode():
+            boxes = nms.non_max_suppression(prediction, conf, iou, max_det=max_det, nc=0, end2end=self.end2end)[0]
+            boxes[:, :4] = ops.scale_boxes(self.input_shape, boxes[:, :4], tuple(image_shape))
+        boxes = boxes.numpy()
+        return Detections(boxes[:, :4].astype(np.float32), boxes[:, 4].astype(np.float32),
+                          boxes[:, 5].astype(np.int64), self.names)
+
+
+@dataclass
 class Probe:
-    """A probed image: detections, letterbox geometry and one ``LayerRecord`` per DCNv3 layer."""
+    """A probed image: detections, letterbox geometry and one ``LayerRecord`` per DCNv3 layer.
+
+    ``detections`` are those at the thresholds the probe was made with (``thresholds``: conf,
+    iou, max_det); ``detect`` answers any other thresholds from ``raw`` without a forward.
+    A probe made by hand may have neither.
+    """
     image_shape: tuple[int, int]
     letterbox: Letterbox
     detections: Detections
     layers: list[LayerRecord] = field(default_factory=list)
+    raw: RawPredictions | None = field(default=None, repr=False)
+    thresholds: tuple[float, float, int] | None = None
+
+    def detect(self, conf: float, iou: float, max_det: int = 300) -> Detections:
+        """The detections at other thresholds, from the cached raw predictions (ultralytics'
+        NMS and ``scale_boxes``: about a millisecond, no forward). ``detect(*thresholds)``
+        equals ``detections``."""
+        if self.raw is None:
+            raise ValueError("this probe holds no raw predictions (it was not made by dcnv3.probe.probe)")
+        return self.raw.detections(self.image_shape, conf, iou, max_det)
 
     def layer(self, name: str) -> LayerRecord:
         for record in self.layers:
@@ -125,6 +189,10 @@ class Probe:
     def outside_share(self, layer) -> np.ndarray:
         return stats.outside_share(self.record(layer), self.letterbox)
 
+    def default_layer(self) -> LayerRecord | None:
+        """The layer a view shows when none was chosen (``default_layer``), None without layers."""
+        return default_layer(self.layers)
+
     def layer_for_box(self, box) -> LayerRecord | None:
         """The DCNv3 layer whose stride best matches a box's scale (P3 for small, P5 for large),
         following YOLOv8's assignment of objects to strides (sqrt(area) / 8 in input pixels)."""
@@ -149,6 +217,13 @@ class Probe:
             arrays[f"{record.name}/weights"] = record.weights
             arrays[f"{record.name}/sampling_locations"] = self.sampling_locations(record).astype(np.float32)
         return arrays
+
+
+def default_layer(layers: list):
+    """The layer every view starts on when nobody chose one: the middle of the stack in forward
+    order (the P4 layer of the bundled model's five); None for an empty list. ``layers``:
+    ``LayerRecord``s or layer names, in forward order."""
+    return layers[len(layers) // 2] if layers else None
 
 
 def prepare_image(image) -> np.ndarray:
@@ -290,17 +365,14 @@ def probe_batch(model, images: list, imgsz: int = 640, conf: float = 0.25, iou: 
 def _probe_prepared(model, runner, modules, prepared: list, conf: float, iou: float,
                     max_det: int) -> list[Probe]:
     """The probes of ``network_input`` results of one input size: one forward of their batch."""
-    from ultralytics.utils import nms, ops
-
     x = prepared[0][0] if len(prepared) == 1 else torch.cat([x for x, _, _ in prepared]).contiguous(
         memory_format=torch.channels_last)
     with capture(runner, modules) as captured, torch.inference_mode():
         predictions = runner(x)
-        batch_boxes = nms.non_max_suppression(predictions, conf, iou, max_det=max_det, nc=0,
-                                              end2end=getattr(runner, "end2end", False))
-        input_shape = tuple(x.shape[2:])
-        for boxes, (_, _, array) in zip(batch_boxes, prepared):
-            boxes[:, :4] = ops.scale_boxes(input_shape, boxes[:, :4], array.shape)
+    predictions = predictions[0] if isinstance(predictions, (list, tuple)) else predictions  # eval: (y, features)
+    predictions = predictions.float().cpu()
+    input_shape = tuple(x.shape[2:])
+    end2end = bool(getattr(runner, "end2end", False))
     names = dict(getattr(model, "names", None) or getattr(runner, "names", {}))
     backbone_layers = len(getattr(runner, "yaml", {}).get("backbone", [])) or 10
     captured = [(name, record) for name, record in captured.items()
@@ -308,10 +380,11 @@ def _probe_prepared(model, runner, modules, prepared: list, conf: float, iou: fl
     offsets = [record.offsets.float().numpy() for _, record in captured]  # (B, H, W, G, P, 2)
     weights = [record.weights.float().numpy() for _, record in captured]  # (B, H, W, G, P)
     results = []
-    for index, ((_, letterbox, array), boxes) in enumerate(zip(prepared, batch_boxes)):
-        boxes = boxes.numpy()
-        detections = Detections(boxes[:, :4].astype(np.float32), boxes[:, 4].astype(np.float32),
-                                boxes[:, 5].astype(np.int64), names)
+    for index, (_, letterbox, array) in enumerate(prepared):
+        # One image's rows only, copied out of a batch so a probe does not keep the whole batch alive.
+        values = predictions[index].numpy()
+        raw = RawPredictions(values if len(prepared) == 1 else values.copy(), end2end, input_shape, names)
+        thresholds = (float(conf), float(iou), int(max_det))
         layers = []
         for (name, record), layer_offsets, layer_weights in zip(captured, offsets, weights):
             module = record.module
@@ -324,5 +397,7 @@ def _probe_prepared(model, runner, modules, prepared: list, conf: float, iou: fl
                 offset_scale=float(module.offset_scale), groups=int(module.group),
                 points=int(module.points), remove_center=bool(getattr(module, "remove_center", 0)),
                 offsets=layer_offsets[index], weights=layer_weights[index]))
-        results.append(Probe(tuple(array.shape[:2]), letterbox, detections, layers))
+        image_shape = tuple(array.shape[:2])
+        results.append(Probe(image_shape, letterbox, raw.detections(image_shape, *thresholds), layers, raw,
+                             thresholds))
     return results

@@ -127,6 +127,51 @@ def test_detections_match_ultralytics_predict():
     assert result.layers == []  # a detector without DCNv3
 
 
+def same_detections(a, b) -> bool:
+    return all(np.array_equal(getattr(a, key), getattr(b, key)) for key in ("boxes", "scores", "classes"))
+
+
+def test_detections_are_a_query_on_the_cached_forward(bundled_dcnv3):
+    """``detections`` is ``detect`` at the probe's own thresholds, and ``detect`` at other
+    thresholds gives exactly what a fresh probe (a new forward) at those thresholds gives."""
+    image = cv2.imread(str(ROOT / "assets" / "examples" / "shapes_1.jpg"))
+    result = probe(bundled_dcnv3, image, imgsz=320, conf=0.25, iou=0.7)
+    assert result.thresholds == (0.25, 0.7, 300) and len(result.detections) > 0
+    assert same_detections(result.detect(0.25, 0.7), result.detections)
+    counts = set()
+    for conf, iou, max_det in [(0.05, 0.7, 300), (0.6, 0.7, 300), (0.1, 0.3, 300), (0.05, 0.9, 2)]:
+        fresh = probe(bundled_dcnv3, image, imgsz=320, conf=conf, iou=iou, max_det=max_det)
+        assert same_detections(result.detect(conf, iou, max_det), fresh.detections)
+        counts.add(len(fresh.detections))
+    assert len(counts) >= 3  # the thresholds really changed what was detected
+    # The cache is one image's head output, float32 on the CPU: (4 + classes, anchors at 320).
+    raw = result.raw.values
+    assert raw.dtype == np.float32 and raw.shape == (4 + len(bundled_dcnv3.names), 40 * 40 + 20 * 20 + 10 * 10)
+    assert not any("raw" in key for key in result.as_arrays())
+
+
+def test_end_to_end_predictions_are_filtered_by_score_and_scaled():
+    """An end-to-end head's rows (x1, y1, x2, y2, score, class) are only thresholded and capped,
+    then mapped back through the letterbox as ultralytics' scale_boxes does."""
+    from dcnv3.probe import RawPredictions
+
+    rows = np.array([[10, 20, 50, 60, 0.9, 1], [0, 0, 8, 8, 0.2, 0], [30, 40, 70, 90, 0.6, 2]], np.float32)
+    raw = RawPredictions(rows, True, (96, 128), {0: "a", 1: "b", 2: "c"})  # a 48 x 64 image at ratio 2
+    found = raw.detections((48, 64), conf=0.5, iou=0.7)
+    np.testing.assert_array_equal(found.scores, np.float32([0.9, 0.6]))
+    np.testing.assert_array_equal(found.classes, [1, 2])
+    np.testing.assert_allclose(found.boxes, [[5, 10, 25, 30], [15, 20, 35, 45]])
+    assert len(raw.detections((48, 64), conf=0.1, iou=0.7, max_det=1)) == 1
+    np.testing.assert_array_equal(raw.values, rows)  # the cache is left as it was
+
+
+def test_a_hand_made_probe_cannot_detect_again():
+    from test_health import make_probe
+
+    with pytest.raises(ValueError, match="no raw predictions"):
+        make_probe([]).detect(0.25, 0.7)
+
+
 def test_probe_runs_the_model_once(untrained):
     runner = inference_model(untrained)
     calls = []
@@ -154,6 +199,7 @@ def test_batched_probe_equals_one_image_at_a_time():
     for frame, result in zip(frames, batched):
         alone = probe(model, frame, imgsz=320)
         assert len(result.detections) == len(alone.detections) > 0
+        assert same_detections(result.detect(*alone.thresholds), result.detections)
         np.testing.assert_allclose(result.detections.boxes, alone.detections.boxes, atol=1e-2)
         np.testing.assert_array_equal(result.detections.classes, alone.detections.classes)
         assert [r.name for r in result.layers] == [r.name for r in alone.layers]
