@@ -4,7 +4,8 @@
 Runs offline and on the loopback interface unless told otherwise; prints its URL. Uploads above
 ``--max-upload-mb`` are refused before they reach the app; uploads and everything made for users
 are removed ``--keep-files-minutes`` after they were written (and all of it when the server stops).
-The UI lives in ``viz_app`` (``viz_app.ui.build_app``); this file only parses arguments and launches.
+The UI lives in ``viz_app`` (``viz_app.ui.build_app`` of a ``viz_app.context.AppContext``); this file
+only parses arguments, makes the context and launches.
 """
 from __future__ import annotations
 
@@ -64,9 +65,10 @@ def main(argv=None) -> None:
     upload_folder = _private_upload_folder()  # before gradio reads GRADIO_TEMP_DIR
     from dcnv3 import yolo
     from dcnv3.checkpoints import CheckpointError
+    from viz_app.context import AppContext
     from viz_app.models import ModelRegistry
     from viz_app.retention import Sweeper, delete_cache_setting
-    from viz_app.ui import CSS, THEME, _work_dir, build_app
+    from viz_app.ui import CSS, THEME, build_app
 
     if args.models_dir and not os.path.isdir(args.models_dir):
         sys.exit(f"error: --models-dir {args.models_dir}: no such folder")
@@ -78,10 +80,11 @@ def main(argv=None) -> None:
         registry = ModelRegistry(models_dir=args.models_dir, model=args.model, max_upload_bytes=max_upload)
     except CheckpointError as error:
         sys.exit(f"error: {error}")
-    demo = build_app(registry)
+    context = AppContext.create(registry)
+    demo = build_app(context)
     frequency, age = delete_cache_setting(args.keep_files_minutes)
     demo.delete_cache = (frequency, age)  # read by launch(): gradio drops the cached files it tracks
-    Sweeper([_work_dir(), *filter(None, [upload_folder])], max_age_s=age, every_s=frequency).start()
+    Sweeper([context.files.root, *filter(None, [upload_folder])], max_age_s=age, every_s=frequency).start()
     demo.queue(default_concurrency_limit=QUEUE_CONCURRENCY, max_size=QUEUE_MAX_SIZE)
     _, local_url, _ = demo.launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False,
                                   show_error=True, quiet=True, prevent_thread_lock=True,

@@ -34,7 +34,8 @@ import torch  # noqa: E402
 
 from dcnv3 import yolo  # noqa: E402
 from viz_app import render  # noqa: E402
-from viz_app.models import Analyser, ModelRegistry  # noqa: E402
+from viz_app.analyser import Analyser  # noqa: E402
+from viz_app.models import ModelRegistry  # noqa: E402
 from results import emit  # noqa: E402
 
 

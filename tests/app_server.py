@@ -26,10 +26,15 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def served_app(registry, analyser=None):
-    """``build_app(registry, analyser)`` launched in this process on 127.0.0.1; yields its URL."""
+    """``build_app`` of an ``AppContext`` launched in this process on 127.0.0.1; yields its URL.
+
+    ``registry``: a ``ModelRegistry`` (the context is made around it and ``analyser``), or an
+    ``AppContext`` whose caches the test then inspects."""
+    from viz_app.context import AppContext
     from viz_app.ui import CSS, THEME, build_app
 
-    demo = build_app(registry, analyser)
+    context = registry if isinstance(registry, AppContext) else AppContext.create(registry, analyser)
+    demo = build_app(context)
     demo.queue()
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True,

@@ -22,7 +22,9 @@ from ultralytics.utils import ASSETS
 from dcnv3.checkpoints import CheckpointError
 from dcnv3.loading import load_model
 from dcnv3.probe import probe
-from viz_app.models import UNTRAINED_NAME, Analyser, ModelRegistry, load_image
+from viz_app.analyser import Analyser
+from viz_app.images import load_image
+from viz_app.models import UNTRAINED_NAME, ModelRegistry, untrained_models
 from app_server import app_process, served_app
 
 from repo_paths import ROOT
@@ -279,7 +281,7 @@ def test_default_model_follows_bundled_then_folder_then_untrained(tmp_path):
     shutil.copy(FORK_A, folder / "b.pt")
     shutil.copy(FORK_A, folder / "a.pt")
     registry = ModelRegistry(models_dir=folder, bundled_dir=bundled)
-    assert registry.default_name() == "a.pt" and registry.names() == ["a.pt", "b.pt", UNTRAINED_NAME]
+    assert registry.default_name() == "a.pt" and registry.names() == ["a.pt", "b.pt", *untrained_models()]
     shutil.copy(FORK_A, bundled / "dcnv3-yolov8n.pt")  # a bundled model landing later is picked up
     assert registry.default_name() == "dcnv3-yolov8n.pt"
     assert ModelRegistry(models_dir=folder, model=folder / "b.pt", bundled_dir=bundled).default_name() == "b.pt"
@@ -290,7 +292,7 @@ def test_default_model_follows_bundled_then_folder_then_untrained(tmp_path):
 
 def test_uploads_are_size_limited_and_named_uniquely(tmp_path):
     registry = ModelRegistry(bundled_dir=tmp_path, max_upload_bytes=1000)
-    with pytest.raises(CheckpointError, match="over the 0 MiB upload limit"):
+    with pytest.raises(CheckpointError, match="over the 0 MiB limit"):
         registry.add_upload(FORK_A)
     registry = ModelRegistry(bundled_dir=tmp_path)
     copy = tmp_path / "up" / "fork_A.pt"
@@ -299,6 +301,23 @@ def test_uploads_are_size_limited_and_named_uniquely(tmp_path):
     assert registry.add_upload(FORK_A) == "upload: fork_A.pt"
     assert registry.add_upload(copy) == "upload: fork_A.pt (2)"
     assert registry.load("upload: fork_A.pt (2)").dcnv3_layers[0] == "model.4.m.0.cv2.dcnv3"
+
+
+def test_untrained_choices_follow_the_shipped_yamls():
+    """One untrained model per YAML that dcnv3.yolo ships, so a new family appears without an app change;
+    each builds (scale n) with its DCNv3 layers at zero offsets."""
+    from dcnv3.yolo import MODEL_YAMLS
+
+    choices = untrained_models()
+    assert list(choices)[0] == UNTRAINED_NAME
+    assert sorted(choices.values()) == sorted(f"{Path(name).stem}n.yaml" for name in MODEL_YAMLS)
+    registry = ModelRegistry(bundled_dir=Path("/nonexistent"))
+    assert registry.names()[-len(choices):] == list(choices)
+    for name in choices:
+        loaded = registry.load(name)
+        assert loaded.untrained and loaded.dcnv3_layers, name
+        assert any("offsets are zero" in note for note in loaded.notices)
+        assert registry.resolve(name) is None
 
 
 def test_large_png_is_downscaled_with_exact_per_axis_scale(tmp_path):

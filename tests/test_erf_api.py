@@ -7,8 +7,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from app_server import served_app
-from viz_app.models import Analyser, ModelRegistry
-from viz_app.receptive_tab import field_cache
+from viz_app.context import AppContext
+from viz_app.models import ModelRegistry
 
 from repo_paths import ROOT
 SHAPES = ROOT / "assets" / "examples" / "shapes_0.jpg"  # 416 x 416: a triangle top left, a cross bottom right
@@ -16,9 +16,9 @@ SHAPES = ROOT / "assets" / "examples" / "shapes_0.jpg"  # 416 x 416: a triangle 
 
 @pytest.fixture(scope="module")
 def app():
-    analyser = Analyser(ModelRegistry())
-    with served_app(analyser.registry, analyser) as url:
-        yield Client(url, verbose=False), analyser
+    context = AppContext.create(ModelRegistry())
+    with served_app(context) as url:
+        yield Client(url, verbose=False), context
 
 
 def erf(client, layer="model.8.m.0.cv2.dcnv3", x=317.0, y=370.0, compare="auto", model="dcnv3-yolov8n.pt"):
@@ -26,7 +26,7 @@ def erf(client, layer="model.8.m.0.cv2.dcnv3", x=317.0, y=370.0, compare="auto",
 
 
 def test_erf_dcnv3_beside_its_plain_twin(app):
-    client, analyser = app
+    client, context = app
     endpoint = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/erf"]
     assert [p["parameter_name"] for p in endpoint["parameters"]] == ["image_path", "model_name", "layer", "x", "y",
                                                                      "compare_model"]
@@ -43,9 +43,9 @@ def test_erf_dcnv3_beside_its_plain_twin(app):
     image = cv2.imread(picture)
     assert image.shape[1] > 2 * 600 and image.shape[0] > 600  # two panels side by side
 
-    computed = field_cache(analyser).computed
+    computed = context.fields.computed
     assert erf(client)[1] == payload  # same request: served from the cache
-    assert field_cache(analyser).computed == computed
+    assert context.fields.computed == computed
 
     _, alone = erf(client, compare="")
     assert [m["model"] for m in alone["models"]] == ["dcnv3-yolov8n.pt"] and "area_ratio_50" not in alone

@@ -120,13 +120,11 @@ def test_the_walker_finds_cycles_and_private_imports(tmp_path, monkeypatch):
 
 import pytest  # noqa: E402
 
-# The viz_app refactor (issue 16, item 4) and the probe/overlay split (item 3) remove the last
-# cycle (ui <-> tabs) and private imports (overlay's helpers, ui's work dirs); strict, so this
-# marker must go when they land.
+# The probe/overlay split (issue 16, item 3) removes the last private imports (overlay's
+# helpers); strict, so this marker must go when it lands.
 PENDING = pytest.mark.xfail(strict=True, reason="viz_app/overlay refactor in progress")
 
 
-@PENDING
 def test_no_import_cycles():
     assert import_cycles(project_modules()) == []
 

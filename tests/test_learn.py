@@ -22,7 +22,7 @@ def test_toy_scene_moves_scales_and_rotates_only_the_shape():
     base = toy.toy_scene(toy.ToyShape(class_id=0, size=100, angle=0, x=160, y=160), seed=8)
     assert base.shape == (320, 320, 3) and base.dtype == np.uint8
     assert np.array_equal(base, toy.toy_scene(toy.ToyShape(class_id=0, size=100, angle=0, x=160, y=160), seed=8))
-    background = toy._background(8)
+    background = toy.background(8)
     changed = np.any(base != background, axis=-1)
     rows, cols = np.nonzero(changed)
     # A bar of length 100 lying along x: about 100 px wide, far thinner, centred on (160, 160).

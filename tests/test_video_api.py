@@ -8,7 +8,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from app_server import served_app
-from viz_app.models import Analyser, ModelRegistry
+from viz_app.analyser import Analyser
+from viz_app.models import ModelRegistry
 
 from repo_paths import ROOT
 DEMO = ROOT / "assets" / "demo_shapes.mp4"

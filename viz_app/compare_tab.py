@@ -3,9 +3,12 @@
 Both models run once through the app's ``Analyser`` (cached like the Image tab's runs); the tab
 shows their detections side by side, each model's layer health table (``viz_app.health``) and the
 receptive fields of one cell (or of model A's best detection) in both (``viz_app.receptive``).
-Clicking either detections panel moves the receptive-field point there.
+Clicking either detections panel moves the receptive-field point there. The tab's view state is a
+``view_state.CompareView`` in a ``gr.State``; handlers return ``{component: value}`` dicts.
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 import gradio as gr
 import numpy as np
@@ -15,8 +18,10 @@ from dcnv3.checkpoints import CheckpointError
 from dcnv3 import receptive_field as rf
 
 from . import health, receptive
+from .context import AppContext
+from .inputs import image_file_input
 from .render import draw_detections, make_canvas, to_rgb
-from .receptive_tab import field_cache
+from .view_state import CompareView
 
 __all__ = ["build", "detections_panels", "layer_choices", "compare_fields", "PANEL_SIDE", "GAP"]
 
@@ -63,13 +68,13 @@ def layer_choices(model_a, model_b) -> list[str]:
     return receptive.fallback_layers(rf.gradient_network(model_a.yolo))
 
 
-def compare_fields(registry, analyser, analyses, names, layer, xy, detection=None):
+def compare_fields(ctx: AppContext, analyses, names, layer, xy, detection=None):
     """(side-by-side receptive fields BGR, payload): the model that owns ``layer`` is the primary."""
     first, second = 0, 1
-    loaded = [registry.load(n) for n in names]
+    loaded = [ctx.registry.load(n) for n in names]
     if layer and layer not in dict(rf.gradient_network(loaded[0].yolo).named_modules()):
         first, second = 1, 0  # the layer is model B's (A has no DCNv3)
-    fields = receptive.compute_pair(field_cache(analyser), analyses[first].image, analyses[first].imgsz,
+    fields = receptive.compute_pair(ctx.fields, analyses[first].image, analyses[first].imgsz,
                                     (names[first], loaded[first]), (names[second], loaded[second]), layer, xy,
                                     detection)
     order = [names[first], names[second]]
@@ -87,16 +92,15 @@ def _health_frame(analysis):
     return pd.DataFrame(rows)[["layer", "stage", "|offset| cells", "entropy", "dilation cells", "flags"]]
 
 
-def build(registry, analyser, image_tab_input) -> None:
+def build(ctx: AppContext, image_tab_input) -> None:
     """The Compare tab (a top-level tab) and its events; ``image_tab_input``: the Image tab's image."""
+    registry, analyser = ctx.registry, ctx.analyser
     names = registry.names()
     default_b = receptive.twin_name(registry.default_name(), names) or (names[1] if len(names) > 1 else names[0])
     with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
-        state = gr.State({})
+        state = gr.State(None)
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300):
-                from .ui import image_file_input  # ui imports this module; the helper is defined there
-
                 image = image_file_input(label="Image", height=220, sources=["upload", "clipboard"],
                                          elem_id="compare-image")
                 from_image_tab = gr.Button("Use the Image tab's image", size="md", elem_id="compare-from-image")
@@ -124,71 +128,72 @@ def build(registry, analyser, image_tab_input) -> None:
                                           elem_id="compare-erf")
                 fields_info = gr.Markdown(elem_id="compare-erf-info")
 
-    def fields_for(session, layer_name, target_value):
-        analyses, pair = session["analyses"], session["names"]
+    def fields_for(view: CompareView, layer_name, target_value) -> dict:
+        """The receptive-fields picture and text for the view's point (or model A's best detection)."""
+        analyses, pair = view.analyses, view.names
         detection = None
         if target_value == "model A's best detection":
             probe = analyses[0].probe
             if not len(probe.detections):
-                return None, "Model A detected nothing: use a cell target."
+                return {fields_picture: None, fields_info: "Model A detected nothing: use a cell target."}
             best = int(np.argmax(probe.detections.scores))
             detection = (probe.detections.boxes[best], int(probe.detections.classes[best]))
             if layer_name and layer_name not in dict(rf.gradient_network(registry.load(pair[0]).yolo).named_modules()):
-                return None, "Detection targets read model A's score: pick a model A with a Detect head."
+                return {fields_picture: None,
+                        fields_info: "Detection targets read model A's score: pick a model A with a Detect head."}
         try:
-            picture, payload = compare_fields(registry, analyser, analyses, pair, layer_name, session["xy"], detection)
+            picture, payload = compare_fields(ctx, analyses, pair, layer_name, view.xy, detection)
         except (ValueError, CheckpointError) as error:
-            return None, f"**Could not compute the receptive fields:** {error}"
+            return {fields_picture: None, fields_info: f"**Could not compute the receptive fields:** {error}"}
         lines = [f"- **{m['model']}**: 50 % of the mass in **{m['areas_px2']['50%']:,.0f} px²**, "
                  f"90 % in **{m['areas_px2']['90%']:,.0f} px²**" for m in payload["models"]]
         if payload.get("area_ratio_50") is not None:
             lines.append(f"- 50 % area ratio A / B: **{payload['area_ratio_50']:.2f}**")
-        return to_rgb(picture), "\n".join(lines)
+        return {fields_picture: to_rgb(picture), fields_info: "\n".join(lines)}
 
-    def run(image_path, name_a, name_b, layer_name, target_value, session):
+    def run(image_path, name_a, name_b, layer_name, target_value):
+        cleared = {detections: None, health_a: None, health_b: None, fields_picture: None, fields_info: ""}
         if image_path is None:
-            return [session, None, "Upload an image (or use the Image tab's).", gr.skip(), None, None, None, ""]
+            return {**cleared, status: "Upload an image (or use the Image tab's)."}
         try:
-            analyses = [analyser.analyse(image_path, name_a), analyser.analyse(image_path, name_b)]
+            analyses = (analyser.analyse(image_path, name_a), analyser.analyse(image_path, name_b))
             loaded = [registry.load(name_a), registry.load(name_b)]
         except (ValueError, CheckpointError) as error:
-            return [session, None, f"**Could not run:** {error}", gr.skip(), None, None, None, ""]
+            return {**cleared, status: f"**Could not run:** {error}"}
         choices = layer_choices(*loaded)
         layer_name = layer_name if layer_name in choices else (choices[len(choices) // 2] if choices else None)
-        picture, scale = detections_panels(analyses, [name_a, name_b])
+        picture, scale = detections_panels(list(analyses), [name_a, name_b])
         probe = analyses[0].probe
         if len(probe.detections):
             x1, y1, x2, y2 = probe.detections.boxes[int(np.argmax(probe.detections.scores))]
             xy = ((x1 + x2) / 2, (y1 + y2) / 2)
         else:
             xy = (probe.image_shape[1] / 2, probe.image_shape[0] / 2)
-        session = {"analyses": analyses, "names": [name_a, name_b], "scale": scale, "xy": tuple(map(float, xy))}
-        erf, info = fields_for(session, layer_name, target_value)
+        view = CompareView(analyses, (name_a, name_b), scale, (float(xy[0]), float(xy[1])))
         status_text = " · ".join(f"**{n}**: {len(a.probe.detections)} detections in {a.seconds:.2f} s"
-                                 for n, a in zip(session["names"], analyses))
-        return [session, to_rgb(picture), status_text, gr.update(choices=choices, value=layer_name),
-                _health_frame(analyses[0]), _health_frame(analyses[1]), erf, info]
+                                 for n, a in zip(view.names, analyses))
+        return {state: view, detections: to_rgb(picture), status: status_text,
+                layer: gr.update(choices=choices, value=layer_name), health_a: _health_frame(analyses[0]),
+                health_b: _health_frame(analyses[1]), **fields_for(view, layer_name, target_value)}
 
-    def click(session, layer_name, target_value, evt: gr.SelectData):
-        if not session or evt.index is None:
-            return gr.skip(), gr.skip()
-        point = panel_point((evt.index[0] + 0.5, evt.index[1] + 0.5), session["scale"],
-                            session["analyses"][0].image.bgr.shape)
+    def click(view: CompareView | None, layer_name, target_value, evt: gr.SelectData):
+        if view is None or evt.index is None:
+            return gr.skip()
+        point = panel_point((evt.index[0] + 0.5, evt.index[1] + 0.5), view.scale, view.analyses[0].image.bgr.shape)
         if point is None:
             gr.Warning("That click was outside the pictures.")
-            return gr.skip(), gr.skip()
-        session["xy"] = point
-        return fields_for(session, layer_name, target_value)
+            return gr.skip()
+        view = replace(view, xy=point)
+        return {state: view, **fields_for(view, layer_name, target_value)}
 
-    def refresh(session, layer_name, target_value):
-        if not session:
-            return gr.skip(), gr.skip()
-        return fields_for(session, layer_name, target_value)
+    def refresh(view: CompareView | None, layer_name, target_value):
+        if view is None:
+            return gr.skip()
+        return fields_for(view, layer_name, target_value)
 
     private = dict(api_visibility="private")
     from_image_tab.click(lambda path: path, image_tab_input, image, **private)
     run_outputs = [state, detections, status, layer, health_a, health_b, fields_picture, fields_info]
-    gr.on([run_button.click, image.change], run, [image, model_a, model_b, layer, target, state], run_outputs,
-          **private)
-    detections.select(click, [state, layer, target], [fields_picture, fields_info], **private)
+    gr.on([run_button.click, image.change], run, [image, model_a, model_b, layer, target], run_outputs, **private)
+    detections.select(click, [state, layer, target], [state, fields_picture, fields_info], **private)
     gr.on([layer.input, target.input], refresh, [state, layer, target], [fields_picture, fields_info], **private)

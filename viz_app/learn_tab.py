@@ -1,5 +1,6 @@
 """The top-level Learn tab: DCNv3 in a few paragraphs, and the live toy (gradio wiring; the toy
-itself is ``viz_app.toy``)."""
+itself is ``viz_app.toy``). The toy's forward runs under the Analyser's ``model_lock``, as every
+forward of the app on a registry model."""
 from __future__ import annotations
 
 import gradio as gr
@@ -7,8 +8,9 @@ import gradio as gr
 from dcnv3.data import CLASS_NAMES
 
 from . import toy
-from .render import to_rgb
+from .context import AppContext
 from .models import DEFAULT_BUNDLED
+from .render import to_rgb
 
 __all__ = ["build", "LESSON", "LATEX_DELIMITERS", "toy_model_name"]
 
@@ -51,8 +53,9 @@ def toy_model_name(registry) -> str:
     return DEFAULT_BUNDLED if DEFAULT_BUNDLED in registry.names() else registry.default_name()
 
 
-def build(registry) -> None:
+def build(ctx: AppContext) -> None:
     """The Learn tab (a top-level tab) and the toy's events."""
+    registry = ctx.registry
     model_name = toy_model_name(registry)
     with gr.Tab("Learn", id="learn", elem_id="tab-learn") as tab:
         gr.Markdown(LESSON, latex_delimiters=LATEX_DELIMITERS, elem_id="learn-text")
@@ -76,17 +79,18 @@ def build(registry) -> None:
         loaded = registry.load(model_name)
         layers = list(loaded.dcnv3_layers)
         if not layers:
-            return None, f"**{model_name}** has no DCNv3 layer: the toy needs one.", gr.skip()
+            return {picture: None, info: f"**{model_name}** has no DCNv3 layer: the toy needs one."}
         if layer_name not in layers:
             preferred = [n for n in layers if n.startswith(toy.DEFAULT_LAYER_PREFIX)]
             layer_name = preferred[-1] if preferred else layers[len(layers) // 2]
         shape = toy.ToyShape(int(class_id), float(size_value), float(angle_value), float(x_value), float(y_value))
-        view = toy.toy_view(loaded.yolo, layer_name, shape, int(seed_value))
+        with ctx.analyser.model_lock:
+            view = toy.toy_view(loaded.yolo, layer_name, shape, int(seed_value))
         notes = loaded.notices
         message = view.message + (f" ({view.seconds * 1000:.0f} ms)" if view.seconds else "")
         if notes:
             message += "\n\n" + "; ".join(f"**{n}**" for n in notes)
-        return to_rgb(view.picture), message, gr.update(choices=layers, value=layer_name)
+        return {picture: to_rgb(view.picture), info: message, layer: gr.update(choices=layers, value=layer_name)}
 
     controls = [shape_class, size, angle, x, y, layer, seed]
     private = dict(api_visibility="private", show_progress="hidden", trigger_mode="always_last")

@@ -1,15 +1,13 @@
 """The Image tab's "Receptive field" view and the ``/erf`` API (gradio wiring; the computation is
 ``dcnv3.receptive_field``, the pictures ``viz_app.receptive``).
 
-The view reads the Image tab's cached Analysis and view state (the clicked point ``view["xy"]``,
-the layer ``view["layer"]``, the highlighted detection ``view["highlight"]``) and computes, on
-demand, the effective receptive field of that cell (or of the detection's score) in the current
-model and in a comparison model: by default the plain twin (``dcnv3-yolov8n.pt`` ->
-``yolov8n.pt``).
+The view reads the Image tab's cached Analysis and view state (``view_state.ImageView``: the
+clicked point, the layer, the highlighted detection) and computes, on demand, the effective
+receptive field of that cell (or of the detection's score) in the current model and in a
+comparison model: by default the plain twin (``dcnv3-yolov8n.pt`` -> ``yolov8n.pt``). Fields are
+kept in the app context's ``FieldCache`` (``ctx.fields``), shared with the Compare tab and /erf.
 """
 from __future__ import annotations
-
-import weakref
 
 import gradio as gr
 
@@ -17,9 +15,12 @@ from dcnv3.checkpoints import CheckpointError
 from dcnv3 import receptive_field as rf
 
 from . import receptive
+from .context import AppContext
+from .inputs import image_file_input
 from .render import to_rgb
+from .view_state import ImageView
 
-__all__ = ["build", "field_cache", "resolve_comparison", "compute_view", "api_erf", "TARGETS", "EXPLANATION"]
+__all__ = ["build", "build_api", "resolve_comparison", "compute_view", "api_erf", "TARGETS", "EXPLANATION"]
 
 TARGETS = ("cell at the clicked point", "score of the highlighted detection")
 EXPLANATION = (
@@ -32,17 +33,6 @@ EXPLANATION = (
     "Contours: the smallest regions holding **50 %** (white) and **90 %** (cyan) of the mass; areas in "
     "original-image px². The map is smoothed by a Gaussian of 2 network-input px (strided layers make it "
     "a checkerboard).")
-
-_caches: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def field_cache(analyser) -> receptive.FieldCache:
-    """One FieldCache per Analyser (so per app): shared by this view, the Compare tab and /erf."""
-    cache = _caches.get(analyser)
-    if cache is None:
-        cache = _caches[analyser] = receptive.FieldCache()
-    return cache
-
 
 def resolve_comparison(registry, model_name: str, choice: str | None) -> tuple[str | None, str | None]:
     """(comparison model name or None, a note for the user or None) for a dropdown choice."""
@@ -59,19 +49,20 @@ def resolve_comparison(registry, model_name: str, choice: str | None) -> tuple[s
     return choice, None
 
 
-def compute_view(registry, analyser, analysis, view, target: str, compare: str | None):
+def compute_view(ctx: AppContext, analysis, view: ImageView | None, target: str, compare: str | None):
     """(side-by-side picture BGR or None, Markdown message, payload dict or None) for the view state."""
-    if analysis is None:
+    if analysis is None or view is None:
         return None, "Upload an image in the Image tab first.", None
+    registry = ctx.registry
     other, note = resolve_comparison(registry, analysis.model_name, compare)
     try:
         primary = (analysis.model_name, registry.load(analysis.model_name))
         secondary = (other, registry.load(other)) if other else None
         probe = analysis.probe
         detection = None
-        layer = view.get("layer")
+        layer = view.layer
         if target == TARGETS[1]:
-            index = view.get("highlight")
+            index = view.highlight
             if index is None or index >= len(probe.detections):
                 return None, "No detection is highlighted: pick one in the Detection dropdown.", None
             detection = (probe.detections.boxes[index], int(probe.detections.classes[index]))
@@ -81,8 +72,8 @@ def compute_view(registry, analyser, analysis, view, target: str, compare: str |
                 return None, "This model has no layer to read: pick a detection target.", None
             layer = fallback[len(fallback) // 2]
             note = (note + "; " if note else "") + f"no DCNv3 layer: reading the backbone block `{layer}`"
-        fields = receptive.compute_pair(field_cache(analyser), analysis.image, analysis.imgsz, primary, secondary,
-                                        layer, view.get("xy"), detection)
+        fields = receptive.compute_pair(ctx.fields, analysis.image, analysis.imgsz, primary, secondary, layer,
+                                        view.xy, detection)
     except (ValueError, CheckpointError) as error:
         return None, f"**Could not compute:** {error}", None
     names = [primary[0]] + ([secondary[0]] if secondary else [])
@@ -106,8 +97,9 @@ def _message(payload: dict, note: str | None) -> str:
 
 
 
-def build(registry, analyser, analysis_state, view_state) -> None:
+def build(ctx: AppContext, analysis_state: gr.State, view_state: gr.State) -> None:
     """The "Receptive field" tab, inside the Image tab's inner Tabs, and its events."""
+    registry = ctx.registry
     with gr.Tab("Receptive field", elem_id="tab-erf") as tab:
         gr.Markdown(EXPLANATION)
         with gr.Row(equal_height=True):
@@ -120,7 +112,7 @@ def build(registry, analyser, analysis_state, view_state) -> None:
         info = gr.Markdown(elem_id="erf-info")
 
     def run(analysis, view, target_value, compare_value):
-        canvas, message, _ = compute_view(registry, analyser, analysis, view or {}, target_value, compare_value)
+        canvas, message, _ = compute_view(ctx, analysis, view, target_value, compare_value)
         return to_rgb(canvas), message
 
     inputs = [analysis_state, view_state, target, compare]
@@ -128,13 +120,14 @@ def build(registry, analyser, analysis_state, view_state) -> None:
           api_visibility="private")
 
 
-def api_erf(registry, analyser, image_path, model_name, layer, x, y, compare_model):
+def api_erf(ctx: AppContext, image_path, model_name, layer, x, y, compare_model):
     """/erf: (image, model, layer, x, y, compare_model) -> (side-by-side heat map RGB, JSON).
 
     ``compare_model``: a model name, "auto" (the plain twin) or empty for none. ``layer``: a DCNv3
     layer (or any module) of the model; x, y: original-image px. The JSON: per model its target
     (module, cell, stride, centre) and the 50 % / 90 % areas in original px², and their 50 % ratio.
     """
+    registry = ctx.registry
     if image_path is None:
         raise gr.Error("no image given")
     model_name = model_name or registry.default_name()
@@ -143,7 +136,7 @@ def api_erf(registry, analyser, image_path, model_name, layer, x, y, compare_mod
     if x is None or y is None:
         raise gr.Error("x and y are required (original-image pixels)")
     try:
-        analysis = analyser.analyse_any_threshold(image_path, model_name)
+        analysis = ctx.analyser.analyse(image_path, model_name)
     except (ValueError, CheckpointError) as error:
         raise gr.Error(str(error)) from None
     height, width = analysis.image.original_shape
@@ -155,10 +148,25 @@ def api_erf(registry, analyser, image_path, model_name, layer, x, y, compare_mod
     try:
         primary = (model_name, registry.load(model_name))
         secondary = (other, registry.load(other)) if other else None
-        fields = receptive.compute_pair(field_cache(analyser), analysis.image, analysis.imgsz, primary, secondary,
-                                        layer, analysis.image.to_processed(float(x), float(y)))
+        fields = receptive.compute_pair(ctx.fields, analysis.image, analysis.imgsz, primary, secondary, layer,
+                                        analysis.image.to_processed(float(x), float(y)))
     except (ValueError, CheckpointError) as error:
         raise gr.Error(str(error)) from None
     names = [primary[0]] + ([other] if other else [])
     return (to_rgb(receptive.pair_picture(analysis.image.bgr, names, fields)),
             receptive.pair_payload(names, fields, analysis.image.scale))
+
+
+def build_api(ctx: AppContext) -> None:
+    """The /erf endpoint's own components (call inside a hidden column)."""
+    image = image_file_input(label="image")
+    model = gr.Textbox(label="model", value=ctx.registry.default_name())
+    layer = gr.Textbox(label="layer")
+    x, y = gr.Number(label="x"), gr.Number(label="y")
+    compare = gr.Textbox(label="compare_model")
+    picture, payload = gr.Image(format="png", label="image"), gr.JSON(label="json")
+
+    def erf(image_path, model_name, layer, x, y, compare_model):
+        return api_erf(ctx, image_path, model_name, layer, x, y, compare_model)
+
+    gr.Button("erf").click(erf, [image, model, layer, x, y, compare], [picture, payload], api_name="erf")

@@ -8,7 +8,6 @@ layer's groups sample around the shape's centre, with the detections.
 """
 from __future__ import annotations
 
-import functools
 import math
 import time
 from dataclasses import dataclass
@@ -21,9 +20,10 @@ from dcnv3.data.backgrounds import luma, make_background
 from dcnv3.data.generator import contrasting_colour, paint_object, Appearance
 from dcnv3.data.shapes import place, rasterise, sample_geometry
 
+from .cache import LRUCache
 from .render import sampling_overlay
 
-__all__ = ["TOY_SIDE", "ToyShape", "toy_scene", "toy_view", "ToyView", "DEFAULT_LAYER_PREFIX"]
+__all__ = ["TOY_SIDE", "ToyShape", "toy_scene", "toy_view", "ToyView", "background", "DEFAULT_LAYER_PREFIX"]
 
 TOY_SIDE = 320  # the bundled models' training size: the scene is shown to the model unscaled
 DISPLAY_FACTOR = 2  # the picture is drawn at 2x so the 3x3 grids stay legible
@@ -41,28 +41,38 @@ class ToyShape:
     y: float = 160.0
 
 
-@functools.lru_cache(maxsize=8)
-def _background(seed: int) -> np.ndarray:
-    """A calm training-style background (cached: it does not move with the sliders)."""
-    rng = np.random.default_rng(seed)
-    return make_background(rng, TOY_SIDE, TOY_SIDE)
+# Both are pure functions of small integers, drawn once: they do not move with the sliders.
+_backgrounds: LRUCache[int, np.ndarray] = LRUCache(8)
+_shapes: LRUCache[tuple[int, int], tuple] = LRUCache(32)
 
 
-@functools.lru_cache(maxsize=32)
+def background(seed: int) -> np.ndarray:
+    """(320, 320, 3) BGR uint8: a calm training-style background (cached, so read-only)."""
+    def draw():
+        array = make_background(np.random.default_rng(seed), TOY_SIDE, TOY_SIDE)
+        array.setflags(write=False)
+        return array
+
+    return _backgrounds.get_or_compute(seed, draw)
+
+
 def _geometry_and_colour(class_id: int, seed: int):
     """The shape's canonical geometry and a fill colour that stands out from the background.
     Drawn once per (class, seed), so scaling or rotating changes nothing else."""
-    rng = np.random.default_rng([seed, class_id])
-    geometry = sample_geometry(rng, class_id, 24.0)  # thin parts stay >= 2 px down to 24 px
-    colour = contrasting_colour(rng, float(luma(_background(seed)).mean()), min_contrast=90.0)
-    return geometry, colour
+    def draw():
+        rng = np.random.default_rng([seed, class_id])
+        geometry = sample_geometry(rng, class_id, 24.0)  # thin parts stay >= 2 px down to 24 px
+        colour = contrasting_colour(rng, float(luma(background(seed)).mean()), min_contrast=90.0)
+        return geometry, colour
+
+    return _shapes.get_or_compute((class_id, seed), draw)
 
 
 def toy_scene(shape: ToyShape, seed: int = 0) -> np.ndarray:
     """(320, 320, 3) BGR uint8: the background of ``seed`` with the shape painted on it."""
     if not 0 <= shape.class_id < len(CLASS_NAMES):
         raise ValueError(f"class_id must lie in [0, {len(CLASS_NAMES)}), got {shape.class_id}")
-    canvas = _background(seed).astype(np.float32)
+    canvas = background(seed).astype(np.float32)
     geometry, colour = _geometry_and_colour(shape.class_id, seed)
     patch = rasterise(place(geometry, shape.x, shape.y, shape.size, math.radians(shape.angle)))
     appearance = Appearance(colour, np.zeros(2, np.float32), 0.0, None, 0)  # flat fill: no randomness

@@ -6,16 +6,14 @@ the output video, a live preview of drawn frames, then the H.264 MP4, the time s
 table and the statistics CSV. The frame inspector writes a chosen source frame to a PNG and opens
 it in the Image tab (its ``image_in``), where the whole toolset applies.
 
-Temporary files live under the app's work dir (``ui._work_dir()``): one folder per run, the oldest
-removed once more than ``KEEP_RUNS`` exist (gradio serves its own cached copies); the work dir
-goes when the process exits.
+Files live in the app context's ``FileStore`` (one folder per run, the oldest removed beyond its
+``keep_runs``; gradio serves its own cached copies). Frames are probed under the Analyser's
+``model_lock``, as every forward of the app. Handlers return ``{component: value}`` dicts; the
+last processed video is a ``view_state.VideoRun`` in a ``gr.State``.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
-import threading
-from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -25,39 +23,43 @@ from dcnv3.checkpoints import CheckpointError
 from dcnv3 import video as dvideo
 
 from . import video_render
-from .models import Analyser, ModelRegistry
+from .context import AppContext
 from .render import to_rgb
 from .safety import local_files_only
+from .view_state import VideoRun
 
-__all__ = ["build", "build_api", "DEMO_VIDEO", "LIMITS", "KEEP_RUNS"]
+__all__ = ["build", "build_api", "DEMO_VIDEO", "LIMITS"]
 
 DEMO_VIDEO = Path(__file__).resolve().parent.parent / "assets" / "demo_shapes.mp4"
 LIMITS = dvideo.VideoLimits(max_bytes=500 * 2**20)  # the package's frame, duration and size caps; uploads to 500 MB
-KEEP_RUNS = 4
 AUTO_CHOICE = ("per object: the layer whose stride matches its size", dvideo.AUTO_LAYER)
 MODE_CHOICES = [("sampling points at each tracked object's centre", "samples"),
                 ("a fixed grid of query points", "grid"), ("effective-dilation field map", "field")]
-_runs_lock = threading.Lock()
 
 
-def _run_dir() -> Path:
-    """A fresh folder for one run's files under the work dir; older runs beyond KEEP_RUNS go."""
-    from .ui import _work_dir
+@dataclass
+class _Components:
+    """The Video tab's components that its handlers write, and the Image tab's that the frame
+    inspector sets (``image_in``, ``image_model``, ``main_tabs``)."""
+    preview: gr.Image
+    video_out: gr.Video
+    plot: gr.Plot
+    table: gr.Dataframe
+    csv_file: gr.File
+    status: gr.Markdown
+    state: gr.State
+    frame: gr.Slider
+    image_in: gr.Image | None = None
+    image_model: gr.Dropdown | None = None
+    main_tabs: gr.Tabs | None = None
 
-    root = _work_dir() / "video"
-    root.mkdir(exist_ok=True)
-    with _runs_lock:
-        runs = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
-        for old in runs[:max(0, len(runs) - KEEP_RUNS + 1)]:
-            shutil.rmtree(old, ignore_errors=True)
-        return Path(tempfile.mkdtemp(prefix="run_", dir=root))
 
+class _VideoEvents:
+    """Event handlers of the Video tab and the /video endpoint (``components`` None for the API)."""
 
-class _VideoViews:
-    """Event handlers of the Video tab and the /video endpoint."""
-
-    def __init__(self, registry: ModelRegistry, analyser: Analyser | None):
-        self.registry, self.analyser = registry, analyser
+    def __init__(self, ctx: AppContext, components: _Components | None = None):
+        self.ctx, self.c = ctx, components
+        self.registry = ctx.registry
 
     def _model(self, name):
         try:
@@ -74,17 +76,17 @@ class _VideoViews:
         return gr.update(choices=[AUTO_CHOICE] + [(n, n) for n in names], value=dvideo.AUTO_LAYER)
 
     def _steps(self, source, model_name, layer, mode, stride, max_seconds, max_frames=None):
-        """``dcnv3.video.process_video`` for the named model, one probe at a time app-wide (the
-        Analyser's lock: concurrent forwards on one model would mix their captured layers)."""
+        """``dcnv3.video.process_video`` for the named model, each step (a batch of frames: probe,
+        tracking, drawing) under the Analyser's ``model_lock``: concurrent forwards on one model
+        would mix their captured layers."""
         loaded = self._model(model_name)
         limits = dvideo.VideoLimits(max_frames=int(max_frames or LIMITS.max_frames),
                                     max_seconds=min(float(max_seconds or LIMITS.max_seconds), LIMITS.max_seconds),
                                     max_side=LIMITS.max_side, max_bytes=LIMITS.max_bytes)
-        lock = getattr(self.analyser, "_lock", None) or nullcontext()
-        steps = dvideo.process_video(loaded.yolo, source, _run_dir(), layer=layer or dvideo.AUTO_LAYER,
+        steps = dvideo.process_video(loaded.yolo, source, self.ctx.files.run_dir(), layer=layer or dvideo.AUTO_LAYER,
                                      mode=mode or "samples", stride=int(stride or 1), limits=limits)
         while True:
-            with lock:
+            with self.ctx.analyser.model_lock:
                 try:
                     step = next(steps)
                 except StopIteration:
@@ -92,27 +94,27 @@ class _VideoViews:
             yield step
 
     def process(self, source, model_name, layer, mode, stride, max_seconds, progress=gr.Progress()):
-        """Generator event: (preview, video, plot, table, csv, status, state, inspector) updates."""
-        skip = [gr.skip()] * 8
+        """Generator event: a live preview and the status while it runs, then every output."""
+        c = self.c
         if source is None:
             gr.Warning("Upload a video (or pick the demo video) first.")
-            yield skip[:5] + ["Upload a video (or pick the demo video) first.", gr.skip(), gr.skip()]
+            yield {c.status: "Upload a video (or pick the demo video) first."}
             return
         try:
             for step in self._steps(source, model_name, layer, mode, stride, max_seconds):
                 progress((step.done, step.total), desc="frames", unit="frames")
                 if step.result is None:
                     if step.preview is not None:
-                        yield [to_rgb(step.preview)] + skip[1:5] + [f"Processing: frame {step.frame} "
-                                                                  f"({step.done} of ~{step.total})…"] + skip[6:]
+                        yield {c.preview: to_rgb(step.preview),
+                               c.status: f"Processing: frame {step.frame} ({step.done} of ~{step.total})…"}
                     continue
                 yield self._finished(step.result, source, model_name)
         except ValueError as error:  # VideoError and bad settings: one line for the user
             gr.Warning(str(error))
-            yield skip[:5] + [f"**Could not process the video:** {error}", gr.skip(), gr.skip()]
+            yield {c.status: f"**Could not process the video:** {error}"}
 
-    @staticmethod
-    def _finished(result, source, model_name):
+    def _finished(self, result, source, model_name) -> dict:
+        c = self.c
         rows = result.rows
         first, last = result.frame_indices[0], result.frame_indices[-1]
         status = [f"- {result.processed_frames} frames processed in {result.seconds:.1f} s "
@@ -121,34 +123,29 @@ class _VideoViews:
                   f"{result.output_fps:g} fps ({result.output_duration:.1f} s)",
                   f"- {len({r['track_id'] for r in rows})} tracks, {len(rows)} track-frames"]
         status += [f"- **{note}**" for note in result.notes]
-        state = {"source": str(source), "frames": result.frame_indices, "stride": result.stride,
-                 "max_side": LIMITS.max_side, "model": model_name, "name": Path(source).stem}
-        inspector = gr.update(minimum=first, maximum=max(last, first + 1), step=result.stride, value=first,
-                              interactive=True)
+        run = VideoRun(str(source), tuple(int(f) for f in result.frame_indices), int(result.stride),
+                       LIMITS.max_side, model_name, Path(source).stem)
         table = video_render.track_table(rows)
-        return [gr.skip(), str(result.video_path), video_render.time_series_figure(rows),
-                pd.DataFrame(table) if table else None, gr.update(value=str(result.csv_path), visible=True),
-                "\n".join(status), state, inspector]
+        return {c.video_out: str(result.video_path), c.plot: video_render.time_series_figure(rows),
+                c.table: pd.DataFrame(table) if table else None,
+                c.csv_file: gr.update(value=str(result.csv_path), visible=True), c.status: "\n".join(status),
+                c.state: run, c.frame: gr.update(minimum=first, maximum=max(last, first + 1), step=result.stride,
+                                                 value=first, interactive=True)}
 
-    def inspect(self, state, frame):
+    def inspect(self, run: VideoRun | None, frame):
         """The chosen frame as a PNG in the Image tab (its model too), and that tab selected."""
-        import cv2
-
-        from .ui import _view_dir
-
-        if not state:
+        c = self.c
+        if run is None:
             gr.Warning("Process a video first.")
-            return gr.skip(), gr.skip(), gr.skip()
-        frames = state["frames"]
-        index = min(frames, key=lambda f: abs(f - int(frame or 0)))  # the nearest processed frame
+            return gr.skip()
+        index = min(run.frames, key=lambda f: abs(f - int(frame or 0)))  # the nearest processed frame
         try:
-            picture = dvideo.read_frame(state["source"], index, state["max_side"])
+            picture = dvideo.read_frame(run.source, index, run.max_side)
         except ValueError as error:
             gr.Warning(str(error))
-            return gr.skip(), gr.skip(), gr.skip()
-        path = _view_dir() / f"{state['name']}_frame{index:06d}.png"
-        cv2.imwrite(str(path), picture)
-        return str(path), gr.update(value=state["model"]), gr.Tabs(selected="image")
+            return gr.skip()
+        path = self.ctx.files.frame(f"{run.name}_frame{index:06d}", picture)
+        return {c.image_in: path, c.image_model: gr.update(value=run.model), c.main_tabs: gr.Tabs(selected="image")}
 
     def api_video(self, source, model_name, layer, max_frames):
         """/video: (video file, model, layer, max_frames) -> (H.264 MP4, statistics JSON)."""
@@ -168,16 +165,14 @@ class _VideoViews:
         raise gr.Error("nothing was processed")
 
 
-
-def build(registry: ModelRegistry, analyser: Analyser | None, image_in, image_model, main_tabs,
-          tab=None) -> None:
+def build(ctx: AppContext, image_in, image_model, main_tabs, tab=None) -> None:
     """The Video tab's components and events, inside the caller's ``gr.Tab``.
 
     ``image_in``, ``image_model``: the Image tab's input image and model dropdown (the frame
     inspector sets them); ``main_tabs``: the top-level ``gr.Tabs`` (it selects "image");
     ``tab``: this tab, whose selection refreshes the layer list.
     """
-    views = _VideoViews(registry, analyser)
+    registry = ctx.registry
     state = gr.State(None)
     private = dict(api_visibility="private")
     with gr.Row(equal_height=False):
@@ -208,23 +203,25 @@ def build(registry: ModelRegistry, analyser: Analyser | None, image_in, image_mo
             table = gr.Dataframe(label="Tracks", interactive=False, wrap=True, elem_id="video-tracks")
             csv_file = gr.File(label="Statistics CSV (one row per track and frame)", interactive=False,
                                visible=False, elem_id="video-csv")
-    model.change(views.layer_choices, model, layer, **private)
+    c = _Components(preview, video_out, plot, table, csv_file, status, state, frame, image_in, image_model, main_tabs)
+    events = _VideoEvents(ctx, c)
+    model.change(events.layer_choices, model, layer, **private)
     if tab is not None:
-        tab.select(views.layer_choices, model, layer, **private)
-    run.click(views.process, [video_in, model, layer, mode, stride, max_seconds],
+        tab.select(events.layer_choices, model, layer, **private)
+    run.click(events.process, [video_in, model, layer, mode, stride, max_seconds],
               [preview, video_out, plot, table, csv_file, status, state, frame],
               show_progress="full", show_progress_on=[video_out], **private)
-    inspect.click(views.inspect, [state, frame], [image_in, image_model, main_tabs], **private)
+    inspect.click(events.inspect, [state, frame], [image_in, image_model, main_tabs], **private)
 
 
-def build_api(registry: ModelRegistry, analyser: Analyser | None) -> None:
+def build_api(ctx: AppContext) -> None:
     """The /video endpoint's own components (call inside a hidden column)."""
-    views = _VideoViews(registry, analyser)
+    events = _VideoEvents(ctx)
     source = local_files_only(gr.File(label="video", type="filepath"))  # any local file (dcnv3.video says
     # what is wrong with it); a URL is refused, never fetched
-    model = gr.Textbox(label="model", value=registry.default_name())
+    model = gr.Textbox(label="model", value=ctx.registry.default_name())
     layer = gr.Textbox(label="layer", value=dvideo.AUTO_LAYER)
     max_frames = gr.Number(60, label="max_frames", precision=0)
     video_file, stats = gr.File(label="video"), gr.JSON(label="stats")
     button = gr.Button("video")
-    button.click(views.api_video, [source, model, layer, max_frames], [video_file, stats], api_name="video")
+    button.click(events.api_video, [source, model, layer, max_frames], [video_file, stats], api_name="video")

@@ -23,7 +23,8 @@ from dcnv3.loading import load_model
 from dcnv3.checkpoints import safe_load
 from app_server import served_app
 from serving import EXAMPLES, FORK_A
-from viz_app.models import Analyser, ModelRegistry
+from viz_app.analyser import Analyser
+from viz_app.models import ModelRegistry
 
 PROTO = b"\x80\x02"
 

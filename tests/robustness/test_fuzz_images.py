@@ -15,7 +15,9 @@ from PIL import Image
 
 from app_server import served_app
 from serving import EXAMPLES
-from viz_app.models import Analyser, ModelRegistry, load_image
+from viz_app.analyser import Analyser
+from viz_app.images import load_image
+from viz_app.models import ModelRegistry
 
 BUS = EXAMPLES / "bus.jpg"
 

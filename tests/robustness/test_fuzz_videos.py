@@ -14,7 +14,8 @@ from gradio_client.exceptions import AppError
 from dcnv3.loading import load_model
 from app_server import served_app
 from serving import ROOT
-from viz_app.models import Analyser, ModelRegistry
+from viz_app.analyser import Analyser
+from viz_app.models import ModelRegistry
 
 video = pytest.importorskip("dcnv3.video")
 DEMO = ROOT / "assets" / "demo_shapes.mp4"

@@ -1,0 +1,42 @@
+"""The app context: everything the tabs share, made once per app and handed to each tab's
+``build(ctx)`` (no tab imports ``ui``, and no module keeps app state in globals).
+
+``AppContext.create(registry)`` builds the parts that are not given: the ``Analyser`` (cached
+model runs and the model lock), the ``FileStore`` (where views, exports and videos are written),
+the receptive-field cache (shared by the Image tab's view, the Compare tab and ``/erf``) and the
+detections-canvas cache of the Image tab.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .analyser import Analyser
+from .cache import LRUCache
+from .files import FileStore
+from .models import ModelRegistry
+from .receptive import FieldCache
+
+__all__ = ["AppContext", "CANVAS_CACHE_SIZE"]
+
+CANVAS_CACHE_SIZE = 16  # detections canvases (a few MB each at the display size)
+
+
+@dataclass
+class AppContext:
+    """``registry``: the models offered; ``analyser``: the cached model runs (``model_lock``
+    serialises forwards); ``files``: this app's output folder; ``fields``: computed receptive
+    fields; ``canvases``: the Image tab's detections canvases, keyed by (``Analysis.key``,
+    highlighted detection) -> (canvas BGR (H, W, 3) uint8, (sx, sy) canvas px per image px)."""
+    registry: ModelRegistry
+    analyser: Analyser
+    files: FileStore
+    fields: FieldCache
+    canvases: LRUCache[tuple, tuple[np.ndarray, tuple[float, float]]]
+
+    @classmethod
+    def create(cls, registry: ModelRegistry, analyser: Analyser | None = None,
+               files: FileStore | None = None) -> "AppContext":
+        return cls(registry, analyser or Analyser(registry), files or FileStore(), FieldCache(),
+                   LRUCache(CANVAS_CACHE_SIZE))
