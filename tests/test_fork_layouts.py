@@ -211,3 +211,49 @@ def test_fields_health_and_receptive_field_work_on_every_layout(layout):
     field = receptive_field(model, bus, layer=deepest.name, xy=(405.5, 540.5), imgsz=320)
     assert np.isfinite(field.heatmap).all() and field.heatmap.sum() > 0
     assert 0 < field.area(0.5) < field.area(0.9)
+
+
+def _as_fork_classes(root: nn.Module, names: dict) -> None:
+    """Re-class modules as the placeholders a fork pickle unpickles to (type -> fork class name)."""
+    from dcnv3.fork_layouts import fork_placeholder
+
+    for module in root.modules():
+        if type(module) in names:
+            module.__class__ = fork_placeholder("ultralytics.nn.extra_modules.block", names[type(module)])
+
+
+def test_shapes_without_a_fork_fixture_are_recognised_and_compute_the_same():
+    """The rules beyond the fixtures: a C3-shaped container, a block with a `stem_conv` and
+    `gelu`, InternImage's BatchNorm depthwise branch and center_feature_scale."""
+    from ultralytics.nn.modules.conv import Conv
+
+    from dcnv3 import blocks
+    from dcnv3.fork_layouts import adopt_fork_modules
+    from dcnv3.module import DCNv3
+
+    torch.manual_seed(0)
+    container = blocks.C3k_DCNv3(32, 32, n=2, e=0.5).eval()
+    inner = container.m[0].cv2
+    inner.dcnv3 = DCNv3(16, 3, group=2, norm_layer="BN", center_feature_scale=True).eval()
+    stem_block = blocks.DCNV3_YoLo(8, 16, g=2).eval()
+    stem_block.act = nn.GELU()
+    for op in (inner.dcnv3, stem_block.dcnv3, container.m[1].cv2.dcnv3):
+        nn.init.normal_(op.offset.bias, std=1.0)
+        nn.init.normal_(op.mask.weight, std=0.5)
+    x, y = torch.randn(1, 32, 12, 10), torch.randn(1, 8, 12, 10)
+    with torch.no_grad():
+        expected_container, expected_block = container(x), stem_block(y)
+    # As the fork spells them: the block's stem under `stem_conv`, its activation under `gelu`.
+    stem_block._modules = type(stem_block._modules)(
+        ({"conv": "stem_conv", "act": "gelu"}.get(k, k), v) for k, v in stem_block._modules.items())
+    names = {blocks.C3k_DCNv3: "C3_DCNv3", blocks.Bottleneck_DCNv3: "Bottleneck_DCNV3",
+             blocks.DCNV3_YoLo: "DCNV3_YOLO", DCNv3: "DCNv3"}
+    _as_fork_classes(container, names)
+    _as_fork_classes(stem_block, names)
+    # the container, 2 x (bottleneck, block, operator), the stem block and its operator
+    assert adopt_fork_modules([container, stem_block]) == 1 + 2 * 3 + 2
+    assert type(container) is blocks.C3k_DCNv3 and type(inner.dcnv3) is DCNv3
+    assert list(stem_block._modules) == ["conv", "dcnv3", "bn", "act"] and isinstance(stem_block.conv, Conv)
+    with torch.no_grad():
+        assert torch.equal(container(x), expected_container)
+        assert torch.equal(stem_block(y), expected_block)
