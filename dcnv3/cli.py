@@ -241,6 +241,8 @@ def cmd_data(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .yolo import MODEL_FAMILIES
+
     parser = argparse.ArgumentParser(prog="python -m dcnv3", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -252,10 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
             sub.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold")
 
-    sub = commands.add_parser("train", help="train a DCNv3-YOLOv8 (or any YOLO YAML / checkpoint)")
+    sub = commands.add_parser("train", help="train a DCNv3-YOLO (or any YOLO YAML / checkpoint)")
     sub.add_argument("--model", default="dcnv3-yolov8n.yaml",
-                     help="model YAML (dcnv3-yolov8{n,s,m,l,x}.yaml, dcnv3-neck-yolov8n.yaml, "
-                          "yolov8n.yaml) or a .pt to fine-tune")
+                     help=f"model YAML (dcnv3-{{{','.join(MODEL_FAMILIES)}}}{{n,s,m,l,x}}.yaml, "
+                          "dcnv3-neck-yolov8n.yaml, yolov8n.yaml) or a .pt to fine-tune")
     sub.add_argument("--data", required=True, help="dataset YAML")
     sub.add_argument("--epochs", type=int, default=100)
     sub.add_argument("--imgsz", type=int, default=640)

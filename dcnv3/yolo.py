@@ -31,10 +31,12 @@ from pathlib import Path
 import torch
 
 __all__ = ["register", "unregister", "registered", "is_registered", "prepare_runtime", "model_yaml",
-           "MODEL_YAMLS", "TESTED_ULTRALYTICS", "cpu_cores", "keep_freed_memory"]
+           "MODEL_YAMLS", "MODEL_FAMILIES", "TESTED_ULTRALYTICS", "cpu_cores", "keep_freed_memory"]
 
 CFG_DIR = Path(__file__).parent / "cfg"
 MODEL_YAMLS = {path.name: path for path in CFG_DIR.glob("*.yaml")}
+# The ultralytics families with a shipped DCNv3 YAML (``dcnv3-{family}.yaml``), oldest first.
+MODEL_FAMILIES = ("yolov8", "yolo11", "yolo26")
 # ultralytics' internals (parse_model's tables, checkpoint layout) move between minor releases.
 TESTED_ULTRALYTICS = ((8, 4, 190), (8, 5, 0))  # [first tested, first untested)
 
@@ -69,14 +71,20 @@ def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 <
     return bool(mallopt(m_mmap_threshold, int(mmap_threshold)) and mallopt(m_trim_threshold, int(trim_threshold)))
 
 
-def model_yaml(scale: str = "n", neck: bool = False) -> str:
-    """Path of a shipped model YAML for a scale (n, s, m, l, x), e.g. for ``YOLO(model_yaml("s"))``.
+def model_yaml(scale: str = "n", neck: bool = False, family: str = "yolov8") -> str:
+    """Name of a shipped model YAML for a scale (n, s, m, l, x) of a family in ``MODEL_FAMILIES``,
+    e.g. for ``YOLO(model_yaml("s", family="yolo11"))``. ``neck`` (DCNv3 in the neck's C2f
+    layers too) exists for yolov8 only.
 
-    The file name carries the scale (``dcnv3-yolov8s.yaml``), which is how ultralytics picks it.
+    The file name carries the scale (``dcnv3-yolo11s.yaml``), which is how ultralytics picks it.
     """
     if scale not in "nsmlx" or len(scale) != 1:
         raise ValueError(f"scale must be one of n, s, m, l, x; got {scale!r}")
-    return f"dcnv3-{'neck-' if neck else ''}yolov8{scale}.yaml"
+    if family not in MODEL_FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(MODEL_FAMILIES)}; got {family!r}")
+    if neck and family != "yolov8":
+        raise ValueError(f"the DCNv3-in-the-neck variant is shipped for yolov8 only, not {family}")
+    return f"dcnv3-{'neck-' if neck else ''}{family}{scale}.yaml"
 
 
 def _check_version(version: str) -> None:
@@ -205,7 +213,7 @@ def _install() -> _Patches:
 
     _check_version(ultralytics.__version__)
     from . import checkpoints
-    from .blocks import BLOCK_ALIASES, DCNV3_YoLo, parsed_as_stock_twins
+    from .blocks import BLOCK_ALIASES, DCNV3_YoLo, parsed_as_stock_twins, with_stock_scale_rules
 
     patches = _Patches()
     for name, cls in BLOCK_ALIASES.items():
@@ -214,9 +222,9 @@ def _install() -> _Patches:
     stock_parse_model = tasks.parse_model
 
     @functools.wraps(stock_parse_model)
-    def parse_model(*args, **kwargs):
-        with parsed_as_stock_twins():  # width/depth scaling and repeats as for C2f, Conv, ...
-            return stock_parse_model(*args, **kwargs)
+    def parse_model(model_dict, *args, **kwargs):
+        with parsed_as_stock_twins():  # width/depth scaling and repeats as for C3k2, C2f, Conv, ...
+            return stock_parse_model(with_stock_scale_rules(model_dict), *args, **kwargs)
 
     stock_check_yaml = tasks.check_yaml
 
