@@ -278,6 +278,9 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu"):
         adopt_fork_modules([value for value in values if isinstance(value, nn.Module)])
     except UnknownLayoutError as error:
         raise CheckpointError(f"{path.name}: {error}") from None
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as error:  # malformed saved state
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: "
+                              f"{error})") from None
     return checkpoint
 
 

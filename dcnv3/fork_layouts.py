@@ -306,6 +306,17 @@ def _holdings(candidate: nn.Module) -> str:
     return "a module holding " + ("; ".join(parts) if parts else "no state") + ", in no known layout"
 
 
+def _children(node: nn.Module) -> list[nn.Module]:
+    children = node.__dict__.get("_modules")
+    if not isinstance(children, dict):  # state from the file: check before walking it
+        raise UnknownLayoutError(f"a {_short(node)} whose saved children are a "
+                                 f"{type(children).__name__}, not a module dictionary")
+    for name, child in children.items():
+        if child is not None and not isinstance(child, nn.Module):
+            raise UnknownLayoutError(f"a {_short(node)} whose child '{name}' is a {type(child).__name__}")
+    return [child for child in children.values() if child is not None]
+
+
 def _post_order(root: nn.Module):
     """Every module under ``root`` once, children before parents (iterative: no recursion limit)."""
     seen, order, stack = set(), [], [(root, False)]
@@ -318,7 +329,7 @@ def _post_order(root: nn.Module):
             continue
         seen.add(id(node))
         stack.append((node, True))
-        stack.extend((child, False) for child in reversed(list(node._modules.values())) if child is not None)
+        stack.extend((child, False) for child in reversed(_children(node)))
     return order
 
 

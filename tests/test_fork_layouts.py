@@ -257,3 +257,22 @@ def test_shapes_without_a_fork_fixture_are_recognised_and_compute_the_same():
     with torch.no_grad():
         assert torch.equal(container(x), expected_container)
         assert torch.equal(stem_block(y), expected_block)
+
+
+@pytest.mark.parametrize("children", [[1, 2], {"cv1": "not a module"}])
+def test_malformed_fork_state_is_refused(tmp_path, children):
+    """A placeholder's saved state comes from the file: children that are not modules are refused."""
+    from dcnv3.checkpoints import CheckpointError, safe_load
+
+    fork = types.ModuleType(FOO_MODULE)
+    cls = type("C2f_Bad", (nn.Module,), {"__module__": FOO_MODULE})
+    fork.C2f_Bad = cls
+    broken = cls()
+    broken.__dict__["_modules"] = children
+    sys.modules[FOO_MODULE] = fork
+    try:
+        torch.save({"model": broken}, tmp_path / "bad.pt")
+    finally:
+        del sys.modules[FOO_MODULE]
+    with pytest.raises(CheckpointError, match="C2f_Bad whose"):
+        safe_load(tmp_path / "bad.pt")
