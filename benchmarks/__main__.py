@@ -28,6 +28,7 @@ from results import parse  # noqa: E402
 # Few repeats per benchmark, for --quick; a benchmark not listed runs with its defaults.
 QUICK_ARGS = {
     "op": ["--repeats", "2"],
+    "dcnv4": ["--repeats", "2"],
     "model": ["--repeats", "2"],
     "app": ["--repeats", "2"],
     "video": ["--frames", "6", "--rounds", "1"],
