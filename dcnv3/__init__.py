@@ -6,6 +6,7 @@ side, in the style of ``torchvision.ops``:
 
 * ``dcnv3_core(input, offset, mask, ...)``: the functional op (shapes in its docstring);
 * ``DCNv3``: the thin module (InternImage's constructor and parameter names);
+* ``dcnv4_core(input, offset_mask, ...)`` / ``DCNv4``: DCNv4 (OpenGVLab) on the same core, any device;
 * ``set_default_formulation(name)`` / ``with formulation(name):``: which formulation the op runs;
 * ``capture(model)``: what every DCNv3 module of a model computed in a forward.
 

@@ -314,3 +314,24 @@ def test_runs_on_a_cpu_without_cuda_or_any_dcnv4_extension():
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["ok"]
+
+
+@pytest.mark.parametrize("config", [dict(channels=32, group=2),
+                                    dict(channels=32, group=2, stride=2, dw_kernel_size=3,
+                                         center_feature_scale=True, remove_center=True)],
+                         ids=["default", "stride2_dw_cfs_rmc"])
+def test_onnx_export_matches_pytorch(tmp_path, config):
+    """The module exports with the TorchScript exporter (the core's gather path) and
+    onnxruntime reproduces PyTorch on an (N, C, H, W) input."""
+    ort = pytest.importorskip("onnxruntime")
+    module = random_module(0, **config).float().eval()
+    image = torch.randn(2, 32, 13, 11, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = module(image).numpy()
+    path = tmp_path / "dcnv4.onnx"
+    torch.onnx.export(module, (image,), str(path), opset_version=17, dynamo=False,
+                      input_names=["x"], output_names=["y"])
+    (actual,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": image.numpy()})
+    assert actual.shape == expected.shape
+    assert abs(actual - expected).max() < 1e-4
