@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["Letterbox", "kernel_offsets", "sampling_locations", "regular_locations", "cell_at",
-           "cell_centre", "cell_centres"]
+           "cell_centre", "cell_centres", "cell_step", "box_centre"]
 
 
 @dataclass(frozen=True)
@@ -132,3 +132,17 @@ def cell_centres(layer, letterbox: Letterbox) -> np.ndarray:
     feature = np.stack([cols * layer.layer_stride - layer.pad + centre,
                         rows * layer.layer_stride - layer.pad + centre], axis=-1).astype(np.float64)
     return _to_image(layer, letterbox, feature)
+
+
+def cell_step(layer, letterbox: Letterbox) -> float:
+    """Original-image px between the centres of neighbouring output cells of ``layer`` (cell
+    centres step linearly from ``cell_centre(layer, letterbox, (0, 0))``)."""
+    return layer.stride * layer.layer_stride / letterbox.ratio
+
+
+def box_centre(box) -> tuple[float, float]:
+    """(x, y) centre of an xyxy box: a sequence whose first 4 numbers are x1, y1, x2, y2 (a
+    tracker row's first 4, too). The sums are taken in the numbers' own precision (a float32
+    box row gives float32 sums, as its arithmetic always did), then returned as Python floats."""
+    x1, y1, x2, y2 = box[:4]
+    return float((x1 + x2) / 2), float((y1 + y2) / 2)

@@ -34,7 +34,8 @@ import cv2
 import numpy as np
 
 from . import stats
-from .overlay import _unit, cells_on_canvas, draw_cell, draw_detections, field_colours
+from .geometry import box_centre
+from .overlay import CaptionAnnotator, CellAnnotator, DetectionAnnotator, FieldAnnotator, field_colours
 from .probe import probe_batch
 from .loading import train_imgsz
 from .video_io import H264Writer
@@ -363,15 +364,6 @@ class _TrackBoxes:
         return self.labels[index]
 
 
-def _caption(canvas: np.ndarray, text: str) -> None:
-    """A line of text on a dark band at the top left, in place."""
-    unit = _unit(canvas)
-    scale = 0.42 * unit
-    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, unit)
-    cv2.rectangle(canvas, (0, 0), (min(canvas.shape[1], w + 8), h + base + 6), (30, 30, 30), -1)
-    cv2.putText(canvas, text, (4, h + 3), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), unit, cv2.LINE_AA)
-
-
 def _grid_points(shape) -> list[tuple[float, float]]:
     """The "grid" mode's query points: GRID_QUERIES rows x columns, evenly inside the frame (x, y)."""
     rows, cols = GRID_QUERIES
@@ -383,33 +375,31 @@ def draw_frame(frame: np.ndarray, result, tracks: np.ndarray, layer: str, mode: 
     """A processed frame: in "field" mode the effective-dilation map blended under everything;
     the tracked boxes (label "#id class score"); sampling points at each track's centre
     ("samples") or at fixed query points ("grid"); a caption. ``tracks``: (N, 8) tracker rows."""
-    canvas = frame  # not drawn on: addWeighted and draw_detections below return new arrays
+    canvas = frame.copy()  # the frame itself stays as decoded (the tracker may keep it)
     fixed = None if layer == AUTO_LAYER or not result.layers else result.layer(layer)
-    middle = result.layers[len(result.layers) // 2] if result.layers else None
+    middle = result.default_layer()
     if mode == "field" and result.layers:
         record = fixed or middle
         values = result.effective_dilation(record).mean(axis=-1)  # (H, W) mean over groups
-        colours = cells_on_canvas(field_colours("effective dilation", values, FIELD_RANGE), result, record,
-                                  canvas.shape, 1.0, smooth=True)
-        canvas = cv2.addWeighted(colours, 0.5, canvas, 0.5, 0)
+        colours = field_colours("effective dilation", values, FIELD_RANGE)
+        FieldAnnotator(opacity=0.5, smooth=True).annotate(canvas, result, record, colours)
     names = result.detections.names
     labels = [f"#{int(t[4])} {names.get(int(t[6]), int(t[6]))} {t[5]:.2f}" for t in tracks]
-    canvas = draw_detections(canvas, _TrackBoxes(tracks[:, :4], tracks[:, 5], labels), max_labels=MAX_DRAWN_TRACKS)
+    DetectionAnnotator(max_labels=MAX_DRAWN_TRACKS).annotate(canvas, _TrackBoxes(tracks[:, :4], tracks[:, 5], labels))
     queries = []
     if mode == "samples":
         for t in tracks[np.argsort(-tracks[:, 5], kind="stable")][:MAX_DRAWN_TRACKS]:
             record = fixed or result.layer_for_box(t[:4])
             if record is not None:
-                queries.append((record, ((t[0] + t[2]) / 2, (t[1] + t[3]) / 2), True))
+                queries.append((record, box_centre(t), True))
     elif mode == "grid" and result.layers:
         queries = [(fixed or middle, xy, False) for xy in _grid_points(canvas.shape)]
     for record, (x, y), ghost in queries:
         cell = result.cell_at(record, x, y)
         if cell is None:
             continue
-        canvas = draw_cell(canvas, result, record, cell, grid=ghost, in_place=True)
-    _caption(canvas, caption)
-    return canvas
+        CellAnnotator(grid=ghost).annotate(canvas, result, record, cell)
+    return CaptionAnnotator().annotate(canvas, caption)
 
 
 # -- the pipeline ----------------------------------------------------------------------------------------
@@ -496,7 +486,7 @@ def process_video(model, source: str | Path, out_dir: str | Path, *, layer: str 
                     rows.append(_row(result, t, layer, index, seconds, scale))
                 caption = f"frame {index} · {seconds:.2f} s · " + (
                     "per object: layer of its scale" if layer == AUTO_LAYER and mode == "samples" else
-                    (layer if layer != AUTO_LAYER else (result.layers[len(result.layers) // 2].name
+                    (layer if layer != AUTO_LAYER else (result.default_layer().name
                                                         if result.layers else "no DCNv3 layer")))
                 drawn = draw_frame(frame, result, tracks, layer, mode, caption)
                 writer.write(drawn)
@@ -541,7 +531,7 @@ def _row(result, track: np.ndarray, layer: str, index: int, seconds: float, scal
     record = None
     if result.layers:
         record = result.layer_for_box(box) if layer == AUTO_LAYER else result.layer(layer)
-    cell = result.cell_at(record, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2) if record is not None else None
+    cell = result.cell_at(record, *box_centre(box)) if record is not None else None
     dilation = magnitude = entropy = None
     if cell is not None:
         dilation, magnitude, entropy = (round(v, 5) for v in _cell_stats(record, cell))

@@ -6,8 +6,9 @@ import pytest
 import torch
 from ultralytics import YOLO
 
+from dcnv3 import fields, overlay, trace
 from dcnv3.probe import probe
-from dcnv3.geometry import kernel_offsets
+from dcnv3.geometry import box_centre, cell_step, kernel_offsets
 from dcnv3.overlay import group_colours
 from test_health import make_layer, make_probe
 from viz_app import render
@@ -165,7 +166,7 @@ def test_trace_multiplies_weights_down_the_stacked_layers(untrained_probe):
     image, probe = untrained_probe
     layer = probe.layers[3]  # model.6.m.1 (P4, G=4): below it model.6.m.0, model.4.m.1, model.4.m.0
     cell = (6, 8)
-    levels = render.trace_through_layers(probe, layer, cell, top=60)
+    levels = trace.trace_through_layers(probe, layer, cell, top=60)
     assert [level.layer for level in levels] == [r.name for r in reversed(probe.layers[:4])]
     # Untrained: the 4 groups' 3x3 grids coincide, so 9 positions of weight 4 x (1/9) / 4 = 1/9.
     assert len(levels[0].xy) == 9
@@ -193,7 +194,7 @@ def test_trace_multiplies_weights_down_the_stacked_layers(untrained_probe):
 def test_trace_reads_the_lower_layer_bilinearly(untrained_probe):
     _, probe = untrained_probe
     layer, cell = probe.layers[4], (4, 5)  # P5: its samples fall between two P4 cells (32c + 16 vs 16k + 8)
-    levels = render.trace_through_layers(probe, layer, cell, top=1000)
+    levels = trace.trace_through_layers(probe, layer, cell, top=1000)
     centre = probe.cell_centre(layer, cell)
     assert len(levels[1].xy) == 64  # 2x2 P4 cells per sample, each a 3x3 grid: an 8x8 block
     np.testing.assert_allclose(levels[1].weight.sum(), 1.0, rtol=1e-6)
@@ -206,7 +207,7 @@ def test_trace_reads_the_lower_layer_bilinearly(untrained_probe):
 
 def test_trace_of_groups_subset_and_first_layer(untrained_probe):
     _, probe = untrained_probe
-    levels = render.trace_through_layers(probe, probe.layers[0], (2, 3), groups=[1])
+    levels = trace.trace_through_layers(probe, probe.layers[0], (2, 3), groups=[1])
     assert len(levels) == 1 and len(levels[0].xy) == 9  # nothing below the first DCNv3 layer
     np.testing.assert_allclose(levels[0].weight.sum(), 1.0, rtol=1e-6)
 
@@ -222,15 +223,15 @@ def moved_cell_probe():
 
 def test_field_values_shapes_and_groups():
     layer, probe = moved_cell_probe()
-    magnitude = render.field_values(probe, layer, "offset magnitude")
+    magnitude = fields.field_values(probe, layer, "offset magnitude")
     assert magnitude.shape == (8, 8) and magnitude[2, 5] == pytest.approx(1.5)  # mean over 2 groups
-    assert render.field_values(probe, layer, "offset magnitude", group=0)[2, 5] == pytest.approx(3.0)
-    direction = render.field_values(probe, layer, "offset direction", group=0)
+    assert fields.field_values(probe, layer, "offset magnitude", group=0)[2, 5] == pytest.approx(3.0)
+    direction = fields.field_values(probe, layer, "offset direction", group=0)
     assert direction.shape == (8, 8, 2) and tuple(direction[2, 5]) == (3.0, 0.0)
-    for field in render.FIELDS:
-        assert np.isfinite(render.field_values(probe, layer, field)).all()
+    for field in fields.FIELDS:
+        assert np.isfinite(fields.field_values(probe, layer, field)).all()
     with pytest.raises(ValueError, match="unknown field"):
-        render.field_values(probe, layer, "nonsense")
+        fields.field_values(probe, layer, "nonsense")
 
 
 def test_field_overlay_colours_each_cell_around_its_centre():
@@ -291,3 +292,67 @@ def test_initial_query_and_detection_query():
 def test_kernel_offsets_convention_used_by_the_tests():
     # The hand-made records above rely on DCNv3's point order; pin it here.
     assert kernel_offsets(3, 1)[1].tolist() == [-1.0, 0.0]  # p = 1: i = 0 (x = -1), j = 1 (y = 0)
+
+
+# -- annotators and the one-place rules ----------------------------------------------------------------------
+def test_annotators_draw_in_place_and_the_draw_functions_on_a_copy(untrained_probe):
+    image, probe = untrained_probe
+    layer, cell = probe.layers[2], (5, 7)
+    canvas = np.zeros_like(image)
+    scene = canvas.copy()
+    assert overlay.CellAnnotator().annotate(scene, probe, layer, cell) is scene and scene.any()
+    drawn = overlay.draw_cell(canvas, probe, layer, cell)
+    assert not canvas.any() and np.array_equal(drawn, scene)  # the same pixels, the canvas untouched
+    # The cell is the grid, arrows, points and the cross drawn in that order.
+    steps = np.zeros_like(image)
+    locations, regular, weights = (probe.sampling_locations(layer, cell), probe.regular_locations(layer, cell),
+                                   layer.weights[cell])
+    overlay.RegularGridAnnotator().annotate(steps, regular)
+    overlay.OffsetArrowAnnotator().annotate(steps, regular, locations, weights)
+    overlay.SamplingPointAnnotator().annotate(steps, locations, weights)
+    overlay.MarkerAnnotator().annotate(steps, probe.cell_centre(layer, cell))
+    assert np.array_equal(steps, scene)
+    boxes = make_probe([], (100, 120), [(10, 20, 50, 60)]).detections
+    scene = blank()
+    assert overlay.DetectionAnnotator().annotate(scene, boxes) is scene
+    assert np.array_equal(scene, render.draw_detections(blank(), boxes))
+
+
+def test_field_annotator_blends_each_cell_over_the_scene():
+    layer, probe = moved_cell_probe()
+    values = fields.field_values(probe, layer, "offset magnitude", group=0)
+    colours = overlay.field_colours("offset magnitude", values, fields.field_range("offset magnitude", values))
+    scene = np.full((64, 64, 3), 200, np.uint8)
+    assert overlay.FieldAnnotator(opacity=0.5).annotate(scene, probe, layer, colours) is scene
+    np.testing.assert_allclose(scene[20, 44], (np.array(VIRIDIS_HIGH) + 200) / 2, atol=1)
+    np.testing.assert_allclose(scene[4, 4], (np.array(VIRIDIS_LOW) + 200) / 2, atol=1)
+    assert fields.field_range("weight entropy", values) == (0.0, 1.0)
+    assert fields.field_range("offset magnitude", np.zeros((2, 2))) == (0.0, 1.0)  # nothing moved
+
+
+def test_caption_and_trace_annotators(untrained_probe):
+    scene = blank(60, 200)
+    overlay.CaptionAnnotator().annotate(scene, "frame 3")
+    assert tuple(scene[1, 1]) == (30, 30, 30) and scene[:20, :80].max() == 255  # dark band, white text
+    _, probe = untrained_probe
+    levels = trace.trace_through_layers(probe, probe.layers[1], (4, 4))
+    scene = blank(400, 400)
+    overlay.TraceAnnotator().annotate(scene, levels, (0.0, 0.0), (1.0, 1.0))
+    x, y = levels[-1].xy[0]  # the heaviest deepest point: a bright inferno disc
+    assert scene[int(y), int(x)].astype(int).sum() > 300
+
+
+def test_box_centre_cell_step_and_the_default_layer():
+    from dcnv3.probe import default_layer
+
+    assert box_centre((0, 0, 60, 40)) == (30.0, 20.0)
+    assert box_centre(np.float32([1, 2, 4, 8, 0.9, 7])) == (2.5, 5.0)  # a tracker row: its first four
+    layers = [make_layer(f"l{n}") for n in range(5)]
+    assert default_layer(layers) is layers[2] and default_layer([]) is None
+    assert default_layer(["a", "b"]) == "b" and make_probe(layers).default_layer() is layers[2]
+    assert cell_step(make_layer(stride=16), make_probe([]).letterbox) == 16.0
+
+
+def test_render_re_exports_the_pure_modules():
+    assert render.trace_through_layers is trace.trace_through_layers and render.FIELDS is fields.FIELDS
+    assert render.field_values is fields.field_values and render.TraceLevel is trace.TraceLevel

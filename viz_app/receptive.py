@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from dcnv3 import receptive_field as rf
-from dcnv3.overlay import _unit, draw_marker
+from dcnv3.overlay import draw_marker, line_width
 
 from .render import make_canvas
 
@@ -160,7 +160,7 @@ def field_panel(image: np.ndarray, field: rf.ReceptiveField, title: str, side: i
     alpha = (0.15 + 0.75 * strength)[..., None]
     dimmed = canvas.astype(np.float32) * 0.55
     out = np.clip(dimmed * (1 - alpha) + colours * alpha, 0, 255).astype(np.uint8)
-    unit = _unit(out)
+    unit = line_width(out)
     for fraction, mask in zip(field.fractions, field.masks):
         resized = cv2.resize(mask.astype(np.uint8), (out.shape[1], out.shape[0]), interpolation=cv2.INTER_NEAREST)
         contours, _ = cv2.findContours(resized, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)

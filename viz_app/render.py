@@ -6,8 +6,9 @@ No gradio here: every view of the app is a call to one of these functions on a c
 Coordinates. Probe coordinates are continuous image pixels: pixel i spans [i, i+1), its centre
 is i + 0.5. Images are drawn on a *canvas*: the image resized by ``scale`` = (sx, sy) canvas px
 per image px (``display_scale`` picks it so a canvas is 640-1280 px on its long side). Since
-resizing maps pixel edges to pixel edges, image point (x, y) lies at canvas point (x * sx, y * sy);
-OpenCV draws in pixel-centre coordinates, hence the ``- 0.5`` in ``_fixed``.
+resizing maps pixel edges to pixel edges, image point (x, y) lies at canvas point (x * sx, y * sy).
+The drawing itself is ``dcnv3.overlay``'s annotators; the trace search is ``dcnv3.trace`` and the
+field maps ``dcnv3.fields`` (pure functions of the probe's layer records, re-exported here).
 
 DCNv3's point order within a group is p = i*K + j, with i walking x (columns) and j walking y
 (rows); ``weight_matrix`` turns the P weights into the spatial KxK picture (row j, column i).
@@ -22,8 +23,12 @@ import cv2
 import numpy as np
 import plotly.graph_objects as go
 
-from dcnv3.overlay import (_SHIFT, _blend_discs, _pair, _unit, cells_on_canvas, draw_cell, draw_detections,
-                           draw_marker, draw_samples, field_colours, group_colours, image_to_canvas, point_style)
+from dcnv3.fields import FIELDS, field_range, field_values
+from dcnv3.geometry import box_centre, cell_step
+from dcnv3.overlay import (FieldAnnotator, MarkerAnnotator, TraceAnnotator, draw_cell, draw_detections, draw_marker,
+                           draw_samples, field_colours, group_colours, image_to_canvas, point_style, scale_pair)
+from dcnv3.probe import default_layer
+from dcnv3.trace import TraceLevel, trace_through_layers
 
 from .figure_spec import FigureSpec
 
@@ -58,7 +63,7 @@ def display_scale(shape) -> tuple[float, float]:
 
 def make_canvas(image: np.ndarray, scale=None) -> tuple[np.ndarray, tuple[float, float]]:
     """The image resized by ``scale`` (default ``display_scale``): (canvas, (sx, sy))."""
-    sx, sy = _pair(display_scale(image.shape) if scale is None else scale)
+    sx, sy = scale_pair(display_scale(image.shape) if scale is None else scale)
     if (sx, sy) == (1.0, 1.0):
         return image.copy(), (1.0, 1.0)
     if sx == sy and sx > 1 and float(sx).is_integer():  # enlarging: each pixel becomes an exact block
@@ -76,7 +81,7 @@ def to_rgb(bgr: np.ndarray | None) -> np.ndarray | None:
 
 def canvas_to_image(xy, scale) -> np.ndarray:
     """(..., 2) canvas coordinates -> image coordinates (both continuous)."""
-    return np.asarray(xy, dtype=np.float64) / np.asarray(_pair(scale))
+    return np.asarray(xy, dtype=np.float64) / np.asarray(scale_pair(scale))
 
 
 # -- sampling view (drawing primitives live in dcnv3.overlay) -----------------
@@ -126,7 +131,7 @@ def sampling_figure(image: np.ndarray, probe, layer, cell, groups=None, max_back
     num_groups, points, _ = locations.shape
     chosen = list(range(num_groups)) if groups is None else [g for g in groups if 0 <= g < num_groups]
     shown = np.concatenate([locations[chosen].reshape(-1, 2), regular[chosen].reshape(-1, 2), centre[None]])
-    cell_px = record.stride * record.layer_stride / probe.letterbox.ratio  # one cell in image px
+    cell_px = cell_step(record, probe.letterbox)  # one cell in image px
     margin = max(1.5 * cell_px, 0.1 * float(np.ptp(shown, axis=0).max()), 4.0)
     lo, hi = shown.min(axis=0) - margin, shown.max(axis=0) + margin
     traces = []
@@ -233,96 +238,7 @@ def weight_matrices_figure(layer, cell, groups=None, columns: int = 4, height_pe
     return FigureSpec(traces, layout)
 
 
-# -- trace through the stacked DCNv3 layers --------------------------------------------------------------
-@dataclass
-class TraceLevel:
-    """One DCNv3 layer on the path: sample positions (N, 2) in image px and their path weights (N,)."""
-    layer: str
-    xy: np.ndarray
-    weight: np.ndarray
-
-
-def trace_through_layers(probe, layer, cell, groups=None, top: int = 60) -> list[TraceLevel]:
-    """Where the chosen layer's samples at ``cell`` themselves sampled, down the stacked DCNv3 layers.
-
-    As in figure 6 of the DCNv1 paper: level 0 is the chosen layer's samples (the chosen groups,
-    each group's weights divided by the number of groups, so a level's weights sum to at most 1).
-    Each sample then reads the next lower DCNv3 layer (the previous one in forward order) at its
-    position: bilinearly, like the deformable sampling itself, so it follows the up to 4 cells
-    around the position with the bilinear coefficients (a sample exactly on a cell centre follows
-    that one cell). Each of those cells contributes its own samples, with path weight = parent
-    weight x bilinear coefficient x the child's weight / its group count. Paths that reach the
-    same position are merged (their weights add up) and only the ``top`` heaviest positions are
-    kept per level (a beam); cells beyond the grid read zeros, as DCNv3's padding does, so their
-    paths end. Ordinary convolutions between the DCNv3 layers are not part of the trace.
-    """
-    names = [record.name for record in probe.layers]
-    record = probe.record(layer)
-    index = names.index(record.name)
-    locations = probe.sampling_locations(record, cell)
-    weights = record.weights[tuple(cell)].astype(np.float64)
-    chosen = list(range(record.groups)) if groups is None else [g for g in groups if 0 <= g < record.groups]
-    chosen = chosen or list(range(record.groups))
-    xy = locations[chosen].reshape(-1, 2)
-    path = (weights[chosen] / len(chosen)).reshape(-1)
-    levels = [_keep_top(_merged(TraceLevel(record.name, xy, path)), top)]
-    for lower in reversed(probe.layers[:index]):
-        rows, cols, coefficients = _bilinear_cells(probe, lower, levels[-1].xy)
-        if len(rows) == 0:
-            break
-        parent_weight = levels[-1].weight[coefficients[0]] * coefficients[1]  # (M,)
-        children_xy = probe.sampling_locations(lower, (rows, cols)).reshape(-1, 2)  # (M*G*P, 2)
-        children_w = (parent_weight[:, None] * lower.weights[rows, cols].reshape(len(rows), -1) / lower.groups)
-        levels.append(_keep_top(_merged(TraceLevel(lower.name, children_xy, children_w.reshape(-1))), top))
-    return levels
-
-
-def _bilinear_cells(probe, layer, xy: np.ndarray):
-    """The cells a bilinear read of ``layer``'s output at image points ``xy`` (N, 2) touches.
-
-    Returns (rows (M,), cols (M,), (parent index (M,), coefficient (M,))), only in-grid cells with
-    a non-zero coefficient. Cell centres step linearly: ``cell_centre((0, 0))`` + index * step.
-    """
-    origin = probe.cell_centre(layer, (0, 0))
-    step = layer.stride * layer.layer_stride / probe.letterbox.ratio  # image px between cell centres
-    u = (np.asarray(xy, dtype=np.float64) - origin) / step  # continuous (col, row), centres at integers
-    base = np.floor(u)
-    frac = u - base
-    rows, cols, parents, coefficients = [], [], [], []
-    for dc, dr in ((0, 0), (1, 0), (0, 1), (1, 1)):
-        coefficient = (frac[:, 0] if dc else 1 - frac[:, 0]) * (frac[:, 1] if dr else 1 - frac[:, 1])
-        col, row = base[:, 0] + dc, base[:, 1] + dr
-        keep = (coefficient > 1e-9) & (row >= 0) & (row < layer.grid[0]) & (col >= 0) & (col < layer.grid[1])
-        rows.append(row[keep].astype(np.int64))
-        cols.append(col[keep].astype(np.int64))
-        parents.append(np.nonzero(keep)[0])
-        coefficients.append(coefficient[keep])
-    return (np.concatenate(rows), np.concatenate(cols), (np.concatenate(parents), np.concatenate(coefficients)))
-
-
-def _merged(level: TraceLevel) -> TraceLevel:
-    """One point per distinct position (to 1e-3 px), weights of coinciding paths added.
-
-    Positions are keyed by one int64 (x and y in thousandths of a pixel, each offset by 2^30 into
-    31 bits), because a 1-D unique is a plain sort where ``np.unique(axis=0)`` sorts rows
-    lexicographically, ~10x slower.
-    """
-    milli = np.round(level.xy * 1000).astype(np.int64) + (1 << 30)  # (N, 2), positive below 2^31
-    keys, inverse = np.unique((milli[:, 0] << 31) | milli[:, 1], return_inverse=True)
-    weights = np.bincount(inverse.ravel(), weights=level.weight, minlength=len(keys))
-    positions = np.stack([(keys >> 31) - (1 << 30), (keys & ((1 << 31) - 1)) - (1 << 30)], axis=1) / 1000
-    return TraceLevel(level.layer, positions, weights)
-
-
-def _keep_top(level: TraceLevel, top: int) -> TraceLevel:
-    """The ``top`` heaviest points, heaviest first (equal weights at the cut: either may stay)."""
-    order = np.arange(len(level.weight))
-    if len(order) > top:  # partition first: a full sort of thousands of paths is most of a trace's time
-        order = np.argpartition(-level.weight, top - 1)[:top]
-    order = order[np.lexsort((order, -level.weight[order]))]
-    return TraceLevel(level.layer, level.xy[order], level.weight[order])
-
-
+# -- trace through the stacked DCNv3 layers (the search is dcnv3.trace's) -----------------------------
 def trace_overlay(image: np.ndarray, levels: list[TraceLevel], start_xy, size: int = 720,
                   min_extent: float = 96.0) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
     """Draw a trace, zoomed on the region it covers: the deepest level's points coloured and
@@ -347,29 +263,9 @@ def trace_overlay(image: np.ndarray, levels: list[TraceLevel], start_xy, size: i
                         interpolation=cv2.INTER_LINEAR if s > 0.5 else cv2.INTER_AREA)
     scale = (canvas.shape[1] / (x1 - x0), canvas.shape[0] / (y1 - y0))
 
-    def local(xy):
-        return (xy[0] - x0, xy[1] - y0)
-
-    unit = _unit(canvas)
-    # Intermediate levels: small white rings, up to a few hundred per trace. Drawn without
-    # anti-aliasing (4x cheaper: they were half of a click's drawing time); the deepest level's
-    # weighted discs below stay anti-aliased.
-    ring = int(3 * unit * (1 << _SHIFT))
-    for level in levels[:-1]:
-        centres = np.round(((level.xy - (x0, y0)) * scale - 0.5) * (1 << _SHIFT)).astype(np.int64).tolist()
-        for centre in centres:
-            cv2.circle(canvas, centre, ring, (255, 255, 255), unit, cv2.LINE_8, _SHIFT)
-    if levels:
-        last = levels[-1]
-        relative = last.weight / max(float(last.weight.max()), 1e-12)
-        # inferno from 30 % up: its darkest colours vanish on the dimmed photo
-        shades = ((0.3 + 0.7 * relative) * 255).astype(np.uint8)[:, None]
-        colours = cv2.applyColorMap(shades, cv2.COLORMAP_INFERNO)[:, 0]
-        order = np.argsort(relative)  # strongest on top
-        centres = image_to_canvas(last.xy[order] - (x0, y0), scale) - 0.5  # (K, 2)
-        _blend_discs(canvas, centres, (2.5 + 5 * np.sqrt(relative[order])) * unit,
-                     [tuple(c) for c in colours[order].tolist()], np.ones(len(order)), outline=(0, 0, 0))
-    return draw_marker(canvas, local(start_xy), scale, in_place=True), (float(x0), float(y0)), scale
+    TraceAnnotator().annotate(canvas, levels, (x0, y0), scale)
+    start_on_crop = (start_xy[0] - x0, start_xy[1] - y0)
+    return MarkerAnnotator().annotate(canvas, start_on_crop, scale), (float(x0), float(y0)), scale
 
 
 # -- the whole sampling view -----------------------------------------------------------------------------
@@ -391,17 +287,17 @@ def initial_query(probe) -> tuple[float, float, str | None, int | None]:
     height, width = probe.image_shape
     if len(probe.detections) and probe.layers:
         best = int(np.argmax(probe.detections.scores))
-        x1, y1, x2, y2 = probe.detections.boxes[best]
-        return float(x1 + x2) / 2, float(y1 + y2) / 2, probe.layer_for_box((x1, y1, x2, y2)).name, best
-    layer = probe.layers[len(probe.layers) // 2].name if probe.layers else None
-    return width / 2, height / 2, layer, None
+        box = probe.detections.boxes[best]
+        return (*box_centre(box), probe.layer_for_box(box).name, best)
+    layer = default_layer(probe.layers)
+    return width / 2, height / 2, layer.name if layer is not None else None, None
 
 
 def query_for_detection(probe, index: int) -> tuple[float, float, str | None]:
     """A detection's centre and the DCNv3 layer whose stride matches its size."""
-    x1, y1, x2, y2 = (float(v) for v in probe.detections.boxes[index])
-    layer = probe.layer_for_box((x1, y1, x2, y2))
-    return (x1 + x2) / 2, (y1 + y2) / 2, layer.name if layer is not None else None
+    box = tuple(float(v) for v in probe.detections.boxes[index])
+    layer = probe.layer_for_box(box)
+    return (*box_centre(box), layer.name if layer is not None else None)
 
 
 def sampling_view(image: np.ndarray, probe, layer: str | None, xy, groups=None, highlight: int | None = None,
@@ -414,7 +310,7 @@ def sampling_view(image: np.ndarray, probe, layer: str | None, xy, groups=None, 
     if base is None:
         base, scale = make_canvas(image, scale)
         base = draw_detections(base, probe.detections, scale, highlight)
-    scale = _pair(scale if scale is not None else display_scale(image.shape))
+    scale = scale_pair(scale if scale is not None else display_scale(image.shape))
     if layer is None or not probe.layers:
         return SamplingView(base, scale, None, None, None, None, "no DCNv3 layer in this model: detections only")
     x, y = float(xy[0]), float(xy[1])
@@ -436,37 +332,6 @@ def sampling_view(image: np.ndarray, probe, layer: str | None, xy, groups=None, 
 
 
 # -- fields view ----------------------------------------------------------------------------------------
-FIELDS = {
-    "offset magnitude": "mean |offset_scale x offset| over the P points, in feature cells",
-    "offset direction": "direction of the mean displacement (hue) and its length (brightness)",
-    "weight entropy": "normalised entropy of the softmax weights: 0 = one point, 1 = uniform",
-    "effective dilation": "mean distance between neighbouring sampling points, in feature cells",
-    "share off the image": "share of the P samples that fall outside the image",
-}
-
-
-def field_values(probe, layer, field: str, group: int | None = None) -> np.ndarray:
-    """Per-cell values of a field: (H, W), or (H, W, 2) mean displacement (dx, dy) in cells for
-    "offset direction". ``group`` None averages over groups."""
-    record = probe.record(layer)
-    if field == "offset direction":
-        displacement = record.offset_scale * record.offsets.astype(np.float64).mean(axis=3)  # (H, W, G, 2)
-        return displacement.mean(axis=2) if group is None else displacement[:, :, group]
-    per_group = {"offset magnitude": probe.offset_magnitude, "weight entropy": probe.weight_entropy,
-                 "effective dilation": probe.effective_dilation, "share off the image": probe.outside_share}
-    if field not in per_group:
-        raise ValueError(f"unknown field {field!r}; one of {list(FIELDS)}")
-    values = per_group[field](record)  # (H, W, G)
-    return values.mean(axis=-1) if group is None else values[..., group]
-
-
-def _field_range(field: str, values: np.ndarray) -> tuple[float, float]:
-    if field in ("weight entropy", "share off the image"):
-        return 0.0, 1.0  # bounded quantities: a fixed scale keeps layers comparable
-    top = float(np.nanmax(values)) if values.size else 0.0
-    return 0.0, top if top > 1e-9 else 1.0
-
-
 def colour_bar(width: int, field: str, value_range, unit: int = 1) -> np.ndarray:
     """A (h, width, 3) BGR strip: the field's colour scale with its range and name."""
     height = 46 * unit
@@ -507,9 +372,9 @@ def field_overlay(image: np.ndarray, probe, layer, field: str, group: int | None
     record = probe.record(layer)
     values = field_values(probe, record, field, group)
     magnitude = np.linalg.norm(values, axis=-1) if field == "offset direction" else values
-    value_range = _field_range(field, magnitude)
-    colours = cells_on_canvas(field_colours(field, values, value_range), probe, record, canvas.shape, scale, smooth)
-    blended = cv2.addWeighted(colours, float(opacity), canvas, 1 - float(opacity), 0)
+    value_range = field_range(field, magnitude)
+    blended = FieldAnnotator(opacity, smooth).annotate(canvas, probe, record, field_colours(field, values, value_range),
+                                                       scale)  # ``canvas`` is make_canvas' own: drawn on in place
     unit = max(1, round(canvas.shape[1] / 640))  # the strip's text stays legible but modest
     return np.vstack([blended, colour_bar(canvas.shape[1], field, value_range, unit)]), scale
 
