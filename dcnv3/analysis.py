@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import stats
-from .geometry import cell_at, cell_centres
+from .geometry import box_centre, cell_at, cell_centres
 
 __all__ = ["SIZE_BUCKETS", "LayerTally", "analyze_dataset", "dilation_at_objects", "format_table",
            "size_bucket"]
@@ -40,7 +40,7 @@ def dilation_at_objects(record, letterbox, boxes: np.ndarray, size_scale: float 
     values = {bucket: [] for bucket in SIZE_BUCKETS}
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     for box in boxes:
-        cell = cell_at(record, letterbox, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+        cell = cell_at(record, letterbox, *box_centre(box))
         if cell is not None:
             values[size_bucket(box / size_scale)].append(float(dilation[cell]))
     centres = cell_centres(record, letterbox)  # (H, W, 2)

@@ -8,15 +8,20 @@
   neighbours in the KxK kernel (horizontal and vertical pairs), as in Table 2 of the DCNv1
   paper; the regular grid gives dilation * offset_scale.
 * ``outside_share``: share of the P samples that fall outside the original image.
+
+Over a whole layer: ``layer_summary`` (image-wide means and spreads of the four),
+``group_similarity`` (do the groups move alike?); at one cell: ``cell_summary``.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from .geometry import Letterbox, sampling_locations
+from .geometry import Letterbox, kernel_offsets, sampling_locations
 
 __all__ = ["offset_magnitude", "weight_entropy", "effective_dilation", "outside_share",
-           "adjacent_pairs", "layer_summary"]
+           "adjacent_pairs", "layer_summary", "group_similarity", "cell_summary"]
 
 
 def offset_magnitude(layer) -> np.ndarray:
@@ -51,8 +56,6 @@ def effective_dilation(layer) -> np.ndarray:
     pairs = adjacent_pairs(layer.kernel, layer.remove_center)
     if len(pairs) == 0:
         return np.zeros(layer.offsets.shape[:3])
-    from .geometry import kernel_offsets
-
     grid = kernel_offsets(layer.kernel, layer.dilation, layer.remove_center)
     points = layer.offset_scale * (grid + layer.offsets.astype(np.float64))  # (H, W, G, P, 2)
     distances = np.linalg.norm(points[..., pairs[:, 0], :] - points[..., pairs[:, 1], :], axis=-1)
@@ -77,3 +80,33 @@ def layer_summary(layer, letterbox: Letterbox) -> dict:
         summary[f"{name}_mean"] = float(values.mean())
         summary[f"{name}_std"] = float(values.std())
     return summary
+
+
+def group_similarity(layer) -> float | None:
+    """Mean pairwise cosine similarity of the groups' offset fields, (H, W, P, 2) flattened per group.
+
+    None for a single group, or when fewer than two groups have any non-zero offset (a zero field
+    has no direction).
+    """
+    if layer.groups < 2:
+        return None
+    fields = np.moveaxis(layer.offsets.astype(np.float64), 2, 0).reshape(layer.groups, -1)
+    norms = np.linalg.norm(fields, axis=1)
+    moving = norms > 1e-9
+    if moving.sum() < 2:
+        return None
+    unit = fields[moving] / norms[moving, None]
+    cosine = unit @ unit.T
+    upper = np.triu_indices(len(unit), k=1)
+    return float(cosine[upper].mean())
+
+
+def cell_summary(layer, cell) -> tuple[float, float, float]:
+    """(effective dilation, mean |offset|, weight entropy) at one (row, col) cell, means over
+    groups: the functions above on a one-cell slice of the record."""
+    row, col = cell
+    one = dataclasses.replace(layer, offsets=layer.offsets[row:row + 1, col:col + 1],
+                              weights=layer.weights[row:row + 1, col:col + 1])
+    return (float(effective_dilation(one).mean()), float(offset_magnitude(one).mean()),
+            float(weight_entropy(one).mean()))
+

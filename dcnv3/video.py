@@ -20,7 +20,6 @@ downscaled, and the output video has the processed size.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import itertools
 import math
 import re
@@ -303,16 +302,6 @@ def _track(tracker, detections, frame: np.ndarray) -> np.ndarray:
 
 
 # -- statistics --------------------------------------------------------------------------------------
-def _cell_stats(record, cell) -> tuple[float, float, float]:
-    """(effective dilation, mean |offset|, weight entropy) at one cell, means over groups, with
-    the shared ``stats`` functions on a one-cell slice of the record."""
-    row, col = cell
-    one = dataclasses.replace(record, offsets=record.offsets[row:row + 1, col:col + 1],
-                              weights=record.weights[row:row + 1, col:col + 1])
-    return (float(stats.effective_dilation(one).mean()), float(stats.offset_magnitude(one).mean()),
-            float(stats.weight_entropy(one).mean()))
-
-
 def track_summary(rows: list[dict]) -> list[dict]:
     """One dict per track: id, class name, frames seen, first / last time, size range (px),
     mean effective dilation, |offset| and entropy, and the size-dilation correlation (Pearson r,
@@ -534,7 +523,7 @@ def _row(result, track: np.ndarray, layer: str, index: int, seconds: float, scal
     cell = result.cell_at(record, *box_centre(box)) if record is not None else None
     dilation = magnitude = entropy = None
     if cell is not None:
-        dilation, magnitude, entropy = (round(v, 5) for v in _cell_stats(record, cell))
+        dilation, magnitude, entropy = (round(v, 5) for v in stats.cell_summary(record, cell))
     source_box = box / scale
     size = math.sqrt(max(source_box[2] - source_box[0], 0) * max(source_box[3] - source_box[1], 0))
     class_id = int(track[6])

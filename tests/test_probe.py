@@ -107,6 +107,7 @@ def test_statistics_follow_their_definitions():
     expected = np.mean([np.hypot(i - 1, j - 1) for i in range(3) for j in range(3)])
     np.testing.assert_allclose(stats.offset_magnitude(record)[0, 0], [0, expected], rtol=1e-6)
     assert len(adjacent_pairs(3)) == 12 and len(adjacent_pairs(3, remove_center=True)) == 8
+    assert stats.cell_summary(record, (0, 0)) == pytest.approx((1.5, expected / 2, 0.5), abs=1e-6)  # group means
 
 
 def test_detections_match_ultralytics_predict():

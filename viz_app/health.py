@@ -28,6 +28,7 @@ import numpy as np
 
 from dcnv3 import stats
 from dcnv3.analysis import dilation_at_objects
+from dcnv3.stats import group_similarity  # re-exported: the health table's fourth number
 
 __all__ = ["THRESHOLDS", "LayerHealth", "group_similarity", "layer_health", "health_report", "health_rows",
            "dilation_by_size", "dilation_by_size_rows", "SIZE_CLASSES", "thresholds_markdown"]
@@ -57,25 +58,6 @@ class LayerHealth:
     effective_dilation: float  # feature cells
     group_similarity: float | None  # None when G < 2 or fewer than two groups moved
     flags: list[str] = field(default_factory=list)
-
-
-def group_similarity(layer) -> float | None:
-    """Mean pairwise cosine similarity of the groups' offset fields, (H, W, P, 2) flattened per group.
-
-    None for a single group, or when fewer than two groups have any non-zero offset (a zero field
-    has no direction; the collapsed flag covers that case).
-    """
-    if layer.groups < 2:
-        return None
-    fields = np.moveaxis(layer.offsets.astype(np.float64), 2, 0).reshape(layer.groups, -1)
-    norms = np.linalg.norm(fields, axis=1)
-    moving = norms > 1e-9
-    if moving.sum() < 2:
-        return None
-    unit = fields[moving] / norms[moving, None]
-    cosine = unit @ unit.T
-    upper = np.triu_indices(len(unit), k=1)
-    return float(cosine[upper].mean())
 
 
 def _flags(health: LayerHealth) -> list[str]:
