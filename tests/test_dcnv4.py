@@ -143,7 +143,8 @@ def test_zero_offsets_and_scalars_at_one_over_p_average_the_window(stride, name)
     n, h, w, g, d = 2, 7, 8, 2, 3
     inputs = torch.randn(n, h, w, g * d, generator=gen, dtype=torch.float64)
     out_h, out_w = output_size(h, w, 3, 3, stride, stride, 1, 1, 1, 1)
-    window_mean = F.avg_pool2d(inputs.permute(0, 3, 1, 2), 3, stride, 1, count_include_pad=True).permute(0, 2, 3, 1)
+    window_mean = F.avg_pool2d(inputs.permute(0, 3, 1, 2), 3, stride, 1, count_include_pad=True)
+    window_mean = window_mean.permute(0, 2, 3, 1)
     with formulation(name):
         for scalar, expected in ((1 / 9, window_mean), (-1.0, -9 * window_mean)):
             scalars = torch.full((n, out_h, out_w, g, 9), scalar, dtype=torch.float64)
@@ -198,8 +199,9 @@ def test_split_is_dcnv3s_layout():
     offset, mask = split_offset_mask(offset_mask, group, points)
     assert offset.shape == (2, 1, 1, 24) and mask.shape == (2, 1, 1, 12)
     for g in range(group):
-        torch.testing.assert_close(offset[0, 0, 0, g * 8:(g + 1) * 8], torch.arange(g * 12, g * 12 + 8.0).double())
-        torch.testing.assert_close(mask[0, 0, 0, g * 4:(g + 1) * 4], torch.arange(g * 12 + 8.0, g * 12 + 12).double())
+        start = g * 12  # group g's block of 3P = 12 channels
+        torch.testing.assert_close(offset[0, 0, 0, g * 8:(g + 1) * 8], torch.arange(start, start + 8.0).double())
+        torch.testing.assert_close(mask[0, 0, 0, g * 4:(g + 1) * 4], torch.arange(start + 8.0, start + 12).double())
 
 
 def random_module(seed, **kwargs):

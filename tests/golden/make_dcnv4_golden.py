@@ -108,7 +108,8 @@ MODULE_CASES = {
     "m_c32_g2_dw_cfs": (dict(channels=32, group=2, dw_kernel_size=3, center_feature_scale=True,
                              offset_scale=0.5), (1, 7, 7), False),
     "m_c32_g2_rmc_nobias": (dict(channels=32, group=2, remove_center=True, output_bias=False), (2, 5, 6), True),
-    "m_c16_g1_dil2_nopw": (dict(channels=16, group=1, dilation=2, pad=2, without_pointwise=True), (1, 8, 6), True),
+    "m_c16_g1_dil2_nopw": (dict(channels=16, group=1, dilation=2, pad=2, without_pointwise=True),
+                           (1, 8, 6), True),
     "m_c16_g1_k5": (dict(channels=16, group=1, kernel_size=5, pad=2), (1, 6, 7), True),
 }
 
@@ -213,7 +214,8 @@ def main() -> None:
         case = core_case(core, spec, seed)
         torch.save(case, args.out / f"{name}.pt")
         index.append(dict(file=f"{name}.pt", kind="core", config=case["config"],
-                          input_shape=list(case["input"].shape), offset_mask_shape=list(case["offset_mask"].shape)))
+                          input_shape=list(case["input"].shape),
+                          offset_mask_shape=list(case["offset_mask"].shape)))
     if args.dcnv4 is not None:
         module_class = dcnv4_module_class(args.dcnv4, core)
         for seed, (name, (kwargs, size, pass_shape)) in enumerate(MODULE_CASES.items(), start=100):
