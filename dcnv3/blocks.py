@@ -223,13 +223,15 @@ BLOCK_ALIASES = {
 
 
 def with_stock_scale_rules(model_dict: dict) -> dict:
-    """A copy of a model dict (a parsed model YAML) in which the C3k2 twins' lines carry what
-    parse_model gives C3k2 itself by identity (``m is C3k2``), which ``_ParsedAs`` cannot reach:
-    at scales m, l and x, c3k=True (the YAML's second argument; stock does ``args[3:4] = [True]``
-    after inserting c1 and the repeats). Other lines, and dicts without twins, are unchanged.
+    """A model dict (a parsed model YAML) whose C3k2 twins' lines carry what parse_model gives
+    C3k2 itself by identity (``m is C3k2``), which ``_ParsedAs`` cannot reach: at scales m, l
+    and x, c3k=True (the YAML's second argument; stock does ``args[3:4] = [True]`` after
+    inserting c1 and the repeats). At other scales the dict itself; at m, l, x a copy with those
+    lines rewritten and every other line as it was. The input is never modified.
 
     The other identity rule there, ``legacy = False`` for the Detect head once a C3k2 is seen,
-    comes from the stock C3k2 layers that the YOLO11 / YOLO26 YAMLs keep (layer 2 and the head).
+    comes from the stock C3k2 layers that the YOLO11 / YOLO26 YAMLs keep (layer 2 and the head);
+    a YAML whose only C3k2-shaped layers are twins would get the legacy (YOLOv8) head.
     """
     scales, scale = model_dict.get("scales"), model_dict.get("scale")
     if scales and not scale:
