@@ -17,7 +17,7 @@ pytestmark = NEEDS_CHROMIUM
 pytest.importorskip("playwright.sync_api")
 BUS = ROOT / "assets" / "examples" / "bus.jpg"
 # One per family, best.pt and last.pt both among them.
-OPENED = {"jiangjh_v8_best.pt": "model.4.m.0.cv2.dcnv3", "extra_v8_last.pt": "model.4.m.0.cv2.dcnv3",
+OPENED = {"jiangjh_v8_best.pt": "model.4.0.m.0.cv2.dcnv3", "extra_v8_last.pt": "model.4.m.0.cv2.dcnv3",
           "extra_v11_best.pt": "model.6.m.0.m.0.cv2.dcnv3"}
 
 

@@ -2,22 +2,26 @@
 
 Usage (the checkouts are the forks' repositories at the commits named in tests/data/forks/README.md)::
 
-    python tests/forks/make_fork_fixtures.py --jiangjh /tmp/forks/jiangjh \
+    python tests/forks/make_fork_fixtures.py --jiangjh /tmp/forks/jiangjh_full \
         --extra-v8 /tmp/forks/xiaosanmeng --extra-v11 /tmp/forks/ascom --out tests/data/forks
 
 For each layout this script
 
-1. makes the fork's modules importable at the fork's own module paths on top of the installed
-   (stock) ultralytics: the fork's ``ops_dcnv3`` package is imported from the checkout's files,
-   and the fork's block classes are taken from the checkout's ``block.py`` / ``conv.py`` (their
-   class definitions, parsed out of the file and executed in a module of the fork's name; the
-   rest of those files imports dozens of unrelated packages). The CUDA-only extension (``import
-   DCNv3``) is a stub and the compiled ``DCNv3Function.apply`` is replaced by the fork's own
-   ``dcnv3_core_pytorch`` (InternImage's pure-PyTorch reference, which InternImage tests its CUDA
-   op against), with the same arguments less ``im2col_step``;
+1. runs the forks' own code at the forks' own module paths:
+   - jiangjh0908 ships a whole ultralytics (8.0.227) with its blocks and its parse_model: a child
+     process imports that package instead of the installed one and builds the fork's own
+     yolov8.yaml (C2f_DCNV3 at P3-P5), so every class in the file is the fork's;
+   - the extra_modules family's ``ops_dcnv3`` package is imported from the checkout's files,
+     and its block classes (DCNV3_YOLO, Bottleneck_DCNV3, C2f_DCNv3, C3k_DCNv3, C3k2_DCNv3) are
+     parsed out of its ``extra_modules/block.py`` and executed in a module of that name, on the
+     installed ultralytics (the rest of that file, and that package's __init__, import einops,
+     timm and dozens of unrelated modules);
+   the CUDA-only extension (``import DCNv3``) is a stub and the compiled ``DCNv3Function.apply``
+   is replaced by the fork's own ``dcnv3_core_pytorch`` (InternImage's pure-PyTorch reference,
+   which InternImage tests its CUDA op against), with the same arguments less ``im2col_step``;
 2. builds a small detector of the family (yolov8 / yolo11 at depth n, width 0.125, 4 classes: the
-   fixtures stay ~2 MB each) whose backbone blocks at P3-P5 are the fork's DCNv3 blocks built
-   with the arguments the stock block had, as the fork's parse_model would;
+   fixtures stay ~2 MB each) whose backbone blocks at P3-P5 are the fork's DCNv3 blocks (for the
+   extra_modules family built with the arguments the stock block had, as its parse_model does);
 3. gives it non-trivial weights: offset and mask heads far from their zero init, a Detect head
    whose class scores depend on the features, and BatchNorm statistics calibrated on real images
    (train-mode passes with cumulative averages), so activations keep about unit scale;
@@ -40,11 +44,25 @@ import copy
 import datetime
 import importlib
 import os
+import subprocess
 import sys
 import types
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "true")
+
+
+def stub_cuda_extension() -> None:
+    """The forks' dcnv3_func.py imports the compiled CUDA extension and pkg_resources at import."""
+    sys.modules.setdefault("DCNv3", types.ModuleType("DCNv3"))
+    if "pkg_resources" not in sys.modules:
+        stub = types.ModuleType("pkg_resources")
+        stub.get_distribution = lambda name: types.SimpleNamespace(version="1.1")
+        sys.modules["pkg_resources"] = stub
+
+
+if "--inside-fork" in sys.argv:  # the fork's ultralytics imports its CUDA op at import time
+    stub_cuda_extension()
 
 import cv2  # noqa: E402
 import torch  # noqa: E402
@@ -52,8 +70,7 @@ from torch import nn  # noqa: E402
 
 import ultralytics  # noqa: E402
 from ultralytics.data.augment import LetterBox  # noqa: E402
-from ultralytics.nn.tasks import DetectionModel  # noqa: E402
-from ultralytics.utils import YAML  # noqa: E402
+from ultralytics.nn.tasks import DetectionModel, yaml_model_load  # noqa: E402
 from ultralytics.utils.torch_utils import initialize_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,15 +82,6 @@ CFG = Path(ultralytics.__file__).parent / "cfg" / "models"
 # ---------------------------------------------------------------------------------------------
 # 1. The forks' code at the forks' module paths
 # ---------------------------------------------------------------------------------------------
-
-def _stub_cuda_extension() -> None:
-    """The forks' dcnv3_func.py imports the compiled CUDA extension and pkg_resources at import."""
-    sys.modules.setdefault("DCNv3", types.ModuleType("DCNv3"))
-    if "pkg_resources" not in sys.modules:
-        stub = types.ModuleType("pkg_resources")
-        stub.get_distribution = lambda name: types.SimpleNamespace(version="1.1")
-        sys.modules["pkg_resources"] = stub
-
 
 def _package(name: str, directory: Path) -> types.ModuleType:
     """A package module ``name`` whose submodules are imported from ``directory``, without
@@ -116,27 +124,23 @@ def _exec_classes(source_file: Path, class_names: list[str], module: types.Modul
         getattr(module, name).__module__ = module.__name__
 
 
-def load_jiangjh(checkout: Path) -> dict:
-    """jiangjh0908/Yolov8_with_DCNv3: ultralytics.ops_dcnv3 (InternImage ops, DCNv3_pytorch),
-    DCNv3_PyTorch in ultralytics/nn/modules/conv.py, Bottleneck_DCNV3 / C2f_DCNV3 in block.py."""
-    _stub_cuda_extension()
-    fork = checkout / "ultralytics"
-    _package("ultralytics.ops_dcnv3", fork / "ops_dcnv3")
-    dcnv3_module = importlib.import_module("ultralytics.ops_dcnv3.modules.dcnv3")
-    conv = importlib.import_module("ultralytics.nn.modules.conv")
-    block = importlib.import_module("ultralytics.nn.modules.block")
-    conv.DCNv3_pytorch = dcnv3_module.DCNv3_pytorch  # what the fork's conv.py imports
-    _exec_classes(fork / "nn" / "modules" / "conv.py", ["DCNv3_PyTorch"], conv)
-    block.DCNv3_PyTorch = conv.DCNv3_PyTorch
-    _exec_classes(fork / "nn" / "modules" / "block.py", ["Bottleneck_DCNV3", "C2f_DCNV3"], block)
-    return {"C2f": block.C2f_DCNV3}
+def jiangjh_inside_fork() -> None:
+    """Runs with the fork's whole ultralytics (8.0.227) first on sys.path: its own parse_model
+    builds its own yolov8.yaml, whose backbone has C2f_DCNV3 at P3-P5 (the only DCNv3 edit it
+    ships). That parse_model scales C2f_DCNV3's channels but does not insert its repeats, so the
+    YAML's ``True`` becomes n (one bottleneck, shortcut False), and a layer with
+    round(depth * repeats) > 1 is an nn.Sequential of that many C2f_DCNV3: model.4.0.m.0.cv2.dcnv3,
+    model.4.1.m.0.cv2.dcnv3, ..., model.8.m.0.cv2.dcnv3.
+    The fork's DCNv3_PyTorch calls DCNv3_pytorch, InternImage's pure-PyTorch module, already."""
+    assert ultralytics.__version__ == "8.0.227", f"not the fork's ultralytics: {ultralytics.__file__}"
+    assert hasattr(importlib.import_module("ultralytics.nn.modules.block"), "C2f_DCNV3")
 
 
 def load_extra_modules(checkout: Path) -> dict:
     """The ultralytics/nn/extra_modules family: ops_dcnv3 with the Conv-dw DCNv3, and
     DCNV3_YOLO / Bottleneck_DCNV3 / C2f_DCNv3 (YOLOv8 copies) or C3k_DCNv3 / C3k2_DCNv3 (YOLO11)
     in extra_modules/block.py."""
-    _stub_cuda_extension()
+    stub_cuda_extension()
     fork = checkout / "ultralytics" / "nn" / "extra_modules"
     _package("ultralytics.nn.extra_modules", fork)
     functions = importlib.import_module("ultralytics.nn.extra_modules.ops_dcnv3.functions")
@@ -168,7 +172,7 @@ NUM_CLASSES = 4
 
 
 def small_model(family: str) -> DetectionModel:
-    config = YAML.load(CFG / ("v8/yolov8.yaml" if family == "yolov8" else "11/yolo11.yaml"))
+    config = yaml_model_load(CFG / ("v8/yolov8.yaml" if family == "yolov8" else "11/yolo11.yaml"))
     config.update(nc=NUM_CLASSES, scale="n", scales={"n": SCALE if family == "yolov8" else [0.50, 0.125, 1024]})
     config.pop("yaml_file", None)
     return DetectionModel(config, verbose=False)
@@ -185,8 +189,11 @@ def _install(model: DetectionModel, index: int, block: nn.Module, yaml_name: str
 
 
 def with_fork_blocks(family: str, classes: dict, container: str) -> DetectionModel:
-    """The family's model with its P3-P5 backbone C2f / C3k2 (layers 4, 6, 8) made the fork's."""
+    """The family's model with its P3-P5 backbone C2f / C3k2 (layers 4, 6, 8) made the fork's
+    (no ``classes``: the model as the running ultralytics' parse_model built it)."""
     model = small_model(family)
+    if not classes:
+        return model
     for index in (4, 6, 8):
         stock = model.model[index]
         c1, c2 = stock.cv1.conv.in_channels, stock.cv2.conv.out_channels
@@ -384,19 +391,30 @@ def build(layout: str, family: str, classes: dict, container: str, out: Path, se
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--jiangjh", type=Path, required=True, help="jiangjh0908/Yolov8_with_DCNv3 checkout")
+    parser.add_argument("--jiangjh", type=Path, required=True,
+                        help="jiangjh0908/Yolov8_with_DCNv3 checkout (its whole ultralytics/ folder)")
     parser.add_argument("--extra-v8", type=Path, required=True,
                         help="a YOLOv8 extra_modules checkout (xiaosanmeng/Lightweight-Vehicle-Detection-...)")
     parser.add_argument("--extra-v11", type=Path, required=True,
                         help="a YOLO11 extra_modules checkout with C3k2_DCNv3 (Ascom-stack/yolo11)")
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "data" / "forks")
+    parser.add_argument("--inside-fork", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
-    build("jiangjh_v8", "yolov8", load_jiangjh(args.jiangjh), "C2f", args.out, 1, "jiangjh0908/Yolov8_with_DCNv3")
-    # Both extra_modules checkouts define classes at the same module paths: build one, then the other.
+    if args.inside_fork:  # the child process below, on the fork's own ultralytics
+        jiangjh_inside_fork()
+        build("jiangjh_v8", "yolov8", {}, "", args.out, 1, "jiangjh0908/Yolov8_with_DCNv3")
+        return
+    # jiangjh0908 ships a whole ultralytics of its own: build that layout in a child process
+    # that imports it instead of the installed one.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(args.jiangjh), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, __file__, *sys.argv[1:], "--inside-fork"], env=env, check=True)
+
+    # The extra_modules family: its DCNv3 classes on the installed ultralytics (its own
+    # extra_modules package imports einops, timm and dozens of unrelated modules). Both checkouts
+    # define classes at the same module paths: build one, then the other.
     extra_v8 = load_extra_modules(args.extra_v8)
     build("extra_v8", "yolov8", {"C2f": extra_v8["C2f_DCNv3"]}, "C2f", args.out, 2,
           "xiaosanmeng/Lightweight-Vehicle-Detection-Network-Based-on-Improved-YOLOv8")
