@@ -124,3 +124,14 @@ def test_size_classes_use_original_pixels_when_downscaled():
     probe = make_probe([layer], (64, 64), [(0, 0, 40, 40)])  # 40 px here, 80 px in a 2x larger original
     assert health.dilation_by_size(probe)[layer.name]["medium"].size == 1
     assert health.dilation_by_size(probe, pixel_scale=0.3)[layer.name]["large"].size == 1
+
+
+def test_exported_payloads_carry_the_weight_kind():
+    from viz_app import exports
+
+    layer = make_layer()
+    probe = make_probe([layer], (64, 64), [(8, 8, 40, 40)])
+    payload = exports.sampling_payload(probe, layer.name, (2, 3))
+    assert payload["weight_kind"] == "softmax" and len(payload["points"]) == 2 * 9
+    assert sum(p["weight"] for p in payload["points"] if p["group"] == 1) == pytest.approx(1.0)
+    assert exports.detections_payload(probe)["dcnv3_layers"][0]["weight_kind"] == "softmax"

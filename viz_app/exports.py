@@ -4,7 +4,8 @@
   answer): ``{"layer", "stride", "cell": [row, col], "points": [{"group", "k", "x", "y", "dx",
   "dy", "weight"}, ...], ...}``. x, y are original-image pixel coordinates, continuous (pixel i
   spans [i, i+1)); dx, dy the raw learned offsets in feature cells (before ``offset_scale``);
-  k the point index p = i*K + j (i walks x, j walks y).
+  k the point index p = i*K + j (i walks x, j walks y); ``weight_kind`` says what the weights are
+  (``dcnv3.probe.WEIGHT_KINDS``: "softmax" for DCNv3, each group's P weights sum to 1).
 * ``detections_payload``: the detections (the ``/detect`` API answer).
 * ``write_png`` (overlay), ``write_npz`` (``Probe.as_arrays()``), ``write_json``,
   ``write_stats_csv`` (``dcnv3.stats.layer_summary`` and the health flags, one row per layer).
@@ -37,7 +38,7 @@ def _unscale(xy: np.ndarray, pixel_scale) -> np.ndarray:
 
 def sampling_payload(probe, layer, cell, pixel_scale=(1.0, 1.0), query_xy=None) -> dict:
     """Every group's P sampling points of ``cell`` (row, col) in ``layer`` (record or name)."""
-    record = probe.layer(layer) if isinstance(layer, str) else layer
+    record = probe.record(layer)
     row, col = int(cell[0]), int(cell[1])
     locations = _unscale(probe.sampling_locations(record, (row, col)), pixel_scale)  # (G, P, 2)
     offsets = record.offsets[row, col]  # (G, P, 2) raw, feature cells
@@ -47,7 +48,7 @@ def sampling_payload(probe, layer, cell, pixel_scale=(1.0, 1.0), query_xy=None) 
               for g in range(record.groups) for k in range(record.points)]
     payload = {"layer": record.name, "stride": int(record.stride), "cell": [row, col], "points": points,
                "stage": record.stage, "groups": int(record.groups), "kernel": int(record.kernel),
-               "offset_scale": float(record.offset_scale),
+               "offset_scale": float(record.offset_scale), "weight_kind": record.weight_kind,
                "cell_centre": _unscale(probe.cell_centre(record, (row, col)), pixel_scale).tolist(),
                "coordinates": COORDINATES}
     if query_xy is not None:
@@ -70,7 +71,8 @@ def detections_payload(probe, pixel_scale=(1.0, 1.0), model: str | None = None, 
                         "name": str(detections.names.get(int(detections.classes[i]), detections.classes[i]))}
                        for i in range(len(detections))],
         "dcnv3_layers": [{"name": r.name, "stage": r.stage, "stride": int(r.stride), "groups": int(r.groups),
-                          "kernel": int(r.kernel), "grid": list(map(int, r.grid))} for r in probe.layers],
+                          "kernel": int(r.kernel), "grid": list(map(int, r.grid)), "weight_kind": r.weight_kind}
+                         for r in probe.layers],
         "notices": list(notices),
         "coordinates": COORDINATES,
     }
