@@ -214,6 +214,6 @@ def test_bundled_models_cell_and_detection_fields(models):
                              imgsz=320)
     assert det.target["kind"] == "detection"
     assert det.target["box"] == pytest.approx(probed.detections.boxes[best].tolist(), abs=0.02)
-    assert det.target["value"] == pytest.approx(float(probe.detections.scores[best]), abs=1e-4)
+    assert det.target["value"] == pytest.approx(float(probed.detections.scores[best]), abs=1e-4)
     twin_det = rf.receptive_field(plain, image, anchor=(det.target["anchor"], det.target["class"]), imgsz=320)
     assert twin_det.target["anchor"] == det.target["anchor"] and twin_det.areas[0] > 0
