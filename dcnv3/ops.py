@@ -392,8 +392,9 @@ class _SparseFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         input, mask = ctx.saved_tensors
+        # The taps stay on ctx (freed with the graph): a second backward (retain_graph=True,
+        # gradcheck) needs them again.
         geo, taps, weights = ctx.geo, ctx.taps, ctx.weights
-        ctx.taps = ctx.weights = None
         n, in_h, in_w, channels = input.shape
         g, p = geo.group, geo.points
         m = taps.row.shape[0]

@@ -270,3 +270,17 @@ def test_formulation_context_manager_restores_the_previous_choice():
         with formulation("cuda"):
             pass
     assert default_formulation() == start
+
+
+@pytest.mark.parametrize("core", [dcnv3_core_native, dcnv3_core_sparse, dcnv3_core_gather, dcnv3_core_grid_sample])
+def test_a_retained_graph_gives_the_same_gradients_twice(core):
+    """backward(retain_graph=True) and a second backward, as gradcheck and double passes do."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 6, 7, 8, dtype=torch.float64, requires_grad=True)
+    offset = torch.randn(1, 6, 7, 2 * 9 * 2, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(1, 6, 7, 2 * 9, dtype=torch.float64, requires_grad=True)
+    out = core(x, offset, mask, 3, 3, 1, 1, 1, 1, 1, 1, 2, 4, 1.0, 0)
+    first = torch.autograd.grad(out.sum(), (x, offset, mask), retain_graph=True)
+    second = torch.autograd.grad(out.sum(), (x, offset, mask))
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
