@@ -118,17 +118,84 @@ def test_the_walker_finds_cycles_and_private_imports(tmp_path, monkeypatch):
     assert private_imports(modules) == ["pkg.a:1 imports pkg.b._hidden"]
 
 
-import pytest  # noqa: E402
+# The layers of docs/ARCHITECTURE.md: a module may import project modules of its own layer or
+# below only. Every project module must be listed (a new module gets its layer here and there).
+LAYERS = {
+    0: {"dcnv3", "dcnv3.ops", "dcnv3.native", "dcnv3.module", "dcnv3.capture", "dcnv3.dcnv4"},
+    1: {"dcnv3.geometry", "dcnv3.stats", "dcnv3.fields", "dcnv3.trace", "dcnv3.overlay", "dcnv3.video_io",
+        "dcnv3.track_stats", "dcnv3.video_overlay", "dcnv3.data", "dcnv3.data.backgrounds",
+        "dcnv3.data.generator", "dcnv3.data.shapes"},
+    2: {"dcnv3.yolo", "dcnv3.blocks", "dcnv3.checkpoints", "dcnv3.fork_layouts", "dcnv3.loading",
+        "dcnv3.training"},
+    3: {"dcnv3.probe", "dcnv3.receptive_field", "dcnv3.analysis", "dcnv3.tracking", "dcnv3.video"},
+    4: {"dcnv3.cli", "dcnv3.__main__"},
+    5: "viz_app",  # every viz_app module
+    6: {"app"},
+}
+# Third-party packages a layer must not import, anywhere in its modules (function level too).
+FORBIDDEN = {0: {"ultralytics", "gradio", "plotly", "cv2", "viz_app"},
+             1: {"gradio", "plotly", "viz_app"}, 2: {"gradio", "plotly", "viz_app"},
+             3: {"gradio", "plotly", "viz_app"}, 4: {"gradio", "plotly", "viz_app"}}
+# viz_app modules that compute, draw or hold state: no gradio in them (only tabs, ui, inputs
+# and safety wire gradio).
+GRADIO_FREE_UI = {"viz_app.render", "viz_app.figure_spec", "viz_app.health", "viz_app.exports",
+                  "viz_app.receptive", "viz_app.video_render", "viz_app.cache", "viz_app.view_state",
+                  "viz_app.files", "viz_app.images", "viz_app.analyser", "viz_app.context", "viz_app.toy",
+                  "viz_app.retention"}
 
-# The probe/overlay split (issue 16, item 3) removes the last private imports (overlay's
-# helpers); strict, so this marker must go when it lands.
-PENDING = pytest.mark.xfail(strict=True, reason="viz_app/overlay refactor in progress")
+
+def layer_of(name: str) -> int | None:
+    for layer, members in LAYERS.items():
+        if (members == "viz_app" and (name == "viz_app" or name.startswith("viz_app."))) or name in members:
+            return layer
+    return None
+
+
+def third_party_imports(name: str, modules: dict[str, Path]) -> set[str]:
+    tree = ast.parse(modules[name].read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_every_module_has_a_layer():
+    unplaced = [name for name in project_modules() if layer_of(name) is None]
+    assert unplaced == [], f"give these a layer in LAYERS and docs/ARCHITECTURE.md: {unplaced}"
+
+
+def test_imports_go_down_the_layers():
+    modules = project_modules()
+    upward = []
+    for name in modules:
+        own = layer_of(name)
+        for source, _, line in imports_of(name, modules):
+            if own is not None and layer_of(source) is not None and layer_of(source) > own:
+                upward.append(f"{name} (layer {own}):{line} imports {source} (layer {layer_of(source)})")
+    assert upward == []
+
+
+def test_layers_keep_their_third_party_packages_out():
+    modules = project_modules()
+    bad = [f"{name} imports {package}" for name in modules
+           for package in third_party_imports(name, modules)
+           if package in FORBIDDEN.get(layer_of(name), set())
+           or (name in GRADIO_FREE_UI and package == "gradio")]
+    assert bad == []
+
+
+def test_no_tab_imports_the_app_assembly():
+    modules = project_modules()
+    assert [name for name in modules if name.startswith("viz_app.") and name != "viz_app.ui"
+            and any(source == "viz_app.ui" for source, _, _ in imports_of(name, modules))] == []
 
 
 def test_no_import_cycles():
     assert import_cycles(project_modules()) == []
 
 
-@PENDING
 def test_no_private_names_imported_across_modules():
     assert private_imports(project_modules()) == []
