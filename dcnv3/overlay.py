@@ -18,6 +18,7 @@ Used by ``python -m dcnv3 inspect``, ``dcnv3.video`` and the app (``viz_app.rend
 from __future__ import annotations
 
 import colorsys
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -40,11 +41,17 @@ _HIGHLIGHT = (0, 230, 255)
 # -- shared rules ------------------------------------------------------------------------------------------
 def group_colours(groups: int) -> list[tuple[int, int, int]]:
     """A distinct BGR colour per group (evenly spaced hues, bright enough on photos)."""
+    return list(_colour_table(groups))
+
+
+@functools.lru_cache(maxsize=64)
+def _colour_table(groups: int) -> tuple[tuple[int, int, int], ...]:
+    """``group_colours`` once per group count (drawing asks for it per cell; ~20 us each time)."""
     colours = []
     for g in range(groups):
         r, gr, b = colorsys.hsv_to_rgb((g / max(groups, 1) + 0.08) % 1.0, 0.85, 1.0)
         colours.append((int(b * 255), int(gr * 255), int(r * 255)))
-    return colours
+    return tuple(colours)
 
 
 def scale_pair(scale) -> tuple[float, float]:
@@ -95,9 +102,48 @@ def point_style(weights: np.ndarray, base_radius: float) -> tuple[np.ndarray, np
     return radius, opacity
 
 
-def _sample_radius_and_opacity(scene: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(G, P) disc radius (canvas px) and opacity of a cell's sampling points on ``scene``."""
-    return point_style(weights, 4.5 * line_width(scene))
+@dataclass(frozen=True)
+class _SampleMarks:
+    """How a cell's sampling points look on a scene, formed once for the arrows and the discs."""
+    samples: np.ndarray  # (G, P, 2) continuous canvas px
+    radius: np.ndarray  # (G, P) disc radius, canvas px
+    opacity: np.ndarray  # (G, P)
+    colours: tuple  # BGR per group
+    chosen: list  # the groups drawn
+    unit: int  # line width
+
+
+def _sample_marks(scene: np.ndarray, locations: np.ndarray, weights: np.ndarray, groups, scale) -> _SampleMarks:
+    unit = line_width(scene)
+    samples = np.asarray(locations, dtype=np.float64) * np.array(scale_pair(scale))
+    radius, opacity = point_style(weights, 4.5 * unit)
+    return _SampleMarks(samples, radius, opacity, _colour_table(len(samples)), _chosen(groups, len(samples)), unit)
+
+
+def _draw_arrows(scene: np.ndarray, regular: np.ndarray, marks: _SampleMarks, scale) -> None:
+    """``OffsetArrowAnnotator``'s drawing, from the marks."""
+    grid = np.asarray(regular, dtype=np.float64) * np.array(scale_pair(scale))
+    samples, radius, chosen, unit = marks.samples, marks.radius, marks.chosen, marks.unit
+    lengths = np.hypot(*(samples - grid).transpose(2, 0, 1))  # (G, P)
+    arrows = np.zeros(lengths.shape, dtype=bool)
+    arrows[chosen] = lengths[chosen] > radius[chosen] + 2  # shorter ones: the disc hides them
+    g_index, p_index = np.nonzero(arrows)
+    start, end = grid[g_index, p_index], samples[g_index, p_index]
+    length, disc = lengths[g_index, p_index], radius[g_index, p_index]
+    tip_end = end - (end - start) * (disc / length)[:, None]  # stop at the disc's edge: head stays visible
+    tips = np.minimum(0.5, 5.0 * unit / (length - disc)).tolist()
+    for g, a, b, tip in zip(g_index.tolist(), _to_fixed(start).tolist(), _to_fixed(tip_end).tolist(), tips):
+        cv2.arrowedLine(scene, a, b, marks.colours[g], unit, cv2.LINE_AA, SUBPIXEL_BITS, tip)
+
+
+def _draw_points(scene: np.ndarray, weights: np.ndarray, marks: _SampleMarks) -> None:
+    """``SamplingPointAnnotator``'s drawing, from the marks: heavier points last (on top)."""
+    points = marks.samples.shape[1]
+    chosen_points = np.array([(g, p) for g in marks.chosen for p in range(points)], dtype=np.int64).reshape(-1, 2)
+    heaviest_last = np.argsort(weights[chosen_points[:, 0], chosen_points[:, 1]], kind="stable")
+    g_index, p_index = chosen_points[heaviest_last].T
+    blend_discs(scene, marks.samples[g_index, p_index] - 0.5, marks.radius[g_index, p_index],
+                [marks.colours[g] for g in g_index.tolist()], marks.opacity[g_index, p_index], outline=(0, 0, 0))
 
 
 def blend_discs(scene: np.ndarray, centres: np.ndarray, radii: np.ndarray, colours: list,
@@ -232,23 +278,7 @@ class OffsetArrowAnnotator:
     def annotate(self, scene: np.ndarray, regular: np.ndarray, locations: np.ndarray, weights: np.ndarray,
                  groups=None, scale=(1.0, 1.0)) -> np.ndarray:
         """``regular``, ``locations``: (G, P, 2) image px; ``weights``: (G, P)."""
-        unit = line_width(scene)
-        to_canvas = np.array(scale_pair(scale))
-        samples = np.asarray(locations, dtype=np.float64) * to_canvas  # (G, P, 2) continuous canvas px
-        grid = np.asarray(regular, dtype=np.float64) * to_canvas
-        radius, _ = _sample_radius_and_opacity(scene, weights)
-        colours = group_colours(len(samples))
-        chosen = _chosen(groups, len(samples))
-        lengths = np.hypot(*(samples - grid).transpose(2, 0, 1))  # (G, P)
-        arrows = np.zeros(lengths.shape, dtype=bool)
-        arrows[chosen] = lengths[chosen] > radius[chosen] + 2  # shorter ones: the disc hides them
-        g_index, p_index = np.nonzero(arrows)
-        start, end = grid[g_index, p_index], samples[g_index, p_index]
-        length, disc = lengths[g_index, p_index], radius[g_index, p_index]
-        tip_end = end - (end - start) * (disc / length)[:, None]  # stop at the disc's edge: head stays visible
-        tips = np.minimum(0.5, 5.0 * unit / (length - disc)).tolist()
-        for g, a, b, tip in zip(g_index.tolist(), _to_fixed(start).tolist(), _to_fixed(tip_end).tolist(), tips):
-            cv2.arrowedLine(scene, a, b, colours[g], unit, cv2.LINE_AA, SUBPIXEL_BITS, tip)
+        _draw_arrows(scene, regular, _sample_marks(scene, locations, weights, groups, scale), scale)
         return scene
 
 
@@ -260,16 +290,8 @@ class SamplingPointAnnotator:
     def annotate(self, scene: np.ndarray, locations: np.ndarray, weights: np.ndarray, groups=None,
                  scale=(1.0, 1.0)) -> np.ndarray:
         """``locations``: (G, P, 2) sample positions (x, y) in image px; ``weights``: (G, P)."""
-        num_groups, points, _ = locations.shape
-        samples = np.asarray(locations, dtype=np.float64) * np.array(scale_pair(scale))
-        radius, opacity = _sample_radius_and_opacity(scene, weights)
-        colours = group_colours(num_groups)
-        chosen = _chosen(groups, num_groups)
-        chosen_points = np.array([(g, p) for g in chosen for p in range(points)], dtype=np.int64).reshape(-1, 2)
-        heaviest_last = np.argsort(weights[chosen_points[:, 0], chosen_points[:, 1]], kind="stable")
-        g_index, p_index = chosen_points[heaviest_last].T
-        return blend_discs(scene, samples[g_index, p_index] - 0.5, radius[g_index, p_index],
-                           [colours[g] for g in g_index.tolist()], opacity[g_index, p_index], outline=(0, 0, 0))
+        _draw_points(scene, weights, _sample_marks(scene, locations, weights, groups, scale))
+        return scene
 
 
 @dataclass(frozen=True)
@@ -299,11 +321,12 @@ class CellAnnotator:
         """``probe``: a ``dcnv3.probe.Probe``; ``layer``: one of its ``LayerRecord``s; ``cell``: (row, col)."""
         cell = tuple(cell)
         locations, weights = probe.sampling_locations(layer, cell), layer.weights[cell]
+        marks = _sample_marks(scene, locations, weights, groups, scale)  # shared by arrows and points
         if self.grid:
             regular = probe.regular_locations(layer, cell)
             RegularGridAnnotator().annotate(scene, regular, groups, scale)
-            OffsetArrowAnnotator().annotate(scene, regular, locations, weights, groups, scale)
-        SamplingPointAnnotator().annotate(scene, locations, weights, groups, scale)
+            _draw_arrows(scene, regular, marks, scale)
+        _draw_points(scene, weights, marks)
         return MarkerAnnotator().annotate(scene, probe.cell_centre(layer, cell), scale)
 
 
@@ -388,10 +411,12 @@ def draw_samples(canvas: np.ndarray, locations: np.ndarray, weights: np.ndarray,
     The points are ``SamplingPointAnnotator``'s.
     """
     out = canvas if in_place else canvas.copy()
+    marks = _sample_marks(out, locations, weights, groups, scale)
     if regular is not None:
         RegularGridAnnotator().annotate(out, regular, groups, scale)
-        OffsetArrowAnnotator().annotate(out, regular, locations, weights, groups, scale)
-    return SamplingPointAnnotator().annotate(out, locations, weights, groups, scale)
+        _draw_arrows(out, regular, marks, scale)
+    _draw_points(out, weights, marks)
+    return out
 
 
 def draw_marker(canvas: np.ndarray, xy, scale=(1.0, 1.0), colour=(255, 255, 255),
