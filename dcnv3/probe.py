@@ -362,6 +362,24 @@ def probe_batch(model, images: list, imgsz: int = 640, conf: float = 0.25, iou: 
     return _probe_prepared(model, runner, modules, prepared, conf, iou, max_det)
 
 
+def _layer_record(name: str, captured, offsets: np.ndarray, weights: np.ndarray, input_shape: tuple[int, int],
+                  backbone_layers: int) -> LayerRecord:
+    """The one place where what a deformable module captured becomes a ``LayerRecord``: one
+    image's ``offsets`` (H, W, G, P, 2) and ``weights`` (H, W, G, P), already in the record's
+    layout (a DCNv3 computes in it), and the module's geometry. Another operator's layout
+    conversion and weight kind would go here."""
+    module = captured.module
+    _, out_h, out_w, _ = captured.offset_raw.shape
+    stride = int(round(input_shape[0] / captured.input_hw[0]))  # of the layer's input map
+    return LayerRecord(
+        name=name, stage=_stage(name, stride, backbone_layers), stride=stride,
+        layer_stride=int(module.stride), grid=(out_h, out_w), kernel=int(module.kernel_size),
+        dilation=int(module.dilation), pad=int(module.pad),
+        offset_scale=float(module.offset_scale), groups=int(module.group),
+        points=int(module.points), remove_center=bool(getattr(module, "remove_center", 0)),
+        offsets=offsets, weights=weights, weight_kind="softmax")
+
+
 def _probe_prepared(model, runner, modules, prepared: list, conf: float, iou: float,
                     max_det: int) -> list[Probe]:
     """The probes of ``network_input`` results of one input size: one forward of their batch."""
@@ -385,18 +403,9 @@ def _probe_prepared(model, runner, modules, prepared: list, conf: float, iou: fl
         values = predictions[index].numpy()
         raw = RawPredictions(values if len(prepared) == 1 else values.copy(), end2end, input_shape, names)
         thresholds = (float(conf), float(iou), int(max_det))
-        layers = []
-        for (name, record), layer_offsets, layer_weights in zip(captured, offsets, weights):
-            module = record.module
-            _, out_h, out_w, _ = record.offset_raw.shape
-            stride = int(round(input_shape[0] / record.input_hw[0]))  # of the layer's input map
-            layers.append(LayerRecord(
-                name=name, stage=_stage(name, stride, backbone_layers), stride=stride,
-                layer_stride=int(module.stride), grid=(out_h, out_w), kernel=int(module.kernel_size),
-                dilation=int(module.dilation), pad=int(module.pad),
-                offset_scale=float(module.offset_scale), groups=int(module.group),
-                points=int(module.points), remove_center=bool(getattr(module, "remove_center", 0)),
-                offsets=layer_offsets[index], weights=layer_weights[index]))
+        layers = [_layer_record(name, record, layer_offsets[index], layer_weights[index], input_shape,
+                                backbone_layers)
+                  for (name, record), layer_offsets, layer_weights in zip(captured, offsets, weights)]
         image_shape = tuple(array.shape[:2])
         results.append(Probe(image_shape, letterbox, raw.detections(image_shape, *thresholds), layers, raw,
                              thresholds))
