@@ -11,7 +11,7 @@ import pytest
 
 from browser_support import NEEDS_CHROMIUM, offline_page, served_app
 from repo_paths import ROOT
-from test_fork_layouts import FORKS, _unknown_fork_checkpoint
+from test_fork_layouts import FORKS, unknown_fork_checkpoint
 
 pytestmark = NEEDS_CHROMIUM
 pytest.importorskip("playwright.sync_api")
@@ -56,7 +56,7 @@ def test_each_fork_family_opens_in_the_sampling_view(page, tmp_path):
 
     # An unknown deformable layout: refused with the loader's message, the model stays.
     unknown = tmp_path / "foo_best.pt"
-    _unknown_fork_checkpoint(unknown)
+    unknown_fork_checkpoint(unknown)
     with page.expect_file_chooser() as chooser:
         page.locator("#checkpoint").click()
     chooser.value.set_files(str(unknown))

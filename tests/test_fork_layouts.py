@@ -99,7 +99,7 @@ def test_every_layout_reproduces_its_fork_as_best_and_last_in_a_clean_process():
 FOO_MODULE = "ultralytics.nn.extra_modules.block"
 
 
-def _unknown_fork_checkpoint(path: Path) -> int:
+def unknown_fork_checkpoint(path: Path) -> int:
     """A detector whose layer 4 is a fork's C3k2_Foo(Bottleneck_Foo(FooConv)), pickled under the
     fork's module path; the classes exist only while saving. Returns FooConv's channels."""
     from ultralytics.nn.modules.conv import Conv
@@ -139,7 +139,7 @@ def _unknown_fork_checkpoint(path: Path) -> int:
 
 def test_unknown_deformable_class_is_refused_saying_what_it_holds(tmp_path):
     path = tmp_path / "foo_best.pt"
-    channels = _unknown_fork_checkpoint(path)
+    channels = unknown_fork_checkpoint(path)
     out = run_python(f"""
         import sys
         from dcnv3.checkpoints import CheckpointError
