@@ -70,8 +70,9 @@ class LayerRecord:
     Geometry, from which every location follows (``dcnv3.geometry``): point p of group g at output
     cell (row, col) samples the input feature map at index (x, y) =
     (col * layer_stride - pad + c, row * layer_stride - pad + c) + offset_scale * (kernel_p + offset),
-    where c = dilation * (kernel - 1) // 2 and kernel_p is the point's place in the dilated grid
-    (``geometry.kernel_offsets``); input index x lies at network-input pixel (x + 0.5) * stride.
+    where c = dilation * (kernel - 1) // 2 and kernel_p is the point's (x, y) in the dilated grid
+    centred on 0 (``geometry.kernel_offsets``); input index x lies at network-input pixel
+    (x + 0.5) * stride.
     ``stride``: of the layer's input map in network-input pixels; ``layer_stride``: the layer's own.
     """
     name: str
