@@ -239,3 +239,28 @@ def test_npz_export_holds_every_array(untrained, tmp_path):
     loaded = np.load(tmp_path / "probe.npz")
     assert loaded["model.6.m.0.cv2.dcnv3/offsets"].shape[-3:] == (4, 9, 2)
     assert "detections/boxes_xyxy" in loaded
+
+
+def test_sampling_locations_follow_the_records_documented_geometry():
+    """LayerRecord's docstring formula, written out independently, on a record with every knob
+    turned: layer stride 2, dilation 2, pad 1, offset_scale 0.5, remove_center, random offsets."""
+    from dcnv3.geometry import Letterbox, sampling_locations
+    from dcnv3.probe import LayerRecord
+
+    rng = np.random.default_rng(3)
+    h, w, g, k = 4, 5, 2, 3
+    offsets = rng.normal(0, 1.5, (h, w, g, k * k - 1, 2)).astype(np.float32)
+    weights = np.full((h, w, g, k * k - 1), 1 / 8, np.float32)
+    record = LayerRecord("l", "P4/16 backbone", 16, 2, (h, w), k, 2, 1, 0.5, g, k * k - 1, True, offsets, weights)
+    letterbox = Letterbox.from_shapes((100, 160), (128, 160))  # ratio 1, 14 px padding on top
+    locations = sampling_locations(record, letterbox)
+    c = 2 * (k - 1) // 2
+    points = [(i, j) for i in range(k) for j in range(k) if (i, j) != (1, 1)]  # p = i*K + j, centre left out
+    for row, col, group in [(0, 0, 0), (3, 4, 1), (2, 1, 1)]:
+        for p, (i, j) in enumerate(points):
+            dx, dy = offsets[row, col, group, p]
+            x = col * 2 - 1 + c + 0.5 * (i * 2 - c + dx)
+            y = row * 2 - 1 + c + 0.5 * (j * 2 - c + dy)
+            expected = ((x + 0.5) * 16, (y + 0.5) * 16 - 14.0)
+            np.testing.assert_allclose(locations[row, col, group, p], expected, rtol=1e-6)
+    assert record.weight_kind == "softmax"
