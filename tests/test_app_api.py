@@ -171,7 +171,53 @@ def test_repeated_calls_reuse_the_cached_probe(client, app):
     for _ in range(2):
         sampling(client, image, "model.6.m.0.cv2.dcnv3", 600.0, 300.0)
     detect(client, image)
+    _, stricter = detect(client, image, conf=0.5, iou=0.5)  # detections: a query on the cached forward
     assert analyser.runs == before + 1  # the model ran once for this image
+    assert all(d["score"] >= 0.5 for d in stricter["detections"])
+
+
+def test_threshold_change_answers_from_the_cached_forward(app, tmp_path):
+    """A slider release: NMS on the cached raw predictions, equal to a fresh run at those thresholds;
+    the view keeps its point and layer, and its highlighted detection if that survives."""
+    from viz_app.context import AppContext
+    from viz_app.image_tab import surviving_detection, threshold_change
+    from viz_app.view_state import ImageView
+
+    _, analyser = app
+    context = AppContext.create(analyser.registry, analyser)
+    analysis = analyser.analyse(str(BUS), "fork_A.pt", 0.25, 0.7)
+    before = analyser.runs
+    best = int(np.argmax(analysis.probe.detections.scores))
+    view = ImageView((400.5, 500.5), "model.6.m.0.cv2.dcnv3", best, cell=(31, 25))
+    change = threshold_change(context, analysis, view, 0.6, 0.5, groups=[0, 1])
+    assert analyser.runs == before
+    fresh = Analyser(analyser.registry, cache_size=0).analyse(str(BUS), "fork_A.pt", 0.6, 0.5).probe.detections
+    detections = change.analysis.probe.detections
+    np.testing.assert_array_equal(detections.boxes, fresh.boxes)
+    np.testing.assert_array_equal(detections.scores, fresh.scores)
+    assert (change.analysis.conf, change.analysis.iou) == (0.6, 0.5) and change.analysis.probe.layers is analysis.probe.layers
+    assert (change.view.xy, change.view.layer, change.view.cell) == (view.xy, view.layer, view.cell)
+    expected = surviving_detection(analysis.probe.detections, detections, best)
+    assert change.view.highlight == expected
+    if expected is not None:
+        np.testing.assert_array_equal(detections.boxes[expected], analysis.probe.detections.boxes[best])
+    assert change.overlay.shape == analysis.image.bgr.shape  # bus.jpg is shown at its own size
+    assert len(change.detection_choices) == min(len(detections), 100)
+    assert f"{len(detections)} detections" in change.notices
+    with pytest.raises(ValueError, match="conf and iou must lie in"):
+        threshold_change(context, analysis, view, 1.5, 0.5)
+
+
+def test_surviving_detection_matches_box_and_class():
+    from dcnv3.probe import Detections
+
+    before = Detections(np.array([[0, 0, 10, 10], [5, 5, 20, 20]], np.float32), np.array([0.9, 0.4], np.float32),
+                        np.array([1, 2]), {})
+    after = Detections(before.boxes[[1]], before.scores[[1]], before.classes[[1]], {})
+    from viz_app.image_tab import surviving_detection
+
+    assert surviving_detection(before, after, 1) == 0
+    assert surviving_detection(before, after, 0) is None and surviving_detection(before, after, None) is None
 
 
 def test_untrained_model_samples_the_regular_grid(client):

@@ -21,10 +21,16 @@ SHAPES = ROOT / "assets" / "examples" / "shapes_0.jpg"
 
 
 @pytest.fixture(scope="module")
-def page():
+def context():
+    from viz_app.context import AppContext
     from viz_app.models import ModelRegistry
 
-    with served_app(ModelRegistry()) as url, offline_page(url, height=1100, timeout_ms=90_000) as page:
+    return AppContext.create(ModelRegistry())
+
+
+@pytest.fixture(scope="module")
+def page(context):
+    with served_app(context) as url, offline_page(url, height=1100, timeout_ms=90_000) as page:
         yield page
 
 
@@ -98,3 +104,28 @@ def test_learn_toy(page):
     rotate.press("Enter")
     wait_for_new_image(page, "#learn-toy", old)
     screenshot(page, "learn")
+
+
+def set_slider(page, elem_id, value):
+    """Type a value into a slider's number box; leaving the box releases the slider."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+    box.blur()
+
+
+def test_confidence_slider_answers_from_the_cached_run(page, context):
+    """The bundled model finds 2 shapes in shapes_0.jpg at conf 0.25 (scores 0.91, 0.81), 1 at 0.9 and
+    7 at 0.05: the detections and the overlay follow the slider, and the model does not run again."""
+    page.get_by_role("tab", name="Image").first.click()
+    runs = context.analyser.runs
+    wait_text(page, "#notices", "2 detections")
+    old = image_src(page, "#overlay")
+    set_slider(page, "conf", 0.9)
+    wait_text(page, "#notices", "1 detections")
+    wait_for_new_image(page, "#overlay", old)
+    set_slider(page, "conf", 0.05)
+    wait_text(page, "#notices", "7 detections")
+    assert page.locator("#detection input").input_value().startswith("#1 ")  # the best one stays highlighted
+    wait_text(page, "#sampling-info", "cell (row")  # the view kept its point
+    assert context.analyser.runs == runs

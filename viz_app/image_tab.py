@@ -4,7 +4,8 @@ views right; and the ``/detect`` and ``/sampling`` API endpoints.
 Data flow: an image, model or input size change runs the model once through the context's
 ``Analyser`` (cached); the ``Analysis`` lives in a ``gr.State``. Every click, detection pick,
 layer, group or field change re-renders from it with ``render`` functions and never reruns the
-model. What the user looks at (point, layer, highlighted detection, cell) is an
+model; a confidence or IoU change takes the detections from the cached forward
+(``threshold_change``: NMS, the detections canvas and the dilation table, nothing else). What the user looks at (point, layer, highlighted detection, cell) is an
 ``view_state.ImageView`` in a second ``gr.State``, returned as an output by every handler that
 changes it. Handlers return ``{component: value}`` dicts: components left out keep their value.
 """
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from dcnv3.checkpoints import CheckpointError
+from dcnv3.overlay import draw_cell
 
 from . import exports, health, receptive_tab, render
 from .analyser import DEFAULT_CONF, DEFAULT_IOU, Analysis
@@ -26,8 +28,8 @@ from .inputs import image_file_input
 from .render import to_rgb
 from .view_state import ImageView
 
-__all__ = ["build", "build_api", "ImageTab", "EXAMPLES_DIR", "IMGSZ_CHOICES", "MAX_DETECTION_CHOICES",
-           "API_IMAGE_SIDE"]
+__all__ = ["build", "build_api", "threshold_change", "ThresholdChange", "ImageTab", "EXAMPLES_DIR",
+           "IMGSZ_CHOICES", "MAX_DETECTION_CHOICES", "API_IMAGE_SIDE"]
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 MAX_DETECTION_CHOICES = 100
@@ -35,6 +37,7 @@ API_IMAGE_SIDE = 2048  # the API's pictures are at most this long (JSON coordina
 # Network input sizes offered; 0 = the size the model was trained at (its checkpoint's imgsz).
 IMGSZ_CHOICES = [("the model's training size", 0), 320, 416, 480, 640, 800, 960, 1280]
 PRIVATE = dict(api_visibility="private")
+HEALTH_TAB = "Health"  # the views tab that shows the dilation-by-size table
 
 
 @dataclass
@@ -77,6 +80,8 @@ class _Components:
     dilation_table: gr.Dataframe
     analysis: gr.State
     view: gr.State
+    views_tabs: list[gr.Tab]  # Sampling, Fields, Health, Receptive field
+    shown: gr.State  # the label of the views tab on display
 
     @property
     def sampling(self) -> list:
@@ -111,6 +116,61 @@ def _field_group_choices(analysis: Analysis, layer: str | None):
     return gr.update(choices=[("mean over groups", -1)] + [(f"group {g}", g) for g in range(groups)], value=-1)
 
 
+def detections_canvas(ctx: AppContext, analysis: Analysis, highlight: int | None):
+    """(detections canvas BGR (H, W, 3), (sx, sy) canvas px per image px): the image at its display
+    scale with the detections drawn, cached in ``ctx.canvases`` per (analysis, highlight)."""
+    def draw():
+        canvas, scale = render.make_canvas(analysis.image.bgr)
+        return render.draw_detections(canvas, analysis.probe.detections, scale, highlight), scale
+
+    return ctx.canvases.get_or_compute((analysis.key, highlight), draw)
+
+
+def dilation_table(analysis: Analysis) -> pd.DataFrame | None:
+    """The Health view's effective dilation by detection size (None without a DCNv3 layer)."""
+    if not analysis.probe.layers:
+        return None
+    return pd.DataFrame(health.dilation_by_size_rows(analysis.probe, analysis.image.scale[0]))
+
+
+def surviving_detection(before, after, index: int | None) -> int | None:
+    """The index in ``after`` of detection ``index`` of ``before`` (same box and class: both sets
+    come from one forward's raw predictions, so a detection that survives NMS keeps its exact
+    box), or None if it is gone."""
+    if index is None or index >= len(before):
+        return None
+    same = np.flatnonzero((after.boxes == before.boxes[index]).all(axis=1) & (after.classes == before.classes[index]))
+    return int(same[0]) if len(same) else None
+
+
+@dataclass
+class ThresholdChange:
+    """What a confidence / IoU change shows: the analysis at the new thresholds, the view (same
+    point and layer; the highlighted detection if it survived), the notices, the detection
+    dropdown's choices and the sampling overlay (BGR canvas (H, W, 3) uint8)."""
+    analysis: Analysis
+    view: ImageView
+    notices: str
+    detection_choices: list[tuple[str, int]]
+    overlay: np.ndarray
+
+
+def threshold_change(ctx: AppContext, analysis: Analysis, view: ImageView, conf: float, iou: float,
+                     groups=None) -> ThresholdChange:
+    """The Sampling view after a threshold change, from the cached forward: no model run, and the
+    zoom, weights, trace and fields (which do not show detections) stay as they are; the Health
+    tab's dilation-by-size table (``dilation_table``) follows when that tab is shown. Raises
+    ValueError for thresholds outside [0, 1]."""
+    changed = analysis.at_thresholds(conf, iou)
+    view = replace(view, highlight=surviving_detection(analysis.probe.detections, changed.probe.detections,
+                                                       view.highlight))
+    base, scale = detections_canvas(ctx, changed, view.highlight)
+    overlay = base
+    if view.layer and view.cell is not None:
+        overlay = draw_cell(base, changed.probe, changed.probe.record(view.layer), view.cell, groups, scale)
+    return ThresholdChange(changed, view, _notice_markdown(changed), _detection_choices(changed), overlay)
+
+
 class _Events:
     """The Image tab's event handlers: each turns the cached Analysis and the view state into
     ``{component: value}``."""
@@ -119,14 +179,6 @@ class _Events:
         self.ctx, self.c = ctx, components
 
     # -- rendering --------------------------------------------------------------------------------
-    def canvas(self, analysis: Analysis, highlight: int | None):
-        """(detections canvas BGR, scale): cached per (analysis, highlighted detection)."""
-        def draw():
-            canvas, scale = render.make_canvas(analysis.image.bgr)
-            return render.draw_detections(canvas, analysis.probe.detections, scale, highlight), scale
-
-        return self.ctx.canvases.get_or_compute((analysis.key, highlight), draw)
-
     def render_sampling(self, analysis: Analysis | None, view: ImageView | None, groups) -> dict:
         """The sampling outputs (overlay, zoom figure, weights, trace, message) and the view state
         with the cell found under its point."""
@@ -134,7 +186,7 @@ class _Events:
         if analysis is None or view is None:
             return {c.overlay: None, c.figure: None, c.weights: None, c.trace: None,
                     c.info: "Upload an image to start.", c.view: None}
-        base, scale = self.canvas(analysis, view.highlight)
+        base, scale = detections_canvas(self.ctx, analysis, view.highlight)
         result = render.sampling_view(analysis.image.bgr, analysis.probe, view.layer, view.xy, groups,
                                       view.highlight, scale=scale, base=base)
         files = self.ctx.files
@@ -179,14 +231,35 @@ class _Events:
                 c.field_image: self.field_picture(analysis, view, field, -1, opacity, smooth),
                 c.health_table: pd.DataFrame(health_rows) if health_rows else None,
                 c.histograms: render.health_histograms(probe) if probe.layers else None,
-                c.dilation_table: self.dilation_table(analysis)}
+                c.dilation_table: dilation_table(analysis)}
 
-    @staticmethod
-    def dilation_table(analysis: Analysis):
-        probe = analysis.probe
-        if not probe.layers:
-            return None
-        return pd.DataFrame(health.dilation_by_size_rows(probe, analysis.image.scale[0]))
+    def change_thresholds(self, analysis, view, conf, iou, groups, shown):
+        """A confidence / IoU slider release: detections from the cached forward (no model run);
+        the view keeps its point and layer. ``shown``: the views tab on display (the dilation
+        table, costly and only in the Health tab, is brought up to date when that tab shows)."""
+        if analysis is None or view is None:
+            return gr.skip()
+        c = self.c
+        try:
+            change = threshold_change(self.ctx, analysis, view, conf, iou, groups)
+        except ValueError as error:
+            gr.Warning(str(error))
+            return {c.notices: f"**Could not run:** {error}"}
+        outputs = {c.analysis: change.analysis, c.view: change.view, c.notices: change.notices,
+                   c.detection: gr.update(choices=change.detection_choices, value=change.view.highlight),
+                   c.overlay: self.ctx.files.picture(change.overlay)}
+        if shown == HEALTH_TAB:
+            outputs[c.dilation_table] = dilation_table(change.analysis)
+        return outputs
+
+    def show_tab(self, analysis, evt: gr.SelectData):
+        """A views tab was selected: remember which; the Health tab brings its dilation table up
+        to date with the analysis' detections."""
+        c = self.c
+        outputs = {c.shown: evt.value}
+        if evt.value == HEALTH_TAB and analysis is not None:
+            outputs[c.dilation_table] = dilation_table(analysis)
+        return outputs
 
     def click(self, analysis, view, groups, evt: gr.SelectData):
         """A click on the picture: gradio gives the canvas pixel (x, y); its centre is x + 0.5."""
@@ -236,7 +309,7 @@ class _Events:
         if analysis is None or view is None:
             gr.Warning("Nothing to export yet: upload an image first.")
             return None
-        base, scale = self.canvas(analysis, view.highlight)
+        base, scale = detections_canvas(self.ctx, analysis, view.highlight)
         overlay = render.sampling_view(analysis.image.bgr, analysis.probe, view.layer, view.xy, groups,
                                        view.highlight, scale=scale, base=base).overlay
         selection = None
@@ -276,8 +349,8 @@ def _layout(ctx: AppContext, analysis: gr.State, view: gr.State) -> _Components:
                                          file_types=[".pt"], type="filepath", size="md", elem_id="checkpoint")
             notices = gr.Markdown(elem_id="notices")
             with gr.Row():
-                conf = gr.Slider(0.01, 1.0, DEFAULT_CONF, step=0.01, label="Confidence")
-                iou = gr.Slider(0.05, 1.0, DEFAULT_IOU, step=0.05, label="NMS IoU")
+                conf = gr.Slider(0.01, 1.0, DEFAULT_CONF, step=0.01, label="Confidence", elem_id="conf")
+                iou = gr.Slider(0.05, 1.0, DEFAULT_IOU, step=0.05, label="NMS IoU", elem_id="iou")
             imgsz = gr.Dropdown(IMGSZ_CHOICES, value=0, label="Network input size (longest side, px)", elem_id="imgsz")
             detection = gr.Dropdown([], label="Detection (jumps to the layer of its scale)", elem_id="detection")
             layer = gr.Dropdown([], label="DCNv3 layer (stage · stride · groups G · kernel K)", elem_id="layer")
@@ -289,8 +362,9 @@ def _layout(ctx: AppContext, analysis: gr.State, view: gr.State) -> _Components:
                 export_files = gr.File(label="Files", file_count="multiple", interactive=False, visible=False,
                                        elem_id="export-files")
         with gr.Column(scale=2):
+            shown = gr.State("Sampling")
             with gr.Tabs():
-                with gr.Tab("Sampling", elem_id="tab-sampling"):
+                with gr.Tab("Sampling", elem_id="tab-sampling") as sampling_tab:
                     overlay = gr.Image(label="Click a pixel", interactive=False, type="filepath", height=660,
                                        elem_id="overlay", buttons=["download", "fullscreen"])
                     info = gr.Markdown(elem_id="sampling-info")
@@ -303,7 +377,7 @@ def _layout(ctx: AppContext, analysis: gr.State, view: gr.State) -> _Components:
                                          interactive=False, type="filepath", height=520, elem_id="trace")
                     weights = gr.Plot(label="Weights per group: column i walks x, row j walks y",
                                       elem_id="weights-plot")
-                with gr.Tab("Fields", elem_id="tab-fields"):
+                with gr.Tab("Fields", elem_id="tab-fields") as fields_tab:
                     with gr.Row():
                         field = gr.Radio(list(render.FIELDS), value="offset magnitude", label="Field", scale=3,
                                          elem_id="field")
@@ -314,7 +388,7 @@ def _layout(ctx: AppContext, analysis: gr.State, view: gr.State) -> _Components:
                     gr.Markdown(" · ".join(f"**{k}**: {v}" for k, v in render.FIELDS.items()))
                     field_image = gr.Image(label="Field over the image (click to query a pixel)", interactive=False,
                                            type="filepath", height=640, elem_id="field-image")
-                with gr.Tab("Health", elem_id="tab-health"):
+                with gr.Tab(HEALTH_TAB, elem_id="tab-health") as health_tab:
                     gr.Markdown(health.thresholds_markdown())
                     health_table = gr.Dataframe(label="Per-layer health", interactive=False, wrap=True,
                                                 column_widths=["17%", "10%", "4%", "4%", "6%", "7%", "6%", "6%",
@@ -325,10 +399,11 @@ def _layout(ctx: AppContext, analysis: gr.State, view: gr.State) -> _Components:
                                 "small / medium / large by sqrt(box area) < 32, < 96, >= 96 px (COCO); "
                                 "background = cells in no box.")
                     dilation_table = gr.Dataframe(interactive=False, wrap=True, elem_id="dilation-table")
-                receptive_tab.build(ctx, analysis, view)
+                erf_tab = receptive_tab.build(ctx, analysis, view)
     return _Components(image_in, model, checkpoint, notices, conf, iou, imgsz, detection, layer, groups,
                        export_button, export_files, overlay, info, figure, trace, weights, field, field_group,
-                       opacity, smooth, field_image, health_table, histograms, dilation_table, analysis, view)
+                       opacity, smooth, field_image, health_table, histograms, dilation_table, analysis, view,
+                       [sampling_tab, fields_tab, health_tab, erf_tab], shown)
 
 
 def build(ctx: AppContext) -> ImageTab:
@@ -342,7 +417,12 @@ def build(ctx: AppContext) -> ImageTab:
                c.health_table, c.histograms, c.dilation_table]
     c.image_in.change(events.run, run_in, run_out, **PRIVATE)
     c.model.change(events.run, run_in, run_out, **PRIVATE)
-    gr.on([c.conf.release, c.iou.release, c.imgsz.input], events.run, run_in, run_out, **PRIVATE)
+    c.imgsz.input(events.run, run_in, run_out, **PRIVATE)
+    gr.on([c.conf.release, c.iou.release], events.change_thresholds,
+          [c.analysis, c.view, c.conf, c.iou, c.groups, c.shown],
+          [c.analysis, c.view, c.notices, c.detection, c.overlay, c.dilation_table], **PRIVATE)
+    gr.on([tab.select for tab in c.views_tabs], events.show_tab, c.analysis, [c.shown, c.dilation_table],
+          show_progress="hidden", **PRIVATE)
     c.checkpoint.upload(events.upload_checkpoint, c.checkpoint, [c.model, c.notices], **PRIVATE)
     click = dict(inputs=[c.analysis, c.view, c.groups], outputs=c.sampling, show_progress="minimal", **PRIVATE)
     c.overlay.select(events.click, **click)

@@ -97,8 +97,8 @@ def _message(payload: dict, note: str | None) -> str:
 
 
 
-def build(ctx: AppContext, analysis_state: gr.State, view_state: gr.State) -> None:
-    """The "Receptive field" tab, inside the Image tab's inner Tabs, and its events."""
+def build(ctx: AppContext, analysis_state: gr.State, view_state: gr.State) -> gr.Tab:
+    """The "Receptive field" tab, inside the Image tab's inner Tabs, and its events; returns the tab."""
     registry = ctx.registry
     with gr.Tab("Receptive field", elem_id="tab-erf") as tab:
         gr.Markdown(EXPLANATION)
@@ -118,6 +118,7 @@ def build(ctx: AppContext, analysis_state: gr.State, view_state: gr.State) -> No
     inputs = [analysis_state, view_state, target, compare]
     gr.on([button.click, tab.select, target.input, compare.input], run, inputs, [picture, info],
           api_visibility="private")
+    return tab
 
 
 def api_erf(ctx: AppContext, image_path, model_name, layer, x, y, compare_model):
