@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from dcnv3.checkpoints import CheckpointError
+from dcnv3.probe import default_layer
 from dcnv3 import receptive_field as rf
 
 from . import health, receptive
@@ -161,7 +162,7 @@ def build(ctx: AppContext, image_tab_input) -> None:
         except (ValueError, CheckpointError) as error:
             return {**cleared, status: f"**Could not run:** {error}"}
         choices = layer_choices(*loaded)
-        layer_name = layer_name if layer_name in choices else (choices[len(choices) // 2] if choices else None)
+        layer_name = layer_name if layer_name in choices else default_layer(choices)
         picture, scale = detections_panels(list(analyses), [name_a, name_b])
         probe = analyses[0].probe
         if len(probe.detections):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gradio as gr
 
 from dcnv3.data import CLASS_NAMES
+from dcnv3.probe import default_layer
 
 from . import toy
 from .context import AppContext
@@ -82,7 +83,7 @@ def build(ctx: AppContext) -> None:
             return {picture: None, info: f"**{model_name}** has no DCNv3 layer: the toy needs one."}
         if layer_name not in layers:
             preferred = [n for n in layers if n.startswith(toy.DEFAULT_LAYER_PREFIX)]
-            layer_name = preferred[-1] if preferred else layers[len(layers) // 2]
+            layer_name = preferred[-1] if preferred else default_layer(layers)
         shape = toy.ToyShape(int(class_id), float(size_value), float(angle_value), float(x_value), float(y_value))
         with ctx.analyser.model_lock:
             view = toy.toy_view(loaded.yolo, layer_name, shape, int(seed_value))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gradio as gr
 
 from dcnv3.checkpoints import CheckpointError
+from dcnv3.probe import default_layer
 from dcnv3 import receptive_field as rf
 
 from . import receptive
@@ -70,7 +71,7 @@ def compute_view(ctx: AppContext, analysis, view: ImageView | None, target: str,
             fallback = receptive.fallback_layers(rf.gradient_network(primary[1].yolo))
             if not fallback:
                 return None, "This model has no layer to read: pick a detection target.", None
-            layer = fallback[len(fallback) // 2]
+            layer = default_layer(fallback)
             note = (note + "; " if note else "") + f"no DCNv3 layer: reading the backbone block `{layer}`"
         fields = receptive.compute_pair(ctx.fields, analysis.image, analysis.imgsz, primary, secondary, layer,
                                         view.xy, detection)
