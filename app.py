@@ -24,8 +24,11 @@ import signal  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 
-# Every request runs the model on the CPU, which one run already fills; requests wait in gradio's
-# queue (one worker per event) rather than run side by side, so memory stays that of one run.
+# gradio queues per event listener: each listener (an endpoint, a click, a slider) runs one request
+# at a time, different listeners run side by side on gradio's worker threads (40). What keeps one
+# model run at a time is the Analyser's model_lock (probe, video batches, the Learn toy); the
+# receptive fields' gradient passes have their own lock in dcnv3.receptive_field; re-renders from a
+# cached run take no lock.
 QUEUE_CONCURRENCY = 1
 QUEUE_MAX_SIZE = 64  # waiting requests beyond this are turned away at once ("queue is full")
 
