@@ -404,7 +404,8 @@ def _probe_prepared(model, runner, modules, prepared: list, conf: float, iou: fl
         values = predictions[index].numpy()
         raw = RawPredictions(values if len(prepared) == 1 else values.copy(), end2end, input_shape, names)
         thresholds = (float(conf), float(iou), int(max_det))
-        layers = [_layer_record(name, record, layer_offsets[index], layer_weights[index], input_shape,
+        owned = (lambda array: array) if len(prepared) == 1 else np.copy  # a batch: copies, as the raw predictions
+        layers = [_layer_record(name, record, owned(layer_offsets[index]), owned(layer_weights[index]), input_shape,
                                 backbone_layers)
                   for (name, record), layer_offsets, layer_weights in zip(captured, offsets, weights)]
         image_shape = tuple(array.shape[:2])
