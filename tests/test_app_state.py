@@ -84,3 +84,26 @@ def test_image_view_is_immutable_and_records_its_cell():
         view.xy = (0.0, 0.0)
     rendered = view.rendered((3, 4))
     assert rendered.cell == (3, 4) and view.cell is None and rendered.rendered((3, 4)) is rendered
+
+
+def test_no_handler_returns_a_positional_list_longer_than_3():
+    """Handlers answer with {component: value} dicts: no return / yield of a list or tuple of more
+    than 3 values in the gradio modules (the API endpoints return pairs)."""
+    import ast
+
+    from repo_paths import ROOT
+
+    long = []
+    for path in sorted((ROOT / "viz_app").glob("*_tab.py")) + [ROOT / "viz_app" / "ui.py"]:
+        tree = ast.parse(path.read_text())
+        for function in ast.walk(tree):  # lists of output components (properties) are not answers
+            if isinstance(function, ast.FunctionDef) and any(getattr(d, "id", None) == "property"
+                                                             for d in function.decorator_list):
+                function.body = []
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Return, ast.Yield)) and isinstance(node.value, (ast.List, ast.Tuple)):
+                if len(node.value.elts) > 3 or any(isinstance(e, ast.Starred) for e in node.value.elts):
+                    long.append(f"{path.name}:{node.lineno}")
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult) and isinstance(node.left, ast.List):
+                long.append(f"{path.name}:{node.lineno} (a padded list)")
+    assert long == []
