@@ -284,6 +284,11 @@ def _inference_copy(model) -> tuple[torch.nn.Module, list]:
     if cached is not None and cached[0] is model.model:
         return cached[1], cached[2]
     runner = copy.deepcopy(model.model).float().eval()
+    if getattr(runner, "end2end", False):
+        # YOLO.predict runs a dual-head model (YOLO26) with its one-to-many head and NMS unless
+        # asked for nms=False, whatever the checkpoint's head was left at; select it before
+        # fusing, which drops the other branch, as its AutoBackend does.
+        runner.end2end = False
     if hasattr(runner, "fuse"):
         runner = runner.fuse(verbose=False)
     parameter = next(runner.parameters(), None)

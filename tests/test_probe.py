@@ -128,6 +128,31 @@ def test_detections_match_ultralytics_predict():
     assert result.layers == []  # a detector without DCNv3
 
 
+def test_dual_head_model_is_probed_with_the_head_predict_uses():
+    """A YOLO26 checkpoint can leave its head at end-to-end (one-to-one); YOLO.predict still runs
+    the one-to-many head with NMS unless nms=False, and so must the probe."""
+    import copy
+
+    torch.manual_seed(2)
+    model = YOLO("dcnv3-yolo26n.yaml")
+    head = model.model.model[-1]
+    with torch.no_grad():  # the one-to-one branch scores everything high, the one-to-many not
+        for branch in head.one2one_cv3:
+            branch[-1].bias.fill_(4.0)
+        for branch in head.cv3:
+            branch[-1].bias.normal_(-3, 1.5)
+    model.model.end2end = True
+    one_to_one = copy.deepcopy(model)  # its own predictor: predict arguments persist per predictor
+    image = np.random.default_rng(2).integers(0, 255, (256, 320, 3), dtype=np.uint8)
+    result = probe(model, image, imgsz=320, conf=0.85, iou=0.7)
+    reference = model.predict(image, imgsz=320, conf=0.85, iou=0.7, verbose=False)[0]
+    other_head = one_to_one.predict(image, imgsz=320, conf=0.85, iou=0.7, nms=False, verbose=False)[0]
+    assert model.model.end2end  # the user's model is left as it was
+    assert len(result.detections) == len(reference.boxes) != len(other_head.boxes)
+    order, ref_order = np.argsort(-result.detections.scores), np.argsort(-reference.boxes.conf.numpy())
+    np.testing.assert_allclose(result.detections.boxes[order], reference.boxes.xyxy.numpy()[ref_order], atol=1e-3)
+
+
 def same_detections(a, b) -> bool:
     return all(np.array_equal(getattr(a, key), getattr(b, key)) for key in ("boxes", "scores", "classes"))
 
