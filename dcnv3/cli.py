@@ -77,6 +77,7 @@ def inspect_image(model, image_path: Path, out_dir: Path, imgsz: int, conf: floa
     import numpy as np
 
     from . import stats
+    from .geometry import box_centre
     from .overlay import draw_cell, draw_detections
     from .probe import prepare_image, probe
 
@@ -86,11 +87,11 @@ def inspect_image(model, image_path: Path, out_dir: Path, imgsz: int, conf: floa
     queries = []  # (layer, cell): the top detections' centres in their scale-matched layers
     for box in result.detections.boxes[:MAX_QUERIED_DETECTIONS]:
         layer = result.layer_for_box(box)
-        cell = result.cell_at(layer, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2) if layer else None
+        cell = result.cell_at(layer, *box_centre(box)) if layer else None
         if cell is not None:
             queries.append((layer, cell))
-    if not queries and result.layers:  # nothing detected: show the image centre in the middle layer
-        layer = result.layers[len(result.layers) // 2]
+    if not queries and result.layers:  # nothing detected: the image centre in the default layer
+        layer = result.default_layer()
         cell = result.cell_at(layer, image.shape[1] / 2, image.shape[0] / 2)
         if cell is not None:
             queries.append((layer, cell))
