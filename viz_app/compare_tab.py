@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from dcnv3.checkpoints import CheckpointError
+from dcnv3.geometry import box_centre
 from dcnv3.probe import default_layer
 from dcnv3 import receptive_field as rf
 
@@ -166,8 +167,7 @@ def build(ctx: AppContext, image_tab_input) -> None:
         picture, scale = detections_panels(list(analyses), [name_a, name_b])
         probe = analyses[0].probe
         if len(probe.detections):
-            x1, y1, x2, y2 = probe.detections.boxes[int(np.argmax(probe.detections.scores))]
-            xy = ((x1 + x2) / 2, (y1 + y2) / 2)
+            xy = box_centre(probe.detections.boxes[int(np.argmax(probe.detections.scores))])
         else:
             xy = (probe.image_shape[1] / 2, probe.image_shape[0] / 2)
         view = CompareView(analyses, (name_a, name_b), scale, (float(xy[0]), float(xy[1])))
