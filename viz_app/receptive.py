@@ -8,8 +8,6 @@ comparison) go side by side with their 50 % / 90 % areas in the panel titles.
 """
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import cv2
@@ -18,6 +16,7 @@ import numpy as np
 from dcnv3 import receptive_field as rf
 from dcnv3.overlay import draw_marker, line_width
 
+from .cache import LRUCache
 from .render import make_canvas
 
 __all__ = ["AUTO_TWIN", "NO_COMPARISON", "twin_name", "FieldRequest", "FieldCache", "field_panel",
@@ -73,31 +72,25 @@ class FieldCache:
 
     def __init__(self, size: int = 16):
         self.size = size
-        self._cache: OrderedDict[FieldRequest, rf.ReceptiveField] = OrderedDict()
-        self._lock = threading.Lock()
-        self.computed = 0  # how many fields were actually computed (tests check the cache)
+        self._cache: LRUCache[FieldRequest, rf.ReceptiveField] = LRUCache(size)
+
+    @property
+    def computed(self) -> int:
+        """How many fields were actually computed (tests check the cache)."""
+        return self._cache.misses
 
     def get(self, yolo, image_bgr: np.ndarray, request: FieldRequest) -> rf.ReceptiveField:
-        with self._lock:
-            if request in self._cache:
-                self._cache.move_to_end(request)
-                return self._cache[request]
-        if request.kind == "cell":
-            field = rf.receptive_field(yolo, image_bgr, xy=request.xy, module=request.module, imgsz=request.imgsz)
-        elif request.kind == "detection":
-            field = rf.receptive_field(yolo, image_bgr, detection=(request.box, request.class_id),
-                                       imgsz=request.imgsz)
-        elif request.kind == "anchor":
-            field = rf.receptive_field(yolo, image_bgr, anchor=(request.anchor, request.class_id),
-                                       imgsz=request.imgsz)
-        else:
-            raise ValueError(f"unknown target kind {request.kind!r}")
-        with self._lock:
-            self.computed += 1
-            self._cache[request] = field
-            while len(self._cache) > self.size:
-                self._cache.popitem(last=False)
-        return field
+        return self._cache.get_or_compute(request, lambda: _compute(yolo, image_bgr, request))
+
+
+def _compute(yolo, image_bgr: np.ndarray, request: FieldRequest) -> rf.ReceptiveField:
+    if request.kind == "cell":
+        return rf.receptive_field(yolo, image_bgr, xy=request.xy, module=request.module, imgsz=request.imgsz)
+    if request.kind == "detection":
+        return rf.receptive_field(yolo, image_bgr, detection=(request.box, request.class_id), imgsz=request.imgsz)
+    if request.kind == "anchor":
+        return rf.receptive_field(yolo, image_bgr, anchor=(request.anchor, request.class_id), imgsz=request.imgsz)
+    raise ValueError(f"unknown target kind {request.kind!r}")
 
 
 def _requests(image, imgsz, primary, secondary, layer, xy, detection):
