@@ -15,20 +15,16 @@ them for reference.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from bench_op import peak_bytes  # noqa: E402 - the same memory measurement as the DCNv3 op's
-from dcnv3 import dcnv4_core, formulation, native  # noqa: E402
+from bench_op import measure, print_header, print_table, start_run  # noqa: E402 - as the DCNv3 op's
+from dcnv3 import dcnv4_core, formulation  # noqa: E402
 from dcnv3.dcnv4 import offset_mask_channels  # noqa: E402
-from dcnv3.yolo import keep_freed_memory  # noqa: E402 - only this: the op needs no ultralytics
 from results import emit  # noqa: E402
 
 # (level, N, H, W, C, G): YOLO11n at 640, DCNv4 in place of the C3k2 bottlenecks' 3x3 cv2.
@@ -65,50 +61,20 @@ def forward_backward(name, tensors, config, grad):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    args = parser.parse_args()
-    keep_freed_memory()  # as the app and the CLI run (dcnv3.yolo.keep_freed_memory)
-    torch.set_num_threads(args.threads)
-    if native.library() is None:  # the default would silently be the sparse formulation
-        sys.exit(f"the native DCNv3 kernel is unavailable here: {native.failure()}")
-    print(f"torch {torch.__version__}, {args.threads} threads, float32, K=3, median of "
-          f"{args.repeats} interleaved runs")
-    header = (f"{'level (N, H, W, C, G)':<26} {'formulation':<17} {'fwd ms':>8} {'fwd+bwd ms':>11} "
-              f"{'peak MiB':>9}")
-    print(header)
-    print("-" * len(header))
+    args = start_run(__doc__.splitlines()[0])
+    print_header("level (N, H, W, C, G)", 26)
     rows = []
     for level, *shape in SHAPES:
         tensors, config = make_inputs(*shape)
         grad = torch.randn_like(tensors[0])
-        times = {name: {"fwd": [], "fb": []} for name in FORMULATIONS}
-        for name in FORMULATIONS:  # warm-up (caches, allocator)
-            forward_only(name, tensors, config)
-            forward_backward(name, tensors, config, grad)
-        for _ in range(args.repeats):
-            for name in FORMULATIONS:
-                start = time.perf_counter()
-                forward_only(name, tensors, config)
-                times[name]["fwd"].append(time.perf_counter() - start)
-                start = time.perf_counter()
-                forward_backward(name, tensors, config, grad)
-                times[name]["fb"].append(time.perf_counter() - start)
-        summary = {}
+        runs = {LABELS[name]: (lambda name=name: forward_only(name, tensors, config),
+                               lambda name=name: forward_backward(name, tensors, config, grad))
+                for name in FORMULATIONS}
         label = f"{level} {tuple(shape)}"
-        for name in FORMULATIONS:
-            fwd = statistics.median(times[name]["fwd"]) * 1e3
-            fb = statistics.median(times[name]["fb"]) * 1e3
-            peak = peak_bytes(lambda: forward_backward(name, tensors, config, grad)) / 2**20
-            summary[name] = (fwd, fb, peak)
-            print(f"{label:<26} {LABELS[name]:<17} {fwd:8.2f} {fb:11.2f} {peak:9.1f}")
-        (f_d, fb_d, m_d), (f_g, fb_g, m_g) = summary["native"], summary["grid_sample"]
-        verdict = "OK" if fb_g / fb_d >= 2 else "below target"
-        print(f"{'':<26} {'speed-up':<17} {f_g / f_d:7.2f}x {fb_g / fb_d:10.2f}x "
-              f"{m_d / m_g:8.2f}x mem  [{verdict}]")
-        rows += [(f"DCNv4 fwd+bwd speed-up, native vs grid_sample, YOLO11n {label}", fb_g / fb_d, ">= 2"),
-                 (f"DCNv4 peak memory, native / grid_sample, YOLO11n {label}", m_d / m_g, None)]
+        speed_up, memory = print_table(label, measure(runs, args.repeats), 26, LABELS["native"],
+                                       LABELS["grid_sample"])
+        rows += [(f"DCNv4 fwd+bwd speed-up, native vs grid_sample, YOLO11n {label}", speed_up, ">= 2"),
+                 (f"DCNv4 peak memory, native / grid_sample, YOLO11n {label}", memory, None)]
     emit("dcnv4", rows)
 
 
