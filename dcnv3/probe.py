@@ -269,26 +269,27 @@ def _stage(name: str, stride: int, backbone_layers: int) -> str:
 _runners: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def inference_model(model) -> torch.nn.Module:
+def inference_model(model, one_to_one: bool = False) -> torch.nn.Module:
     """A fused (Conv+BN), eval, fp32 copy of a YOLO's DetectionModel, cached per YOLO object.
 
     The probe hooks this copy rather than the predictor's: ultralytics' predictor deep-copies
     the model when it is set up, so hooks on ``model.model`` would never see its forward.
     """
-    return _inference_copy(model)[0]
+    return _inference_copy(model, one_to_one)[0]
 
 
-def _inference_copy(model) -> tuple[torch.nn.Module, list]:
-    """(``inference_model(model)``, its ``dcnv3_modules``), cached per YOLO object."""
-    cached = _runners.get(model)
+def _inference_copy(model, one_to_one: bool = False) -> tuple[torch.nn.Module, list]:
+    """(``inference_model(model, one_to_one)``, its ``dcnv3_modules``), cached per YOLO object
+    and head choice."""
+    cached = _runners.setdefault(model, {}).get(one_to_one)
     if cached is not None and cached[0] is model.model:
         return cached[1], cached[2]
     runner = copy.deepcopy(model.model).float().eval()
-    if getattr(runner, "end2end", False):
-        # YOLO.predict runs a dual-head model (YOLO26) with its one-to-many head and NMS unless
-        # asked for nms=False, whatever the checkpoint's head was left at; select it before
-        # fusing, which drops the other branch, as its AutoBackend does.
-        runner.end2end = False
+    if one_to_one or getattr(runner, "end2end", False):
+        # A dual-head model (YOLO26) runs, as YOLO.predict runs it, its one-to-many head with
+        # NMS unless asked for nms=False (its one-to-one head), whatever the checkpoint's head
+        # was left at; chosen before fusing, which drops the other branch, as AutoBackend does.
+        runner.end2end = one_to_one
     if hasattr(runner, "fuse"):
         runner = runner.fuse(verbose=False)
     parameter = next(runner.parameters(), None)
@@ -297,7 +298,7 @@ def _inference_copy(model) -> tuple[torch.nn.Module, list]:
     for parameter in runner.parameters():
         parameter.requires_grad_(False)
     modules = dcnv3_modules(runner)
-    _runners[model] = (model.model, runner, modules)
+    _runners[model][one_to_one] = (model.model, runner, modules)
     return runner, modules
 
 
@@ -334,7 +335,7 @@ def network_input(runner: torch.nn.Module, image, imgsz: int) -> tuple[torch.Ten
 
 
 def probe(model, image, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
-          max_det: int = 300) -> Probe:
+          max_det: int = 300, nms: bool | None = None) -> Probe:
     """Run ``model`` (an ultralytics YOLO) once on ``image`` and record every DCNv3 layer.
 
     The steps are ultralytics' own, as in ``YOLO.predict``: ``LetterBox`` (rect, stride 32),
@@ -345,23 +346,25 @@ def probe(model, image, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
         model: ultralytics ``YOLO`` detection model (e.g. from ``dcnv3.loading.load_model``).
         image: path, or BGR uint8 array (H, W, 3); grayscale and BGRA are converted.
         imgsz, conf, iou, max_det: as ``YOLO.predict``.
+        nms: as ``YOLO.predict``: False runs a dual-head model's (YOLO26's) one-to-one,
+            NMS-free head; otherwise its one-to-many head with NMS.
 
     Returns:
         A ``Probe`` with detections in original-image pixels and one ``LayerRecord`` per DCNv3
         layer (empty for a detector without DCNv3).
     """
-    return probe_batch(model, [image], imgsz, conf, iou, max_det)[0]
+    return probe_batch(model, [image], imgsz, conf, iou, max_det, nms)[0]
 
 
 def probe_batch(model, images: list, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
-                max_det: int = 300) -> list[Probe]:
+                max_det: int = 300, nms: bool | None = None) -> list[Probe]:
     """``probe`` of several images of one size in one batched forward (one ``Probe`` each).
 
     Video frames share a size, so their letterboxed inputs stack into one (B, 3, H, W) batch;
     on a CPU one forward of 4 frames at 320 px takes about 2.2 times one frame's, not 4 times.
     Images whose letterboxed inputs differ in size are probed one by one.
     """
-    runner, modules = _inference_copy(model)
+    runner, modules = _inference_copy(model, one_to_one=nms is False)
     prepared = [network_input(runner, image, imgsz) for image in images]
     if len({tuple(x.shape) for x, _, _ in prepared}) > 1:
         return [_probe_prepared(model, runner, modules, [item], conf, iou, max_det)[0] for item in prepared]

@@ -151,6 +151,10 @@ def test_dual_head_model_is_probed_with_the_head_predict_uses():
     assert len(result.detections) == len(reference.boxes) != len(other_head.boxes)
     order, ref_order = np.argsort(-result.detections.scores), np.argsort(-reference.boxes.conf.numpy())
     np.testing.assert_allclose(result.detections.boxes[order], reference.boxes.xyxy.numpy()[ref_order], atol=1e-3)
+    # nms=False asks for the one-to-one head, as predict(nms=False) does.
+    end_to_end = probe(model, image, imgsz=320, conf=0.85, iou=0.7, nms=False)
+    assert len(end_to_end.detections) == len(other_head.boxes)
+    np.testing.assert_allclose(np.sort(end_to_end.detections.scores), np.sort(other_head.boxes.conf.numpy()), atol=1e-4)
 
 
 def same_detections(a, b) -> bool:

@@ -189,8 +189,7 @@ def test_trained_model_loads_validates_predicts_and_probes(trained, shapes_data,
 
     if family == "yolo26":  # the one-to-one head, NMS-free, as predict(nms=False) uses it
         one_to_one = load_model(weights / "best.pt")
-        one_to_one.model.end2end = True
-        probed = probe(one_to_one, image, imgsz=IMGSZ, conf=0.001)
+        probed = probe(one_to_one, image, imgsz=IMGSZ, conf=0.001, nms=False)
         result = one_to_one.predict(image, imgsz=IMGSZ, conf=0.001, nms=False, verbose=False)[0]
         assert len(probed.detections) == len(result.boxes) > 0 and len(probed.layers) == 5
         np.testing.assert_allclose(sorted_scores(probed.detections.scores), sorted_scores(result.boxes.conf),
