@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import os
 import shutil
 import tempfile
 import threading
@@ -52,7 +53,10 @@ class FileStore:
                                                 cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
         views = self._folder("views")
         path = views / f"{hashlib.blake2b(data.tobytes(), digest_size=12).hexdigest()}.jpg"
-        path.write_bytes(data.tobytes())
+        if path.exists():
+            path.touch()  # the same picture again: keep it among the newest, never rewrite it
+        else:
+            _write_atomically(path, data.tobytes())
         files = sorted(views.glob("*.jpg"), key=_mtime)
         for old in files[:-self.keep_views]:
             old.unlink(missing_ok=True)
@@ -61,7 +65,8 @@ class FileStore:
     def frame(self, name: str, image: np.ndarray) -> str:
         """A BGR frame (H, W, 3) uint8 as a lossless PNG named ``name``.png; returns its path."""
         path = self._folder("views") / f"{name}.png"
-        cv2.imwrite(str(path), image)
+        _, data = cv2.imencode(".png", image)
+        _write_atomically(path, data.tobytes())
         return str(path)
 
     def export_dir(self) -> Path:
@@ -84,3 +89,11 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename, so that a reader (gradio
+    copying or serving the file for another request) never sees it truncated or half written."""
+    temporary = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)

@@ -57,12 +57,12 @@ class Sweeper(threading.Thread):
         super().__init__(name="deformlens-sweeper", daemon=True)
         self.folders, self.max_age_s, self.every_s = [Path(f) for f in folders], max_age_s, every_s
         self.removed = 0
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self.every_s):
+        while not self._stopping.wait(self.every_s):
             for folder in self.folders:
                 self.removed += sweep(folder, self.max_age_s)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
