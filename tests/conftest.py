@@ -53,6 +53,18 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
+def tiny_shapes_data(tmp_path_factory):
+    """data.yaml of a 16 + 8 image shapes dataset at 64 px (``python -m dcnv3 data``), made once
+    per session for the training tests."""
+    from child_process import run_python
+
+    root = tmp_path_factory.mktemp("shapes")
+    run_python("-m", "dcnv3", "data", "--out", root, "--n-train", "16", "--n-val", "8", "--seed", "7",
+               "--imgsz", "64")
+    return root / "data.yaml"
+
+
+@pytest.fixture(scope="session")
 def bundled_dcnv3():
     """The bundled DCNv3-YOLOv8n (``assets/models/dcnv3-yolov8n.pt``), loaded once per session.
     Tests must not change it; copy it (``copy.deepcopy``) to modify."""

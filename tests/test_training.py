@@ -1,41 +1,19 @@
 """Training through ultralytics: save, reload in a fresh process, predict, fine-tune; DDP script."""
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-
-ENV = {**os.environ, "YOLO_OFFLINE": "true"}
+from child_process import run_python
 
 
-def run(*args, cwd=None) -> str:
-    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd,
-                            env=ENV, timeout=900)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    return output
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("shapes")
-    run("-m", "dcnv3", "data", "--out", str(root), "--n-train", "16", "--n-val", "8", "--seed", "7",
-        "--imgsz", "64")
-    assert (root / "data.yaml").is_file()
-    return root / "data.yaml"
-
-
-def test_train_reload_predict_and_finetune(tiny_dataset, tmp_path, report):
+def test_train_reload_predict_and_finetune(tiny_shapes_data, tmp_path, report):
     runs = tmp_path / "runs"
-    log = run("-m", "dcnv3", "train", "--model", "dcnv3-yolov8n.yaml", "--data", str(tiny_dataset),
+    log = run_python("-m", "dcnv3", "train", "--model", "dcnv3-yolov8n.yaml", "--data", str(tiny_shapes_data),
               "--epochs", "2", "--imgsz", "64", "--batch", "8", "--workers", "0",
               "--project", str(runs), "--name", "scratch", "--set", "plots=False")
     best = runs / "scratch" / "weights" / "best.pt"
     assert best.is_file(), log[-2000:]
     report(f"2-epoch DCNv3-YOLOv8n training on 16 images at 64 px saved {best.name}")
-    out = run("-c", f"""
+    out = run_python("-c", f"""
 import numpy as np
 from dcnv3.loading import load_model
 from dcnv3.probe import probe
@@ -46,7 +24,7 @@ print("layers", len(model.dcnv3_layers), len(probed.layers), "boxes", len(result
 """)
     assert "layers 5 5" in out
     # Fine-tuning from the checkpoint: ultralytics rebuilds the model from its stored YAML.
-    log = run("-m", "dcnv3", "train", "--model", str(best), "--data", str(tiny_dataset),
+    log = run_python("-m", "dcnv3", "train", "--model", str(best), "--data", str(tiny_shapes_data),
               "--epochs", "1", "--imgsz", "64", "--batch", "8", "--workers", "0",
               "--project", str(runs), "--name", "finetune", "--set", "plots=False")
     transferred = re.search(r"Transferred (\d+)/(\d+) items", log)
@@ -54,14 +32,14 @@ print("layers", len(model.dcnv3_layers), len(probed.layers), "boxes", len(result
     assert (runs / "finetune" / "weights" / "best.pt").is_file()
 
 
-def test_ddp_worker_script_registers_the_blocks(tiny_dataset, tmp_path):
+def test_ddp_worker_script_registers_the_blocks(tiny_shapes_data, tmp_path):
     """Multi-GPU training runs a generated script in each worker; it unpickles the trainer class
     from dcnv3.training, whose constructor must register the blocks before the model is rebuilt. Without GPUs
     we run that script with the final `trainer.train()` swapped for a model rebuild."""
-    out = run("-c", f"""
+    out = run_python("-c", f"""
 from dcnv3.training import DCNv3DetectionTrainer
 from ultralytics.utils.dist import generate_ddp_file
-trainer = DCNv3DetectionTrainer(overrides=dict(model="dcnv3-yolov8n.yaml", data={str(tiny_dataset)!r},
+trainer = DCNv3DetectionTrainer(overrides=dict(model="dcnv3-yolov8n.yaml", data={str(tiny_shapes_data)!r},
                                                imgsz=64, epochs=1, device="cpu", project={str(tmp_path)!r}))
 trainer.model = trainer.get_model(cfg="dcnv3-yolov8n.yaml", verbose=False)
 print("SCRIPT", generate_ddp_file(trainer))
@@ -80,7 +58,7 @@ print("SCRIPT", generate_ddp_file(trainer))
         text = text.replace('state = torch_load(', "assert 'dcnv3' not in sys.modules\n    state = torch_load(")
         worker = tmp_path / "worker.py"
         worker.write_text(text)
-        assert "workers 5 5" in run(str(worker))
+        assert "workers 5 5" in run_python(str(worker))
     finally:
         script.unlink(missing_ok=True)
         script.with_suffix(".pt").unlink(missing_ok=True)

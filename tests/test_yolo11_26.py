@@ -6,10 +6,7 @@ to ONNX (checked in onnxruntime) and load back with ``dcnv3.loading.load_model``
 last.pt and as a checkpoint saved mid-training (the network under ``ema``).
 """
 import copy
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -25,6 +22,8 @@ from dcnv3.blocks import Bottleneck_DCNv3, C3k2_DCNv3, C3k_DCNv3
 from dcnv3.loading import load_model
 from dcnv3.probe import probe
 from dcnv3.yolo import MODEL_FAMILIES, model_yaml
+
+from child_process import run_python
 
 FAMILIES = ("yolo11", "yolo26")
 DCNV3_LAYERS = {4: 8, 6: 16, 8: 32}  # backbone index: stride of the block's input
@@ -104,24 +103,8 @@ def test_scale_n_builds_and_runs_like_stock(family):
 
 # Training at scale n on the shapes data, then everything a user does with the checkpoint.
 
-def run(*args, cwd=None) -> str:
-    result = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                            env={**os.environ, "YOLO_OFFLINE": "true"}, timeout=900)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    return output
-
-
-@pytest.fixture(scope="module")
-def shapes_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("shapes")
-    run("-m", "dcnv3", "data", "--out", root, "--n-train", "16", "--n-val", "8", "--seed", "7",
-        "--imgsz", IMGSZ)
-    return root / "data.yaml"
-
-
 @pytest.fixture(scope="module", params=FAMILIES)
-def trained(request, shapes_data, tmp_path_factory) -> tuple[str, Path]:
+def trained(request, tiny_shapes_data, tmp_path_factory) -> tuple[str, Path]:
     """(family, weights folder) after 2 epochs at 64 px on 16 images (about 20 s on 2 cores).
 
     Without warm-up and with the nominal batch equal to the batch, each of the 4 iterations is
@@ -130,7 +113,7 @@ def trained(request, shapes_data, tmp_path_factory) -> tuple[str, Path]:
     offsets would stay at their zero init."""
     family = request.param
     runs = tmp_path_factory.mktemp(f"runs-{family}")
-    log = run("-m", "dcnv3", "train", "--model", model_yaml("n", family=family), "--data", shapes_data,
+    log = run_python("-m", "dcnv3", "train", "--model", model_yaml("n", family=family), "--data", tiny_shapes_data,
               "--epochs", "2", "--imgsz", IMGSZ, "--batch", "8", "--workers", "0", "--project", runs,
               "--name", family, "--set", "plots=False", "--set", "warmup_epochs=0", "--set", "nbs=8")
     weights = runs / family / "weights"
@@ -151,7 +134,7 @@ def sorted_scores(scores) -> np.ndarray:
 
 
 @pytest.mark.training
-def test_trained_model_loads_validates_predicts_and_probes(trained, shapes_data, tmp_path, report):
+def test_trained_model_loads_validates_predicts_and_probes(trained, tiny_shapes_data, tmp_path, report):
     family, weights = trained
     expected_layers = [name for name, _ in dcnv3_modules(YOLO(model_yaml("n", family=family)).model)]
     assert len(expected_layers) == 5
@@ -163,11 +146,11 @@ def test_trained_model_loads_validates_predicts_and_probes(trained, shapes_data,
         assert type(model.model.model[4]) is C3k2_DCNv3, name
     model = loaded["best.pt"]
 
-    metrics = model.val(data=str(shapes_data), imgsz=IMGSZ, batch=8, workers=0, plots=False,
+    metrics = model.val(data=str(tiny_shapes_data), imgsz=IMGSZ, batch=8, workers=0, plots=False,
                         project=str(tmp_path), name="val", verbose=False)
     assert 0.0 <= metrics.box.map50 <= 1.0 and np.isfinite(metrics.fitness)
 
-    image = cv2.imread(str(sorted((shapes_data.parent / "images" / "val").glob("*.jpg"))[0]))
+    image = cv2.imread(str(sorted((tiny_shapes_data.parent / "images" / "val").glob("*.jpg"))[0]))
     result = model.predict(image, imgsz=IMGSZ, conf=0.001, verbose=False)[0]
     probed = probe(model, image, imgsz=IMGSZ, conf=0.001)
     # The probe runs ultralytics' own pre- and post-processing: the same detections as predict.
