@@ -8,7 +8,9 @@ side, in the style of ``torchvision.ops``:
 * ``DCNv3``: the thin module (InternImage's constructor and parameter names);
 * ``dcnv4_core(input, offset_mask, ...)`` / ``DCNv4``: DCNv4 (OpenGVLab) on the same core, any device;
 * ``set_default_formulation(name)`` / ``with formulation(name):``: which formulation the op runs;
-* ``capture(model)``: what every DCNv3 module of a model computed in a forward.
+* ``capture(model)``: what every deformable module (DCNv3, DCNv4, DCNv2) of a model sampled with in
+  a forward, in one layout (``dcnv3.sampling_hooks``); ``override_sampling(modules)``: make them
+  sample the regular grid or with uniform weights instead (ablations).
 
 The ultralytics side is one explicit step, in ``dcnv3.yolo``::
 
@@ -20,11 +22,13 @@ and its modules are imported by name: ``dcnv3.loading.load_model`` (safe checkpo
 community forks included), ``dcnv3.probe.probe`` (one forward, every layer's offsets and weights),
 ``dcnv3.blocks``, ``dcnv3.training``, ``dcnv3.video``; ``python -m dcnv3`` is the CLI.
 """
-from .capture import CapturedLayer, capture, dcnv3_modules
+from .capture import CapturedLayer, capture, dcnv3_modules, deformable_modules
 from .dcnv4 import DCNv4, dcnv4_core
 from .module import DCNv3, DCNv3_pytorch
 from .ops import dcnv3_core, default_formulation, formulation, set_default_formulation
+from .sampling_hooks import WEIGHT_KINDS, override_sampling
 
 __all__ = ["DCNv3", "DCNv3_pytorch", "dcnv3_core", "DCNv4", "dcnv4_core", "set_default_formulation",
-           "default_formulation", "formulation", "capture", "CapturedLayer", "dcnv3_modules"]
+           "default_formulation", "formulation", "capture", "CapturedLayer", "dcnv3_modules",
+           "deformable_modules", "override_sampling", "WEIGHT_KINDS"]
 __version__ = "0.1.0"

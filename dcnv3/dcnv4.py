@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ops import dcnv3_core, output_size
+from .sampling_hooks import CAPTURE_SLOT, OVERRIDE_SLOT, hand_over, hooked
 
 __all__ = ["DCNv4", "dcnv4_core", "split_offset_mask", "offset_mask_channels"]
 
@@ -146,6 +147,8 @@ class DCNv4(nn.Module):
     blend takes the value projection at the same pixels.
     """
 
+    weight_kind = "free"  # dcnv3.sampling_hooks.WEIGHT_KINDS: signed scalars, no softmax
+
     def __init__(self, channels: int = 64, kernel_size: int = 3, stride: int = 1, pad: int = 1,
                  dilation: int = 1, group: int = 4, offset_scale: float = 1.0,
                  dw_kernel_size: int | None = None, center_feature_scale: bool = False,
@@ -218,6 +221,13 @@ class DCNv4(nn.Module):
                              "the kernel centres leave the input, where no offset_mask is predicted")
         return features[:, start:stop_h + 1:self.stride, start:stop_w + 1:self.stride]
 
+    def sampling_head_parameters(self):
+        """The ``offset_mask`` Linear's parameters and the optional ``offset_mask_dw`` before it
+        (the trainer's offset learning rate)."""
+        yield from self.offset_mask.parameters()
+        if self.dw_kernel_size is not None:
+            yield from self.offset_mask_dw.parameters()
+
     def predict_offset_mask(self, input: torch.Tensor) -> torch.Tensor:
         """The packed offset_mask the core samples with: (N, H, W, C) channels-last input ->
         (N, H_out, W_out, C_om), before any split (layout in ``dcnv4_core``)."""
@@ -244,14 +254,36 @@ class DCNv4(nn.Module):
         raise ValueError(f"DCNv4({c} channels) takes (N, L, {c}) tokens with shape=(H, W), or (N, {c}, H, W); "
                          f"got {tuple(input.shape)}")
 
+    def _sample_hooked(self, x: torch.Tensor, offset_mask: torch.Tensor, input_hw: tuple[int, int]) -> torch.Tensor:
+        """``dcnv4_core`` with its split made here, so that the (dx, dy) offsets and free scalars
+        pass through ``hand_over`` (capture, override) in the record layout on the way."""
+        offset, mask = split_offset_mask(offset_mask, self.group, self.points)
+        grid = offset.shape[:3]
+        offsets, weights = hand_over(self, offset.reshape(*grid, self.group, self.points, 2),
+                                     mask.reshape(*grid, self.group, self.points), input_hw,
+                                     offset_mask=offset_mask)
+        return dcnv3_core(x, offsets.reshape(offset.shape), weights.reshape(mask.shape), self.kernel_size,
+                          self.kernel_size, self.stride, self.stride, self.pad, self.pad, self.dilation,
+                          self.dilation, self.group, self.group_channels, self.offset_scale, self.remove_center)
+
+    def __getstate__(self) -> dict:
+        # A model pickled or deep-copied inside ``dcnv3.capture`` must not carry the records.
+        state = dict(super().__getstate__())
+        state.pop(CAPTURE_SLOT, None)
+        state.pop(OVERRIDE_SLOT, None)
+        return state
+
     def forward(self, input: torch.Tensor, shape: tuple[int, int] | None = None) -> torch.Tensor:
         x_in, channels_first = self._channels_last(input, shape)
         n = x_in.shape[0]
         x = x_in if self.without_pointwise else self.value_proj(x_in)
         offset_mask = self.predict_offset_mask(x_in)
-        out = dcnv4_core(x, offset_mask, self.kernel_size, self.kernel_size, self.stride, self.stride,
-                         self.pad, self.pad, self.dilation, self.dilation, self.group, self.group_channels,
-                         self.offset_scale, self.remove_center)
+        if hooked(self):  # inside dcnv3.capture or override_sampling
+            out = self._sample_hooked(x, offset_mask, tuple(x_in.shape[1:3]))
+        else:
+            out = dcnv4_core(x, offset_mask, self.kernel_size, self.kernel_size, self.stride, self.stride,
+                             self.pad, self.pad, self.dilation, self.dilation, self.group,
+                             self.group_channels, self.offset_scale, self.remove_center)
         if self.center_feature_scale:
             # DCNv4 computes the blend from the core's output (DCNv3 from the offset features).
             scale = self.center_feature_scale_module(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .capture import dcnv3_modules
+from .capture import deformable_modules
 from .checkpoints import CheckpointError, preloaded, safe_load
 
 __all__ = ["load_model", "dcnv3_layer_names", "train_imgsz", "DEFAULT_IMGSZ", "MAX_CHECKPOINT_BYTES"]
@@ -91,11 +91,12 @@ def load_model(path: str | Path, max_bytes: int = MAX_CHECKPOINT_BYTES):
 
 
 def dcnv3_layer_names(model) -> list[str]:
-    """Qualified names (in the DetectionModel) of the DCNv3 modules of a YOLO or DetectionModel."""
+    """Qualified names (in the DetectionModel) of the deformable modules (DCNv3, DCNv4, DCNv2) of a
+    YOLO or DetectionModel."""
     detection_model = getattr(model, "model", model)
     if not isinstance(detection_model, nn.Module):
         return []
-    return [name for name, _ in dcnv3_modules(detection_model)]
+    return [name for name, _ in deformable_modules(detection_model)]
 
 
 DEFAULT_IMGSZ = 640  # ultralytics' default inference size, for a checkpoint that records none

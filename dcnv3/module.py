@@ -11,6 +11,7 @@ from torch import nn
 
 from . import native
 from .ops import dcnv3_core, output_size
+from .sampling_hooks import CAPTURE_SLOT, OVERRIDE_SLOT, hand_over, hooked
 
 __all__ = ["DCNv3", "DCNv3_pytorch", "DCNv3ConvDW", "to_channels_first", "to_channels_last",
            "CenterFeatureScaleModule", "build_norm_layer", "build_act_layer"]
@@ -49,11 +50,6 @@ def build_norm_layer(dim: int, norm_layer: str, in_format: str = "channels_last"
     else:
         raise NotImplementedError(f"norm layer {norm_layer!r}: use 'LN' or 'BN'")
     return nn.Sequential(*layers)
-
-
-# While ``dcnv3.capture`` is active, a DCNv3's ``__dict__`` holds under this key the records that
-# its forward fills with what it predicted (a plain attribute lookup when nothing is captured).
-CAPTURE_SLOT = "_dcnv3_capture_records"
 
 
 def build_act_layer(act_layer: str) -> nn.Module:
@@ -114,9 +110,11 @@ class DCNv3(nn.Module):
     the same pixels (h*stride, w*stride).
 
     Introspection: the raw offsets (N, H_out, W_out, G*P*2) are the output of ``self.offset`` and
-    the softmax weights are ``softmax(self.mask(...))`` per group; while ``dcnv3.capture`` is
-    active, the forward hands both (and the mask logits) to its records.
+    the softmax weights are ``softmax(self.mask(...))`` per group; the forward hands both (and
+    the mask logits) to ``dcnv3.sampling_hooks.hand_over`` while a capture or override is attached.
+    Its own layout is already the record layout there.
     """
+    weight_kind = "softmax"  # dcnv3.sampling_hooks.WEIGHT_KINDS
 
     def __init__(self, channels: int = 64, kernel_size: int = 3, dw_kernel_size: int | None = None,
                  stride: int = 1, pad: int = 1, dilation: int = 1, group: int = 4,
@@ -170,6 +168,11 @@ class DCNv3(nn.Module):
         """P, sampling points per group."""
         return self.kernel_size * self.kernel_size - int(getattr(self, "remove_center", 0))
 
+    def sampling_head_parameters(self):
+        """The ``offset`` and ``mask`` Linear parameters (the trainer's offset learning rate)."""
+        yield from self.offset.parameters()
+        yield from self.mask.parameters()
+
     def offset_features(self, input: torch.Tensor) -> torch.Tensor:
         """The depthwise branch that feeds the ``offset`` and ``mask`` heads: (N, H, W, C) ->
         (N, H_out, W_out, C). InternImage's ``dw_conv`` takes NCHW and returns channels-last."""
@@ -197,8 +200,12 @@ class DCNv3(nn.Module):
         offset = self.offset(x1)
         logits = self.mask(x1)
         mask = softmax_over_points(logits, self.points)
-        for record in self.__dict__.get(CAPTURE_SLOT, ()):  # only inside dcnv3.capture
-            record.store(offset, logits, mask, (in_h, in_w))
+        if hooked(self):  # inside dcnv3.capture or override_sampling; the record layout is a view
+            grid = offset.shape[:3]
+            offsets, weights = hand_over(self, offset.reshape(*grid, self.group, self.points, 2),
+                                         mask.reshape(*grid, self.group, self.points), (in_h, in_w),
+                                         offset=offset, mask_logits=logits)
+            offset, mask = offsets.reshape(offset.shape), weights.reshape(mask.shape)
         x = dcnv3_core(x, offset, mask, self.kernel_size, self.kernel_size, self.stride, self.stride,
                        self.pad, self.pad, self.dilation, self.dilation, self.group,
                        self.group_channels, self.offset_scale, remove_center)
@@ -215,6 +222,7 @@ class DCNv3(nn.Module):
         # A model pickled or deep-copied inside ``dcnv3.capture`` must not carry the records.
         state = dict(super().__getstate__())
         state.pop(CAPTURE_SLOT, None)
+        state.pop(OVERRIDE_SLOT, None)
         return state
 
     def extra_repr(self) -> str:

@@ -26,16 +26,15 @@ import torchvision  # noqa: F401 - ultralytics' NMS uses torchvision's kernel on
 # imported and otherwise a pure-torch fallback that keeps different boxes; predict imports it.
 
 from . import geometry, stats
-from .capture import capture, dcnv3_modules
+from .capture import capture, deformable_modules
 from .geometry import Letterbox
+# What a record's modulation weights are, by ``LayerRecord.weight_kind`` ("softmax" DCNv3,
+# "sigmoid" DCNv2, "free" DCNv4): re-exported here, beside the record.
+from .sampling_hooks import WEIGHT_KINDS
 
 __all__ = ["Probe", "LayerRecord", "Detections", "RawPredictions", "WEIGHT_KINDS", "default_layer", "probe",
            "probe_batch", "prepare_image", "network_input", "inference_model"]
 
-# What a record's modulation weights are, by ``LayerRecord.weight_kind``. Views that size points
-# by weight or take the weights' entropy read the kind; DCNv3's are a softmax over each group's P
-# points. (DCNv2's per-point sigmoid and DCNv4's unnormalised scalars would be further kinds.)
-WEIGHT_KINDS = {"softmax": "softmax over each group's P points: each in [0, 1], each group sums to 1"}
 
 
 @dataclass
@@ -279,7 +278,7 @@ def inference_model(model, one_to_one: bool = False) -> torch.nn.Module:
 
 
 def _inference_copy(model, one_to_one: bool = False) -> tuple[torch.nn.Module, list]:
-    """(``inference_model(model, one_to_one)``, its ``dcnv3_modules``), cached per YOLO object
+    """(``inference_model(model, one_to_one)``, its ``deformable_modules``), cached per YOLO object
     and head choice."""
     cached = _runners.setdefault(model, {}).get(one_to_one)
     if cached is not None and cached[0] is model.model:
@@ -297,7 +296,7 @@ def _inference_copy(model, one_to_one: bool = False) -> tuple[torch.nn.Module, l
         runner = runner.to(memory_format=torch.channels_last)
     for parameter in runner.parameters():
         parameter.requires_grad_(False)
-    modules = dcnv3_modules(runner)
+    modules = deformable_modules(runner)
     _runners[model][one_to_one] = (model.model, runner, modules)
     return runner, modules
 
@@ -375,10 +374,10 @@ def _layer_record(name: str, captured, offsets: np.ndarray, weights: np.ndarray,
                   backbone_layers: int) -> LayerRecord:
     """The one place where what a deformable module captured becomes a ``LayerRecord``: one
     image's ``offsets`` (H, W, G, P, 2) and ``weights`` (H, W, G, P), already in the record's
-    layout (a DCNv3 computes in it), and the module's geometry. Another operator's layout
-    conversion and weight kind would go here."""
+    layout (every deformable module hands them over in it: ``dcnv3.sampling_hooks``), the
+    module's geometry and its weight kind."""
     module = captured.module
-    _, out_h, out_w, _ = captured.offset_raw.shape
+    out_h, out_w = offsets.shape[:2]
     stride = int(round(input_shape[0] / captured.input_hw[0]))  # of the layer's input map
     return LayerRecord(
         name=name, stage=_stage(name, stride, backbone_layers), stride=stride,
@@ -386,7 +385,7 @@ def _layer_record(name: str, captured, offsets: np.ndarray, weights: np.ndarray,
         dilation=int(module.dilation), pad=int(module.pad),
         offset_scale=float(module.offset_scale), groups=int(module.group),
         points=int(module.points), remove_center=bool(getattr(module, "remove_center", 0)),
-        offsets=offsets, weights=weights, weight_kind="softmax")
+        offsets=offsets, weights=weights, weight_kind=captured.weight_kind)
 
 
 def _probe_prepared(model, runner, modules, prepared: list, conf: float, iou: float,
@@ -403,7 +402,7 @@ def _probe_prepared(model, runner, modules, prepared: list, conf: float, iou: fl
     names = dict(getattr(model, "names", None) or getattr(runner, "names", {}))
     backbone_layers = len(getattr(runner, "yaml", {}).get("backbone", [])) or 10
     captured = [(name, record) for name, record in captured.items()
-                if record.offset_raw is not None]  # a module that did not run (an unused branch)
+                if record.ran]  # a module that did not run (an unused branch)
     offsets = [record.offsets.float().numpy() for _, record in captured]  # (B, H, W, G, P, 2)
     weights = [record.weights.float().numpy() for _, record in captured]  # (B, H, W, G, P)
     results = []

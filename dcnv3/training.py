@@ -12,7 +12,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import LOGGER
 
 from . import yolo
-from .module import DCNv3
+from .sampling_hooks import is_deformable
 
 __all__ = ["DCNv3DetectionTrainer", "configured_trainer", "train"]
 
@@ -20,8 +20,9 @@ __all__ = ["DCNv3DetectionTrainer", "configured_trainer", "train"]
 class DCNv3DetectionTrainer(DetectionTrainer):
     """ultralytics' DetectionTrainer, importable from ``dcnv3`` (see the module docstring).
 
-    ``offset_lr_scale`` multiplies the learning rate of every DCNv3 ``offset`` and ``mask``
-    projection, and ``offset_weight_decay=False`` exempts them from weight decay: both start
+    ``offset_lr_scale`` multiplies the learning rate of every deformable layer's offset and
+    weight projections (``sampling_head_parameters``: DCNv3's ``offset``/``mask``, DCNv4's
+    ``offset_mask``, DCNv2's ``conv_offset_mask``), and ``offset_weight_decay=False`` exempts them from weight decay: both start
     at zero and decide where the layer samples, so they may need a push to move within a short
     CPU budget. Set them through ``configured_trainer``.
     """
@@ -40,8 +41,8 @@ class DCNv3DetectionTrainer(DetectionTrainer):
             return optimizer
         from ultralytics.utils.torch_utils import unwrap_model
 
-        heads = {id(p) for m in unwrap_model(model).modules() if isinstance(m, DCNv3)
-                 for p in (*m.offset.parameters(), *m.mask.parameters())}
+        heads = {id(p) for m in unwrap_model(model).modules() if is_deformable(m)
+                 for p in m.sampling_head_parameters()}
         moved_groups = []
         for group in optimizer.param_groups:
             moved = [p for p in group["params"] if id(p) in heads]
