@@ -5,8 +5,9 @@ around the DCNv3 layer. Attribute names (conv, dcnv3, bn, act; cv1, cv2, m, c, a
 community forks', so their pickled modules are instances of these classes once loaded.
 
 parse_model in ultralytics scales a layer's channels and repeats only for blocks in its own
-tables (``m in base_modules``). While ``dcnv3.yolo`` runs parse_model, ``_ParsedAs`` makes
-each block compare equal to its stock twin (C2f, Bottleneck, Conv), so the stock tables apply
+tables (``m in base_modules``). While ``dcnv3.yolo`` runs parse_model, the metaclass
+``ParsedAsStockTwin`` (which the DCNv2 and DCNv4 blocks use too) makes each block compare
+equal to its stock twin (C2f, Bottleneck, Conv), so the stock tables apply
 to it unchanged, without editing ultralytics. Identity (``is``) and ``isinstance`` tell the
 classes apart throughout, and outside parse_model they are simply different classes.
 """
@@ -23,7 +24,7 @@ from ultralytics.nn.modules.conv import Conv, autopad
 from .module import DCNv3
 
 __all__ = ["DCNV3_YoLo", "Bottleneck_DCNv3", "C2f_DCNv3", "C3k_DCNv3", "C3k2_DCNv3", "BLOCK_ALIASES",
-           "auto_group", "parsed_as_stock_twins", "with_stock_scale_rules", "CHANNELS_PER_GROUP"]
+           "ParsedAsStockTwin", "auto_group", "parsed_as_stock_twins", "with_stock_scale_rules", "CHANNELS_PER_GROUP"]
 
 # InternImage uses 16 channels per DCNv3 group.
 CHANNELS_PER_GROUP = 16
@@ -51,7 +52,7 @@ def parsed_as_stock_twins():
         _parsing.active = previous
 
 
-class _ParsedAs(type):
+class ParsedAsStockTwin(type):
     """Metaclass: during ``parsed_as_stock_twins()``, the class equals ``_parsed_as``, the stock
     block it extends. It always hashes like it (a harmless collision elsewhere), because a
     hash must not change over an object's life; equality outside parsing is identity."""
@@ -66,7 +67,7 @@ class _ParsedAs(type):
         return hash(twin) if twin is not None else type.__hash__(cls)
 
 
-class DCNV3_YoLo(nn.Module, metaclass=_ParsedAs):  # noqa: N801 - the seed article's name
+class DCNV3_YoLo(nn.Module, metaclass=ParsedAsStockTwin):  # noqa: N801 - the seed article's name
     """1x1 Conv stem -> DCNv3 (channels-last) -> BatchNorm -> activation.
 
     Args:
@@ -121,7 +122,7 @@ class DCNV3_YoLo(nn.Module, metaclass=_ParsedAs):  # noqa: N801 - the seed artic
         del self.bn
 
 
-class Bottleneck_DCNv3(nn.Module, metaclass=_ParsedAs):  # noqa: N801 - the forks' name
+class Bottleneck_DCNv3(nn.Module, metaclass=ParsedAsStockTwin):  # noqa: N801 - the forks' name
     """Bottleneck whose second conv is DCNV3_YoLo: Conv(k[0]) -> DCNV3_YoLo(k[1]) (+ shortcut).
 
     ``g`` is the DCNv3 group count (0: auto), as the forks pass it; ``stem`` is DCNV3_YoLo's
@@ -143,7 +144,7 @@ class Bottleneck_DCNv3(nn.Module, metaclass=_ParsedAs):  # noqa: N801 - the fork
         return x + self.cv2(self.cv1(x)) if self.add else self.cv2(self.cv1(x))
 
 
-class C2f_DCNv3(C2f, metaclass=_ParsedAs):  # noqa: N801 - the forks' name
+class C2f_DCNv3(C2f, metaclass=ParsedAsStockTwin):  # noqa: N801 - the forks' name
     """C2f whose bottlenecks are Bottleneck_DCNv3 (forward and forward_split are C2f's).
 
     Args as C2f: (c1, c2, n, shortcut, g, e) with ``g`` the DCNv3 group count of every
@@ -163,7 +164,7 @@ class C2f_DCNv3(C2f, metaclass=_ParsedAs):  # noqa: N801 - the forks' name
                                for _ in range(n))
 
 
-class C3k_DCNv3(C3k, metaclass=_ParsedAs):  # noqa: N801 - the forks' name
+class C3k_DCNv3(C3k, metaclass=ParsedAsStockTwin):  # noqa: N801 - the forks' name
     """C3k whose bottlenecks are Bottleneck_DCNv3 with k x k convolutions (forward is C3's).
 
     Args: (c1, c2, n, shortcut, g, e, k) as the forks' C3k_DCNv3 (shortcut defaults to False
@@ -186,7 +187,7 @@ class C3k_DCNv3(C3k, metaclass=_ParsedAs):  # noqa: N801 - the forks' name
                                  for _ in range(n)))
 
 
-class C3k2_DCNv3(C3k2, metaclass=_ParsedAs):  # noqa: N801 - the forks' name
+class C3k2_DCNv3(C3k2, metaclass=ParsedAsStockTwin):  # noqa: N801 - the forks' name
     """C3k2 whose inner blocks hold DCNv3: C3k_DCNv3 (c3k=True) or Bottleneck_DCNv3.
 
     Args: (c1, c2, n, c3k, e, g, shortcut) as the forks' C3k2_DCNv3 (stock C3k2 of ultralytics
@@ -222,9 +223,9 @@ BLOCK_ALIASES = {
 }
 
 
-def with_stock_scale_rules(model_dict: dict) -> dict:
+def with_stock_scale_rules(model_dict: dict, aliases: dict | None = None) -> dict:
     """A model dict (a parsed model YAML) whose C3k2 twins' lines carry what parse_model gives
-    C3k2 itself by identity (``m is C3k2``), which ``_ParsedAs`` cannot reach: at scales m, l
+    C3k2 itself by identity (``m is C3k2``), which ``ParsedAsStockTwin`` cannot reach: at scales m, l
     and x, c3k=True (the YAML's second argument; stock does ``args[3:4] = [True]`` after
     inserting c1 and the repeats). At other scales the dict itself; at m, l, x a copy with those
     lines rewritten and every other line as it was. The input is never modified.
@@ -232,7 +233,11 @@ def with_stock_scale_rules(model_dict: dict) -> dict:
     The other identity rule there, ``legacy = False`` for the Detect head once a C3k2 is seen,
     comes from the stock C3k2 layers that the YOLO11 / YOLO26 YAMLs keep (layer 2 and the head);
     a YAML whose only C3k2-shaped layers are twins would get the legacy (YOLOv8) head.
+
+    ``aliases``: YAML name -> block class (default: this module's ``BLOCK_ALIASES``; ``dcnv3.yolo``
+    passes the DCNv2 and DCNv4 blocks' too).
     """
+    aliases = BLOCK_ALIASES if aliases is None else aliases
     scales, scale = model_dict.get("scales"), model_dict.get("scale")
     if scales and not scale:
         scale = next(iter(scales))  # parse_model's own fallback
@@ -242,7 +247,7 @@ def with_stock_scale_rules(model_dict: dict) -> dict:
     for part in ("backbone", "head"):
         lines = []
         for line in model_dict.get(part) or []:
-            if len(line) == 4 and getattr(BLOCK_ALIASES.get(line[2]), "_parsed_as", None) is C3k2:
+            if len(line) == 4 and getattr(aliases.get(line[2]), "_parsed_as", None) is C3k2:
                 args = list(line[3])
                 args[1:2] = [True]  # also supplies c3k when the YAML omits it
                 line = [line[0], line[1], line[2], args]

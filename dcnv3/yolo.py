@@ -31,12 +31,18 @@ from pathlib import Path
 import torch
 
 __all__ = ["register", "unregister", "registered", "is_registered", "prepare_runtime", "model_yaml",
-           "MODEL_YAMLS", "MODEL_FAMILIES", "TESTED_ULTRALYTICS", "cpu_cores", "keep_freed_memory"]
+           "MODEL_YAMLS", "MODEL_FAMILIES", "OPERATOR_FAMILIES", "BLOCK_MODULES", "block_aliases",
+           "TESTED_ULTRALYTICS", "cpu_cores", "keep_freed_memory"]
 
 CFG_DIR = Path(__file__).parent / "cfg"
 MODEL_YAMLS = {path.name: path for path in CFG_DIR.glob("*.yaml")}
 # The ultralytics families with a shipped DCNv3 YAML (``dcnv3-{family}.yaml``), oldest first.
 MODEL_FAMILIES = ("yolov8", "yolo11", "yolo26")
+# The deformable operators with shipped YAMLs (``{operator}-{family}.yaml``) and their families:
+# DCNv2 and DCNv4 at the same places as DCNv3, for YOLOv8 and YOLO11.
+OPERATOR_FAMILIES = {"dcnv3": MODEL_FAMILIES, "dcnv2": ("yolov8", "yolo11"), "dcnv4": ("yolov8", "yolo11")}
+# The modules whose ``BLOCK_ALIASES`` (YAML / fork name -> block class) register() installs.
+BLOCK_MODULES = ("dcnv3.blocks",)
 # ultralytics' internals (parse_model's tables, checkpoint layout) move between minor releases.
 TESTED_ULTRALYTICS = ((8, 4, 190), (8, 5, 0))  # [first tested, first untested)
 
@@ -71,20 +77,24 @@ def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 <
     return bool(mallopt(m_mmap_threshold, int(mmap_threshold)) and mallopt(m_trim_threshold, int(trim_threshold)))
 
 
-def model_yaml(scale: str = "n", neck: bool = False, family: str = "yolov8") -> str:
-    """Name of a shipped model YAML for a scale (n, s, m, l, x) of a family in ``MODEL_FAMILIES``,
-    e.g. for ``YOLO(model_yaml("s", family="yolo11"))``. ``neck`` (DCNv3 in the neck's C2f
-    layers too) exists for yolov8 only.
+def model_yaml(scale: str = "n", neck: bool = False, family: str = "yolov8", operator: str = "dcnv3") -> str:
+    """Name of a shipped model YAML for a scale (n, s, m, l, x) of a family, with a deformable
+    ``operator`` (a key of ``OPERATOR_FAMILIES``: "dcnv3", "dcnv2", "dcnv4"), e.g. for
+    ``YOLO(model_yaml("s", family="yolo11"))``. ``neck`` (DCNv3 in the neck's C2f layers too)
+    exists for DCNv3 on yolov8 only.
 
     The file name carries the scale (``dcnv3-yolo11s.yaml``), which is how ultralytics picks it.
     """
     if scale not in "nsmlx" or len(scale) != 1:
         raise ValueError(f"scale must be one of n, s, m, l, x; got {scale!r}")
-    if family not in MODEL_FAMILIES:
-        raise ValueError(f"family must be one of {', '.join(MODEL_FAMILIES)}; got {family!r}")
-    if neck and family != "yolov8":
-        raise ValueError(f"the DCNv3-in-the-neck variant is shipped for yolov8 only, not {family}")
-    return f"dcnv3-{'neck-' if neck else ''}{family}{scale}.yaml"
+    if operator not in OPERATOR_FAMILIES:
+        raise ValueError(f"operator must be one of {', '.join(OPERATOR_FAMILIES)}; got {operator!r}")
+    families = OPERATOR_FAMILIES[operator]
+    if family not in families:
+        raise ValueError(f"family must be one of {', '.join(families)} for {operator}; got {family!r}")
+    if neck and (family, operator) != ("yolov8", "dcnv3"):
+        raise ValueError(f"the in-the-neck variant is shipped for dcnv3 on yolov8 only, not {operator} on {family}")
+    return f"{operator}-{'neck-' if neck else ''}{family}{scale}.yaml"
 
 
 def _check_version(version: str) -> None:
@@ -207,16 +217,27 @@ def registered(safe_loading: bool | None = None):
                 _patches.safe_loading = previous
 
 
+def block_aliases() -> dict:
+    """YAML / fork name -> block class, over every module in ``BLOCK_MODULES`` (imports them)."""
+    import importlib
+
+    aliases = {}
+    for module_name in BLOCK_MODULES:
+        aliases.update(importlib.import_module(module_name).BLOCK_ALIASES)
+    return aliases
+
+
 def _install() -> _Patches:
     import ultralytics
     from ultralytics.nn import tasks
 
     _check_version(ultralytics.__version__)
     from . import checkpoints
-    from .blocks import BLOCK_ALIASES, DCNV3_YoLo, parsed_as_stock_twins, with_stock_scale_rules
+    from .blocks import DCNV3_YoLo, parsed_as_stock_twins, with_stock_scale_rules
 
     patches = _Patches()
-    for name, cls in BLOCK_ALIASES.items():
+    aliases = block_aliases()
+    for name, cls in aliases.items():
         patches.set(tasks, name, cls)  # parse_model looks YAML names up in its module's globals
 
     stock_parse_model = tasks.parse_model
@@ -224,7 +245,7 @@ def _install() -> _Patches:
     @functools.wraps(stock_parse_model)
     def parse_model(model_dict, *args, **kwargs):
         with parsed_as_stock_twins():  # width/depth scaling and repeats as for C3k2, C2f, Conv, ...
-            return stock_parse_model(with_stock_scale_rules(model_dict), *args, **kwargs)
+            return stock_parse_model(with_stock_scale_rules(model_dict, aliases), *args, **kwargs)
 
     stock_check_yaml = tasks.check_yaml
 
