@@ -125,10 +125,11 @@ LAYERS = {
         "dcnv3.sampling_hooks"},
     1: {"dcnv3.geometry", "dcnv3.stats", "dcnv3.fields", "dcnv3.trace", "dcnv3.overlay", "dcnv3.video_io",
         "dcnv3.track_stats", "dcnv3.video_overlay", "dcnv3.data", "dcnv3.data.backgrounds",
-        "dcnv3.data.generator", "dcnv3.data.shapes"},
+        "dcnv3.data.generator", "dcnv3.data.shapes", "dcnv3.lesson_data"},
     2: {"dcnv3.yolo", "dcnv3.blocks", "dcnv3.checkpoints", "dcnv3.fork_layouts", "dcnv3.loading",
         "dcnv3.training"},
-    3: {"dcnv3.probe", "dcnv3.receptive_field", "dcnv3.analysis", "dcnv3.tracking", "dcnv3.video"},
+    3: {"dcnv3.probe", "dcnv3.receptive_field", "dcnv3.analysis", "dcnv3.tracking", "dcnv3.video",
+        "dcnv3.lesson", "dcnv3.lesson_train", "dcnv3.lesson_measure", "dcnv3.lesson_watch"},
     4: {"dcnv3.cli", "dcnv3.__main__"},
     5: "viz_app",  # every viz_app module
     6: {"app"},
@@ -142,7 +143,7 @@ FORBIDDEN = {0: {"ultralytics", "gradio", "plotly", "cv2", "viz_app"},
 GRADIO_FREE_UI = {"viz_app.render", "viz_app.figure_spec", "viz_app.health", "viz_app.exports",
                   "viz_app.receptive", "viz_app.video_render", "viz_app.cache", "viz_app.view_state",
                   "viz_app.files", "viz_app.images", "viz_app.analyser", "viz_app.context", "viz_app.toy",
-                  "viz_app.retention"}
+                  "viz_app.retention", "viz_app.lesson_view"}
 
 
 def layer_of(name: str) -> int | None:
