@@ -33,6 +33,7 @@ QUICK_ARGS = {
     "app": ["--repeats", "2"],
     "video": ["--frames", "6", "--rounds", "1"],
     "toy": ["--moves", "3", "--fields", "0"],
+    "lesson": ["--iterations", "20"],
 }
 
 
