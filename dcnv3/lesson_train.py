@@ -1,6 +1,6 @@
 """Training of the lesson network and its plain twin: the loss, the loop, and the bundled recipe.
 
-    python -m dcnv3.lesson_train                      # both, into assets/models/lesson/ (~15 min, 2 cores)
+    python -m dcnv3.lesson_train                      # both, into assets/models/lesson/ (~19 min, 2 cores)
     python -m dcnv3.lesson_train --steps 50 --out /tmp/lesson   # a quick try
 
 Scenes come fresh from ``dcnv3.lesson_data`` (seed 0, split "train"; the measurements use
@@ -29,7 +29,7 @@ __all__ = ["lesson_loss", "target_tensors", "make_optimizer", "train_lesson", "m
 
 OFFSET_LR_FACTOR = 10.0
 TRAIN_SEED = 0
-BUNDLED_STEPS = 800
+BUNDLED_STEPS = 1100
 BATCH = 16
 BASE_LR = 1.5e-3
 EXTENT_WEIGHT = 2.0  # the extent is what asks the sampling to reach the shape's edges
@@ -121,7 +121,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(BUNDLED_LESSON_DIR), help="folder for lesson-dcnv3.pt and lesson-plain.pt")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=("dcnv3", "plain"), default=None)
-    parser.add_argument("--axis-head", action="store_true", help="also regress the bars' axis (cos 2a, sin 2a)")
+    parser.add_argument("--no-axis-head", dest="axis_head", action="store_false",
+                        help="leave out the head's bar-axis output (cos 2a, sin 2a); the bundled networks have it")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)

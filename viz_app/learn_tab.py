@@ -70,7 +70,7 @@ LESSON_MODEL_TEXT = r"""
 
 Three residual DCNv3 layers ($C = 32$, $G = 2$) on one stride-4 grid, no feature pyramid, trained to
 predict at each shape's centre cell its objectness, class and extent, on generated shapes of 8-150 px
-at every orientation (`python -m dcnv3.lesson_train`; its card: `assets/models/lesson/LESSON_CARD.md`). To
+at every orientation (`python -m dcnv3.lesson_train`, about 13 minutes; its card: `assets/models/lesson/LESSON_CARD.md`). To
 measure a large shape from its centre the deepest layer must reach its edges, so its samples spread
 as the shape grows. **Scale the shape**: the dots spread and the red diamond climbs the curve.
 """
