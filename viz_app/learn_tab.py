@@ -130,7 +130,7 @@ def _watch_message(snapshot, iterations: int, first) -> str:
 
 
 def _lesson_controls(prefix: str, scale_range: tuple[int, int, int], side: int):
-    """Shape, scale, rotation, x, y and background controls, elem ids ``{prefix}-...``."""
+    """Shape, scale, rotation, x, y and background controls by name, elem ids ``{prefix}-<name>``."""
     shape_class = gr.Dropdown([(name, n) for n, name in enumerate(CLASS_NAMES)], value=0, label="Shape",
                               elem_id=f"{prefix}-class")
     size = gr.Slider(*scale_range[:2], scale_range[2], step=2, label="Scale (px)", elem_id=f"{prefix}-scale")
@@ -138,7 +138,8 @@ def _lesson_controls(prefix: str, scale_range: tuple[int, int, int], side: int):
     x = gr.Slider(0, side, side / 2, step=4, label="x (px)", elem_id=f"{prefix}-x")
     y = gr.Slider(0, side, side / 2, step=4, label="y (px)", elem_id=f"{prefix}-y")
     seed = gr.Slider(0, 29, 8, step=1, label="Background (generator seed)", elem_id=f"{prefix}-seed")
-    return shape_class, size, angle, x, y, seed
+    # In the lesson handler's argument order (a list of components, not a handler's answer).
+    return {"class": shape_class, "scale": size, "rotate": angle, "x": x, "y": y, "seed": seed}
 
 
 def build(ctx: AppContext) -> None:
@@ -253,7 +254,7 @@ def build(ctx: AppContext) -> None:
         return json.loads(json.dumps({"seed": seed_value, "iterations": iterations, "started": started,
                                       "finished": time.time(), "snapshots": rows}))
 
-    lesson_controls = list(lesson_inputs)
+    lesson_controls = list(lesson_inputs.values())
     gr.on([tab.select, *(c.input for c in lesson_controls)], lesson_update, lesson_controls,
           [lesson_picture, lesson_plot, lesson_info], **private)
     controls = [shape_class, size, angle, x, y, layer, seed]
