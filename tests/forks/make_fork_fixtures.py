@@ -83,7 +83,7 @@ CFG = Path(ultralytics.__file__).parent / "cfg" / "models"
 # 1. The forks' code at the forks' module paths
 # ---------------------------------------------------------------------------------------------
 
-def _package(name: str, directory: Path) -> types.ModuleType:
+def package_module(name: str, directory: Path) -> types.ModuleType:
     """A package module ``name`` whose submodules are imported from ``directory``, without
     running its ``__init__.py`` (the forks' extra_modules/__init__ imports every module)."""
     package = types.ModuleType(name)
@@ -110,7 +110,7 @@ def _pure_pytorch_core(functions_module) -> None:
     return ReferenceFunction
 
 
-def _exec_classes(source_file: Path, class_names: list[str], module: types.ModuleType) -> None:
+def exec_fork_classes(source_file: Path, class_names: list[str], module: types.ModuleType) -> None:
     """Execute the fork's definitions of ``class_names`` from ``source_file`` in ``module``."""
     source = source_file.read_text(encoding="utf-8")
     tree = ast.parse(source)
@@ -142,7 +142,7 @@ def load_extra_modules(checkout: Path) -> dict:
     in extra_modules/block.py."""
     stub_cuda_extension()
     fork = checkout / "ultralytics" / "nn" / "extra_modules"
-    _package("ultralytics.nn.extra_modules", fork)
+    package_module("ultralytics.nn.extra_modules", fork)
     functions = importlib.import_module("ultralytics.nn.extra_modules.ops_dcnv3.functions")
     dcnv3_module = importlib.import_module("ultralytics.nn.extra_modules.ops_dcnv3.modules.dcnv3")
     dcnv3_module.DCNv3Function = _pure_pytorch_core(functions)
@@ -159,7 +159,7 @@ def load_extra_modules(checkout: Path) -> dict:
     source = (fork / "block.py").read_text(encoding="utf-8")
     names = [n for n in ("DCNV3_YOLO", "Bottleneck_DCNV3", "C2f_DCNv3", "C3k_DCNv3", "C3k2_DCNv3")
              if f"class {n}(" in source]
-    _exec_classes(fork / "block.py", names, block)
+    exec_fork_classes(fork / "block.py", names, block)
     return {name: getattr(block, name) for name in names}
 
 
@@ -178,7 +178,7 @@ def small_model(family: str) -> DetectionModel:
     return DetectionModel(config, verbose=False)
 
 
-def _install(model: DetectionModel, index: int, block: nn.Module, yaml_name: str) -> None:
+def install_layer(model: DetectionModel, index: int, block: nn.Module, yaml_name: str) -> None:
     """Put ``block`` at ``model.model[index]`` with the bookkeeping parse_model gives a layer."""
     old = model.model[index]
     block.i, block.f = old.i, old.f
@@ -204,7 +204,7 @@ def with_fork_blocks(family: str, classes: dict, container: str) -> DetectionMod
             block = classes["C3k2_DCNv3"](c1, c2, n, c3k, e, 1, shortcut)
         else:
             block = classes["C2f"](c1, c2, n, shortcut, 1, e)
-        _install(model, index, block, type(block).__name__)
+        install_layer(model, index, block, type(block).__name__)
     initialize_weights(model)  # as DetectionModel.__init__ does after parse_model: BN eps 1e-3
     return model
 
