@@ -7,6 +7,8 @@ side, in the style of ``torchvision.ops``:
 * ``dcnv3_core(input, offset, mask, ...)``: the functional op (shapes in its docstring);
 * ``DCNv3``: the thin module (InternImage's constructor and parameter names);
 * ``dcnv4_core(input, offset_mask, ...)`` / ``DCNv4``: DCNv4 (OpenGVLab) on the same core, any device;
+* ``DCNv2``: modulated deformable convolution on ``torchvision.ops.deform_conv2d`` (``dcnv3.dcnv2``;
+  imported on first access, so that ``import dcnv3`` does not import torchvision);
 * ``set_default_formulation(name)`` / ``with formulation(name):``: which formulation the op runs;
 * ``capture(model)``: what every deformable module (DCNv3, DCNv4, DCNv2) of a model sampled with in
   a forward, in one layout (``dcnv3.sampling_hooks``); ``override_sampling(modules)``: make them
@@ -28,7 +30,15 @@ from .module import DCNv3, DCNv3_pytorch
 from .ops import dcnv3_core, default_formulation, formulation, set_default_formulation
 from .sampling_hooks import WEIGHT_KINDS, override_sampling
 
-__all__ = ["DCNv3", "DCNv3_pytorch", "dcnv3_core", "DCNv4", "dcnv4_core", "set_default_formulation",
+__all__ = ["DCNv3", "DCNv3_pytorch", "dcnv3_core", "DCNv4", "dcnv4_core", "DCNv2", "set_default_formulation",
            "default_formulation", "formulation", "capture", "CapturedLayer", "dcnv3_modules",
            "deformable_modules", "override_sampling", "WEIGHT_KINDS"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # DCNv2 runs on torchvision: import it (and torchvision) only when it is asked for.
+    if name == "DCNv2":
+        from .dcnv2 import DCNv2
+        return DCNv2
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
