@@ -1,4 +1,4 @@
-"""``python -m dcnv3``: train, validate, predict, inspect, analyze, export and generate data.
+"""``python -m dcnv3``: train, validate, predict, inspect, ablate, analyze, export and generate data.
 
 Every command takes ``--help``. Checkpoints are always loaded through ``dcnv3.loading.load_model`` (no
 code from the file runs); bad input ends with a one-line ``error:`` message and exit status 2.
@@ -157,6 +157,43 @@ def cmd_inspect(args) -> None:
     print(f"wrote {out_dir}")
 
 
+def cmd_ablate(args) -> None:
+    """Every deformable layer's offsets on the regular grid, then its weights uniform, then all layers
+    (``dcnv3.ablation``), over an image or a folder: a table per variant, optionally JSON."""
+    import json
+    import math
+
+    from .ablation import ablate_folder
+    from .loading import load_model, train_imgsz
+
+    model = load_model(args.model)
+    imgsz = args.imgsz or train_imgsz(model)  # as inspect and the app: the size the model was trained at
+    images = _images(Path(args.source))
+    if not images:
+        raise ValueError(f"{args.source}: no images in it")
+    print(f"{Path(args.model).name} at imgsz {imgsz}, conf {args.conf}, iou {args.iou}; detections matched "
+          f"by IoU >= {args.match_iou} within a class (greedy, highest IoU first)")
+
+    def progress(name, result):
+        print(f"{name}: {len(result.baseline)} detections, {len(result.results)} variants", flush=True)
+
+    result = ablate_folder(model, images, imgsz=imgsz, conf=args.conf, iou=args.iou, match_iou=args.match_iou,
+                           on_image=progress)
+    rows = result.rows()
+    width = max(len(row["variant"]) for row in rows)
+    print(f"{'variant':<{width}}  baseline  kept  lost  gained  mean IoU  mean score change  images changed")
+    for row in rows:
+        mean_iou = "-" if math.isnan(row["mean_iou"]) else f"{row['mean_iou']:.3f}"
+        change = "-" if math.isnan(row["mean_score_change"]) else f"{row['mean_score_change']:+.3f}"
+        print(f"{row['variant']:<{width}}  {row['baseline']:>8}  {row['kept']:>4}  {row['lost']:>4}  "
+              f"{row['gained']:>6}  {mean_iou:>8}  {change:>17}  {row['images_changed']:>6} of {row['images']}")
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"model": Path(args.model).name, "imgsz": imgsz, **result.as_dict()}, indent=1))
+        print(f"wrote {out}")
+
+
 def cmd_export(args) -> None:
     import numpy as np
     import torch
@@ -312,6 +349,17 @@ def build_parser() -> argparse.ArgumentParser:
     video_options.add_argument("--tracker", default=video.TRACKERS[0], choices=list(video.TRACKERS))
     sub.set_defaults(imgsz=None)  # images and videos: the checkpoint's training size, else 640
     sub.set_defaults(func=cmd_inspect)
+
+    sub = commands.add_parser("ablate", help="does the model use its deformation? rerun it with each deformable "
+                                             "layer's offsets on the regular grid, or its weights uniform, then "
+                                             "all layers: detections kept, lost and gained")
+    common(sub, thresholds=True)
+    sub.add_argument("--source", required=True, help="image or folder of images")
+    sub.add_argument("--match-iou", type=float, default=0.5,
+                     help="a rerun's box is the same detection at this IoU or more, same class")
+    sub.add_argument("--json", default=None, help="write the per-variant summary and per-image results here")
+    sub.set_defaults(imgsz=None)  # the checkpoint's training size, else 640
+    sub.set_defaults(func=cmd_ablate)
 
     sub = commands.add_parser("export", help="export to ONNX through ultralytics' exporter and check "
                                              "the result in onnxruntime against PyTorch")

@@ -1,7 +1,7 @@
 """dcnv3.ablation: the matching rule on made-up boxes; a model with zero offsets and uniform weights
 is unchanged by either override; on the bundled model every number matches an independent rerun
 (a fresh copy with that layer's DCNv3 ``offset`` (or ``mask``) Linear zeroed, run by YOLO.predict,
-matched here with plain numpy); the folder summary."""
+matched here with plain numpy); the folder summary; the CLI's table and JSON."""
 import json
 import math
 
@@ -13,7 +13,8 @@ from dcnv3.ablation import (ALL_LAYERS, Variant, ablate, ablate_folder, default_
 from dcnv3.loading import load_model
 from dcnv3.probe import Detections
 
-from repo_paths import BUNDLED_DCNV3, EXAMPLES
+from repo_paths import BUNDLED_DCNV3, BUNDLED_PLAIN, EXAMPLES
+from test_cli import cli
 
 SHAPES = EXAMPLES / "shapes_0.jpg"  # the bundled model finds 2 shapes in it at its training size, 320
 IMGSZ = 320
@@ -146,3 +147,20 @@ def test_folder_summary_sums_the_images(bundled_dcnv3, bundled_result, tmp_path)
     assert summary.mean_iou == pytest.approx(float(ious.mean()))
     assert first.kept == bundled_result.results[0].kept  # the same image gives the same numbers
     assert json.loads(json.dumps(folder.as_dict()))["variants"][0]["kept"] == summary.kept
+
+
+def test_cli_ablate_prints_the_table_and_writes_json(bundled_result, tmp_path):
+    out = tmp_path / "ablation.json"
+    result = cli("ablate", "--model", BUNDLED_DCNV3, "--source", SHAPES, "--json", out)
+    assert "all layers · grid" in result.stdout and f"imgsz {IMGSZ}" in result.stdout  # the training size
+    payload = json.loads(out.read_text())
+    rows = {row["variant"]: row for row in payload["variants"]}
+    assert len(rows) == 2 * 5 + 2
+    for expected in bundled_result.results:
+        row = rows[expected.variant.name]
+        assert (row["kept"], row["lost"], row["gained"]) == (expected.kept, expected.lost, expected.gained)
+        assert row["mean_iou"] == pytest.approx(expected.mean_iou, abs=1e-4)
+    image = payload["images"]["shapes_0.jpg"]
+    assert len(image["baseline"]) == 2 and image["match_iou"] == 0.5
+    refused = cli("ablate", "--model", BUNDLED_PLAIN, "--source", SHAPES, check=False)
+    assert refused.returncode == 2 and "no deformable" in refused.stderr
