@@ -42,7 +42,7 @@ MODEL_FAMILIES = ("yolov8", "yolo11", "yolo26")
 # DCNv2 and DCNv4 at the same places as DCNv3, for YOLOv8 and YOLO11.
 OPERATOR_FAMILIES = {"dcnv3": MODEL_FAMILIES, "dcnv2": ("yolov8", "yolo11"), "dcnv4": ("yolov8", "yolo11")}
 # The modules whose ``BLOCK_ALIASES`` (YAML / fork name -> block class) register() installs.
-BLOCK_MODULES = ("dcnv3.blocks", "dcnv3.blocks_dcnv4")
+BLOCK_MODULES = ("dcnv3.blocks", "dcnv3.blocks_dcnv4", "dcnv3.blocks_dcnv2")
 # ultralytics' internals (parse_model's tables, checkpoint layout) move between minor releases.
 TESTED_ULTRALYTICS = ((8, 4, 190), (8, 5, 0))  # [first tested, first untested)
 
