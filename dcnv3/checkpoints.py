@@ -73,6 +73,10 @@ _CALLABLES = {
 _RENAMED = {("pathlib", "WindowsPath"): ("pathlib", "PosixPath"),
             ("pathlib", "PureWindowsPath"): ("pathlib", "PurePosixPath")}
 _MODULE_PACKAGES = ("torch.nn.modules", "ultralytics.", "dcnv3.")
+# Packages outside ultralytics whose module classes forks pickle (DCNv4's, installed from its
+# DCNv4_op folder: ``DCNv4.modules.dcnv4.DCNv4``): always placeholders, recognised by structure
+# like a fork's ultralytics classes; their code (a CUDA-only extension) is never looked up.
+_FORK_ONLY_PACKAGES = ("DCNv4.",)
 
 # Bounds on what an allowed callable may build. A real checkpoint never calls range, bytes or
 # bytearray with more than a handful of items (its data sits in tensor storages, bounded by the
@@ -201,6 +205,11 @@ def _resolve(module_name: str, name: str):
     cls = _USER_GLOBALS.get((module_name, name))
     if cls is not None and not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         return cls  # the user allowed this callable as it is
+    if cls is None and module_name.startswith(_FORK_ONLY_PACKAGES):
+        try:
+            cls = fork_placeholder(module_name, name)
+        except UnknownLayoutError as error:
+            raise UnsafeCheckpointError(str(error)) from None
     if cls is None and module_name.startswith(_MODULE_PACKAGES):
         # Only modules already imported (ultralytics' by the loader): a module is never imported
         # for the file. What stock ultralytics lacks under its name is a fork's class: a

@@ -21,17 +21,25 @@ DCNv3 operator         ``offset``, ``mask``, ``input_proj``, ``output_proj``    
 DCNv3 block            ``dcnv3`` (an operator above), ``bn``, an activation          ``DCNV3_YoLo``
                        (``act`` or ``gelu``), an optional 1x1 Conv stem
                        (``conv`` or ``stem_conv``)
-Bottleneck             ``cv1`` (Conv), ``cv2`` (a DCNv3 block), ``add``              ``Bottleneck_DCNv3``
-C3 / C3k               ``cv1``, ``cv2``, ``cv3`` (Convs), ``m`` (Sequential of       ``C3k_DCNv3``
-                       DCNv3 bottlenecks)
-C2f / C3k2             ``cv1``, ``cv2`` (Convs), ``c``, ``m`` (ModuleList of DCNv3   ``C2f_DCNv3`` /
-                       bottlenecks or C3k)                                          ``C3k2_DCNv3``
+DCNv4 operator         ``offset_mask`` Linear(C, G*3P rounded up to 8),            ``DCNv4``
+                       ``value_proj`` / ``output_proj`` Linear(C, C) unless
+                       ``without_pointwise``, ``offset_mask_dw`` (depthwise
+                       Conv2d) iff ``dw_kernel_size``; stride 1 with centred pad
+DCNv4 block            ``dcnv4`` (a DCNv4), ``bn``, ``act``, an optional 1x1 Conv   ``DCNV4_YOLO``
+                       stem ``stem_conv``
+Bottleneck             ``cv1`` (Conv), ``cv2`` (a DCNv3 or DCNv4 block), ``add``     ``Bottleneck_DCNv3``
+                                                                                  / ``_DCNV4``
+C3 / C3k               ``cv1``, ``cv2``, ``cv3`` (Convs), ``m`` (Sequential of       ``C3k_DCNv3`` /
+                       one operator's bottlenecks)                                  ``C3k_DCNv4``
+C2f / C3k2             ``cv1``, ``cv2`` (Convs), ``c``, ``m`` (ModuleList of one     ``C2f_`` /
+                       operator's bottlenecks or C3k)                               ``C3k2_DCNv3|v4``
 =====================  =========================================================  ==================
 
 plus InternImage's stateless helpers (``to_channels_last``, ``to_channels_first``,
 ``CenterFeatureScaleModule``), which hold nothing, so their name is all there is to go by.
-Attribute spellings are normalised onto ours (``stem_conv`` -> ``conv``, ``gelu`` -> ``act``),
-keeping the order of the children. A C2f- and a C3k2-shaped container compute the same (C2f's
+Attribute spellings are normalised onto ours (DCNv3 blocks: ``stem_conv`` -> ``conv``, ``gelu`` ->
+``act``; DCNv4 blocks keep the family's ``stem_conv``), keeping the order of the children. The
+containers take their classes from the operator of the blocks inside (``_FAMILIES``). A C2f- and a C3k2-shaped container compute the same (C2f's
 forward); it becomes ``C3k2_DCNv3`` when it holds C3k blocks or its name says C3k2.
 
 A placeholder that matches nothing is reported by ``UnknownLayoutError`` with what it holds,
@@ -40,11 +48,13 @@ and nothing of the file has run.
 from __future__ import annotations
 
 import threading
+from typing import NamedTuple
 
 from torch import nn
 from ultralytics.nn.modules.conv import Conv
 
-from . import blocks, module
+from . import blocks, blocks_dcnv4, module
+from .dcnv4 import DCNv4, offset_mask_channels
 from .module import DCNv3, DCNv3ConvDW
 
 __all__ = ["ForkModule", "fork_placeholder", "adopt_fork_modules", "UnknownLayoutError",
@@ -53,7 +63,9 @@ __all__ = ["ForkModule", "fork_placeholder", "adopt_fork_modules", "UnknownLayou
 README_SECTION = "README, 'Checkpoint layouts that load'"
 KNOWN_LAYERS = ("InternImage's DCNv3 / DCNv3_pytorch (ops v1.0 and v1.1), the extra_modules "
                 "family's DCNv3 with a Conv depthwise branch, the DCNv3 blocks around them "
-                "(DCNv3_PyTorch, DCNV3_YOLO, DCNV3_YoLo) and Bottleneck / C2f / C3 / C3k / C3k2 "
+                "(DCNv3_PyTorch, DCNV3_YOLO, DCNV3_YoLo); OpenGVLab's DCNv4 (offset_mask, value_proj, "
+                "output_proj, optional offset_mask_dw, without_pointwise) at stride 1 and the "
+                "extra_modules family's DCNV4_YOLO around it; Bottleneck / C2f / C3 / C3k / C3k2 "
                 "containers of those blocks")
 MAX_FORK_CLASSES = 1024  # distinct class names one process restores as placeholders
 
@@ -225,19 +237,142 @@ def _block(candidate: nn.Module):
     return blocks.DCNV3_YoLo, None
 
 
+# --- DCNv4 (OpenGVLab/DCNv4's module, and the extra_modules family's DCNV4_YOLO around it) ---
+
+_DCNV4_CHILDREN = {"offset_mask", "value_proj", "output_proj", "offset_mask_dw", "center_feature_scale_module"}
+_DCNV4_NUMBERS = ("channels", "kernel_size", "stride", "pad", "dilation", "group", "group_channels")
+
+
+def _dcnv4_operator(candidate: nn.Module):
+    """DCNv4: an ``offset_mask`` Linear(C, G*3P padded to a multiple of 8), ``value_proj`` and
+    ``output_proj`` Linear(C, C) unless ``without_pointwise``, ``offset_mask_dw`` (depthwise
+    Conv2d) exactly when ``dw_kernel_size`` is set, the center_feature_scale projection when set."""
+    children = candidate._modules
+    state = candidate.__dict__
+    if "offset_mask" not in children or "without_pointwise" not in state:
+        return None, None
+    extra = set(children) - _DCNV4_CHILDREN
+    if extra:
+        return None, f"a DCNv4-like operator with unknown children {sorted(extra)}"
+    missing = [a for a in _DCNV4_NUMBERS if not _is_int(state.get(a))]
+    if missing or not isinstance(state.get("offset_scale"), (int, float)):
+        return None, f"a DCNv4-like operator without integer {missing or ['offset_scale']}"
+    channels, group, k = state["channels"], state["group"], state["kernel_size"]
+    remove_center = state.get("remove_center", 0)
+    dw_kernel = state.get("dw_kernel_size")
+    if not (_is_int(remove_center) or isinstance(remove_center, bool)) or not isinstance(state["without_pointwise"], bool) \
+            or not (dw_kernel is None or _is_int(dw_kernel)):
+        return None, "a DCNv4-like operator whose remove_center, without_pointwise or dw_kernel_size is malformed"
+    if min(channels, group, k, state["stride"], state["dilation"]) < 1 or channels % group \
+            or state["group_channels"] != channels // group or (remove_center and k % 2 == 0):
+        return None, f"a DCNv4-like operator with inconsistent geometry (channels {channels}, group {group}, kernel {k})"
+    if state["stride"] != 1 or state["pad"] != (state["dilation"] * (k - 1)) // 2:
+        # DCNv4 predicts offset_mask at every input pixel and its kernel reads that as the output
+        # grid: only at stride 1 with centred padding is that a convolution ours reproduces (any
+        # other pad breaks the fork's own reshape; stride 2 reads offsets of the wrong cells).
+        return None, (f"a DCNv4 of stride {state['stride']}, pad {state['pad']}, kernel {k}, dilation "
+                      f"{state['dilation']}: only stride 1 with pad (dilation*(K-1))//2 computes a DCNv4 "
+                      f"that DeformLens reproduces")
+    width = offset_mask_channels(group, k, remove_center)
+    layer = children["offset_mask"]
+    if not (isinstance(layer, nn.Linear) and layer.in_features == channels and layer.out_features == width):
+        return None, f"a DCNv4-like operator whose `offset_mask` is not Linear({channels}, {width})"
+    pointwise = {n for n in ("value_proj", "output_proj") if n in children}
+    if pointwise != (set() if state["without_pointwise"] else {"value_proj", "output_proj"}):
+        return None, f"a DCNv4-like operator (without_pointwise {state['without_pointwise']}) holding {sorted(pointwise)}"
+    for name in pointwise:
+        layer = children[name]
+        if not (isinstance(layer, nn.Linear) and layer.in_features == layer.out_features == channels):
+            return None, f"a DCNv4-like operator whose `{name}` is not Linear({channels}, {channels})"
+    if (dw_kernel is None) != ("offset_mask_dw" not in children):
+        return None, "a DCNv4-like operator whose offset_mask_dw and dw_kernel_size disagree"
+    if dw_kernel is not None:
+        dw = children["offset_mask_dw"]
+        if not (_depthwise(dw, channels) and tuple(dw.kernel_size) == (dw_kernel,) * 2
+                and tuple(dw.stride) == (1, 1) and tuple(dw.padding) == ((dw_kernel - 1) // 2,) * 2):
+            return None, f"a DCNv4-like operator whose offset_mask_dw is not a depthwise {dw_kernel}x{dw_kernel} Conv2d"
+    if state.get("center_feature_scale"):
+        weight = candidate._parameters.get("center_feature_scale_proj_weight")
+        bias = candidate._parameters.get("center_feature_scale_proj_bias")
+        if weight is None or bias is None or tuple(weight.shape) != (group, channels) \
+                or tuple(bias.shape) != (group,) \
+                or not isinstance(children.get("center_feature_scale_module"), module.CenterFeatureScaleModule):
+            return None, "a DCNv4-like operator with center_feature_scale but without its projection"
+    return DCNv4, None
+
+
+def _dcnv4_block(candidate: nn.Module):
+    """DCNV4_YOLO: ``dcnv4`` (a DCNv4), ``bn``, ``act``, an optional 1x1 Conv stem ``stem_conv``."""
+    children = candidate._modules
+    if "dcnv4" not in children:
+        return None, None
+    operator = children["dcnv4"]
+    if not isinstance(operator, DCNv4):
+        return None, f"a DCNv4 block whose `dcnv4` is an unknown `{_short(operator)}`"
+    if set(children) - {"stem_conv"} != {"dcnv4", "bn", "act"}:
+        return None, f"a DCNv4 block holding {sorted(children)} (known: dcnv4, bn, act, an optional stem_conv)"
+    bn, act = children["bn"], children["act"]
+    if not (isinstance(bn, nn.BatchNorm2d) and bn.num_features == operator.channels):
+        return None, f"a DCNv4 block whose `bn` is not BatchNorm2d({operator.channels})"
+    if not isinstance(act, _ACTIVATIONS):
+        return None, f"a DCNv4 block with an unknown activation `{_short(act)}`"
+    stem = children.get("stem_conv")
+    if stem is not None and not (isinstance(stem, Conv) and stem.conv.out_channels == operator.channels):
+        return None, f"a DCNv4 block whose stem `stem_conv` is not a Conv to {operator.channels} channels"
+    return blocks_dcnv4.DCNV4_YOLO, None
+
+
+# --- Containers, for every operator's blocks ---
+
+class _BlockFamily(NamedTuple):
+    """One operator's YOLO block classes: what a Bottleneck / C3k / C2f / C3k2 holding its block
+    becomes, and how to read the block's input channels (its stem's, else its operator's)."""
+    bottleneck: type
+    c3k: type
+    c2f: type
+    c3k2: type
+    stems: tuple[str, ...]
+    operator: str
+
+
+# Block class -> its family. Containers are adopted innermost first, so a Bottleneck sees its
+# block already adopted and a C2f its bottlenecks.
+_FAMILIES = {
+    blocks.DCNV3_YoLo: _BlockFamily(blocks.Bottleneck_DCNv3, blocks.C3k_DCNv3, blocks.C2f_DCNv3,
+                                    blocks.C3k2_DCNv3, ("conv",), "dcnv3"),
+    blocks_dcnv4.DCNV4_YOLO: _BlockFamily(blocks_dcnv4.Bottleneck_DCNV4, blocks_dcnv4.C3k_DCNv4,
+                                          blocks_dcnv4.C2f_DCNv4, blocks_dcnv4.C3k2_DCNv4, ("stem_conv",), "dcnv4"),
+}
+
+
+def _family_of(block: nn.Module) -> _BlockFamily | None:
+    """The family whose bottleneck, C3k or block ``block`` is (None for anything else)."""
+    for block_class, family in _FAMILIES.items():
+        if isinstance(block, (block_class, family.bottleneck, family.c3k)):
+            return family
+    return None
+
+
+def _block_input_channels(block: nn.Module, family: _BlockFamily) -> int:
+    for stem in family.stems:
+        if stem in block._modules:
+            return block._modules[stem].conv.in_channels
+    return block._modules[family.operator].channels
+
+
 def _bottleneck(candidate: nn.Module):
     children = candidate._modules
     if set(children) != {"cv1", "cv2"}:
         return None, None
     cv1, cv2 = children["cv1"], children["cv2"]
-    if not isinstance(cv2, blocks.DCNV3_YoLo):
+    family = _FAMILIES.get(type(cv2))
+    if family is None:
         return None, f"a Bottleneck-shaped block (cv1, cv2) with an unknown `{_short(cv2)}` child"
     if not isinstance(cv1, Conv) or not isinstance(candidate.__dict__.get("add"), bool):
         return None, "a Bottleneck-shaped block (cv1, cv2) without a Conv `cv1` or a boolean `add`"
-    inner = cv2.conv.conv.in_channels if hasattr(cv2, "conv") else cv2.dcnv3.channels
-    if cv1.conv.out_channels != inner:
+    if cv1.conv.out_channels != _block_input_channels(cv2, family):
         return None, "a Bottleneck-shaped block whose cv1 and cv2 channels differ"
-    return blocks.Bottleneck_DCNv3, None
+    return family.bottleneck, None
 
 
 def _unknown_child(candidate: nn.Module, allowed: tuple[type, ...]) -> str | None:
@@ -251,33 +386,46 @@ def _unknown_child(candidate: nn.Module, allowed: tuple[type, ...]) -> str | Non
     return None
 
 
+def _inner_family(candidate: nn.Module, kinds: tuple[str, ...]):
+    """(family, None) when every block in ``candidate.m`` is one family's ``kinds`` ("bottleneck",
+    "c3k"), else (None, what is wrong)."""
+    allowed = tuple(getattr(family, kind) for family in _FAMILIES.values() for kind in kinds)
+    unknown = _unknown_child(candidate, allowed)
+    if unknown:
+        return None, f"{unknown} child"
+    families = {_family_of(child) for child in candidate._modules["m"]}
+    if len(families) > 1:
+        return None, "blocks of different operators"
+    return families.pop(), None
+
+
 def _csp(candidate: nn.Module):
     children = candidate._modules
     if set(children) == {"cv1", "cv2", "cv3", "m"}:  # C3 / C3k: cv3(cat(m(cv1(x)), cv2(x)))
-        unknown = _unknown_child(candidate, (blocks.Bottleneck_DCNv3,))
-        if unknown or not isinstance(children["m"], nn.Sequential):
-            return None, f"a C3k-shaped container (cv1, cv2, cv3, m) with {unknown or 'a non-Sequential'} child"
+        family, wrong = _inner_family(candidate, ("bottleneck",))
+        if wrong or not isinstance(children["m"], nn.Sequential):
+            return None, f"a C3k-shaped container (cv1, cv2, cv3, m) with {wrong or 'a non-Sequential child'}"
         if not all(isinstance(children[n], Conv) for n in ("cv1", "cv2", "cv3")):
             return None, "a C3k-shaped container whose cv1 / cv2 / cv3 are not Convs"
-        return blocks.C3k_DCNv3, None
+        return family.c3k, None
     if set(children) != {"cv1", "cv2", "m"}:
         return None, None
     # C2f / C3k2: cv2(cat(split(cv1(x), c) + [m_i(...)]))
     shape = "C3k2" if "C3k2" in _short(candidate) else "C2f"
-    unknown = _unknown_child(candidate, (blocks.Bottleneck_DCNv3, blocks.C3k_DCNv3))
-    if unknown or not isinstance(children["m"], nn.ModuleList):
-        return None, f"a {shape}-shaped container (cv1, cv2, m) with {unknown or 'a non-ModuleList'} child"
+    family, wrong = _inner_family(candidate, ("bottleneck", "c3k"))
+    if wrong or not isinstance(children["m"], nn.ModuleList):
+        return None, f"a {shape}-shaped container (cv1, cv2, m) with {wrong or 'a non-ModuleList child'}"
     c, n = candidate.__dict__.get("c"), len(children["m"])
     cv1, cv2 = children["cv1"], children["cv2"]
     if not (_is_int(c) and isinstance(cv1, Conv) and isinstance(cv2, Conv)
             and cv1.conv.out_channels == 2 * c and cv2.conv.in_channels == (2 + n) * c):
         return None, f"a {shape}-shaped container whose cv1, cv2 and c do not fit {n} blocks"
-    if shape == "C3k2" or any(isinstance(child, blocks.C3k_DCNv3) for child in children["m"]):
-        return blocks.C3k2_DCNv3, None
-    return blocks.C2f_DCNv3, None
+    if shape == "C3k2" or any(isinstance(child, family.c3k) for child in children["m"]):
+        return family.c3k2, None
+    return family.c2f, None
 
 
-_SHAPES = (_operator, _block, _bottleneck, _csp)
+_SHAPES = (_operator, _block, _dcnv4_operator, _dcnv4_block, _bottleneck, _csp)
 
 
 def _adopt(candidate: nn.Module) -> str | None:
