@@ -9,13 +9,15 @@ from __future__ import annotations
 import numpy as np
 
 from . import stats
+from .weight_encoding import entropy_text
 
-__all__ = ["FIELDS", "BOUNDED_FIELDS", "field_values", "field_range"]
+__all__ = ["FIELDS", "BOUNDED_FIELDS", "field_values", "field_range", "field_title"]
 
 FIELDS = {
     "offset magnitude": "mean |offset_scale x offset| over the P points, in feature cells",
     "offset direction": "direction of the mean displacement (hue) and its length (brightness)",
-    "weight entropy": "normalised entropy of the softmax weights: 0 = one point, 1 = uniform",
+    "weight entropy": ("normalised entropy of each group's weights (softmax: the weights; sigmoid and free: "
+                       "|m| normalised per group): 0 = one point, 1 = all equal"),
     "effective dilation": "mean distance between neighbouring sampling points, in feature cells",
     "share off the image": "share of the P samples that fall outside the image",
 }
@@ -37,6 +39,14 @@ def field_values(probe, layer, field: str, group: int | None = None) -> np.ndarr
         raise ValueError(f"unknown field {field!r}; one of {list(FIELDS)}")
     values = per_group[field](record)  # (H, W, G)
     return values.mean(axis=-1) if group is None else values[..., group]
+
+
+def field_title(field: str, record) -> str:
+    """A field's name as its colour bar states it for ``record``: the unit, and for "weight
+    entropy" what the entropy is of for the record's weight kind (``weight_encoding.entropy_text``)."""
+    if field == "weight entropy":
+        return "weight " + entropy_text(record.weight_kind)
+    return field + {"offset magnitude": " (cells)", "effective dilation": " (cells)"}.get(field, "")
 
 
 def field_range(field: str, values: np.ndarray) -> tuple[float, float]:

@@ -25,9 +25,10 @@ import cv2
 import numpy as np
 
 from .geometry import cell_step
+from .weight_encoding import encode_weights
 
 __all__ = ["SUBPIXEL_BITS", "group_colours", "scale_pair", "image_to_canvas", "line_width", "point_style",
-           "blend_discs", "cells_on_canvas", "field_colours",
+           "blend_discs", "hollow_ring_width", "cells_on_canvas", "field_colours",
            "DetectionAnnotator", "RegularGridAnnotator", "OffsetArrowAnnotator", "SamplingPointAnnotator",
            "MarkerAnnotator", "CellAnnotator", "FieldAnnotator", "TraceAnnotator", "CaptionAnnotator",
            "draw_detections", "draw_samples", "draw_marker", "draw_cell"]
@@ -89,17 +90,17 @@ def _chosen(groups, num_groups: int) -> list[int]:
     return list(range(num_groups)) if groups is None else [g for g in groups if 0 <= g < num_groups]
 
 
-def point_style(weights: np.ndarray, base_radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """(radius, opacity) per point from its weight relative to the uniform 1/P.
+def point_style(weights: np.ndarray, base_radius: float, kind: str = "softmax") -> tuple[np.ndarray, np.ndarray]:
+    """(radius, opacity) per point from its weight, by the weights' kind (``dcnv3.weight_encoding``).
 
-    relative = w * P (1 = uniform): radius = base * sqrt(relative), kept in [0.4, 2.5] * base, so
-    area grows with weight; opacity = 0.25 + 0.75 * relative, capped at 1 (uniform and heavier
-    points are opaque, points that barely count fade).
+    relative = the weight on its kind's scale (softmax: w * P, 1 = uniform; sigmoid: w itself;
+    free: |m| / the group's mean |m|): radius = base * sqrt(relative), kept in [0.4, 2.5] * base,
+    so area grows with weight; opacity = 0.25 + 0.75 * relative, capped at 1 (the reference and
+    heavier points are opaque, points that barely count fade). Which points are negative (drawn
+    hollow) is ``encode_weights(...).negative``.
     """
-    relative = np.asarray(weights, dtype=np.float64) * weights.shape[-1]
-    radius = base_radius * np.clip(np.sqrt(relative), 0.4, 2.5)
-    opacity = np.clip(0.25 + 0.75 * relative, 0.25, 1.0)
-    return radius, opacity
+    encoding = encode_weights(weights, kind)
+    return base_radius * encoding.size, encoding.opacity
 
 
 @dataclass(frozen=True)
@@ -108,16 +109,20 @@ class _SampleMarks:
     samples: np.ndarray  # (G, P, 2) continuous canvas px
     radius: np.ndarray  # (G, P) disc radius, canvas px
     opacity: np.ndarray  # (G, P)
+    relative: np.ndarray  # (G, P) weight on its kind's scale: drawing order (heaviest on top)
+    negative: np.ndarray  # (G, P) bool: drawn as hollow rings
     colours: tuple  # BGR per group
     chosen: list  # the groups drawn
     unit: int  # line width
 
 
-def _sample_marks(scene: np.ndarray, locations: np.ndarray, weights: np.ndarray, groups, scale) -> _SampleMarks:
+def _sample_marks(scene: np.ndarray, locations: np.ndarray, weights: np.ndarray, groups, scale,
+                  kind: str) -> _SampleMarks:
     unit = line_width(scene)
     samples = np.asarray(locations, dtype=np.float64) * np.array(scale_pair(scale))
-    radius, opacity = point_style(weights, 4.5 * unit)
-    return _SampleMarks(samples, radius, opacity, _colour_table(len(samples)), _chosen(groups, len(samples)), unit)
+    encoding = encode_weights(weights, kind)
+    return _SampleMarks(samples, 4.5 * unit * encoding.size, encoding.opacity, encoding.relative, encoding.negative,
+                        _colour_table(len(samples)), _chosen(groups, len(samples)), unit)
 
 
 def _draw_arrows(scene: np.ndarray, regular: np.ndarray, marks: _SampleMarks, scale) -> None:
@@ -136,20 +141,44 @@ def _draw_arrows(scene: np.ndarray, regular: np.ndarray, marks: _SampleMarks, sc
         cv2.arrowedLine(scene, a, b, marks.colours[g], unit, cv2.LINE_AA, SUBPIXEL_BITS, tip)
 
 
-def _draw_points(scene: np.ndarray, weights: np.ndarray, marks: _SampleMarks) -> None:
-    """``SamplingPointAnnotator``'s drawing, from the marks: heavier points last (on top)."""
+def _draw_points(scene: np.ndarray, marks: _SampleMarks) -> None:
+    """``SamplingPointAnnotator``'s drawing, from the marks: heavier points last (on top), negative
+    ones as hollow rings."""
     points = marks.samples.shape[1]
     chosen_points = np.array([(g, p) for g in marks.chosen for p in range(points)], dtype=np.int64).reshape(-1, 2)
-    heaviest_last = np.argsort(weights[chosen_points[:, 0], chosen_points[:, 1]], kind="stable")
+    heaviest_last = np.argsort(marks.relative[chosen_points[:, 0], chosen_points[:, 1]], kind="stable")
     g_index, p_index = chosen_points[heaviest_last].T
     blend_discs(scene, marks.samples[g_index, p_index] - 0.5, marks.radius[g_index, p_index],
-                [marks.colours[g] for g in g_index.tolist()], marks.opacity[g_index, p_index], outline=(0, 0, 0))
+                [marks.colours[g] for g in g_index.tolist()], marks.opacity[g_index, p_index], outline=(0, 0, 0),
+                hollow=marks.negative[g_index, p_index])
+
+
+def hollow_ring_width(radius: float) -> int:
+    """Line width (px) of a hollow (negative-weight) ring of ``radius`` px: a third of the radius,
+    at least 2, so the ring's colour still names its group."""
+    return max(2, int(round(radius / 3)))
+
+
+def _disc(target: np.ndarray, centre, r: int, colour, outline, hollow: bool) -> None:
+    """One disc (or, ``hollow``, a ring of ``hollow_ring_width``) at fixed-point ``centre``/``r``."""
+    if not hollow:
+        cv2.circle(target, centre, r, colour, -1, cv2.LINE_AA, SUBPIXEL_BITS)
+        if outline is not None:
+            cv2.circle(target, centre, r, outline, 1, cv2.LINE_AA, SUBPIXEL_BITS)
+        return
+    width = hollow_ring_width(r / (1 << SUBPIXEL_BITS))
+    middle = max(1, r - (width << SUBPIXEL_BITS) // 2)  # the ring's outer edge is the disc's edge
+    if outline is not None:  # dark edges inside and outside: the ring reads on any background
+        cv2.circle(target, centre, middle, outline, width + 2, cv2.LINE_AA, SUBPIXEL_BITS)
+    cv2.circle(target, centre, middle, colour, width, cv2.LINE_AA, SUBPIXEL_BITS)
 
 
 def blend_discs(scene: np.ndarray, centres: np.ndarray, radii: np.ndarray, colours: list,
-                alphas: np.ndarray, outline=None) -> np.ndarray:
+                alphas: np.ndarray, outline=None, hollow: np.ndarray | None = None) -> np.ndarray:
     """Filled discs, in order (later ones on top), in place: (K, 2) centres in canvas
-    pixel-centre coordinates, (K,) radii (px) and opacities, K BGR colours, an optional outline.
+    pixel-centre coordinates, (K,) radii (px) and opacities, K BGR colours, an optional outline;
+    ``hollow`` (K,) bool draws those as rings (the outer edge at the radius, ``hollow_ring_width``
+    thick) instead: negative weights.
 
     An opaque disc is drawn straight onto the scene; a translucent one is blended over its
     bounding box only, so drawing stays cheap on large canvases. The integer geometry of all
@@ -163,20 +192,17 @@ def blend_discs(scene: np.ndarray, centres: np.ndarray, radii: np.ndarray, colou
     low = np.maximum(0, corner - reach[:, None])
     high = np.minimum([scene.shape[1], scene.shape[0]], corner + reach[:, None] + 2)
     local = np.round((centres - low) * one).astype(np.int64).tolist()
-    for centre, r, colour, alpha, (x0, y0), (x1, y1), inside in zip(
-            fixed, fixed_radii, colours, alphas.tolist(), low.tolist(), high.tolist(), local):
+    rings = [False] * len(fixed) if hollow is None else np.asarray(hollow, dtype=bool).tolist()
+    for centre, r, colour, alpha, (x0, y0), (x1, y1), inside, ring in zip(
+            fixed, fixed_radii, colours, alphas.tolist(), low.tolist(), high.tolist(), local, rings):
         if alpha >= 1.0:  # opaque: straight onto the scene
-            cv2.circle(scene, centre, r, colour, -1, cv2.LINE_AA, SUBPIXEL_BITS)
-            if outline is not None:
-                cv2.circle(scene, centre, r, outline, 1, cv2.LINE_AA, SUBPIXEL_BITS)
+            _disc(scene, centre, r, colour, outline, ring)
             continue
         if x0 >= x1 or y0 >= y1:
             continue
         roi = scene[y0:y1, x0:x1]  # only the disc's bounding box is blended
         layer = roi.copy()
-        cv2.circle(layer, inside, r, colour, -1, cv2.LINE_AA, SUBPIXEL_BITS)
-        if outline is not None:
-            cv2.circle(layer, inside, r, outline, 1, cv2.LINE_AA, SUBPIXEL_BITS)
+        _disc(layer, inside, r, colour, outline, ring)
         cv2.addWeighted(layer, alpha, roi, 1 - alpha, 0, dst=roi)
     return scene
 
@@ -274,23 +300,27 @@ class RegularGridAnnotator:
 class OffsetArrowAnnotator:
     """An arrow in the group's colour from each grid position to its sample, ending at the
     sample's disc (``SamplingPointAnnotator``'s size); samples whose disc covers the arrow get none."""
+    weight_kind: str = "softmax"  # what the weights are (dcnv3.weight_encoding): sets the disc sizes
 
     def annotate(self, scene: np.ndarray, regular: np.ndarray, locations: np.ndarray, weights: np.ndarray,
                  groups=None, scale=(1.0, 1.0)) -> np.ndarray:
         """``regular``, ``locations``: (G, P, 2) image px; ``weights``: (G, P)."""
-        _draw_arrows(scene, regular, _sample_marks(scene, locations, weights, groups, scale), scale)
+        _draw_arrows(scene, regular, _sample_marks(scene, locations, weights, groups, scale, self.weight_kind),
+                     scale)
         return scene
 
 
 @dataclass(frozen=True)
 class SamplingPointAnnotator:
     """A cell's sampling points as discs in their group's colour (``group_colours``), size and
-    opacity by weight (``point_style``), heavier points drawn last (on top)."""
+    opacity by weight for the weights' kind (``point_style``, ``dcnv3.weight_encoding``), heavier
+    points drawn last (on top); negative weights (DCNv4's "free" kind) as hollow rings."""
+    weight_kind: str = "softmax"
 
     def annotate(self, scene: np.ndarray, locations: np.ndarray, weights: np.ndarray, groups=None,
                  scale=(1.0, 1.0)) -> np.ndarray:
         """``locations``: (G, P, 2) sample positions (x, y) in image px; ``weights``: (G, P)."""
-        _draw_points(scene, weights, _sample_marks(scene, locations, weights, groups, scale))
+        _draw_points(scene, _sample_marks(scene, locations, weights, groups, scale, self.weight_kind))
         return scene
 
 
@@ -314,19 +344,19 @@ class MarkerAnnotator:
 class CellAnnotator:
     """One cell of a probed layer as every view draws it: the regular grid ghosted with arrows to
     the samples (unless ``grid`` is False), the groups' sampling points, and a cross on the cell
-    centre."""
+    centre. The points' marks follow the record's ``weight_kind`` (``dcnv3.weight_encoding``)."""
     grid: bool = True
 
     def annotate(self, scene: np.ndarray, probe, layer, cell, groups=None, scale=(1.0, 1.0)) -> np.ndarray:
         """``probe``: a ``dcnv3.probe.Probe``; ``layer``: one of its ``LayerRecord``s; ``cell``: (row, col)."""
         cell = tuple(cell)
         locations, weights = probe.sampling_locations(layer, cell), layer.weights[cell]
-        marks = _sample_marks(scene, locations, weights, groups, scale)  # shared by arrows and points
+        marks = _sample_marks(scene, locations, weights, groups, scale, layer.weight_kind)  # arrows and points
         if self.grid:
             regular = probe.regular_locations(layer, cell)
             RegularGridAnnotator().annotate(scene, regular, groups, scale)
             _draw_arrows(scene, regular, marks, scale)
-        _draw_points(scene, weights, marks)
+        _draw_points(scene, marks)
         return MarkerAnnotator().annotate(scene, probe.cell_centre(layer, cell), scale)
 
 
@@ -347,12 +377,12 @@ class FieldAnnotator:
 @dataclass(frozen=True)
 class TraceAnnotator:
     """A trace through the stacked layers (``dcnv3.trace``): the deepest level's points coloured and
-    sized by path weight (inferno from 30 % up: dark = weak, yellow = strong), the intermediate
-    levels as small white rings."""
+    sized by |path weight| (inferno from 30 % up: dark = weak, yellow = strong), negative paths
+    (signed DCNv4 weights) as hollow rings, the intermediate levels as small white rings."""
 
     def annotate(self, scene: np.ndarray, levels: list, origin=(0.0, 0.0), scale=(1.0, 1.0)) -> np.ndarray:
-        """``levels``: ``TraceLevel``s (xy (N, 2) image px, weight (N,)); image point (x, y) lies at
-        scene point ((x - x0) * sx, (y - y0) * sy) for ``origin`` (x0, y0)."""
+        """``levels``: ``TraceLevel``s (xy (N, 2) image px, weight (N,), signed); image point (x, y) lies
+        at scene point ((x - x0) * sx, (y - y0) * sy) for ``origin`` (x0, y0)."""
         unit = line_width(scene)
         x0, y0 = origin
         # Intermediate levels: small white rings, up to a few hundred per trace. Drawn without
@@ -365,14 +395,16 @@ class TraceAnnotator:
                 cv2.circle(scene, centre, ring, (255, 255, 255), unit, cv2.LINE_8, SUBPIXEL_BITS)
         if levels:
             last = levels[-1]
-            relative = last.weight / max(float(last.weight.max()), 1e-12)
+            strength = np.abs(last.weight)
+            relative = strength / max(float(strength.max()), 1e-12)
             # inferno from 30 % up: its darkest colours vanish on a dimmed photo
             shades = ((0.3 + 0.7 * relative) * 255).astype(np.uint8)[:, None]
             colours = cv2.applyColorMap(shades, cv2.COLORMAP_INFERNO)[:, 0]
             order = np.argsort(relative)  # strongest on top
             centres = image_to_canvas(last.xy[order] - (x0, y0), scale) - 0.5  # (K, 2)
             blend_discs(scene, centres, (2.5 + 5 * np.sqrt(relative[order])) * unit,
-                        [tuple(c) for c in colours[order].tolist()], np.ones(len(order)), outline=(0, 0, 0))
+                        [tuple(c) for c in colours[order].tolist()], np.ones(len(order)), outline=(0, 0, 0),
+                        hollow=last.weight[order] < 0)
         return scene
 
 
@@ -399,11 +431,12 @@ def draw_detections(canvas: np.ndarray, detections, scale=(1.0, 1.0), highlight:
 
 def draw_samples(canvas: np.ndarray, locations: np.ndarray, weights: np.ndarray,
                  regular: np.ndarray | None = None, groups=None, scale=(1.0, 1.0),
-                 in_place: bool = False) -> np.ndarray:
+                 in_place: bool = False, weight_kind: str = "softmax") -> np.ndarray:
     """Sampling points of one cell on a copy of the canvas (on the canvas itself with ``in_place``).
 
     Args:
-        locations: (G, P, 2) sample positions (x, y) in image px; weights: (G, P) softmax weights.
+        locations: (G, P, 2) sample positions (x, y) in image px; weights: (G, P) modulation
+            weights of ``weight_kind`` (``dcnv3.weight_encoding``: sets sizes, opacities, hollow).
         regular: (G, P, 2) zero-offset grid positions: drawn as grey rings, with an arrow in the
             group's colour from each to its sample (``RegularGridAnnotator``, ``OffsetArrowAnnotator``).
         groups: groups to draw (default all); each group has its own colour (``group_colours``).
@@ -411,11 +444,11 @@ def draw_samples(canvas: np.ndarray, locations: np.ndarray, weights: np.ndarray,
     The points are ``SamplingPointAnnotator``'s.
     """
     out = canvas if in_place else canvas.copy()
-    marks = _sample_marks(out, locations, weights, groups, scale)
+    marks = _sample_marks(out, locations, weights, groups, scale, weight_kind)
     if regular is not None:
         RegularGridAnnotator().annotate(out, regular, groups, scale)
         _draw_arrows(out, regular, marks, scale)
-    _draw_points(out, weights, marks)
+    _draw_points(out, marks)
     return out
 
 

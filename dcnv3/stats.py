@@ -2,8 +2,11 @@
 
 * ``offset_magnitude``: mean over the P points of the learned displacement |offset_scale *
   offset| in feature cells (0 = the regular grid).
-* ``weight_entropy``: normalised entropy of the softmax weights, -sum w log w / log P
-  (0 = one point takes all the weight, 1 = uniform 1/P).
+* ``weight_entropy``: normalised entropy of each group's weights, -sum q log q / log P over
+  q = |m| / sum |m| (0 = one point takes all the weight, 1 = all points equal). For softmax
+  weights (DCNv3) q is the weights themselves; for DCNv2's sigmoid and DCNv4's free, signed
+  weights, which are no distribution, it is their magnitudes normalised per group
+  (``dcnv3.weight_encoding.entropy_text`` says which in the views).
 * ``effective_dilation``: mean distance, in feature cells, between sampling points that are
   neighbours in the KxK kernel (horizontal and vertical pairs), as in Table 2 of the DCNv1
   paper; the regular grid gives dilation * offset_scale.
@@ -30,12 +33,18 @@ def offset_magnitude(layer) -> np.ndarray:
 
 
 def weight_entropy(layer) -> np.ndarray:
-    weights = layer.weights.astype(np.float64)
-    points = weights.shape[-1]
+    """(H, W, G) normalised entropy of each group's |m| / sum |m| (module docstring).
+
+    A group whose |m| are all 0 (DCNv4 at initialisation) prefers no point: it counts as 1.
+    """
+    magnitude = np.abs(layer.weights.astype(np.float64))
+    points = magnitude.shape[-1]
     if points < 2:
-        return np.zeros(weights.shape[:-1])
-    safe = np.clip(weights, 1e-12, 1.0)
-    return -(weights * np.log(safe)).sum(axis=-1) / np.log(points)
+        return np.zeros(magnitude.shape[:-1])
+    total = magnitude.sum(axis=-1, keepdims=True)
+    share = np.divide(magnitude, total, out=np.full_like(magnitude, 1.0 / points), where=total > 1e-12)
+    safe = np.clip(share, 1e-12, 1.0)
+    return -(share * np.log(safe)).sum(axis=-1) / np.log(points)
 
 
 def adjacent_pairs(kernel: int, remove_center: bool = False) -> np.ndarray:

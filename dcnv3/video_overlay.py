@@ -1,19 +1,23 @@
 """Drawing one processed video frame: tracked boxes, sampling points or a field map, a caption.
 
 Built from ``dcnv3.overlay``'s annotators on a copy of the frame (the decoded frame itself is
-left as it is).
+left as it is). The points' marks follow each layer's weight kind (``dcnv3.weight_encoding``),
+and a frame that shows sampling points says which kind in a line at its bottom.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from .geometry import box_centre
-from .overlay import CaptionAnnotator, CellAnnotator, DetectionAnnotator, FieldAnnotator, field_colours
+from .overlay import CaptionAnnotator, CellAnnotator, DetectionAnnotator, FieldAnnotator, field_colours, line_width
 from .track_stats import AUTO_LAYER
+from .weight_encoding import short_legend
 
-__all__ = ["MODES", "MAX_DRAWN_TRACKS", "GRID_QUERIES", "FIELD_RANGE", "TrackBoxes", "grid_points", "draw_frame"]
+__all__ = ["MODES", "MAX_DRAWN_TRACKS", "GRID_QUERIES", "FIELD_RANGE", "TrackBoxes", "grid_points", "draw_frame",
+           "LegendAnnotator"]
 
 MODES = {
     "samples": "sampling points at each tracked object's centre (its scale-matched layer unless a layer is chosen)",
@@ -43,10 +47,28 @@ def grid_points(shape) -> list[tuple[float, float]]:
     return [((c + 0.5) * width / cols, (r + 0.5) * height / rows) for r in range(rows) for c in range(cols)]
 
 
+@dataclass(frozen=True)
+class LegendAnnotator:
+    """A line of text on a dark band at the scene's bottom left (the weights' legend: the caption
+    keeps the top)."""
+
+    def annotate(self, scene: np.ndarray, text: str) -> np.ndarray:
+        unit = line_width(scene)
+        font_scale = 0.42 * unit
+        (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, unit)
+        top = scene.shape[0] - (h + base + 6)
+        cv2.rectangle(scene, (0, top), (min(scene.shape[1], w + 8), scene.shape[0]), (30, 30, 30), -1)
+        cv2.putText(scene, text, (4, scene.shape[0] - base - 3), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
+                    (255, 255, 255), unit, cv2.LINE_AA)
+        return scene
+
+
 def draw_frame(frame: np.ndarray, result, tracks: np.ndarray, layer: str, mode: str, caption: str) -> np.ndarray:
     """A processed frame: in "field" mode the effective-dilation map blended under everything;
     the tracked boxes (label "#id class score"); sampling points at each track's centre
-    ("samples") or at fixed query points ("grid"); a caption. ``tracks``: (N, 8) tracker rows."""
+    ("samples") or at fixed query points ("grid"); a caption; and, when points were drawn, the
+    legend of their weight kind(s) at the bottom (``weight_encoding.short_legend``).
+    ``tracks``: (N, 8) tracker rows."""
     canvas = frame.copy()  # the frame itself stays as decoded (the tracker may keep it)
     fixed = None if layer == AUTO_LAYER or not result.layers else result.layer(layer)
     middle = result.default_layer()
@@ -66,9 +88,13 @@ def draw_frame(frame: np.ndarray, result, tracks: np.ndarray, layer: str, mode: 
                 queries.append((record, box_centre(t), True))
     elif mode == "grid" and result.layers:
         queries = [(fixed or middle, xy, False) for xy in grid_points(canvas.shape)]
+    kinds = []
     for record, (x, y), ghost in queries:
         cell = result.cell_at(record, x, y)
         if cell is None:
             continue
         CellAnnotator(grid=ghost).annotate(canvas, result, record, cell)
+        kinds.append(record.weight_kind)
+    if kinds:
+        LegendAnnotator().annotate(canvas, " | ".join(short_legend(k) for k in dict.fromkeys(kinds)))
     return CaptionAnnotator().annotate(canvas, caption)

@@ -125,7 +125,7 @@ LAYERS = {
         "dcnv3.sampling_hooks"},
     1: {"dcnv3.geometry", "dcnv3.stats", "dcnv3.fields", "dcnv3.trace", "dcnv3.overlay", "dcnv3.video_io",
         "dcnv3.track_stats", "dcnv3.video_overlay", "dcnv3.data", "dcnv3.data.backgrounds",
-        "dcnv3.data.generator", "dcnv3.data.shapes", "dcnv3.lesson_data"},
+        "dcnv3.data.generator", "dcnv3.data.shapes", "dcnv3.lesson_data", "dcnv3.weight_encoding"},
     2: {"dcnv3.yolo", "dcnv3.blocks", "dcnv3.blocks_dcnv4", "dcnv3.blocks_dcnv2", "dcnv3.checkpoints", "dcnv3.fork_layouts", "dcnv3.loading",
         "dcnv3.training"},
     3: {"dcnv3.probe", "dcnv3.receptive_field", "dcnv3.analysis", "dcnv3.tracking", "dcnv3.video",

@@ -5,10 +5,16 @@
   "dy", "weight"}, ...], ...}``. x, y are original-image pixel coordinates, continuous (pixel i
   spans [i, i+1)); dx, dy the raw learned offsets in feature cells (before ``offset_scale``);
   k the point index p = i*K + j (i walks x, j walks y); ``weight_kind`` says what the weights are
-  (``dcnv3.probe.WEIGHT_KINDS``: "softmax" for DCNv3, each group's P weights sum to 1).
+  (``dcnv3.probe.WEIGHT_KINDS``: "softmax" for DCNv3, each group's P weights sum to 1; "sigmoid"
+  for DCNv2, each in [0, 1]; "free" for DCNv4, signed), ``weight_meaning`` says it in words and
+  ``weight_encoding`` how the views draw it; each point's ``relative_weight`` is its weight on
+  its kind's scale (``dcnv3.weight_encoding``: softmax w * P, sigmoid w, free |m| / the group's
+  mean |m|) and ``negative`` whether it subtracts its sample.
 * ``detections_payload``: the detections (the ``/detect`` API answer).
-* ``write_png`` (overlay), ``write_npz`` (``Probe.as_arrays()``), ``write_json``,
-  ``write_stats_csv`` (``dcnv3.stats.layer_summary`` and the health flags, one row per layer).
+* ``write_png`` (overlay; ``export_all`` adds a strip below it with the weights' legend),
+  ``write_npz`` (``Probe.as_arrays()`` and each layer's ``weight_kind``), ``write_json``,
+  ``write_stats_csv`` (``dcnv3.stats.layer_summary``, the weight kind and what the entropy is
+  of, and the health flags, one row per layer).
 
 ``pixel_scale`` = (sx, sy) processed px per original px (``LoadedImage.scale``): probe coordinates
 are divided by it so that exported coordinates refer to the file the user gave.
@@ -23,8 +29,11 @@ import cv2
 import numpy as np
 
 from dcnv3 import stats
+from dcnv3.probe import WEIGHT_KINDS
+from dcnv3.weight_encoding import encode_weights, entropy_text, legend, legend_lines
 
 from .health import health_report
+from .render import legend_strip
 
 __all__ = ["sampling_payload", "detections_payload", "write_png", "write_npz", "write_json", "write_stats_csv",
            "stats_rows", "export_all"]
@@ -43,12 +52,15 @@ def sampling_payload(probe, layer, cell, pixel_scale=(1.0, 1.0), query_xy=None) 
     locations = _unscale(probe.sampling_locations(record, (row, col)), pixel_scale)  # (G, P, 2)
     offsets = record.offsets[row, col]  # (G, P, 2) raw, feature cells
     weights = record.weights[row, col]  # (G, P)
+    encoding = encode_weights(weights, record.weight_kind)
     points = [{"group": g, "k": k, "x": float(locations[g, k, 0]), "y": float(locations[g, k, 1]),
-               "dx": float(offsets[g, k, 0]), "dy": float(offsets[g, k, 1]), "weight": float(weights[g, k])}
+               "dx": float(offsets[g, k, 0]), "dy": float(offsets[g, k, 1]), "weight": float(weights[g, k]),
+               "relative_weight": float(encoding.relative[g, k]), "negative": bool(encoding.negative[g, k])}
               for g in range(record.groups) for k in range(record.points)]
     payload = {"layer": record.name, "stride": int(record.stride), "cell": [row, col], "points": points,
                "stage": record.stage, "groups": int(record.groups), "kernel": int(record.kernel),
                "offset_scale": float(record.offset_scale), "weight_kind": record.weight_kind,
+               "weight_meaning": WEIGHT_KINDS[record.weight_kind], "weight_encoding": legend(record.weight_kind),
                "cell_centre": _unscale(probe.cell_centre(record, (row, col)), pixel_scale).tolist(),
                "coordinates": COORDINATES}
     if query_xy is not None:
@@ -71,7 +83,8 @@ def detections_payload(probe, pixel_scale=(1.0, 1.0), model: str | None = None, 
                         "name": str(detections.names.get(int(detections.classes[i]), detections.classes[i]))}
                        for i in range(len(detections))],
         "dcnv3_layers": [{"name": r.name, "stage": r.stage, "stride": int(r.stride), "groups": int(r.groups),
-                          "kernel": int(r.kernel), "grid": list(map(int, r.grid)), "weight_kind": r.weight_kind}
+                          "kernel": int(r.kernel), "grid": list(map(int, r.grid)), "weight_kind": r.weight_kind,
+                          "weight_meaning": WEIGHT_KINDS[r.weight_kind]}
                          for r in probe.layers],
         "notices": list(notices),
         "coordinates": COORDINATES,
@@ -87,9 +100,13 @@ def write_png(path: str | Path, image_bgr: np.ndarray) -> Path:
 
 def write_npz(path: str | Path, probe) -> Path:
     """``probe.as_arrays()`` (offsets, weights, sampling locations per layer; detections;
-    letterbox) compressed; keys as ``Probe.as_arrays`` documents."""
+    letterbox) compressed; keys as ``Probe.as_arrays`` documents, plus ``<layer>/weight_kind`` (a
+    0-d string array: what that layer's weights are, ``WEIGHT_KINDS``)."""
     path = Path(path)
-    np.savez_compressed(path, **probe.as_arrays())
+    arrays = probe.as_arrays()
+    for record in probe.layers:
+        arrays[f"{record.name}/weight_kind"] = np.array(record.weight_kind)
+    np.savez_compressed(path, **arrays)
     return path
 
 
@@ -105,8 +122,10 @@ def stats_rows(probe) -> list[dict]:
     for record, health in zip(probe.layers, health_report(probe)):
         row = {"layer": record.name, "stage": record.stage, "stride": record.stride,
                "grid": f"{record.grid[0]}x{record.grid[1]}", "groups": record.groups, "kernel": record.kernel,
-               "dilation": record.dilation, "offset_scale": record.offset_scale}
+               "dilation": record.dilation, "offset_scale": record.offset_scale,
+               "weight_kind": record.weight_kind}
         row.update(stats.layer_summary(record, probe.letterbox))
+        row["weight_entropy_of"] = entropy_text(record.weight_kind)  # what the weight_entropy columns measure
         row["group_cosine"] = "" if health.group_similarity is None else health.group_similarity
         row["flags"] = "; ".join(health.flags)
         rows.append(row)
@@ -128,9 +147,15 @@ def write_stats_csv(path: str | Path, probe) -> Path:
 
 def export_all(directory: str | Path, stem: str, overlay_bgr: np.ndarray, probe,
                selection: dict | None) -> list[Path]:
-    """Write the four exports into ``directory``; returns their paths (the JSON only with a selection)."""
+    """Write the four exports into ``directory``; returns their paths (the JSON only with a selection).
+
+    With a selection (a ``sampling_payload``), the PNG gets a strip below the overlay with the
+    legend of the selection's weight kind, so the picture says what its point sizes mean."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if selection is not None and selection.get("weight_kind") in WEIGHT_KINDS:
+        strip = legend_strip(overlay_bgr.shape[1], legend_lines(selection["weight_kind"]))
+        overlay_bgr = np.vstack([overlay_bgr, strip])
     files = [write_png(directory / f"{stem}_overlay.png", overlay_bgr),
              write_npz(directory / f"{stem}_probe.npz", probe)]
     if selection is not None:

@@ -12,6 +12,10 @@ field maps ``dcnv3.fields`` (pure functions of the probe's layer records, re-exp
 
 DCNv3's point order within a group is p = i*K + j, with i walking x (columns) and j walking y
 (rows); ``weight_matrix`` turns the P weights into the spatial KxK picture (row j, column i).
+
+Weights are drawn by their kind (``LayerRecord.weight_kind``: softmax DCNv3, sigmoid DCNv2, free
+DCNv4) through ``dcnv3.weight_encoding``, the one rule for sizes, opacities and hollow (negative)
+marks; every view's legend or message states the kind (``weight_encoding.legend``).
 """
 from __future__ import annotations
 
@@ -23,21 +27,24 @@ import cv2
 import numpy as np
 import plotly.graph_objects as go
 
-from dcnv3.fields import FIELDS, field_range, field_values
+from dcnv3.fields import FIELDS, field_range, field_title, field_values
 from dcnv3.geometry import box_centre, cell_step
-from dcnv3.overlay import (FieldAnnotator, MarkerAnnotator, TraceAnnotator, draw_cell, draw_detections, draw_marker,
-                           draw_samples, field_colours, group_colours, image_to_canvas, point_style, scale_pair)
+from dcnv3.overlay import (CaptionAnnotator, FieldAnnotator, MarkerAnnotator, TraceAnnotator, draw_cell,
+                           draw_detections, draw_marker, draw_samples, field_colours, group_colours, hollow_ring_width,
+                           image_to_canvas, point_style, scale_pair)
 from dcnv3.probe import default_layer
 from dcnv3.trace import TraceLevel, trace_through_layers
+from dcnv3.weight_encoding import (KIND_NAMES, weight_meaning, encode_weights, entropy_text, legend, legend_lines,
+                                   path_weight_text)
 
 from .figure_spec import FigureSpec
 
 __all__ = ["display_scale", "make_canvas", "to_rgb", "draw_detections", "draw_samples", "draw_marker",
            "sampling_overlay", "sampling_figure", "weight_matrix", "weight_matrices_figure",
            "TraceLevel", "trace_through_layers", "trace_overlay", "FIELDS", "field_values",
-           "field_overlay", "colour_bar", "health_histograms", "layer_choice_label", "image_to_canvas",
-           "canvas_to_image", "SamplingView", "initial_query", "query_for_detection", "sampling_view",
-           "point_style"]
+           "field_overlay", "colour_bar", "legend_strip", "trace_caption", "health_histograms", "layer_choice_label",
+           "image_to_canvas", "canvas_to_image", "SamplingView", "initial_query", "query_for_detection",
+           "sampling_view", "point_style", "SIGNED_COLOURS"]
 
 DISPLAY_MIN_SIDE = 640  # small images are enlarged (whole pixels) so points stay legible
 DISPLAY_MAX_SIDE = 1280  # large ones shrunk: clicks re-render faster and the browser gets less
@@ -117,9 +124,10 @@ def sampling_figure(image: np.ndarray, probe, layer, cell, groups=None, max_back
     """Interactive plotly view of one cell's samples, zoomed on the region they cover.
 
     The image crop is the background (axes in image px, y down); per group a marker trace (size
-    and opacity by weight, as ``point_style``) with hover: group, point p = i*K + j, (x, y), raw
-    learned offset (dx, dy) in feature cells, weight and weight relative to uniform; the regular
-    grid as grey rings, lines from grid to sample, and a cross on the cell centre.
+    and opacity by weight for the record's kind, ``dcnv3.weight_encoding``; negative weights as
+    open circles) with hover: group, point p = i*K + j, (x, y), raw learned offset (dx, dy) in
+    feature cells, the weight and what it means for its kind; the regular grid as grey rings,
+    lines from grid to sample, and a cross on the cell centre. The title is the kind's legend.
     Returned as a ``FigureSpec`` (plain dicts: no plotly.py validation on a click).
     """
     record = probe.record(layer)
@@ -153,7 +161,8 @@ def sampling_figure(image: np.ndarray, probe, layer, cell, groups=None, max_back
         traces.append(dict(type="scatter", x=regular[chosen, :, 0].ravel(), y=regular[chosen, :, 1].ravel(),
                            mode="markers", name="regular grid", hoverinfo="skip",
                            marker=dict(symbol="circle-open", size=9, color="rgb(215,215,215)", line=dict(width=2))))
-    radius, opacity = point_style(weights, 8.0)
+    encoding = encode_weights(weights, record.weight_kind)
+    radius, opacity = 8.0 * encoding.size, encoding.opacity
     kernel = record.kernel
     index = np.arange(points)
     if record.remove_center:  # the kernel position of point p skips the centre
@@ -165,22 +174,36 @@ def sampling_figure(image: np.ndarray, probe, layer, cell, groups=None, max_back
                            line=dict(color=_css_colour(colours[g]), width=1.5), hoverinfo="skip", showlegend=False,
                            legendgroup=f"g{g}", connectgaps=False))
         custom = np.stack([np.full(points, g), np.arange(points), index // kernel, index % kernel,
-                           offsets[g, :, 0], offsets[g, :, 1], weights[g], weights[g] * points], axis=1)
+                           offsets[g, :, 0], offsets[g, :, 1], weights[g], encoding.relative[g]], axis=1)
+        negative = encoding.negative[g]
+        # Open circles are drawn with the marker colour at the line width: a ring a third of the radius thick.
+        ring = np.array([hollow_ring_width(r) for r in radius[g]], dtype=np.float64)
         traces.append(dict(
             type="scatter", x=locations[g, :, 0], y=locations[g, :, 1], mode="markers", name=f"group {g}",
             legendgroup=f"g{g}", customdata=custom,
+            text=[weight_meaning(float(w), float(r), record.weight_kind)
+                  for w, r in zip(weights[g], encoding.relative[g])],
             marker=dict(size=2 * radius[g], color=_css_colour(colours[g]), opacity=opacity[g],
-                        line=dict(color="black", width=1)),
+                        symbol=np.where(negative, "circle-open", "circle").tolist(),
+                        line=dict(color="black", width=np.where(negative, ring, 1.0))),
             hovertemplate=("group %{customdata[0]:d}, point %{customdata[1]:d} (i=%{customdata[2]:d}, "
                            "j=%{customdata[3]:d})<br>x=%{x:.1f} px, y=%{y:.1f} px<br>"
                            "dx=%{customdata[4]:.3f}, dy=%{customdata[5]:.3f} cells<br>"
-                           "weight=%{customdata[6]:.3f} (%{customdata[7]:.2f}x uniform)<extra></extra>")))
+                           "weight=%{customdata[6]:.3f} %{text}<extra></extra>")))
+    if record.weight_kind == "free":  # the legend explains the hollow marks even where none is negative
+        traces.append(dict(type="scatter", x=[None], y=[None], mode="markers", name="hollow: negative weight",
+                           hoverinfo="skip", marker=dict(symbol="circle-open", size=12, color="rgb(60,60,60)",
+                                                         line=dict(width=3))))
     traces.append(dict(type="scatter", x=[centre[0]], y=[centre[1]], mode="markers", name="cell centre",
                        marker=dict(symbol="cross", size=13, color="white", line=dict(width=1.5, color="black")),
                        hovertemplate=f"cell {tuple(int(v) for v in cell)} centre<br>x=%{{x:.1f}}, y=%{{y:.1f}} px"
                                      "<extra></extra>"))
     axis = dict(showgrid=False, zeroline=False, ticks="outside")
-    layout = dict(_FIGURE_STYLE, height=height, margin=dict(l=55, r=10, t=36, b=80), plot_bgcolor="rgb(45,45,45)",
+    lines = legend_lines(record.weight_kind)
+    layout = dict(_FIGURE_STYLE, height=height, margin=dict(l=55, r=10, t=18 + 15 * len(lines), b=80),
+                  plot_bgcolor="rgb(45,45,45)",
+                  title=dict(text="<br>".join(lines), font=dict(size=11), x=0.01, xanchor="left", y=0.995,
+                             yanchor="top"),
                   xaxis=dict(axis, range=[lo[0], hi[0]], title=dict(text="x (image px)")),
                   yaxis=dict(axis, range=[hi[1], lo[1]], title=dict(text="y (image px)"), scaleanchor="x",
                              scaleratio=1),
@@ -188,27 +211,56 @@ def sampling_figure(image: np.ndarray, probe, layer, cell, groups=None, max_back
     return FigureSpec(traces, layout)
 
 
-def weight_matrix(weights: np.ndarray, kernel: int, remove_center: bool = False) -> np.ndarray:
-    """One group's P weights -> the (K, K) picture: row j (y), column i (x), from p = i*K + j.
-    With ``remove_center`` the centre (which has no point) is NaN."""
-    values = np.asarray(weights, dtype=np.float64)
+def weight_matrix(weights: np.ndarray, kernel: int, remove_center: bool = False, fill=np.nan) -> np.ndarray:
+    """One group's P weights (or any P per-point values) -> the (K, K) picture: row j (y), column
+    i (x), from p = i*K + j. With ``remove_center`` the centre (which has no point) is ``fill``
+    (NaN; pass e.g. "" for per-point texts, which keep their dtype)."""
+    values = np.asarray(weights)
+    values = values.astype(np.float64) if values.dtype.kind in "biuf" else values.astype(object)
     if remove_center:
-        values = np.insert(values, (kernel * kernel - 1) // 2, np.nan)
+        values = np.insert(values, (kernel * kernel - 1) // 2, fill)
     return values.reshape(kernel, kernel).T  # [i, j] -> [j (row, y), i (column, x)]
 
 
+# The weight matrix's colour scale for signed (free) weights: blue < 0, white 0, red > 0.
+SIGNED_COLOURS = [[0.0, "rgb(33,102,172)"], [0.5, "rgb(247,247,247)"], [1.0, "rgb(178,24,43)"]]
+
+
+def _matrix_scale(kind: str, weights: np.ndarray) -> tuple[dict, str]:
+    """(coloraxis, title) of the weight matrices for weights of ``kind`` ((G, P) of one cell).
+
+    softmax: viridis from 0 to the largest weight, titled with the uniform 1/P; sigmoid: viridis
+    over the whole [0, 1] (absolute values compare across groups and cells); free: a diverging
+    scale symmetric about 0 over the largest |m|.
+    """
+    points = weights.shape[-1]
+    top = float(np.nanmax(np.abs(weights))) if weights.size else 0.0
+    if kind == "free":
+        return (dict(colorscale=SIGNED_COLOURS, cmin=-max(top, 1e-6), cmax=max(top, 1e-6),
+                     colorbar=dict(title=dict(text="m"), thickness=12)),
+                "free (DCNv4), signed: blue < 0 < red; hover: |m| x the group's mean |m|")
+    if kind == "sigmoid":
+        return (dict(colorscale="Viridis", cmin=0, cmax=1, colorbar=dict(title=dict(text="weight"), thickness=12)),
+                "sigmoid (DCNv2): each weight in [0, 1] on its own, 1 = fully on")
+    return (dict(colorscale="Viridis", cmin=0, cmax=max(top, 1e-6), colorbar=dict(title=dict(text="weight"),
+                                                                                  thickness=12)),
+            f"softmax (DCNv3): uniform = 1/{points} = {1 / points:.3f}")
+
+
 def weight_matrices_figure(layer, cell, groups=None, columns: int = 4, height_per_row: int = 200) -> FigureSpec:
-    """One KxK heatmap per group of a cell's softmax weights, laid out as the kernel sits on the
-    image (row j = y, column i = x), values printed, one colour scale for all groups (a
-    ``FigureSpec``: a click re-renders it)."""
+    """One KxK heatmap per group of a cell's weights, laid out as the kernel sits on the image (row
+    j = y, column i = x), values printed, one colour scale for all groups, chosen by the weights'
+    kind (``_matrix_scale``; the title names it), hover: the weight and what it means for its kind
+    (a ``FigureSpec``: a click re-renders it)."""
     weights = layer.weights[tuple(cell)]
+    kind = layer.weight_kind
+    encoding = encode_weights(weights, kind)
     num_groups, points = weights.shape
     chosen = list(range(num_groups)) if groups is None else [g for g in groups if 0 <= g < num_groups]
     chosen = chosen or list(range(num_groups))
     cols = min(columns, len(chosen))
     rows = math.ceil(len(chosen) / cols)
     k = layer.kernel
-    top = float(np.nanmax(weights[chosen]))
     point_index = np.arange(k)[None, :] * k + np.arange(k)[:, None]  # [j, i] -> p = i*K + j
     gap_x, gap_y = 0.05, 0.22 if rows > 1 else 0.0  # room for a row's tick labels and the next title
     width, height = (1 - gap_x * (cols - 1)) / cols, (1 - gap_y * (rows - 1)) / rows
@@ -217,11 +269,13 @@ def weight_matrices_figure(layer, cell, groups=None, columns: int = 4, height_pe
         row, col = divmod(n, cols)
         suffix = "" if n == 0 else str(n + 1)
         matrix = weight_matrix(weights[g], k, layer.remove_center)
+        meaning = weight_matrix([weight_meaning(float(w), float(r), kind)
+                                 for w, r in zip(weights[g], encoding.relative[g])], k, layer.remove_center, "")
         traces.append(dict(type="heatmap", z=matrix, x=[f"i={i}" for i in range(k)], y=[f"j={j}" for j in range(k)],
                            xaxis=f"x{suffix}", yaxis=f"y{suffix}", coloraxis="coloraxis",
-                           customdata=np.stack([point_index, matrix * points], axis=-1), texttemplate="%{z:.2f}",
-                           hovertemplate=(f"group {g}, point %{{customdata[0]:d}}<br>%{{x}}, %{{y}}<br>weight="
-                                          "%{z:.3f} (%{customdata[1]:.2f}x uniform)<extra></extra>")))
+                           customdata=point_index, text=meaning, texttemplate="%{z:.2f}",
+                           hovertemplate=(f"group {g}, point %{{customdata:d}}<br>%{{x}}, %{{y}}<br>"
+                                          "weight=%{z:.3f} %{text}<extra></extra>")))
         x_domain = [max(0.0, col * (width + gap_x)), min(1.0, col * (width + gap_x) + width)]
         y_top = 1 - row * (height + gap_y)
         layout[f"xaxis{suffix}"] = dict(domain=x_domain, anchor=f"y{suffix}", side="bottom", ticks="")
@@ -229,12 +283,10 @@ def weight_matrices_figure(layer, cell, groups=None, columns: int = 4, height_pe
                                         autorange="reversed", scaleanchor=f"x{suffix}", ticks="")
         layout["annotations"].append(dict(text=f"group {g}", x=sum(x_domain) / 2, y=y_top, xref="paper",
                                           yref="paper", xanchor="center", yanchor="bottom", showarrow=False))
+    coloraxis, title = _matrix_scale(kind, weights[chosen])
     layout.update(height=max(230, rows * height_per_row + 70), margin=dict(l=40, r=10, t=55, b=25),
-                  plot_bgcolor="white",
-                  coloraxis=dict(colorscale="Viridis", cmin=0, cmax=max(top, 1e-6),
-                                 colorbar=dict(title=dict(text="weight"), thickness=12)),
-                  title=dict(text=f"uniform = 1/{points} = {1 / points:.3f}", font=dict(size=12), x=0.99,
-                             xanchor="right"))
+                  plot_bgcolor="white", coloraxis=coloraxis,
+                  title=dict(text=f"weights {title}", font=dict(size=12), x=0.99, xanchor="right"))
     return FigureSpec(traces, layout)
 
 
@@ -242,8 +294,9 @@ def weight_matrices_figure(layer, cell, groups=None, columns: int = 4, height_pe
 def trace_overlay(image: np.ndarray, levels: list[TraceLevel], start_xy, size: int = 720,
                   min_extent: float = 96.0) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
     """Draw a trace, zoomed on the region it covers: the deepest level's points coloured and
-    sized by path weight (inferno: dark = weak, yellow = strong), the intermediate levels as small
-    white rings, the start as a cross, on the dimmed image.
+    sized by |path weight| (inferno: dark = weak, yellow = strong; negative paths of signed DCNv4
+    weights hollow), the intermediate levels as small white rings, the start as a cross, on the
+    dimmed image, captioned with the weight kinds on the path (``trace_caption``).
 
     Returns (canvas BGR, origin (x0, y0) in image px, (sx, sy)): image point (x, y) lies at canvas
     point ((x - x0) * sx, (y - y0) * sy). The crop spans at least ``min_extent`` image px and the canvas
@@ -265,7 +318,17 @@ def trace_overlay(image: np.ndarray, levels: list[TraceLevel], start_xy, size: i
 
     TraceAnnotator().annotate(canvas, levels, (x0, y0), scale)
     start_on_crop = (start_xy[0] - x0, start_xy[1] - y0)
-    return MarkerAnnotator().annotate(canvas, start_on_crop, scale), (float(x0), float(y0)), scale
+    MarkerAnnotator().annotate(canvas, start_on_crop, scale)
+    if levels:
+        CaptionAnnotator().annotate(canvas, trace_caption(levels))
+    return canvas, (float(x0), float(y0)), scale
+
+
+def trace_caption(levels: list[TraceLevel]) -> str:
+    """The trace picture's caption: the weight kinds on the path and, for signed ones, what hollow means."""
+    kinds = list(dict.fromkeys(level.weight_kind for level in levels))
+    text = "path weight = product of " + " / ".join(KIND_NAMES[k] for k in kinds) + " weights"
+    return text + ("; hollow = negative path" if "free" in kinds else "")
 
 
 # -- the whole sampling view -----------------------------------------------------------------------------
@@ -326,14 +389,17 @@ def sampling_view(image: np.ndarray, probe, layer: str | None, xy, groups=None, 
     trace, _, _ = trace_overlay(image, levels, centre)
     message = (f"{record.stage}, {record.name}: cell (row {cell[0]}, col {cell[1]}) centred at "
                f"({centre[0]:.1f}, {centre[1]:.1f}) px; {record.groups} group(s) x {record.points} points; "
-               f"trace through {len(levels)} DCNv3 layer(s)")
+               f"trace through {len(levels)} deformable layer(s)  \n**{legend(record.weight_kind)}**.  \n"
+               f"Trace: {path_weight_text(level.weight_kind for level in levels)}.")
     return SamplingView(overlay, scale, sampling_figure(image, probe, record, cell, groups),
                         weight_matrices_figure(record, cell, groups), trace, cell, message)
 
 
 # -- fields view ----------------------------------------------------------------------------------------
-def colour_bar(width: int, field: str, value_range, unit: int = 1) -> np.ndarray:
-    """A (h, width, 3) BGR strip: the field's colour scale with its range and name."""
+def colour_bar(width: int, field: str, value_range, unit: int = 1, title: str | None = None) -> np.ndarray:
+    """A (h, width, 3) BGR strip: the field's colour scale with its range and name (``title``, by
+    default the field's name and unit; ``field_overlay`` passes ``dcnv3.fields.field_title``, which
+    says what the entropy is of for the layer's weight kind)."""
     height = 46 * unit
     strip = np.full((height, width, 3), 255, np.uint8)
     margin = 12 * unit
@@ -349,7 +415,7 @@ def colour_bar(width: int, field: str, value_range, unit: int = 1) -> np.ndarray
         row = cv2.applyColorMap((ramp * 255).astype(np.uint8)[None], cv2.COLORMAP_VIRIDIS)[0]
         lo, hi = value_range
         ticks = [(t, f"{lo + t * (hi - lo):.3g}") for t in (0.0, 0.25, 0.5, 0.75, 1.0)]
-        title = field + {"offset magnitude": " (cells)", "effective dilation": " (cells)"}.get(field, "")
+        title = title or field + {"offset magnitude": " (cells)", "effective dilation": " (cells)"}.get(field, "")
     strip[18 * unit:30 * unit, margin:margin + bar_w] = row[None]
     font = 0.4 * unit
     cv2.putText(strip, title, (margin, 13 * unit), cv2.FONT_HERSHEY_SIMPLEX, font, (30, 30, 30), unit, cv2.LINE_AA)
@@ -357,6 +423,30 @@ def colour_bar(width: int, field: str, value_range, unit: int = 1) -> np.ndarray
         (w, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, unit)
         x = int(np.clip(margin + t * bar_w - w / 2, 0, width - w))
         cv2.putText(strip, text, (x, 43 * unit), cv2.FONT_HERSHEY_SIMPLEX, font, (30, 30, 30), unit, cv2.LINE_AA)
+    return strip
+
+
+def legend_strip(width: int, lines: list[str], unit: int | None = None) -> np.ndarray:
+    """A (h, width, 3) BGR strip of text lines on white (e.g. ``weight_encoding.legend_lines``), to
+    go below a picture that leaves the page (an exported overlay). A line too long for the width
+    is wrapped at spaces."""
+    unit = unit or max(1, round(width / 640))
+    font = 0.4 * unit
+    wrapped = []
+    for line in lines:
+        words, current = line.split(), ""
+        for word in words:
+            trial = f"{current} {word}".strip()
+            if current and cv2.getTextSize(trial, cv2.FONT_HERSHEY_SIMPLEX, font, unit)[0][0] > width - 16 * unit:
+                wrapped.append(current)
+                trial = word
+            current = trial
+        wrapped.append(current)
+    step = 16 * unit
+    strip = np.full((step * len(wrapped) + 8 * unit, width, 3), 255, np.uint8)
+    for n, text in enumerate(wrapped):
+        cv2.putText(strip, text, (8 * unit, step * (n + 1)), cv2.FONT_HERSHEY_SIMPLEX, font, (30, 30, 30), unit,
+                    cv2.LINE_AA)
     return strip
 
 
@@ -376,7 +466,8 @@ def field_overlay(image: np.ndarray, probe, layer, field: str, group: int | None
     blended = FieldAnnotator(opacity, smooth).annotate(canvas, probe, record, field_colours(field, values, value_range),
                                                        scale)  # ``canvas`` is make_canvas' own: drawn on in place
     unit = max(1, round(canvas.shape[1] / 640))  # the strip's text stays legible but modest
-    return np.vstack([blended, colour_bar(canvas.shape[1], field, value_range, unit)]), scale
+    return np.vstack([blended, colour_bar(canvas.shape[1], field, value_range, unit,
+                                          None if field == "offset direction" else field_title(field, record))]), scale
 
 
 # -- health view ------------------------------------------------------------------------------------------
@@ -394,7 +485,7 @@ def health_histograms(probe, bins: int = 40, height: int = 400) -> go.Figure:
     traces = []
     for n, (record, magnitude) in enumerate(zip(probe.layers, magnitudes)):
         colour = palette[n % len(palette)]
-        name = f"{record.stage.split()[0]} {record.name}"
+        name = f"{record.stage.split()[0]} {record.name} ({record.weight_kind})"
         for axis, values, edges in (("", magnitude, np.linspace(0, top * 1.0001, bins + 1)),
                                     ("2", probe.weight_entropy(record).ravel(), np.linspace(0, 1.0001, bins + 1))):
             counts, _ = np.histogram(values, edges)
@@ -406,7 +497,7 @@ def health_histograms(probe, bins: int = 40, height: int = 400) -> go.Figure:
     layout = dict(_FIGURE_STYLE, height=height, margin=dict(l=60, r=10, t=36, b=110), plot_bgcolor="white",
                   xaxis=dict(grid, domain=[0, 0.45], title=dict(text="offset magnitude (feature cells)")),
                   yaxis=dict(grid, title=dict(text="share of cells x groups"), tickformat=".0%"),
-                  xaxis2=dict(grid, domain=[0.55, 1], anchor="y2", title=dict(text="normalised weight entropy")),
+                  xaxis2=dict(grid, domain=[0.55, 1], anchor="y2", title=dict(text="normalised weight entropy (of |m| / sum |m| per group)")),
                   yaxis2=dict(grid, anchor="x2", tickformat=".0%"),
                   legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, font=dict(size=11)))
     return go.Figure(data=traces, layout=layout)

@@ -3,6 +3,9 @@
 Rows are ``dcnv3.video`` statistics rows (``CSV_COLUMNS``): one per track and processed frame,
 with the object's size (sqrt of its box area, source-video px) and the effective dilation, mean
 |offset| (feature cells) and normalised weight entropy of the DCNv3 layer at its centre cell.
+The entropy is ``dcnv3.stats.weight_entropy``'s: of |m| normalised per group, which for softmax
+weights (DCNv3) is the weights themselves and for DCNv2's sigmoid or DCNv4's free weights their
+magnitudes; the axis title and the table header say so.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ __all__ = ["SERIES", "time_series_figure", "track_table"]
 
 # (row key, axis title): the four stacked panels of the time series, top to bottom.
 SERIES = [("size_px", "size (px)"), ("effective_dilation", "eff. dilation (cells)"),
-          ("offset_magnitude", "mean |offset| (cells)"), ("weight_entropy", "weight entropy")]
+          ("offset_magnitude", "mean |offset| (cells)"), ("weight_entropy", "weight entropy (|m| norm.)")]
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
             "#bcbd22", "#17becf"]
 
@@ -68,6 +71,7 @@ def track_table(rows: list[dict]) -> list[dict]:
     """One row per track for the UI's table (``dcnv3.video.track_summary`` with short headers)."""
     headers = {"track_id": "track", "name": "class", "frames": "frames", "first_s": "from (s)", "last_s": "to (s)",
                "size_min_px": "size min (px)", "size_max_px": "size max (px)",
-               "effective_dilation": "eff. dilation", "offset_magnitude": "|offset|", "weight_entropy": "entropy",
+               "effective_dilation": "eff. dilation", "offset_magnitude": "|offset|",
+               "weight_entropy": "entropy of |m| / sum |m|",
                "size_dilation_r": "r(size, dilation)"}
     return [{headers[k]: v for k, v in track.items()} for track in track_summary(rows)]
