@@ -198,7 +198,9 @@ class ImageAblation:
                 for r in self.results]
 
     def as_dict(self, pixel_scale=(1.0, 1.0)) -> dict:
-        """JSON-ready: the settings, the baseline and per variant its row, its boxes and the matching.
+        """JSON-ready: the settings, the baseline and per variant its row (``rows``), its boxes, the
+        kept pairs (indices into ``baseline`` and the variant's ``detections``, their IoU) and the
+        indices of the lost baseline boxes (``lost_baseline``) and gained variant boxes (``gained_variant``).
 
         ``pixel_scale``: (sx, sy) of the image the probe saw per original-image pixel (the app
         downscales huge images); boxes are divided by it, so they are in original-image pixels.
@@ -220,7 +222,8 @@ class ImageAblation:
                              "detections": boxes(result.detections),
                              "kept_pairs": [{"baseline": int(a), "variant": int(b), "iou": round(float(iou), 4)}
                                             for (a, b), iou in zip(matching.pairs, matching.ious)],
-                             "lost": matching.lost.tolist(), "gained": matching.gained.tolist()})
+                             "lost_baseline": matching.lost.tolist(),
+                             "gained_variant": matching.gained.tolist()})
         return {"imgsz": self.imgsz, "conf": self.conf, "iou": self.iou, "match_iou": self.match_iou,
                 "matching": "greedy by IoU, same class, IoU >= match_iou (dcnv3.ablation.match_detections)",
                 "coordinates": "original-image pixels, xyxy",

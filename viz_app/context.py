@@ -8,10 +8,11 @@ detections-canvas cache of the Image tab.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from .ablation_view import AblationCache
 from .analyser import Analyser
 from .cache import LRUCache
 from .files import FileStore
@@ -28,12 +29,14 @@ class AppContext:
     """``registry``: the models offered; ``analyser``: the cached model runs (``model_lock``
     serialises forwards); ``files``: this app's output folder; ``fields``: computed receptive
     fields; ``canvases``: the Image tab's detections canvases, keyed by (``Analysis.key``,
-    highlighted detection) -> (canvas BGR (H, W, 3) uint8, (sx, sy) canvas px per image px)."""
+    highlighted detection) -> (canvas BGR (H, W, 3) uint8, (sx, sy) canvas px per image px);
+    ``ablations``: the Ablation view's and /ablate's reruns per image, model and input size."""
     registry: ModelRegistry
     analyser: Analyser
     files: FileStore
     fields: FieldCache
     canvases: LRUCache[tuple, tuple[np.ndarray, tuple[float, float]]]
+    ablations: AblationCache = field(default_factory=AblationCache)
 
     @classmethod
     def create(cls, registry: ModelRegistry, analyser: Analyser | None = None,

@@ -1,5 +1,5 @@
-"""The Image tab (gradio wiring): controls left; the Sampling, Fields, Health and Receptive field
-views right; and the ``/detect`` and ``/sampling`` API endpoints.
+"""The Image tab (gradio wiring): controls left; the Sampling, Fields, Health, Receptive field
+and Ablation views right; and the ``/detect`` and ``/sampling`` API endpoints.
 
 Data flow: an image, model or input size change runs the model once through the context's
 ``Analyser`` (cached); the ``Analysis`` lives in a ``gr.State``. Every click, detection pick,
@@ -21,7 +21,7 @@ import pandas as pd
 from dcnv3.checkpoints import CheckpointError
 from dcnv3.overlay import draw_cell
 
-from . import exports, health, receptive_tab, render
+from . import ablation_tab, exports, health, receptive_tab, render
 from .analyser import DEFAULT_CONF, DEFAULT_IOU, Analysis
 from .context import AppContext
 from .inputs import image_file_input
@@ -80,7 +80,7 @@ class _Components:
     dilation_table: gr.Dataframe
     analysis: gr.State
     view: gr.State
-    views_tabs: list[gr.Tab]  # Sampling, Fields, Health, Receptive field
+    views_tabs: list[gr.Tab]  # Sampling, Fields, Health, Receptive field, Ablation
     shown: gr.State  # the label of the views tab on display
 
     @property
@@ -400,10 +400,11 @@ def _layout(ctx: AppContext, analysis: gr.State, view: gr.State) -> _Components:
                                 "background = cells in no box.")
                     dilation_table = gr.Dataframe(interactive=False, wrap=True, elem_id="dilation-table")
                 erf_tab = receptive_tab.build(ctx, analysis, view)
+                ablation = ablation_tab.build(ctx, analysis)
     return _Components(image_in, model, checkpoint, notices, conf, iou, imgsz, detection, layer, groups,
                        export_button, export_files, overlay, info, figure, trace, weights, field, field_group,
                        opacity, smooth, field_image, health_table, histograms, dilation_table, analysis, view,
-                       [sampling_tab, fields_tab, health_tab, erf_tab], shown)
+                       [sampling_tab, fields_tab, health_tab, erf_tab, ablation], shown)
 
 
 def build(ctx: AppContext) -> ImageTab:

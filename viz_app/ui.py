@@ -2,14 +2,14 @@
 
 ``build_app(ctx)`` lays out the header and the top-level tabs (Image, Video, Compare, Learn); each
 tab module's ``build`` makes its own components and events from the context, and the API
-endpoints (``/detect``, ``/sampling``, ``/erf``, ``/video``) get hidden components of their own,
+endpoints (``/detect``, ``/sampling``, ``/erf``, ``/ablate``, ``/video``) get hidden components of their own,
 so they need no browser session. ``app.py`` makes the context and launches the Blocks.
 """
 from __future__ import annotations
 
 import gradio as gr
 
-from . import compare_tab, image_tab, learn_tab, receptive_tab, video_tab
+from . import ablation_tab, compare_tab, image_tab, learn_tab, receptive_tab, video_tab
 from .context import AppContext
 
 __all__ = ["build_app", "CSS", "THEME", "USAGE"]
@@ -42,5 +42,6 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         with gr.Column(visible=False):  # the HTTP API's own components
             image_tab.build_api(ctx)
             receptive_tab.build_api(ctx)
+            ablation_tab.build_api(ctx)
             video_tab.build_api(ctx)
     return demo
