@@ -410,15 +410,20 @@ class TraceAnnotator:
 
 @dataclass(frozen=True)
 class CaptionAnnotator:
-    """A line of text on a dark band at the scene's top left."""
+    """Text on a dark band at the scene's top left, one band per line of ``text`` ("\\n" splits);
+    ``text_scale``: OpenCV font scale per line width (smaller for long captions on narrow scenes)."""
+    text_scale: float = 0.42
 
     def annotate(self, scene: np.ndarray, text: str) -> np.ndarray:
         unit = line_width(scene)
-        font_scale = 0.42 * unit
-        (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, unit)
-        cv2.rectangle(scene, (0, 0), (min(scene.shape[1], w + 8), h + base + 6), (30, 30, 30), -1)
-        cv2.putText(scene, text, (4, h + 3), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), unit,
-                    cv2.LINE_AA)
+        font_scale = self.text_scale * unit
+        top = 0
+        for line in text.split("\n"):
+            (w, h), base = cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, font_scale, unit)
+            cv2.rectangle(scene, (0, top), (min(scene.shape[1], w + 8), top + h + base + 6), (30, 30, 30), -1)
+            cv2.putText(scene, line, (4, top + h + 3), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), unit,
+                        cv2.LINE_AA)
+            top += h + base + 6
         return scene
 
 

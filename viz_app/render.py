@@ -320,15 +320,16 @@ def trace_overlay(image: np.ndarray, levels: list[TraceLevel], start_xy, size: i
     start_on_crop = (start_xy[0] - x0, start_xy[1] - y0)
     MarkerAnnotator().annotate(canvas, start_on_crop, scale)
     if levels:
-        CaptionAnnotator().annotate(canvas, trace_caption(levels))
+        CaptionAnnotator(text_scale=0.3).annotate(canvas, trace_caption(levels))
     return canvas, (float(x0), float(y0)), scale
 
 
 def trace_caption(levels: list[TraceLevel]) -> str:
-    """The trace picture's caption: the weight kinds on the path and, for signed ones, what hollow means."""
+    """The trace picture's caption: the weight kinds on the path and, for signed ones, a second
+    line saying what hollow means."""
     kinds = list(dict.fromkeys(level.weight_kind for level in levels))
     text = "path weight = product of " + " / ".join(KIND_NAMES[k] for k in kinds) + " weights"
-    return text + ("; hollow = negative path" if "free" in kinds else "")
+    return text + ("\nsigned: hollow = negative path" if "free" in kinds else "")
 
 
 # -- the whole sampling view -----------------------------------------------------------------------------
@@ -472,8 +473,9 @@ def field_overlay(image: np.ndarray, probe, layer, field: str, group: int | None
 
 # -- health view ------------------------------------------------------------------------------------------
 def layer_choice_label(layer) -> str:
-    """Dropdown text of a layer: stage, stride, groups and kernel, then its module name."""
-    return f"{layer.stage} · stride {layer.stride} · G={layer.groups} K={layer.kernel} · {layer.name}"
+    """Dropdown text of a layer: stage, stride, groups and kernel, weight kind, then its module name."""
+    return (f"{layer.stage} · stride {layer.stride} · G={layer.groups} K={layer.kernel} · {layer.weight_kind} "
+            f"weights · {layer.name}")
 
 
 def health_histograms(probe, bins: int = 40, height: int = 400) -> go.Figure:
