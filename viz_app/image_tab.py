@@ -373,7 +373,8 @@ def _layout(ctx: AppContext, analysis: gr.State, view: gr.State) -> _Components:
                                          elem_id="sampling-plot")
                         trace = gr.Image(label="Trace through the stacked DCNv3 layers (DCNv1 fig. 6): the 60 "
                                                "strongest paths, weights multiplied along the path (yellow = "
-                                               "strongest); white rings: intermediate layers",
+                                               "strongest; signed DCNv4 weights keep their sign, hollow = "
+                                               "negative); white rings: intermediate layers",
                                          interactive=False, type="filepath", height=520, elem_id="trace")
                     weights = gr.Plot(label="Weights per group: column i walks x, row j walks y",
                                       elem_id="weights-plot")

@@ -22,8 +22,10 @@ CSS = """
 THEME = gr.themes.Default(primary_hue="orange", secondary_hue="blue", neutral_hue="slate")
 USAGE = ("Upload an image (or pick an example). **Click** anywhere on the picture, or pick a detection, to "
          "see where every group of the chosen DCNv3 layer samples: grey rings are the regular KxK grid, "
-         "arrows lead to the learned sampling points, a point's size and opacity grow with its weight "
-         "(relative to the uniform 1/P).")
+         "arrows lead to the learned sampling points, a point's size and opacity grow with its weight, read "
+         "by the layer's weight kind (DCNv3 softmax: relative to the uniform 1/P; DCNv2 sigmoid: the value in "
+         "[0, 1]; DCNv4 free: |m| relative to the group's mean, hollow = negative), as the text under the "
+         "picture says.")
 
 
 def build_app(ctx: AppContext) -> gr.Blocks:
