@@ -28,11 +28,11 @@ from repo_paths import BUNDLED_DCNV3, BUNDLED_PLAIN  # noqa: E402
 
 # Markers by test file: each file's tests share what makes them slow or special.
 BROWSER_FILES = {"test_browser.py", "test_browser_compare_learn.py", "test_browser_video.py",
-                 "test_browser_forks.py", "test_browser_lesson.py"}
+                 "test_browser_forks.py", "test_browser_lesson.py", "test_browser_ablation.py"}
 SERVER_FILES = {"test_app_api.py", "test_erf_api.py", "test_video_api.py", "test_server_defaults.py",
                 "test_concurrency.py", "test_offline.py",
-                "test_lesson_api.py", "test_ablation_api.py"}
-TRAINING_FILES = {"test_training.py"}
+                "test_lesson_api.py", "test_ablation_api.py", "test_dcnv4_yolo_api.py"}
+TRAINING_FILES = {"test_training.py", "test_dcnv4_yolo_training.py"}
 # Files whose tests take long on 2 cores (measured with --durations): the fuzz suites run the
 # model on hundreds of inputs; video and receptive-field tests run many forwards.
 SLOW_FILES = BROWSER_FILES | SERVER_FILES | TRAINING_FILES | {

@@ -47,8 +47,9 @@ def build(ctx: AppContext, analysis_state: gr.State) -> gr.Tab:
         table = gr.Dataframe(label="Reruns against the model's own detections", interactive=False, wrap=True,
                              elem_id="ablation-table")
         info = gr.Markdown(elem_id="ablation-info")
-        picture = gr.Image(label="Boxes that moved, vanished or appeared", interactive=False, type="filepath",
-                           height=660, elem_id="ablation-image", buttons=["download", "fullscreen"])
+        # No label over the picture: it would hide the legend drawn at its top.
+        picture = gr.Image(label="Boxes that moved, vanished or appeared", show_label=False, interactive=False,
+                           type="filepath", height=660, elem_id="ablation-image", buttons=["download", "fullscreen"])
 
     def draw(analysis, ablation, name):
         return ctx.files.picture(ablation_view.overlay(analysis.image.bgr, ablation, name))
