@@ -30,6 +30,7 @@ QUICK_ARGS = {
     "op": ["--repeats", "2"],
     "dcnv4": ["--repeats", "2"],
     "model": ["--repeats", "2"],
+    "operators_models": ["--repeats", "2"],
     "app": ["--repeats", "2"],
     "video": ["--frames", "6", "--rounds", "1"],
     "toy": ["--moves", "3", "--fields", "0"],
