@@ -410,20 +410,24 @@ class TraceAnnotator:
 
 @dataclass(frozen=True)
 class CaptionAnnotator:
-    """Text on a dark band at the scene's top left, one band per line of ``text`` ("\\n" splits);
-    ``text_scale``: OpenCV font scale per line width (smaller for long captions on narrow scenes)."""
+    """Text on a dark band at the scene's top left (``at_bottom``: bottom left, where a UI's label
+    does not cover it), one band per line of ``text`` ("\\n" splits); ``text_scale``: OpenCV font
+    scale per line width (smaller for long captions on narrow scenes)."""
     text_scale: float = 0.42
+    at_bottom: bool = False
 
     def annotate(self, scene: np.ndarray, text: str) -> np.ndarray:
         unit = line_width(scene)
         font_scale = self.text_scale * unit
-        top = 0
-        for line in text.split("\n"):
-            (w, h), base = cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, font_scale, unit)
-            cv2.rectangle(scene, (0, top), (min(scene.shape[1], w + 8), top + h + base + 6), (30, 30, 30), -1)
+        lines = text.split("\n")
+        sizes = [cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, font_scale, unit) for line in lines]
+        heights = [h + base + 6 for (_, h), base in sizes]
+        top = scene.shape[0] - sum(heights) if self.at_bottom else 0
+        for line, ((w, h), _), band in zip(lines, sizes, heights):
+            cv2.rectangle(scene, (0, top), (min(scene.shape[1], w + 8), top + band), (30, 30, 30), -1)
             cv2.putText(scene, line, (4, top + h + 3), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), unit,
                         cv2.LINE_AA)
-            top += h + base + 6
+            top += band
         return scene
 
 

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from .geometry import box_centre
-from .overlay import CaptionAnnotator, CellAnnotator, DetectionAnnotator, FieldAnnotator, field_colours, line_width
+from .overlay import CaptionAnnotator, CellAnnotator, DetectionAnnotator, FieldAnnotator, field_colours
 from .track_stats import AUTO_LAYER
 from .weight_encoding import short_legend
 
-__all__ = ["MODES", "MAX_DRAWN_TRACKS", "GRID_QUERIES", "FIELD_RANGE", "TrackBoxes", "grid_points", "draw_frame",
-           "LegendAnnotator"]
+__all__ = ["MODES", "MAX_DRAWN_TRACKS", "GRID_QUERIES", "FIELD_RANGE", "TrackBoxes", "grid_points", "draw_frame"]
 
 MODES = {
     "samples": "sampling points at each tracked object's centre (its scale-matched layer unless a layer is chosen)",
@@ -45,22 +43,6 @@ def grid_points(shape) -> list[tuple[float, float]]:
     rows, cols = GRID_QUERIES
     height, width = shape[:2]
     return [((c + 0.5) * width / cols, (r + 0.5) * height / rows) for r in range(rows) for c in range(cols)]
-
-
-@dataclass(frozen=True)
-class LegendAnnotator:
-    """A line of text on a dark band at the scene's bottom left (the weights' legend: the caption
-    keeps the top)."""
-
-    def annotate(self, scene: np.ndarray, text: str) -> np.ndarray:
-        unit = line_width(scene)
-        font_scale = 0.42 * unit
-        (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, unit)
-        top = scene.shape[0] - (h + base + 6)
-        cv2.rectangle(scene, (0, top), (min(scene.shape[1], w + 8), scene.shape[0]), (30, 30, 30), -1)
-        cv2.putText(scene, text, (4, scene.shape[0] - base - 3), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
-                    (255, 255, 255), unit, cv2.LINE_AA)
-        return scene
 
 
 def draw_frame(frame: np.ndarray, result, tracks: np.ndarray, layer: str, mode: str, caption: str) -> np.ndarray:
@@ -96,5 +78,6 @@ def draw_frame(frame: np.ndarray, result, tracks: np.ndarray, layer: str, mode: 
         CellAnnotator(grid=ghost).annotate(canvas, result, record, cell)
         kinds.append(record.weight_kind)
     if kinds:
-        LegendAnnotator().annotate(canvas, " | ".join(short_legend(k) for k in dict.fromkeys(kinds)))
+        legend = " | ".join(short_legend(k) for k in dict.fromkeys(kinds))
+        CaptionAnnotator(at_bottom=True).annotate(canvas, legend)  # the caption keeps the top
     return CaptionAnnotator().annotate(canvas, caption)

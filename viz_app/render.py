@@ -200,14 +200,16 @@ def sampling_figure(image: np.ndarray, probe, layer, cell, groups=None, max_back
                                      "<extra></extra>"))
     axis = dict(showgrid=False, zeroline=False, ticks="outside")
     lines = legend_lines(record.weight_kind)
-    layout = dict(_FIGURE_STYLE, height=height, margin=dict(l=55, r=10, t=18 + 15 * len(lines), b=80),
+    # The legend as the title, below the ~40 px the app's plot label takes at the top left.
+    layout = dict(_FIGURE_STYLE, height=height, margin=dict(l=55, r=10, t=52 + 15 * len(lines), b=80 + 24 * (record.weight_kind == "free")),
                   plot_bgcolor="rgb(45,45,45)",
-                  title=dict(text="<br>".join(lines), font=dict(size=11), x=0.01, xanchor="left", y=0.995,
-                             yanchor="top"),
+                  title=dict(text="<br>".join(lines), font=dict(size=11), x=0.01, xanchor="left",
+                             y=1 - 44 / height, yanchor="top"),
                   xaxis=dict(axis, range=[lo[0], hi[0]], title=dict(text="x (image px)")),
                   yaxis=dict(axis, range=[hi[1], lo[1]], title=dict(text="y (image px)"), scaleanchor="x",
                              scaleratio=1),
-                  legend=dict(orientation="h", yanchor="top", y=-0.14, x=0))
+                  # the free kind's extra "hollow" entry wraps the legend to two rows: lower, below the axis title
+                  legend=dict(orientation="h", yanchor="top", y=-0.14 - 0.04 * (record.weight_kind == "free"), x=0))
     return FigureSpec(traces, layout)
 
 
@@ -320,7 +322,8 @@ def trace_overlay(image: np.ndarray, levels: list[TraceLevel], start_xy, size: i
     start_on_crop = (start_xy[0] - x0, start_xy[1] - y0)
     MarkerAnnotator().annotate(canvas, start_on_crop, scale)
     if levels:
-        CaptionAnnotator(text_scale=0.3).annotate(canvas, trace_caption(levels))
+        # at the bottom: the app's image label covers the top left
+        CaptionAnnotator(text_scale=0.3, at_bottom=True).annotate(canvas, trace_caption(levels))
     return canvas, (float(x0), float(y0)), scale
 
 
