@@ -180,6 +180,16 @@ class DCNv2(nn.Module):
         offset, logits = split_offset_mask(self.conv_offset_mask(input), self.group * self.points)
         return offset, logits.sigmoid(), logits
 
+    def bounded(self, offset: torch.Tensor, input_hw) -> torch.Tensor:
+        """``offset`` with every value clamped to +-L, L = H + W + 2*pad + 2*dilation*K + 2, and
+        NaN taken as +L. torchvision's CPU kernel casts sampling locations to integers unchecked,
+        so a non-finite or huge offset reads outside the input's memory and crashes the process
+        (seen: ultralytics' FLOPs count runs the model on ``torch.empty``, whose garbage can be
+        NaN). Any offset of size >= L already samples only zeros (outside the map, with zero
+        gradient), so for finite offsets the output and gradients are unchanged."""
+        limit = float(sum(input_hw) + 2 * self.pad + 2 * self.dilation * self.kernel_size + 2)
+        return torch.nan_to_num(offset, nan=limit, posinf=limit, neginf=-limit).clamp(-limit, limit)
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         offset, mask, logits = self.offset_and_mask(input)
         if hooked(self):  # inside dcnv3.capture or override_sampling: hand over in the record layout
@@ -187,8 +197,8 @@ class DCNv2(nn.Module):
             offsets, weights = hand_over(self, offsets, weights, tuple(input.shape[-2:]),
                                          offset=offset, mask_logits=logits)
             offset, mask = record_to_torchvision(offsets, weights, self.kernel_size)
-        out = deform_conv2d(input, offset, self.weight, self.bias, stride=self.stride, padding=self.pad,
-                            dilation=self.dilation, mask=mask)
+        out = deform_conv2d(input, self.bounded(offset, input.shape[-2:]), self.weight, self.bias,
+                            stride=self.stride, padding=self.pad, dilation=self.dilation, mask=mask)
         bn = getattr(self, "bn", None)
         return self.act(out if bn is None else bn(out))
 

@@ -27,8 +27,16 @@ DCNv4 operator         ``offset_mask`` Linear(C, G*3P rounded up to 8),         
                        Conv2d) iff ``dw_kernel_size``; stride 1 with centred pad
 DCNv4 block            ``dcnv4`` (a DCNv4), ``bn``, ``act``, an optional 1x1 Conv   ``DCNV4_YOLO``
                        stem ``stem_conv``
-Bottleneck             ``cv1`` (Conv), ``cv2`` (a DCNv3 or DCNv4 block), ``add``     ``Bottleneck_DCNv3``
-                                                                                  / ``_DCNV4``
+DCNv2 block            ``weight``, ``bias``, ``conv_offset_mask`` (Conv2d to        ``DCNv2``
+                       3*G*K*K on the layer's grid), ``bn``, ``act``; geometry
+                       pairs (kernel_size, stride, padding, dilation), groups,
+                       deformable_groups
+DCNv2_Dynamic          the same with ``conv_offset_mask`` = DCNv2_Offset_Attention   ``DCNv2_Dynamic``
+                       (``conv_offset_mask`` Conv2d, ``attention`` MPCA: ``gap``,   (head:
+                       ``pool_h``, ``pool_w``, ``conv_hw``, ``conv_pool_hw``)       ``DCNv2OffsetAttention``,
+                                                                                  ``MPCA``)
+Bottleneck             ``cv1`` (Conv), ``cv2`` (a DCNv3, DCNv4 or DCNv2 block),      ``Bottleneck_DCNv3``
+                       ``add``                                                      / ``_DCNV4`` / ``_DCNV2``
 C3 / C3k               ``cv1``, ``cv2``, ``cv3`` (Convs), ``m`` (Sequential of       ``C3k_DCNv3`` /
                        one operator's bottlenecks)                                  ``C3k_DCNv4``
 C2f / C3k2             ``cv1``, ``cv2`` (Convs), ``c``, ``m`` (ModuleList of one     ``C2f_`` /
@@ -53,7 +61,7 @@ from typing import NamedTuple
 from torch import nn
 from ultralytics.nn.modules.conv import Conv
 
-from . import blocks, blocks_dcnv4, module
+from . import blocks, blocks_dcnv2, blocks_dcnv4, module
 from .dcnv4 import DCNv4, offset_mask_channels
 from .module import DCNv3, DCNv3ConvDW
 
@@ -65,8 +73,9 @@ KNOWN_LAYERS = ("InternImage's DCNv3 / DCNv3_pytorch (ops v1.0 and v1.1), the ex
                 "family's DCNv3 with a Conv depthwise branch, the DCNv3 blocks around them "
                 "(DCNv3_PyTorch, DCNV3_YOLO, DCNV3_YoLo); OpenGVLab's DCNv4 (offset_mask, value_proj, "
                 "output_proj, optional offset_mask_dw, without_pointwise) at stride 1 and the "
-                "extra_modules family's DCNV4_YOLO around it; Bottleneck / C2f / C3 / C3k / C3k2 "
-                "containers of those blocks")
+                "extra_modules family's DCNV4_YOLO around it; the extra_modules family's DCNv2 and "
+                "DCNv2_Dynamic (torchvision deform_conv2d; MPCA offset attention); Bottleneck / C2f / C3 / "
+                "C3k / C3k2 containers of those blocks")
 MAX_FORK_CLASSES = 1024  # distinct class names one process restores as placeholders
 
 
@@ -322,6 +331,117 @@ def _dcnv4_block(candidate: nn.Module):
     return blocks_dcnv4.DCNV4_YOLO, None
 
 
+# --- DCNv2 (the extra_modules family's DCNv2 and DCNv2_Dynamic, on torchvision's deform_conv2d) ---
+
+def _square(value) -> int | None:
+    """An int, or a pair of equal ints (the family keeps kernel_size, stride, ... as pairs), as one
+    int; None for anything else."""
+    if _is_int(value):
+        return value
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_int(v) for v in value) and value[0] == value[1]:
+        return value[0]
+    return None
+
+
+def _conv_geometry(conv: nn.Conv2d) -> tuple:
+    return tuple(conv.kernel_size), tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation), conv.groups
+
+
+def _pool_size(pool: nn.AdaptiveAvgPool2d) -> tuple:
+    size = pool.output_size
+    return tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+
+
+def _dcnv2_mpca(candidate: nn.Module):
+    """The family's MPCA (attention.py): ``gap`` (global average pool -> 1x1 Conv), ``pool_h`` /
+    ``pool_w`` (row and column average pools), ``conv_hw`` ((3, 1) Conv), ``conv_pool_hw`` (1x1
+    Conv), all C -> C."""
+    children = candidate._modules
+    if set(children) != {"gap", "pool_h", "pool_w", "conv_hw", "conv_pool_hw"}:
+        return None, None
+    gap, pool_h, pool_w = children["gap"], children["pool_h"], children["pool_w"]
+    convs = {"gap.1": gap[1] if isinstance(gap, nn.Sequential) and len(gap) == 2 else None,
+             "conv_hw": children["conv_hw"], "conv_pool_hw": children["conv_pool_hw"]}
+    pools = [(gap[0] if convs["gap.1"] is not None else None, (1, 1)), (pool_h, (None, 1)), (pool_w, (1, None))]
+    if not all(isinstance(pool, nn.AdaptiveAvgPool2d) and _pool_size(pool) == size for pool, size in pools):
+        return None, "an MPCA-shaped attention whose gap / pool_h / pool_w are not its average pools"
+    if not all(isinstance(conv, Conv) for conv in convs.values()):
+        return None, "an MPCA-shaped attention whose gap / conv_hw / conv_pool_hw are not Convs"
+    channels = convs["gap.1"].conv.in_channels
+    kernels = {"gap.1": ((1, 1), (0, 0)), "conv_hw": ((3, 1), (1, 0)), "conv_pool_hw": ((1, 1), (0, 0))}
+    for name, conv in convs.items():
+        kernel, padding = kernels[name]
+        if _conv_geometry(conv.conv) != (kernel, (1, 1), padding, (1, 1), 1) \
+                or conv.conv.in_channels != channels or conv.conv.out_channels != channels:
+            return None, f"an MPCA-shaped attention whose `{name}` is not a {kernel} Conv({channels}, {channels})"
+    return blocks_dcnv2.MPCA, None
+
+
+def _dcnv2_offset_attention(candidate: nn.Module):
+    """The family's DCNv2_Offset_Attention: ``conv_offset_mask`` (Conv2d) then ``attention`` (MPCA)
+    over its ``out_channel`` channels."""
+    children = candidate._modules
+    if set(children) != {"conv_offset_mask", "attention"}:
+        return None, None
+    conv, attention = children["conv_offset_mask"], children["attention"]
+    if not (isinstance(conv, nn.Conv2d) and isinstance(attention, blocks_dcnv2.MPCA)
+            and attention.gap[1].conv.in_channels == conv.out_channels == candidate.__dict__.get("out_channel")):
+        return None, ("a DCNv2_Offset_Attention-shaped head (conv_offset_mask, attention) whose Conv2d, MPCA "
+                      "and out_channel do not agree")
+    return blocks_dcnv2.DCNv2OffsetAttention, None
+
+
+_DCNV2_NUMBERS = ("in_channels", "out_channels", "groups", "deformable_groups")
+
+
+def _dcnv2(candidate: nn.Module):
+    """The family's DCNv2 / DCNv2_Dynamic conv block: ``weight`` (C_out, C_in // groups, K, K),
+    ``bias``, ``conv_offset_mask`` (a Conv2d, or the Dynamic variant's offset attention head) to
+    3*G*K*K channels on the layer's grid, ``bn``, ``act``. Its geometry pairs become our ints
+    (``padding`` -> ``pad``)."""
+    children, state = candidate._modules, candidate.__dict__
+    if "conv_offset_mask" not in children or "deformable_groups" not in state:
+        return None, None
+    if set(children) != {"conv_offset_mask", "bn", "act"}:
+        return None, f"a DCNv2-like block holding {sorted(children)} (known: conv_offset_mask, bn, act)"
+    geometry = {name: _square(state.get(name)) for name in ("kernel_size", "stride", "padding", "dilation")}
+    missing = [name for name in _DCNV2_NUMBERS if not _is_int(state.get(name))]
+    missing += [name for name, value in geometry.items() if value is None]
+    if missing:
+        return None, f"a DCNv2-like block without integer (square) {missing}"
+    c_in, c_out, groups, offset_groups = (state[name] for name in _DCNV2_NUMBERS)
+    k, stride, pad, dilation = (geometry[name] for name in ("kernel_size", "stride", "padding", "dilation"))
+    if min(c_in, c_out, groups, offset_groups, k, stride, dilation) < 1 or pad < 0 or c_in % groups \
+            or c_in % offset_groups:
+        return None, f"a DCNv2-like block with inconsistent geometry ({c_in} -> {c_out}, groups {groups}, " \
+                     f"deformable_groups {offset_groups}, kernel {k})"
+    weight, bias = candidate._parameters.get("weight"), candidate._parameters.get("bias")
+    if weight is None or tuple(weight.shape) != (c_out, c_in // groups, k, k) \
+            or not (bias is None or tuple(bias.shape) == (c_out,)):
+        return None, f"a DCNv2-like block whose weight is not ({c_out}, {c_in // groups}, {k}, {k}) with a ({c_out},) bias"
+    head = children["conv_offset_mask"]
+    target, conv = {nn.Conv2d: (blocks_dcnv2.DCNv2, head),
+                    blocks_dcnv2.DCNv2OffsetAttention: (blocks_dcnv2.DCNv2_Dynamic, getattr(head, "conv_offset_mask", None)),
+                    }.get(type(head), (None, None))
+    if target is None:
+        return None, f"a DCNv2-like block with an unknown offset head `{_short(head)}`"
+    width = 3 * offset_groups * k * k
+    if conv.in_channels != c_in or conv.out_channels != width:
+        return None, f"a DCNv2-like block whose offset head is not Conv2d({c_in}, {width})"
+    if _conv_geometry(conv)[:4] != ((k, k), (stride,) * 2, (pad,) * 2, (dilation,) * 2):
+        # The family's offset Conv2d has no dilation: with dilation > 1 its own forward could not run.
+        return None, (f"a DCNv2-like block whose offset head (kernel, stride, padding, dilation "
+                      f"{_conv_geometry(conv)[:4]}) does not predict on its {k}x{k} stride-{stride} grid")
+    bn, act = children["bn"], children["act"]
+    if not (isinstance(bn, nn.BatchNorm2d) and bn.num_features == c_out):
+        return None, f"a DCNv2-like block whose `bn` is not BatchNorm2d({c_out})"
+    if not isinstance(act, _ACTIVATIONS):
+        return None, f"a DCNv2-like block with an unknown activation `{_short(act)}`"
+    state.update(kernel_size=k, stride=stride, dilation=dilation, pad=pad)  # our ints (dcnv3.dcnv2.DCNv2)
+    state.pop("padding", None)
+    return target, None
+
+
 # --- Containers, for every operator's blocks ---
 
 class _BlockFamily(NamedTuple):
@@ -342,6 +462,12 @@ _FAMILIES = {
                                     blocks.C3k2_DCNv3, ("conv",), "dcnv3"),
     blocks_dcnv4.DCNV4_YOLO: _BlockFamily(blocks_dcnv4.Bottleneck_DCNV4, blocks_dcnv4.C3k_DCNv4,
                                           blocks_dcnv4.C2f_DCNv4, blocks_dcnv4.C3k2_DCNv4, ("stem_conv",), "dcnv4"),
+    # DCNv2 blocks are their own operator (operator None). The Dynamic classes subclass the plain
+    # ones, so they come first for _family_of's isinstance.
+    blocks_dcnv2.DCNv2_Dynamic: _BlockFamily(blocks_dcnv2.Bottleneck_DCNV2_Dynamic, blocks_dcnv2.C3k_DCNv2_Dynamic,
+                                             blocks_dcnv2.C2f_DCNv2_Dynamic, blocks_dcnv2.C3k2_DCNv2_Dynamic, (), None),
+    blocks_dcnv2.DCNv2: _BlockFamily(blocks_dcnv2.Bottleneck_DCNV2, blocks_dcnv2.C3k_DCNv2, blocks_dcnv2.C2f_DCNv2,
+                                     blocks_dcnv2.C3k2_DCNv2, (), None),
 }
 
 
@@ -357,6 +483,8 @@ def _block_input_channels(block: nn.Module, family: _BlockFamily) -> int:
     for stem in family.stems:
         if stem in block._modules:
             return block._modules[stem].conv.in_channels
+    if family.operator is None:  # a DCNv2 block is the operator itself
+        return block.in_channels
     return block._modules[family.operator].channels
 
 
@@ -425,7 +553,8 @@ def _csp(candidate: nn.Module):
     return family.c2f, None
 
 
-_SHAPES = (_operator, _block, _dcnv4_operator, _dcnv4_block, _bottleneck, _csp)
+_SHAPES = (_operator, _block, _dcnv4_operator, _dcnv4_block, _dcnv2_mpca, _dcnv2_offset_attention, _dcnv2,
+           _bottleneck, _csp)
 
 
 def _adopt(candidate: nn.Module) -> str | None:

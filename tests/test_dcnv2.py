@@ -205,3 +205,23 @@ def test_protocol_attributes_and_gradients_to_the_offset_head():
     module(x).square().mean().backward()
     assert module.conv_offset_mask.weight.grad.abs().sum() > 0 and module.weight.grad.abs().sum() > 0
     assert module(x).shape == (2, 6, 6, 6)
+
+
+def test_non_finite_and_huge_offsets_sample_zeros_instead_of_crashing():
+    """torchvision's CPU kernel casts locations to int unchecked: NaN / inf / 1e30 offsets read
+    outside memory (a segfault seen under ultralytics' FLOPs count on torch.empty input). Bounded,
+    they sample only zeros, as any offset that leaves the map does."""
+    module = DCNv2(2, 3, 3, act=False).double().eval()
+    module.bn = nn.Identity()
+    x = torch.randn(1, 2, 6, 7, dtype=torch.float64)
+    far = torch.zeros(1, 18, 6, 7, dtype=torch.float64)
+    far[:, 0::2] = 1e4  # every point 1e4 rows away: outside, zeros
+    mask = torch.ones(1, 9, 6, 7, dtype=torch.float64)
+    reference = deform_conv2d(x, far, module.weight, module.bias, padding=1, mask=mask)
+    assert torch.allclose(reference, module.bias.detach()[:, None, None].expand_as(reference[0]))
+    for value in (float("nan"), float("inf"), -float("inf"), 1e30, -1e30):
+        offset = torch.full((1, 18, 6, 7), value, dtype=torch.float64)
+        out = deform_conv2d(x, module.bounded(offset, (6, 7)), module.weight, module.bias, padding=1, mask=mask)
+        assert torch.equal(out, reference)
+    moderate = torch.randn(1, 18, 6, 7, dtype=torch.float64) * 3
+    assert torch.equal(module.bounded(moderate, (6, 7)), moderate)
