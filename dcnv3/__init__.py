@@ -10,6 +10,8 @@ side, in the style of ``torchvision.ops``:
 * ``DCNv2``: modulated deformable convolution on ``torchvision.ops.deform_conv2d`` (``dcnv3.dcnv2``;
   imported on first access, so that ``import dcnv3`` does not import torchvision);
 * ``set_default_formulation(name)`` / ``with formulation(name):``: which formulation the op runs;
+* ``health(model, source)``: every deformable layer's numbers and calibrated flags over images
+  (``dcnv3.layer_health``; imported on first access, as it runs ultralytics);
 * ``capture(model)``: what every deformable module (DCNv3, DCNv4, DCNv2) of a model sampled with in
   a forward, in one layout (``dcnv3.sampling_hooks``); ``override_sampling(modules)``: make them
   sample the regular grid or with uniform weights instead (ablations).
@@ -32,7 +34,7 @@ from .sampling_hooks import WEIGHT_KINDS, override_sampling
 
 __all__ = ["DCNv3", "DCNv3_pytorch", "dcnv3_core", "DCNv4", "dcnv4_core", "DCNv2", "set_default_formulation",
            "default_formulation", "formulation", "capture", "CapturedLayer", "dcnv3_modules",
-           "deformable_modules", "override_sampling", "WEIGHT_KINDS"]
+           "deformable_modules", "override_sampling", "WEIGHT_KINDS", "health"]
 __version__ = "0.1.0"
 
 
@@ -41,4 +43,9 @@ def __getattr__(name: str):
     if name == "DCNv2":
         from .dcnv2 import DCNv2
         return DCNv2
+    # dcnv3.health(model, source): the layer-health report (dcnv3.layer_health), which probes with
+    # ultralytics: imported on first use so that ``import dcnv3`` stays torch-only.
+    if name == "health":
+        from .layer_health import health
+        return health
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -127,7 +127,7 @@ def stats_rows(probe) -> list[dict]:
         row.update(stats.layer_summary(record, probe.letterbox))
         row["weight_entropy_of"] = entropy_text(record.weight_kind)  # what the weight_entropy columns measure
         row["group_cosine"] = "" if health.group_similarity is None else health.group_similarity
-        row["flags"] = "; ".join(health.flags)
+        row["flags"] = "; ".join(health.flags.values())
         rows.append(row)
     return rows
 
