@@ -1,4 +1,4 @@
-"""``python -m dcnv3``: train, validate, predict, inspect, ablate, analyze, export and generate data.
+"""``python -m dcnv3``: train, validate, predict, inspect, ablate, health, analyze, export and generate data.
 
 Every command takes ``--help``. Checkpoints are always loaded through ``dcnv3.loading.load_model`` (no
 code from the file runs); bad input ends with a one-line ``error:`` message and exit status 2.
@@ -194,6 +194,41 @@ def cmd_ablate(args) -> None:
         print(f"wrote {out}")
 
 
+def cmd_health(args) -> None:
+    """Every deformable layer's numbers and calibrated flags over an image or a folder
+    (``dcnv3.layer_health.health``); exits 1 when a layer is flagged, so a pipeline can gate on it."""
+    import json
+
+    from .layer_health import FLAG_NAMES, health
+
+    report = health(args.model, args.source, imgsz=args.imgsz)
+    for name, reason in report.skipped:
+        print(f"{name}: skipped ({reason})", file=sys.stderr)
+    print(f"{Path(args.model).name} at imgsz {report.imgsz}, {len(report.per_image)} images; numbers are means "
+          "over the images, each flag measured against the layer's own regular grid on the same image")
+    width = max(len(layer.name) for layer in report.layers)
+    print(f"{'layer':<{width}}  kind     |offset| spacings  off image (grid)  points  dilation  group cos  flags")
+    for layer in report.layers:
+        cosine = "-" if layer.group_similarity is None else f"{layer.group_similarity:.3f}"
+        flags = ", ".join(FLAG_NAMES[key] for key in layer.flags) or "OK"
+        flagged = report.flagged_images(layer.name)
+        print(f"{layer.name:<{width}}  {layer.weight_kind:<7}  {layer.offset_ratio:>17.3f}  "
+              f"{layer.outside_share:>8.3f} ({layer.outside_share_reference:.3f})  "
+              f"{layer.effective_points:>4.1f}/{layer.points}  {layer.effective_dilation:>8.3f}  {cosine:>9}  {flags}"
+              + (f"  [{flagged} of {len(report.per_image)} images flagged alone]" if flagged else ""))
+        for reason in layer.flags.values():
+            print(f"    {reason}")
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report.as_dict(), indent=1))
+        print(f"wrote {out}")
+    print("healthy" if not report.flagged else "flagged: " + ", ".join(
+        layer.name for layer in report.layers if layer.flags))
+    if report.flagged:
+        raise SystemExit(1)
+
+
 def cmd_export(args) -> None:
     import numpy as np
     import torch
@@ -360,6 +395,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--json", default=None, help="write the per-variant summary and per-image results here")
     sub.set_defaults(imgsz=None)  # the checkpoint's training size, else 640
     sub.set_defaults(func=cmd_ablate)
+
+    sub = commands.add_parser("health", help="per-layer health of the deformable layers over an image or a "
+                                             "folder, flags calibrated against each layer's regular grid: "
+                                             "exit 0 healthy, 1 a layer flagged, 2 bad input")
+    common(sub)
+    sub.add_argument("--source", required=True, help="image or folder of images")
+    sub.add_argument("--json", default=None, help="write the report here (schema deformlens.health/1, README)")
+    sub.set_defaults(imgsz=None)  # the checkpoint's training size, else 640
+    sub.set_defaults(func=cmd_health)
 
     sub = commands.add_parser("export", help="export to ONNX through ultralytics' exporter and check "
                                              "the result in onnxruntime against PyTorch")

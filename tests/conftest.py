@@ -39,7 +39,7 @@ TRAINING_FILES = {"test_training.py", "test_dcnv4_yolo_training.py", "test_dcnv2
 # model on hundreds of inputs; video and receptive-field tests run many forwards.
 SLOW_FILES = BROWSER_FILES | SERVER_FILES | TRAINING_FILES | {
     "test_fuzz_images.py", "test_fuzz_videos.py", "test_fuzz_checkpoints.py", "test_video.py",
-    "test_bundled_models.py", "test_lesson.py", "test_health_calibration.py"}
+    "test_bundled_models.py", "test_lesson.py", "test_health_calibration.py", "test_health_cli.py"}
 
 
 def pytest_collection_modifyitems(items):
