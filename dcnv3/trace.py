@@ -35,17 +35,17 @@ class TraceLevel:
 def trace_through_layers(probe, layer, cell, groups=None, top: int = 60) -> list[TraceLevel]:
     """Where the chosen layer's samples at ``cell`` themselves sampled, down the stacked DCNv3 layers.
 
-    As in figure 6 of the DCNv1 paper: level 0 is the chosen layer's samples (the chosen groups,
-    each group's weights divided by the number of groups, so a level's softmax weights sum to at most
-    1).
+    As in figure 6 of the DCNv1 paper: level 0 is the chosen layer's samples (the chosen groups, each
+    group's weights divided by the number of groups, so a level's softmax weights sum to at most 1).
     Each sample then reads the next lower DCNv3 layer (the previous one in forward order) at its
-    position: bilinearly, like the deformable sampling itself, so it follows the up to 4 cells
-    around the position with the bilinear coefficients (a sample exactly on a cell centre follows
-    that one cell). Each of those cells contributes its own samples, with path weight = parent
-    weight x bilinear coefficient x the child's weight / its group count (signed weights multiply
-    with their sign: module docstring). Paths that reach the same position are merged (their
-    weights add up) and only the ``top`` positions of largest |weight| are kept per level (a beam); cells beyond the grid read zeros, as DCNv3's padding does, so their
-    paths end. Ordinary convolutions between the DCNv3 layers are not part of the trace.
+    position: bilinearly, like the deformable sampling itself, so it follows the up to 4 cells around
+    the position with the bilinear coefficients (a sample exactly on a cell centre follows that one
+    cell). Each of those cells contributes its own samples, with path weight = parent weight x bilinear
+    coefficient x the child's weight / its group count (signed weights multiply with their sign: module
+    docstring). Paths that reach the same position are merged (their weights add up) and only the
+    ``top`` positions of largest |weight| are kept per level (a beam); cells beyond the grid read zeros,
+    as DCNv3's padding does, so their paths end. Ordinary convolutions between the DCNv3 layers are not
+    part of the trace.
     """
     names = [record.name for record in probe.layers]
     record = probe.record(layer)

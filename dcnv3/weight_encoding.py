@@ -33,7 +33,8 @@ import numpy as np
 from .sampling_hooks import WEIGHT_KINDS
 
 __all__ = ["SIZE_RANGE", "OPACITY_FLOOR", "KIND_NAMES", "WeightEncoding", "encode_weights", "record_encoding",
-           "relative_weights", "legend", "legend_lines", "short_legend", "weight_meaning", "reference_text", "entropy_text", "path_weight_text"]
+           "relative_weights", "legend", "legend_lines", "short_legend", "weight_meaning", "reference_text",
+           "entropy_text", "path_weight_text"]
 
 SIZE_RANGE = (0.4, 2.5)  # radius factor bounds: tiny points stay visible, heavy ones do not bury the rest
 OPACITY_FLOOR = 0.25  # a point of weight 0 is still seen (faint), so the full kernel stays readable

@@ -169,8 +169,8 @@ def test_cell_annotator_reads_the_record_kind():
 # -- figures ----------------------------------------------------------------------------------------------
 def test_zoom_figure_encodes_and_names_each_kind():
     m = signed_weights()
-    for kind, weights in (("softmax", RNG.dirichlet(np.ones(9), (8, 8, 2))), ("sigmoid", RNG.uniform(0, 1, (8, 8, 2, 9))),
-                          ("free", m)):
+    for kind, weights in (("softmax", RNG.dirichlet(np.ones(9), (8, 8, 2))),
+                          ("sigmoid", RNG.uniform(0, 1, (8, 8, 2, 9))), ("free", m)):
         record = record_of(kind, weights.astype(np.float32))
         probe = make_probe([record])
         figure = render.sampling_figure(np.zeros((64, 64, 3), np.uint8), probe, record, (3, 4)).to_figure()

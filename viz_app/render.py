@@ -201,7 +201,9 @@ def sampling_figure(image: np.ndarray, probe, layer, cell, groups=None, max_back
     axis = dict(showgrid=False, zeroline=False, ticks="outside")
     lines = legend_lines(record.weight_kind)
     # The legend as the title, below the ~40 px the app's plot label takes at the top left.
-    layout = dict(_FIGURE_STYLE, height=height, margin=dict(l=55, r=10, t=52 + 15 * len(lines), b=80 + 24 * (record.weight_kind == "free")),
+    extra_legend_row = 24 * (record.weight_kind == "free")  # the "hollow" entry wraps the legend
+    layout = dict(_FIGURE_STYLE, height=height,
+                  margin=dict(l=55, r=10, t=52 + 15 * len(lines), b=80 + extra_legend_row),
                   plot_bgcolor="rgb(45,45,45)",
                   title=dict(text="<br>".join(lines), font=dict(size=11), x=0.01, xanchor="left",
                              y=1 - 44 / height, yanchor="top"),
@@ -502,7 +504,8 @@ def health_histograms(probe, bins: int = 40, height: int = 400) -> go.Figure:
     layout = dict(_FIGURE_STYLE, height=height, margin=dict(l=60, r=10, t=36, b=110), plot_bgcolor="white",
                   xaxis=dict(grid, domain=[0, 0.45], title=dict(text="offset magnitude (feature cells)")),
                   yaxis=dict(grid, title=dict(text="share of cells x groups"), tickformat=".0%"),
-                  xaxis2=dict(grid, domain=[0.55, 1], anchor="y2", title=dict(text="normalised weight entropy (of |m| / sum |m| per group)")),
+                  xaxis2=dict(grid, domain=[0.55, 1], anchor="y2",
+                              title=dict(text="normalised weight entropy (of |m| / sum |m| per group)")),
                   yaxis2=dict(grid, anchor="x2", tickformat=".0%"),
                   legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, font=dict(size=11)))
     return go.Figure(data=traces, layout=layout)
