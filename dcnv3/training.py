@@ -4,7 +4,9 @@
 multi-GPU training ultralytics pickles the trainer class into a generated script that each DDP
 worker runs; the trainer registers the ultralytics integration (``dcnv3.yolo.register()``) and
 prepares the runtime (offline, plot fonts, all cores) when it is constructed, so each worker has
-the DCNv3 blocks before the model is rebuilt. Importing this module changes nothing.
+the DCNv3 blocks before the model is rebuilt. It also registers a ``HealthMonitor``
+(``dcnv3.training_health``): after every epoch, the deformable layers' health on a few validation
+images goes to ``health.csv`` / ``health.json`` in the run folder. Importing this module changes nothing.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from ultralytics.utils import LOGGER
 
 from . import yolo
 from .sampling_hooks import is_deformable
+from .training_health import HealthMonitor
 
 __all__ = ["DCNv3DetectionTrainer", "configured_trainer", "train"]
 
@@ -29,11 +32,16 @@ class DCNv3DetectionTrainer(DetectionTrainer):
 
     offset_lr_scale: float = 1.0
     offset_weight_decay: bool = True
+    # The health monitor's settings (``HealthMonitor``): images probed per epoch, stop on a flag.
+    health_images: int = 4
+    health_stop_on_flag: bool = False
 
     def __init__(self, *args, **kwargs):
         yolo.prepare_runtime()
         yolo.register()
         super().__init__(*args, **kwargs)
+        self.health_monitor = HealthMonitor(count=self.health_images, stop_on_flag=self.health_stop_on_flag)
+        self.add_callback("on_fit_epoch_end", self.health_monitor)
 
     def build_optimizer(self, model, *args, **kwargs):
         optimizer = super().build_optimizer(model, *args, **kwargs)
@@ -62,23 +70,25 @@ class DCNv3DetectionTrainer(DetectionTrainer):
         return optimizer
 
 
-def configured_trainer(offset_lr_scale: float = 1.0, offset_weight_decay: bool = True) -> type:
+def configured_trainer(offset_lr_scale: float = 1.0, offset_weight_decay: bool = True,
+                       health_stop_on_flag: bool = False) -> type:
     """A DCNv3DetectionTrainer subclass with these settings (a class, as ultralytics wants)."""
-    if offset_lr_scale == 1.0 and offset_weight_decay:
+    if offset_lr_scale == 1.0 and offset_weight_decay and not health_stop_on_flag:
         return DCNv3DetectionTrainer
     return type("ConfiguredDCNv3Trainer", (DCNv3DetectionTrainer,),
                 {"offset_lr_scale": float(offset_lr_scale), "offset_weight_decay": bool(offset_weight_decay),
-                 "__module__": __name__})
+                 "health_stop_on_flag": bool(health_stop_on_flag), "__module__": __name__})
 
 
 def train(model: str, data: str, offset_lr_scale: float = 1.0, offset_weight_decay: bool = True,
-          **overrides):
+          health_stop_on_flag: bool = False, **overrides):
     """Train ``model`` (a YAML such as ``dcnv3-yolov8n.yaml`` or a ``.pt`` to fine-tune) on ``data``
-    with ultralytics' trainer; returns the ``YOLO`` whose ``trainer.best`` is the best checkpoint."""
+    with ultralytics' trainer; returns the ``YOLO`` whose ``trainer.best`` is the best checkpoint.
+    ``health_stop_on_flag``: stop after an epoch in which a deformable layer is flagged."""
     from ultralytics import YOLO
 
     yolo.prepare_runtime()
     yolo.register()  # YOLO("dcnv3-yolov8n.yaml") needs the blocks before the trainer exists
     detector = YOLO(model)
-    detector.train(data=data, trainer=configured_trainer(offset_lr_scale, offset_weight_decay), **overrides)
+    detector.train(data=data, trainer=configured_trainer(offset_lr_scale, offset_weight_decay, health_stop_on_flag), **overrides)
     return detector

@@ -34,7 +34,7 @@ SERVER_FILES = {"test_app_api.py", "test_erf_api.py", "test_video_api.py", "test
                 "test_concurrency.py", "test_offline.py",
                 "test_lesson_api.py", "test_ablation_api.py", "test_dcnv4_yolo_api.py",
                 "test_dcnv2_layouts.py"}
-TRAINING_FILES = {"test_training.py", "test_dcnv4_yolo_training.py", "test_dcnv2_training.py"}
+TRAINING_FILES = {"test_training.py", "test_training_health.py", "test_dcnv4_yolo_training.py", "test_dcnv2_training.py"}
 # Files whose tests take long on 2 cores (measured with --durations): the fuzz suites run the
 # model on hundreds of inputs; video and receptive-field tests run many forwards.
 SLOW_FILES = BROWSER_FILES | SERVER_FILES | TRAINING_FILES | {

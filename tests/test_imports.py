@@ -126,11 +126,11 @@ LAYERS = {
     1: {"dcnv3.geometry", "dcnv3.stats", "dcnv3.fields", "dcnv3.trace", "dcnv3.overlay", "dcnv3.video_io",
         "dcnv3.track_stats", "dcnv3.video_overlay", "dcnv3.data", "dcnv3.data.backgrounds",
         "dcnv3.data.generator", "dcnv3.data.shapes", "dcnv3.lesson_data", "dcnv3.weight_encoding"},
-    2: {"dcnv3.yolo", "dcnv3.blocks", "dcnv3.blocks_dcnv4", "dcnv3.blocks_dcnv2", "dcnv3.checkpoints", "dcnv3.fork_layouts", "dcnv3.loading",
-        "dcnv3.training"},
+    2: {"dcnv3.yolo", "dcnv3.blocks", "dcnv3.blocks_dcnv4", "dcnv3.blocks_dcnv2", "dcnv3.checkpoints", "dcnv3.fork_layouts", "dcnv3.loading"},
     3: {"dcnv3.probe", "dcnv3.receptive_field", "dcnv3.analysis", "dcnv3.tracking", "dcnv3.video",
         "dcnv3.lesson", "dcnv3.lesson_train", "dcnv3.lesson_measure", "dcnv3.lesson_watch",
-        "dcnv3.ablation", "dcnv3.layer_health"},
+        "dcnv3.ablation", "dcnv3.layer_health", "dcnv3.training_health",
+        "dcnv3.training"},  # the trainer registers the health monitor, which probes
     4: {"dcnv3.cli", "dcnv3.__main__"},
     5: "viz_app",  # every viz_app module
     6: {"app"},
