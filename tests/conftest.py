@@ -28,7 +28,7 @@ from repo_paths import BUNDLED_DCNV3, BUNDLED_PLAIN  # noqa: E402
 
 # Markers by test file: each file's tests share what makes them slow or special.
 BROWSER_FILES = {"test_browser.py", "test_browser_compare_learn.py", "test_browser_video.py",
-                 "test_browser_forks.py", "test_browser_lesson.py", "test_browser_ablation.py",
+                 "test_browser_forks.py", "test_browser_lesson.py", "test_browser_training.py", "test_browser_ablation.py",
                  "test_browser_kinds.py"}
 SERVER_FILES = {"test_app_api.py", "test_erf_api.py", "test_video_api.py", "test_server_defaults.py",
                 "test_concurrency.py", "test_offline.py",

@@ -148,7 +148,7 @@ FORBIDDEN = {0: {"ultralytics", "gradio", "plotly", "cv2", "viz_app"},
 GRADIO_FREE_UI = {"viz_app.render", "viz_app.figure_spec", "viz_app.health", "viz_app.exports",
                   "viz_app.receptive", "viz_app.video_render", "viz_app.cache", "viz_app.view_state",
                   "viz_app.files", "viz_app.images", "viz_app.analyser", "viz_app.context", "viz_app.toy",
-                  "viz_app.retention", "viz_app.lesson_view",
+                  "viz_app.retention", "viz_app.lesson_view", "viz_app.training_view",
                   "viz_app.ablation_view"}
 
 

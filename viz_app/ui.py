@@ -1,6 +1,6 @@
 """DeformLens' Blocks: the page, its tabs and the HTTP API, built from one ``AppContext``.
 
-``build_app(ctx)`` lays out the header and the top-level tabs (Image, Video, Compare, Learn); each
+``build_app(ctx)`` lays out the header and the top-level tabs (Image, Video, Compare, Training, Learn); each
 tab module's ``build`` makes its own components and events from the context, and the API
 endpoints (``/detect``, ``/sampling``, ``/erf``, ``/ablate``, ``/video``) get hidden components of their own,
 so they need no browser session. ``app.py`` makes the context and launches the Blocks.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import ablation_tab, compare_tab, image_tab, learn_tab, receptive_tab, video_tab
+from . import ablation_tab, compare_tab, image_tab, learn_tab, receptive_tab, training_tab, video_tab
 from .context import AppContext
 
 __all__ = ["build_app", "CSS", "THEME", "USAGE"]
@@ -40,6 +40,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             with gr.Tab("Video", id="video", elem_id="tab-video") as video_tab_item:
                 video_tab.build(ctx, image.image_in, image.model, main_tabs, video_tab_item)
             compare_tab.build(ctx, image.image_in)
+            training_tab.build(ctx)
             learn_tab.build(ctx)
         with gr.Column(visible=False):  # the HTTP API's own components
             image_tab.build_api(ctx)
