@@ -44,10 +44,21 @@ def break_module(module, how: str) -> None:
         raise ValueError(f"unknown breakage {how!r}; one of {BREAKAGES}")
 
 
+def yolo_copy(model):
+    """A deep copy of an ultralytics YOLO without its predictor: once ``predict`` ran, the YOLO
+    holds a ``BasePredictor`` whose ``threading.Lock`` cannot be deep-copied (the session-wide
+    bundled model is predicted on by earlier tests); the copy builds its own on first use."""
+    predictor, model.predictor = model.predictor, None
+    try:
+        return copy.deepcopy(model)
+    finally:
+        model.predictor = predictor
+
+
 def broken_copy(model, how: str, layers: list[str] | None = None):
     """A deep copy of an ultralytics YOLO whose DCNv3 layers ``layers`` (names; None: all) are
     broken as ``how`` says. ``same_groups`` skips single-group layers (nothing to copy)."""
-    broken = copy.deepcopy(model)
+    broken = yolo_copy(model)
     for name, module in dcnv3_modules(broken.model):
         if (layers is None or name in layers) and not (how == "same_groups" and module.group < 2):
             break_module(module, how)
@@ -98,7 +109,7 @@ def record_broken_copy(model, how: str, layers: list[str] | None = None):
 
     if how not in RECORD_BREAKAGES:
         raise ValueError(f"unknown breakage {how!r}; one of {RECORD_BREAKAGES}")
-    broken = copy.deepcopy(model)
+    broken = yolo_copy(model)
     for name, module in deformable_modules(inference_model(broken)):
         if layers is None or name in layers:
             module.__dict__[OVERRIDE_SLOT] = RecordBreak(how)
