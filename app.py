@@ -34,7 +34,7 @@ QUEUE_MAX_SIZE = 64  # waiting requests beyond this are turned away at once ("qu
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="DeformLens: see what the DCNv3 layers of a YOLOv8 detector learned.")
+    parser = argparse.ArgumentParser(description="DeformLens: see what the deformable layers (DCNv2, DCNv3, DCNv4) of a YOLO detector learned.")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--model", help="checkpoint to select first (default: assets/models/dcnv3-yolov8n.pt, "

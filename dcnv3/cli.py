@@ -139,7 +139,7 @@ def cmd_inspect(args) -> None:
         return inspect_video(model, args)  # any other file is taken for a video (and refused if it is not one)
     args.imgsz = args.imgsz or train_imgsz(model)  # as the app: the size the model was trained at
     if not model.dcnv3_layers:
-        print(f"note: {Path(args.model).name} has no DCNv3 layer; writing detections only")
+        print(f"note: {Path(args.model).name} has no deformable layer; writing detections only")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -264,7 +264,7 @@ def cmd_analyze(args) -> None:
 
     model = load_model(args.model)
     if not model.dcnv3_layers:
-        raise ValueError(f"{Path(args.model).name} has no DCNv3 layer to analyze")
+        raise ValueError(f"{Path(args.model).name} has no deformable layer to analyze")
     rows = analyze_dataset(model, args.data, split=args.split, imgsz=args.imgsz, max_images=args.max_images)
     table = format_table(rows)
     print("Effective dilation (mean ± std, feature cells; regular grid = 1) at object centres by "
@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", default="runs/dcnv3/predict", help="output folder")
     sub.set_defaults(func=cmd_predict)
 
-    sub = commands.add_parser("inspect", help="probe the DCNv3 layers over an image or a folder: "
+    sub = commands.add_parser("inspect", help="probe the deformable layers over an image or a folder: "
                                               "per-layer statistics CSV, overlay PNGs, raw NPZ")
     common(sub, thresholds=True)
     sub.add_argument("--source", required=True, help="image, folder of images, or a video (then: an H.264 MP4 "
@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     limits = video.VideoLimits()
     video_options = sub.add_argument_group("video")
-    video_options.add_argument("--layer", default=video.AUTO_LAYER, help="DCNv3 layer name, or auto: per object, "
+    video_options.add_argument("--layer", default=video.AUTO_LAYER, help="deformable layer name, or auto: per object, "
                                                                         "the layer whose stride matches its size")
     video_options.add_argument("--mode", default="samples", choices=list(video.MODES),
                                help="overlay: sampling points at tracked objects, at a fixed grid, or a field map")
@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(func=cmd_export)
 
     sub = commands.add_parser("analyze", help="effective dilation by object size (DCNv1 Table 2), mean "
-                                              "|offset| and weight entropy per DCNv3 layer over a dataset")
+                                              "|offset| and weight entropy per deformable layer over a dataset")
     common(sub)
     sub.add_argument("--data", required=True, help="dataset YAML with ground-truth labels")
     sub.add_argument("--split", default="val")

@@ -151,7 +151,7 @@ class Probe:
         for record in self.layers:
             if record.name == name:
                 return record
-        raise KeyError(f"no DCNv3 layer named {name!r}; layers: {[r.name for r in self.layers]}")
+        raise KeyError(f"no deformable layer named {name!r}; layers: {[r.name for r in self.layers]}")
 
     def record(self, layer) -> LayerRecord:
         """A layer given as a ``LayerRecord`` or by its qualified name -> the record."""

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["CAPTURE_SLOT", "OVERRIDE_SLOT", "WEIGHT_KINDS", "SamplingOverride", "hand_over", "hooked",
+__all__ = ["CAPTURE_SLOT", "OVERRIDE_SLOT", "OPERATOR_OF_KIND", "WEIGHT_KINDS", "describe_layers", "SamplingOverride", "hand_over", "hooked",
            "is_deformable", "override_sampling"]
 
 # While ``dcnv3.capture`` / ``override_sampling`` is active, a module's ``__dict__`` holds under
@@ -47,6 +47,21 @@ WEIGHT_KINDS = {
     "sigmoid": "sigmoid of each point alone (DCNv2): each in [0, 1], no constraint across points",
     "free": "unnormalised scalars (DCNv4): signed and unbounded, 0 at initialisation",
 }
+# The operator that gives each kind (one kind per operator, so texts can name the operator).
+OPERATOR_OF_KIND = {"softmax": "DCNv3", "sigmoid": "DCNv2", "free": "DCNv4"}
+
+
+def describe_layers(weight_kinds) -> str:
+    """How a text names a model's deformable layers, given each layer's ``weight_kind``:
+    "5 DCNv3 layers", "1 DCNv2 layer", "4 deformable layers (DCNv2, DCNv3)", "no deformable layer"."""
+    kinds = list(weight_kinds)
+    if not kinds:
+        return "no deformable layer"
+    operators = sorted({OPERATOR_OF_KIND.get(kind, kind) for kind in kinds})
+    noun = "layer" if len(kinds) == 1 else "layers"
+    if len(operators) == 1:
+        return f"{len(kinds)} {operators[0]} {noun}"
+    return f"{len(kinds)} deformable {noun} ({', '.join(operators)})"
 
 
 def is_deformable(module: nn.Module) -> bool:

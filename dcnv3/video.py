@@ -141,13 +141,13 @@ def process_video(model, source: str | Path, out_dir: str | Path, *, layer: str 
         raise ValueError(f"batch must be >= 1, got {batch}")
     names = _layer_names(model)
     if layer != AUTO_LAYER and layer not in names:
-        raise ValueError(f"unknown layer {layer!r}; layers: {', '.join(names) or 'none (no DCNv3 layer)'}")
+        raise ValueError(f"unknown layer {layer!r}; layers: {', '.join(names) or 'none (no deformable layer)'}")
     info = open_video(source, limits)
     imgsz = int(imgsz or train_imgsz(model))
     tracker_state = make_tracker(tracker)
     notes = []
     if not names:
-        notes.append("this detector has no DCNv3 layer: only its tracked detections are drawn")
+        notes.append("this detector has no deformable layer: only its tracked detections are drawn")
     if info.duration > limits.max_seconds:
         notes.append(f"only the first {limits.max_seconds:g} s of {info.duration:.1f} s are processed")
     total = info.frame_count or int(limits.max_seconds * info.fps)
@@ -180,7 +180,7 @@ def process_video(model, source: str | Path, out_dir: str | Path, *, layer: str 
                 caption = f"frame {index} · {seconds:.2f} s · " + (
                     "per object: layer of its scale" if layer == AUTO_LAYER and mode == "samples" else
                     (layer if layer != AUTO_LAYER else (result.default_layer().name
-                                                        if result.layers else "no DCNv3 layer")))
+                                                        if result.layers else "no deformable layer")))
                 drawn = draw_frame(frame, result, tracks, layer, mode, caption)
                 writer.write(drawn)
                 frame_indices.append(index)

@@ -237,8 +237,8 @@ def test_untrained_model_samples_the_regular_grid(client):
 def test_plain_detector_still_shows_its_detections(client):
     picture, payload = detect(client, BUS, model="plain.pt")
     assert cv2.imread(picture) is not None and payload["dcnv3_layers"] == []
-    assert any("no DCNv3 layer" in note for note in payload["notices"])
-    with pytest.raises(AppError, match="has no DCNv3 layer"):
+    assert any("no deformable layer" in note for note in payload["notices"])
+    with pytest.raises(AppError, match="has no deformable layer"):
         sampling(client, BUS, "model.4.m.0.cv2.dcnv3", 10, 10, model="plain.pt")
 
 

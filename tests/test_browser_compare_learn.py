@@ -72,7 +72,7 @@ def test_compare_tab(page):
     page.wait_for_selector("#compare-detections img")
     wait_text(page, "#compare-status", "yolov8n.pt")
     wait_text(page, "#compare-health-a", "model.4.m.0.cv2.dcnv3")
-    wait_text(page, "#compare-health-b", "no DCNv3 layer")
+    wait_text(page, "#compare-health-b", "no deformable layer")
     page.wait_for_selector("#compare-erf img")
     wait_text(page, "#compare-erf-info", "ratio A / B")
     first = page.locator("#compare-erf-info").inner_text()

@@ -10,7 +10,7 @@ import pytest
 
 FORK_A = Path(__file__).parent / "data" / "fork_fixture" / "fork_A.pt"
 ENV = {**os.environ, "YOLO_OFFLINE": "true"}
-COMMANDS = ["train", "val", "predict", "inspect", "analyze", "export", "data"]
+COMMANDS = ["train", "val", "predict", "inspect", "ablate", "health", "analyze", "export", "assets", "data"]
 
 
 def cli(*args, cwd=None, check=True):

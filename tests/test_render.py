@@ -276,7 +276,7 @@ def test_sampling_view_and_its_messages(untrained_probe):
     outside = render.sampling_view(image, probe, layer, (-3, 10))
     assert outside.cell is None and "outside the image" in outside.message
     nothing = render.sampling_view(image, make_probe([], (256, 320)), None, (10, 10))
-    assert "no DCNv3 layer" in nothing.message and nothing.figure is None
+    assert "no deformable layer" in nothing.message and nothing.figure is None
 
 
 def test_initial_query_and_detection_query():

@@ -106,3 +106,13 @@ def test_pickling_inside_hooks_drops_them():
     with override_sampling([layer]), capture(torch.nn.Sequential(layer)):
         clone = copy.deepcopy(layer)
     assert "_dcnv3_sampling_override" not in clone.__dict__ and "_dcnv3_capture_records" not in clone.__dict__
+
+
+def test_texts_name_the_operator_of_each_weight_kind():
+    from dcnv3.sampling_hooks import OPERATOR_OF_KIND, WEIGHT_KINDS, describe_layers
+
+    assert set(OPERATOR_OF_KIND) == set(WEIGHT_KINDS)
+    assert describe_layers([]) == "no deformable layer"
+    assert describe_layers(["sigmoid"]) == "1 DCNv2 layer"
+    assert describe_layers(["softmax"] * 5) == "5 DCNv3 layers"
+    assert describe_layers(["free", "softmax", "free"]) == "3 deformable layers (DCNv3, DCNv4)"

@@ -17,6 +17,7 @@ import pandas as pd
 from dcnv3.checkpoints import CheckpointError
 from dcnv3.geometry import box_centre
 from dcnv3.probe import default_layer
+from dcnv3.sampling_hooks import describe_layers
 from dcnv3 import receptive_field as rf
 
 from . import health, receptive
@@ -43,7 +44,7 @@ def detections_panels(analyses: list, names: list[str]) -> tuple[np.ndarray, flo
     for analysis, name in zip(analyses, names):
         canvas, pair = make_canvas(image, (scale, scale))
         canvas = draw_detections(canvas, analysis.probe.detections, pair)
-        title = f"{name}: {len(analysis.probe.detections)} detections, {len(analysis.probe.layers)} DCNv3 layers"
+        title = f"{name}: {len(analysis.probe.detections)} detections, {describe_layers(l.weight_kind for l in analysis.probe.layers)}"
         panels.append(np.vstack([receptive.title_strip(canvas.shape[1], [title]), canvas]))
     return receptive.side_by_side(panels, GAP), scale
 
@@ -90,7 +91,7 @@ def compare_fields(ctx: AppContext, analyses, names, layer, xy, detection=None):
 def _health_frame(analysis):
     rows = health.health_rows(analysis.probe)
     if not rows:
-        return pd.DataFrame([{"layer": "(no DCNv3 layer)", "flags": "a plain detector: nothing to check"}])
+        return pd.DataFrame([{"layer": "(no deformable layer)", "flags": "a plain detector: nothing to check"}])
     return pd.DataFrame(rows)[["layer", "stage", "|offset| cells", "entropy", "dilation cells", "flags"]]
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 
 from dcnv3.checkpoints import CheckpointError
 from dcnv3.overlay import draw_cell
+from dcnv3.sampling_hooks import describe_layers
 
 from . import ablation_tab, exports, health, receptive_tab, render
 from .analyser import DEFAULT_CONF, DEFAULT_IOU, Analysis
@@ -93,7 +94,7 @@ def _notice_markdown(analysis: Analysis) -> str:
     """The model's and the image's notices (bold), then what ran."""
     probe = analysis.probe
     lines = [f"- **{note}**" for note in analysis.notices]
-    lines.append(f"- {len(probe.detections)} detections, {len(probe.layers)} DCNv3 layers; model ran in "
+    lines.append(f"- {len(probe.detections)} detections, {describe_layers(l.weight_kind for l in probe.layers)}; model ran in "
                  f"{analysis.seconds:.2f} s on a {probe.image_shape[1]} x {probe.image_shape[0]} px image "
                  f"(network input {probe.letterbox.input_shape[1]} x {probe.letterbox.input_shape[0]})")
     return "\n".join(lines)
@@ -353,7 +354,7 @@ def _layout(ctx: AppContext, analysis: gr.State, view: gr.State) -> _Components:
                 iou = gr.Slider(0.05, 1.0, DEFAULT_IOU, step=0.05, label="NMS IoU", elem_id="iou")
             imgsz = gr.Dropdown(IMGSZ_CHOICES, value=0, label="Network input size (longest side, px)", elem_id="imgsz")
             detection = gr.Dropdown([], label="Detection (jumps to the layer of its scale)", elem_id="detection")
-            layer = gr.Dropdown([], label="DCNv3 layer (stage · stride · groups G · kernel K)", elem_id="layer")
+            layer = gr.Dropdown([], label="Deformable layer (stage · stride · groups G · kernel K)", elem_id="layer")
             groups = gr.CheckboxGroup([], label="Groups shown", type="value", elem_id="groups")
             with gr.Accordion("Export", open=True):
                 export_button = gr.Button("Export PNG · NPZ · JSON · CSV", size="md", elem_id="export")
@@ -371,7 +372,7 @@ def _layout(ctx: AppContext, analysis: gr.State, view: gr.State) -> _Components:
                     with gr.Row(equal_height=False):
                         figure = gr.Plot(label="Zoom: hover a point for group, point, dx, dy, weight",
                                          elem_id="sampling-plot")
-                        trace = gr.Image(label="Trace through the stacked DCNv3 layers (DCNv1 fig. 6): the 60 "
+                        trace = gr.Image(label="Trace through the stacked deformable layers (DCNv1 fig. 6): the 60 "
                                                "strongest paths, weights multiplied along the path (yellow = "
                                                "strongest; signed DCNv4 weights keep their sign, hollow = "
                                                "negative); white rings: intermediate layers",
@@ -474,7 +475,7 @@ class _Api:
         probe = analysis.probe
         names = [r.name for r in probe.layers]
         if not names:
-            raise gr.Error(f"{analysis.model_name} has no DCNv3 layer")
+            raise gr.Error(f"{analysis.model_name} has no deformable layer (DCNv2, DCNv3 or DCNv4)")
         if layer not in names:
             raise gr.Error(f"unknown layer {layer!r}; layers: {', '.join(names)}")
         if x is None or y is None:

@@ -27,7 +27,7 @@ DEFAULT_BUNDLED = "dcnv3-yolov8n.pt"
 UNTRAINED_SUFFIX = " (untrained)"
 UNTRAINED_NAME = "dcnv3-yolov8n" + UNTRAINED_SUFFIX  # the default when no checkpoint is found
 UNTRAINED_NOTICE = "untrained model: offsets are zero (every point sits on the regular grid)"
-NO_DCNV3_NOTICE = "this detector has no DCNv3 layer: only its detections are shown"
+NO_DCNV3_NOTICE = "this detector has no deformable layer (DCNv2, DCNv3 or DCNv4): only its detections are shown"
 MAX_UPLOAD_BYTES = 400 * 2**20  # far above any YOLOv8-x checkpoint (~140 MB)
 UPLOAD_PREFIX = "upload: "
 

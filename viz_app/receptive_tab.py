@@ -72,7 +72,7 @@ def compute_view(ctx: AppContext, analysis, view: ImageView | None, target: str,
             if not fallback:
                 return None, "This model has no layer to read: pick a detection target.", None
             layer = default_layer(fallback)
-            note = (note + "; " if note else "") + f"no DCNv3 layer: reading the backbone block `{layer}`"
+            note = (note + "; " if note else "") + f"no deformable layer: reading the backbone block `{layer}`"
         fields = receptive.compute_pair(ctx.fields, analysis.image, analysis.imgsz, primary, secondary, layer,
                                         view.xy, detection)
     except (ValueError, CheckpointError) as error:

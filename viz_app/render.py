@@ -381,7 +381,7 @@ def sampling_view(image: np.ndarray, probe, layer: str | None, xy, groups=None, 
         base = draw_detections(base, probe.detections, scale, highlight)
     scale = scale_pair(scale if scale is not None else display_scale(image.shape))
     if layer is None or not probe.layers:
-        return SamplingView(base, scale, None, None, None, None, "no DCNv3 layer in this model: detections only")
+        return SamplingView(base, scale, None, None, None, None, "no deformable layer in this model: detections only")
     x, y = float(xy[0]), float(xy[1])
     height, width = probe.image_shape
     record = probe.record(layer)

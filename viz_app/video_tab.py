@@ -181,7 +181,7 @@ def build(ctx: AppContext, image_in, image_model, main_tabs, tab=None) -> None:
             if DEMO_VIDEO.is_file():
                 gr.Examples([[str(DEMO_VIDEO)]], inputs=video_in, label="Demo video")
             model = gr.Dropdown(registry.names(), value=registry.default_name(), label="Model", elem_id="video-model")
-            layer = gr.Dropdown([AUTO_CHOICE], value=dvideo.AUTO_LAYER, label="DCNv3 layer", elem_id="video-layer")
+            layer = gr.Dropdown([AUTO_CHOICE], value=dvideo.AUTO_LAYER, label="Deformable layer", elem_id="video-layer")
             mode = gr.Radio(MODE_CHOICES, value="samples", label="Overlay", elem_id="video-mode")
             with gr.Row():
                 stride = gr.Slider(1, 10, 1, step=1, label="Frame stride (every n-th frame)", elem_id="video-stride")
