@@ -182,6 +182,23 @@ def test_trained_model_loads_validates_predicts_and_probes(trained, tiny_shapes_
            f"val mAP50 {metrics.box.map50:.3f}")
 
 
+def topk_rows_difference(rows: np.ndarray, candidates: np.ndarray, expected_rows: np.ndarray) -> float:
+    """How far the ONNX one-to-one head's top-k ``rows`` (k, 6: x1, y1, x2, y2, score, class) are
+    from PyTorch's. Row by row comparison is wrong here: after 2 epochs many (anchor, class) scores
+    are nearly equal, and a rounding difference swaps which of two tied candidates is kept (a
+    class id off by 1 in an earlier CI run). So each row is checked against PyTorch's candidates
+    (anchors, 4 + nc) before the top-k: some anchor must have its box and, for its class, its
+    score; and the k scores, sorted, must be PyTorch's k scores (ties do not change those)."""
+    boxes, scores = candidates[:, :4], candidates[:, 4:]
+    row_distance = 0.0
+    for row in rows:
+        box_gap = np.abs(boxes - row[:4]).max(-1)  # (anchors,)
+        score_gap = np.abs(scores[:, int(round(row[5]))] - row[4])
+        row_distance = max(row_distance, float(np.maximum(box_gap, score_gap).min()))
+    score_distance = float(np.abs(np.sort(rows[:, 4]) - np.sort(expected_rows[:, 4])).max())
+    return max(row_distance, score_distance)
+
+
 @pytest.mark.training
 def test_trained_model_exports_to_onnx_matching_torch(trained, tmp_path, report):
     ort = pytest.importorskip("onnxruntime")
@@ -196,15 +213,15 @@ def test_trained_model_exports_to_onnx_matching_torch(trained, tmp_path, report)
         session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
         (actual,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})[:1]
         model.model.end2end = one_to_one
+        head = model.model.model[-1]
+        candidates = []  # the one-to-one head's decoded (1, anchors, 4 + nc) before its top-k
+        head.postprocess = lambda preds, keep=head.postprocess: candidates.append(preds) or keep(preds)
         with torch.no_grad():
             expected = model.model.eval()(x)
         expected = (expected[0] if isinstance(expected, (list, tuple)) else expected).numpy()
         assert actual.shape == expected.shape
         if one_to_one:
-            # (1, k, 6) top-k rows: candidates with (near-)equal scores may come in either order,
-            # so each row is compared with its closest counterpart, both ways.
-            distances = np.abs(actual[0][:, None] - expected[0][None]).max(-1)  # (k, k)
-            difference = float(max(distances.min(1).max(), distances.min(0).max()))
+            difference = topk_rows_difference(actual[0], candidates[0][0].numpy(), expected[0])
         else:
             difference = float(np.abs(actual - expected).max())
         scale = float(np.abs(expected).max())
