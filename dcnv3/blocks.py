@@ -23,7 +23,7 @@ from ultralytics.nn.modules.conv import Conv, autopad
 
 from .module import DCNv3
 
-__all__ = ["DCNV3_YoLo", "Bottleneck_DCNv3", "C2f_DCNv3", "C3k_DCNv3", "C3k2_DCNv3", "BLOCK_ALIASES",
+__all__ = ["batchnorm_affine", "DCNV3_YoLo", "Bottleneck_DCNv3", "C2f_DCNv3", "C3k_DCNv3", "C3k2_DCNv3", "BLOCK_ALIASES",
            "ParsedAsStockTwin", "auto_group", "parsed_as_stock_twins", "with_stock_scale_rules", "CHANNELS_PER_GROUP"]
 
 # InternImage uses 16 channels per DCNv3 group.
@@ -65,6 +65,13 @@ class ParsedAsStockTwin(type):
     def __hash__(cls):
         twin = cls.__dict__.get("_parsed_as")
         return hash(twin) if twin is not None else type.__hash__(cls)
+
+
+def batchnorm_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """An eval-mode BatchNorm as the per-channel affine map y -> scale * y + shift: (scale, shift),
+    each (C,). A layer whose output the BN reads folds it in as ultralytics folds Conv+BN."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
 
 
 class DCNV3_YoLo(nn.Module, metaclass=ParsedAsStockTwin):  # noqa: N801 - the seed article's name
@@ -116,9 +123,9 @@ class DCNV3_YoLo(nn.Module, metaclass=ParsedAsStockTwin):  # noqa: N801 - the se
         if bn is None:
             return
         proj = self.dcnv3.output_proj
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        scale, shift = batchnorm_affine(bn)
         proj.weight.copy_(proj.weight * scale[:, None])
-        proj.bias.copy_(proj.bias * scale + bn.bias - bn.running_mean * scale)
+        proj.bias.copy_(proj.bias * scale + shift)
         del self.bn
 
 

@@ -32,7 +32,7 @@ from ultralytics.nn.modules.block import Bottleneck, C2f, C3k, C3k2
 from ultralytics.nn.modules.conv import Conv
 
 from . import dcnv2
-from .blocks import ParsedAsStockTwin, auto_group
+from .blocks import ParsedAsStockTwin, auto_group, batchnorm_affine
 
 __all__ = ["DCNv2", "DCNv2_Dynamic", "MPCA", "DCNv2OffsetAttention", "Bottleneck_DCNV2", "Bottleneck_DCNV2_Dynamic",
            "C2f_DCNv2", "C2f_DCNv2_Dynamic", "C3k_DCNv2", "C3k_DCNv2_Dynamic", "C3k2_DCNv2", "C3k2_DCNv2_Dynamic",
@@ -44,6 +44,20 @@ class DCNv2(dcnv2.DCNv2, metaclass=ParsedAsStockTwin):
     ``deformable_groups``; parse_model scales its width as a Conv's. Same state and forward."""
 
     _parsed_as = Conv
+
+    @torch.no_grad()
+    def fuse_batchnorm(self) -> None:
+        """Fold the BatchNorm into the deformable convolution (inference only): the output is
+        linear in ``weight`` (C_out, C_in/g, K, K) and ``bias`` (C_out,) per output channel, so
+        the BN's scale * y + shift becomes (scale * weight, scale * bias + shift). Removes ``bn``;
+        ``DCNv2.forward`` then skips it (ultralytics' fuse() calls this)."""
+        bn = getattr(self, "bn", None)
+        if bn is None:
+            return
+        scale, shift = batchnorm_affine(bn)
+        self.weight.copy_(self.weight * scale[:, None, None, None])
+        self.bias.copy_(self.bias * scale + shift)
+        del self.bn
 
 
 class MPCA(nn.Module):

@@ -24,7 +24,7 @@ from torch import nn
 from ultralytics.nn.modules.block import Bottleneck, C2f, C3k, C3k2
 from ultralytics.nn.modules.conv import Conv, autopad
 
-from .blocks import ParsedAsStockTwin, auto_group
+from .blocks import ParsedAsStockTwin, auto_group, batchnorm_affine
 from .dcnv4 import DCNv4
 
 __all__ = ["DCNV4_YOLO", "Bottleneck_DCNV4", "C2f_DCNv4", "C3k_DCNv4", "C3k2_DCNv4", "BLOCK_ALIASES"]
@@ -62,7 +62,25 @@ class DCNV4_YOLO(nn.Module, metaclass=ParsedAsStockTwin):  # noqa: N801 - the fa
         if stem is not None:
             x = stem(x)
         x = self.dcnv4(x, (x.size(2), x.size(3)))
-        return self.act(self.bn(x))
+        bn = getattr(self, "bn", None)  # folded into dcnv4.output_proj by fuse_batchnorm()
+        return self.act(x if bn is None else bn(x))
+
+    @torch.no_grad()
+    def fuse_batchnorm(self) -> None:
+        """Fold the BatchNorm into the DCNv4's ``output_proj`` Linear(C, C) (inference only), as
+        DCNV3_YoLo does; a projection without bias gets one. Nothing to fold into when the DCNv4
+        has no pointwise layers (``without_pointwise``): the BN then stays."""
+        bn = getattr(self, "bn", None)
+        proj = getattr(self.dcnv4, "output_proj", None)
+        if bn is None or proj is None:
+            return
+        scale, shift = batchnorm_affine(bn)
+        proj.weight.copy_(proj.weight * scale[:, None])
+        if proj.bias is None:
+            proj.bias = nn.Parameter(shift.clone())
+        else:
+            proj.bias.copy_(proj.bias * scale + shift)
+        del self.bn
 
 
 class Bottleneck_DCNV4(nn.Module, metaclass=ParsedAsStockTwin):  # noqa: N801 - the family's name

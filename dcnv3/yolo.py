@@ -234,6 +234,10 @@ def _install() -> _Patches:
     _check_version(ultralytics.__version__)
     from . import checkpoints
     from .blocks import DCNV3_YoLo, parsed_as_stock_twins, with_stock_scale_rules
+    from .blocks_dcnv2 import DCNv2
+    from .blocks_dcnv4 import DCNV4_YOLO
+
+    deformable_blocks_with_bn = (DCNV3_YoLo, DCNv2, DCNV4_YOLO)  # DCNv2_Dynamic is a DCNv2
 
     patches = _Patches()
     aliases = block_aliases()
@@ -258,10 +262,11 @@ def _install() -> _Patches:
 
     @functools.wraps(stock_fuse)
     def fuse(self, *args, **kwargs):
-        # ultralytics folds BatchNorms into convolutions; a DCNV3_YoLo's BN follows a Linear.
+        # ultralytics folds BatchNorms into its own convolutions only; the deformable blocks
+        # (DCNV3_YoLo, DCNv2, DCNV4_YOLO) fold theirs with their ``fuse_batchnorm``.
         fused = stock_fuse(self, *args, **kwargs)
-        for module in self.modules():
-            if isinstance(module, DCNV3_YoLo):
+        for module in list(self.modules()):
+            if isinstance(module, deformable_blocks_with_bn):
                 module.fuse_batchnorm()
         return fused
 
