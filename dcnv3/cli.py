@@ -28,6 +28,19 @@ def _overrides(pairs: list[str]) -> dict:
     return result
 
 
+def health_stop(names: list[str] | None):
+    """``--health-stop [FLAG ...]`` -> the trainer's ``health_stop_on_flag``: absent False, bare
+    True (any flag), names that set of flags (``dcnv3.layer_health.FLAG_NAMES``)."""
+    from .layer_health import FLAG_NAMES
+
+    if names is None:
+        return False
+    unknown = sorted(set(names) - set(FLAG_NAMES))
+    if unknown:
+        raise ValueError(f"--health-stop: unknown flag(s) {', '.join(unknown)}; flags: {', '.join(FLAG_NAMES)}")
+    return frozenset(names) if names else True
+
+
 def cmd_train(args) -> None:
     from .training import train
 
@@ -35,7 +48,11 @@ def cmd_train(args) -> None:
                   device=args.device, workers=args.workers, project=str(Path(args.project).resolve()),
                   name=args.name,
                   seed=args.seed, exist_ok=True, offset_lr_scale=args.offset_lr_scale,
-                  offset_weight_decay=not args.offset_no_decay, **_overrides(args.set))
+                  offset_weight_decay=not args.offset_no_decay, health_stop_on_flag=health_stop(args.health_stop),
+                  **_overrides(args.set))
+    monitor = getattr(model.trainer, "health_monitor", None)
+    if monitor is not None and monitor.stopped_at is not None:
+        print(f"stopped by the health monitor after epoch {monitor.stopped_at} (see health.csv)")
     print(f"best checkpoint: {model.trainer.best}")
 
 
@@ -344,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="learning-rate multiplier for the DCNv3 offset and mask projections")
     sub.add_argument("--offset-no-decay", action="store_true",
                      help="no weight decay on the DCNv3 offset and mask projections")
+    sub.add_argument("--health-stop", nargs="*", metavar="FLAG", default=None,
+                     help="stop after an epoch in which a deformable layer is flagged (health.csv); "
+                          "bare: any flag, else only these (collapsed, exploding, saturated, ...)")
     sub.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any other ultralytics train argument")
     sub.set_defaults(func=cmd_train)
 

@@ -34,7 +34,7 @@ class DCNv3DetectionTrainer(DetectionTrainer):
     offset_weight_decay: bool = True
     # The health monitor's settings (``HealthMonitor``): images probed per epoch, stop on a flag.
     health_images: int = 4
-    health_stop_on_flag: bool = False
+    health_stop_on_flag: bool | frozenset[str] = False  # True: any flag; a set: only those
 
     def __init__(self, *args, **kwargs):
         yolo.prepare_runtime()
@@ -71,20 +71,23 @@ class DCNv3DetectionTrainer(DetectionTrainer):
 
 
 def configured_trainer(offset_lr_scale: float = 1.0, offset_weight_decay: bool = True,
-                       health_stop_on_flag: bool = False) -> type:
-    """A DCNv3DetectionTrainer subclass with these settings (a class, as ultralytics wants)."""
+                       health_stop_on_flag=False) -> type:
+    """A DCNv3DetectionTrainer subclass with these settings (a class, as ultralytics wants).
+    ``health_stop_on_flag``: False, True (stop on any flag) or flag names (stop only on those)."""
     if offset_lr_scale == 1.0 and offset_weight_decay and not health_stop_on_flag:
         return DCNv3DetectionTrainer
+    stop = health_stop_on_flag if isinstance(health_stop_on_flag, bool) else frozenset(health_stop_on_flag)
     return type("ConfiguredDCNv3Trainer", (DCNv3DetectionTrainer,),
                 {"offset_lr_scale": float(offset_lr_scale), "offset_weight_decay": bool(offset_weight_decay),
-                 "health_stop_on_flag": bool(health_stop_on_flag), "__module__": __name__})
+                 "health_stop_on_flag": stop, "__module__": __name__})
 
 
 def train(model: str, data: str, offset_lr_scale: float = 1.0, offset_weight_decay: bool = True,
-          health_stop_on_flag: bool = False, **overrides):
+          health_stop_on_flag=False, **overrides):
     """Train ``model`` (a YAML such as ``dcnv3-yolov8n.yaml`` or a ``.pt`` to fine-tune) on ``data``
     with ultralytics' trainer; returns the ``YOLO`` whose ``trainer.best`` is the best checkpoint.
-    ``health_stop_on_flag``: stop after an epoch in which a deformable layer is flagged."""
+    ``health_stop_on_flag``: stop after an epoch in which a deformable layer is flagged (True: any
+    flag; flag names: only those)."""
     from ultralytics import YOLO
 
     yolo.prepare_runtime()

@@ -54,3 +54,22 @@ print("TRAINER", type(model.trainer).__name__, "STOPPED", monitor.stopped_at,
 """)
     assert "TRAINER DetectionTrainer STOPPED 1 EPOCHS [1] FLAGS ['collapsed']" in out, out[-3000:]
     assert "health monitor: stopping after epoch 1 on collapsed" in out
+
+
+def test_train_cli_stops_on_a_chosen_flag(tiny_shapes_data, tmp_path):
+    """``python -m dcnv3 train --health-stop collapsed``: the same stop from the command line (the
+    offsets are still on the grid after epoch 1, as above); an unknown flag is refused up front."""
+    from test_cli import cli
+
+    result = cli("train", "--data", tiny_shapes_data, "--epochs", 3, "--imgsz", 64, "--batch", 8, "--workers", 0,
+                 "--device", "cpu", "--project", tmp_path, "--name", "cli", "--health-stop", "collapsed",
+                 "--set", "plots=False", "warmup_epochs=0")
+    assert "stopped by the health monitor after epoch 1" in result.stdout, result.stdout[-3000:]
+    rows = read_health(tmp_path / "cli")
+    assert sorted({row["epoch"] for row in rows}) == [1] and all("collapsed" in row["flags"] for row in rows)
+    assert (tmp_path / "cli" / "weights" / "best.pt").is_file()
+
+    refused = cli("train", "--data", tiny_shapes_data, "--project", tmp_path, "--health-stop", "wobbly",
+                  check=False)
+    assert refused.returncode == 2 and "unknown flag(s) wobbly" in refused.stderr
+    assert not (tmp_path / "train").exists()
