@@ -5,7 +5,7 @@ group, look at the fields and health views, download an export.
 Needs /usr/bin/chromium (``apt-get install -y chromium``); Playwright's own browser download
 (``playwright install``) is never used. The page may only reach the app: every other request is
 aborted, so the test also shows that the UI works offline. Set DEFORMLENS_SCREENSHOT=path.png to
-save a screenshot of the page after the click (that is how assets/screenshots/app.png is made).
+save a screenshot of the page after the click (assets/screenshots/app.png comes from tests/test_browser_readme.py).
 """
 import json
 import os

@@ -1,0 +1,57 @@
+"""In headless Chromium, the app as the README's first picture shows it: the bundled DCNv3-YOLOv8n
+(the default model) on a generated scene, its first detection picked, the Sampling view of the
+P4 layer with its four groups. Set DEFORMLENS_SCREENSHOT_DIR=folder to save the page (the
+README's assets/screenshots/app.png).
+
+Needs /usr/bin/chromium; every request except the app's own is blocked.
+"""
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from browser_support import NEEDS_CHROMIUM, offline_page, served_app
+from repo_paths import EXAMPLES
+
+pytestmark = NEEDS_CHROMIUM
+pytest.importorskip("playwright.sync_api")
+SCENE = EXAMPLES / "shapes_2.jpg"
+
+
+def save_screenshot(page, name: str) -> None:
+    folder = os.environ.get("DEFORMLENS_SCREENSHOT_DIR")
+    if not folder:
+        return
+    from PIL import Image
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    path = Path(folder) / f"{name}.png"
+    for close in page.locator("[data-testid='toast-close']").all():
+        close.click()
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(path))
+    picture = Image.open(path).convert("RGB")  # 256 colours: the README's pictures stay small
+    picture.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.FLOYDSTEINBERG).save(
+        path, optimize=True)
+
+
+def test_bundled_model_on_a_scene():
+    from viz_app.models import ModelRegistry
+
+    with served_app(ModelRegistry()) as url, offline_page(url, height=1300) as page:
+        heading = page.locator("h2").first.inner_text()
+        assert "deformable layers (DCNv2, DCNv3, DCNv4)" in heading, heading
+        assert page.locator("#model input").input_value() == "dcnv3-yolov8n.pt"
+        page.set_input_files("#image-in input[type=file]", str(SCENE))
+        page.wait_for_function("() => /\\d+ detections, 5 DCNv3 layers/.test("
+                               "document.querySelector('#notices').innerText)")
+        page.wait_for_function("() => document.querySelector('#sampling-info').innerText.includes('cell (row')")
+        # The first detection's centre, in the layer of its scale; every group of that layer shown.
+        assert page.locator("#detection input").input_value().startswith("#1 ")
+        layer = page.locator("#layer input").input_value()
+        groups = int(re.search(r"G=(\d+)", layer).group(1))
+        assert groups > 1 and page.locator("#groups input[type=checkbox]").count() == groups
+        page.locator("#sampling-plot .js-plotly-plot").wait_for()
+        assert page.locator("#sampling-plot .legendtext", has_text=f"group {groups - 1}").count() == 1
+        save_screenshot(page, "app")
