@@ -1,5 +1,6 @@
-"""Checkpoints of the extra_modules family's C2f_DCNv2 and C2f_DCNv2_Dynamic load by structure and
-compute what the family's own code computed (fixtures: tests/data/forks/dcnv2, built by
+"""Checkpoints of the extra_modules family's C2f_DCNv2 and C2f_DCNv2_Dynamic (YOLOv8) and
+C3k2_DCNv2 and C3k2_DCNv2_Dynamic (YOLO11) load by structure and compute what the family's own
+code computed (fixtures: tests/data/forks/dcnv2, built by
 tests/forks/make_dcnv2_fixtures.py, see the README there).
 
 Bounds, shared by every fork fixture test (/work/shared/fixtures/README.md):
@@ -24,10 +25,15 @@ from child_process import run_python
 from repo_paths import ROOT
 
 FIXTURES = ROOT / "tests" / "data" / "forks" / "dcnv2"
-LAYOUTS = {"extra_dcnv2_v8": "C2f_DCNv2", "extra_dcnv2_dynamic_v8": "C2f_DCNv2_Dynamic"}
+LAYERS = ["model.4.m.0.cv2", "model.4.m.1.cv2", "model.6.m.0.cv2", "model.6.m.1.cv2", "model.8.m.0.cv2"]
+# YOLO11: one Bottleneck_DCNV2 at P3, a C3k_DCNv2 of two at P4 and P5 (c3k, as yolo11n has).
+LAYERS_V11 = ["model.4.m.0.cv2", "model.6.m.0.m.0.cv2", "model.6.m.0.m.1.cv2", "model.8.m.0.m.0.cv2",
+              "model.8.m.0.m.1.cv2"]
+LAYOUTS = {"extra_dcnv2_v8": ("C2f_DCNv2", LAYERS), "extra_dcnv2_dynamic_v8": ("C2f_DCNv2_Dynamic", LAYERS),
+           "extra_dcnv2_v11": ("C3k2_DCNv2", LAYERS_V11),
+           "extra_dcnv2_dynamic_v11": ("C3k2_DCNv2_Dynamic", LAYERS_V11)}
 BUS = ROOT / "assets" / "examples" / "bus.jpg"
 BOX_PX, SCORE, LAYER_ABS, LAYER_REL, SAMPLING_PX = 0.1, 1e-3, 2e-3, 2e-3, 0.5
-LAYERS = ["model.4.m.0.cv2", "model.4.m.1.cv2", "model.6.m.0.cv2", "model.6.m.1.cv2", "model.8.m.0.cv2"]
 
 
 def test_fixtures_reproduce_the_family_as_best_and_last_in_a_clean_process(report):
@@ -46,7 +52,7 @@ def test_fixtures_reproduce_the_family_as_best_and_last_in_a_clean_process(repor
             assert actual.shape == reference.shape, (actual.shape, reference.shape)
             return ((actual - reference).abs() / (absolute + relative * reference.abs())).max().item()
 
-        for layout, container in {LAYOUTS!r}.items():
+        for layout, (container, layer_names) in {LAYOUTS!r}.items():
             expected = torch.load(f"{FIXTURES}/{{layout}}_expected.pt", weights_only=True)
             assert list(x.shape) == expected["input_shape"] and abs(x.double().sum().item() - expected["input_sum"]) < 1e-3
             for kind in ("best", "last"):
@@ -60,12 +66,12 @@ def test_fixtures_reproduce_the_family_as_best_and_last_in_a_clean_process(repor
                 scores = (pred[:, 4:] - expected["pred"][:, 4:]).abs().max().item()
                 assert boxes <= {BOX_PX} and scores <= {SCORE}, (layout, kind, boxes, scores)
                 names = sorted({{key.rsplit(".", 1)[0] for key in expected["layers"]}})
-                assert sorted(layers) == names == {sorted(LAYERS)!r}, (sorted(layers), names)
+                assert sorted(layers) == names == sorted(layer_names), (sorted(layers), names)
                 worst = max(excess(layers[key.rsplit(".", 1)[0]].raw[key.rsplit(".", 1)[1]], value,
                                    {LAYER_ABS}, {LAYER_REL}) for key, value in expected["layers"].items())
                 assert worst <= 1, (layout, kind, worst)
                 records = probe(model, {str(BUS)!r}).layers
-                assert [r.name for r in records] == {LAYERS!r}
+                assert [r.name for r in records] == layer_names
                 assert {{r.weight_kind for r in records}} == {{"sigmoid"}}
                 assert all((r.kernel, r.groups, r.points, r.pad) == (3, 1, 9, 1) for r in records)
                 print(layout, kind, f"boxes {{boxes:.2e}} px scores {{scores:.2e}} layers {{worst:.2e}} of the bound")

@@ -1,21 +1,26 @@
 """Build the DCNv2 fork-layout fixtures in tests/data/forks/ from the extra_modules family's own code.
 
-Usage (the checkout is xiaosanmeng/Lightweight-Vehicle-Detection-Network-Based-on-Improved-YOLOv8
-at the commit named in tests/data/forks/dcnv2/README.md)::
+Usage (the checkouts are xiaosanmeng/Lightweight-Vehicle-Detection-Network-Based-on-Improved-YOLOv8
+for the YOLOv8 layouts and Ascom-stack/yolo11 for the YOLO11 ones, at the commits named in
+tests/data/forks/dcnv2/README.md; either or both)::
 
-    python tests/forks/make_dcnv2_fixtures.py --extra-v8 /tmp/forks/xiaosanmeng --out tests/data/forks/dcnv2
+    python tests/forks/make_dcnv2_fixtures.py --extra-v8 /tmp/forks/xiaosanmeng --extra-v11 /tmp/forks/ascom \
+        --out tests/data/forks/dcnv2
 
 For each layout this script
 
 1. executes the family's own class definitions at their own module paths on the installed
-   ultralytics: ``DCNv2``, ``Bottleneck_DCNV2``, ``C2f_DCNv2`` and the ``_Dynamic`` ones
-   (``DCNv2_Offset_Attention``, ``DCNv2_Dynamic``, ``Bottleneck_DCNV2_Dynamic``,
-   ``C2f_DCNv2_Dynamic``) from ``ultralytics/nn/extra_modules/block.py``, and ``MPCA`` from
+   ultralytics: ``DCNv2``, ``Bottleneck_DCNV2``, ``C2f_DCNv2`` (YOLOv8) or ``C3k_DCNv2`` and
+   ``C3k2_DCNv2`` (YOLO11), and the ``_Dynamic`` ones (``DCNv2_Offset_Attention``,
+   ``DCNv2_Dynamic``, ``Bottleneck_DCNV2_Dynamic``, ``C2f_DCNv2_Dynamic`` or ``C3k_DCNv2_Dynamic``
+   and ``C3k2_DCNv2_Dynamic``) from ``ultralytics/nn/extra_modules/block.py``, and ``MPCA`` from
    ``ultralytics/nn/extra_modules/attention.py`` (the rest of those files imports einops, timm,
    efficientnet_pytorch and dozens of unrelated modules); their forward calls
    ``torch.ops.torchvision.deform_conv2d`` itself, so nothing of theirs is replaced;
 2. builds yolov8 at depth n, width 0.125 with the family's C2f_DCNv2 (or C2f_DCNv2_Dynamic) at
-   P3-P5 (layers 4, 6, 8), as the family's parse_model passes the stock C2f's arguments;
+   P3-P5 (layers 4, 6, 8), as the family's parse_model passes the stock C2f's arguments; or
+   yolo11 at depth 0.5, width 0.125 with its C3k2_DCNv2 (or C3k2_DCNv2_Dynamic) there, with the
+   stock C3k2's arguments (c3k at layers 6 and 8, as yolo11n has);
 3. gives it non-trivial weights: offsets of about a cell that vary with the image, masks spread
    over (0, 1), the Detect head and BatchNorm as ``make_fork_fixtures`` makes them;
 4. saves best.pt / last.pt as ultralytics does (``make_fork_fixtures.save_layouts``) and the
@@ -33,6 +38,7 @@ import math
 import sys
 import types
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torchvision  # noqa: F401 - registers torch.ops.torchvision, as the family's attention.py import does
@@ -43,10 +49,26 @@ import make_fork_fixtures as common  # noqa: E402  (the DCNv3 fixtures' public h
 
 from ultralytics.utils.torch_utils import initialize_weights  # noqa: E402
 
-BLOCK_CLASSES = ("DCNv2", "Bottleneck_DCNV2", "C2f_DCNv2", "DCNv2_Offset_Attention", "DCNv2_Dynamic",
-                 "Bottleneck_DCNV2_Dynamic", "C2f_DCNv2_Dynamic")
-LAYOUTS = {"extra_dcnv2_v8": "C2f_DCNv2", "extra_dcnv2_dynamic_v8": "C2f_DCNv2_Dynamic"}
-SOURCE = "xiaosanmeng/Lightweight-Vehicle-Detection-Network-Based-on-Improved-YOLOv8"
+
+
+class Family(NamedTuple):
+    """One published checkout of the family: the classes its block.py gives, the layouts built."""
+    source: str
+    model: str  # "yolov8" or "yolo11"
+    classes: tuple[str, ...]
+    layouts: dict[str, str]  # layout name -> container class
+
+
+FAMILIES = {
+    "v8": Family("xiaosanmeng/Lightweight-Vehicle-Detection-Network-Based-on-Improved-YOLOv8", "yolov8",
+                 ("DCNv2", "Bottleneck_DCNV2", "C2f_DCNv2", "DCNv2_Offset_Attention", "DCNv2_Dynamic",
+                  "Bottleneck_DCNV2_Dynamic", "C2f_DCNv2_Dynamic"),
+                 {"extra_dcnv2_v8": "C2f_DCNv2", "extra_dcnv2_dynamic_v8": "C2f_DCNv2_Dynamic"}),
+    "v11": Family("Ascom-stack/yolo11", "yolo11",
+                  ("DCNv2", "Bottleneck_DCNV2", "C3k_DCNv2", "C3k2_DCNv2", "DCNv2_Offset_Attention",
+                   "DCNv2_Dynamic", "Bottleneck_DCNV2_Dynamic", "C3k_DCNv2_Dynamic", "C3k2_DCNv2_Dynamic"),
+                  {"extra_dcnv2_v11": "C3k2_DCNv2", "extra_dcnv2_dynamic_v11": "C3k2_DCNv2_Dynamic"}),
+}
 
 
 def fork_module(name: str, namespace: dict) -> types.ModuleType:
@@ -75,17 +97,20 @@ def execute_fork_classes(source_file: Path, names: tuple[str, ...], module: type
         getattr(module, name).__module__ = module.__name__
 
 
-def load_family(checkout: Path) -> dict:
+def load_family(checkout: Path, family: Family) -> dict:
+    """The family's classes, executed from ``checkout`` at its module paths (fresh modules each
+    call: build a family's layouts before loading the next, since pickle finds the classes there)."""
     stock_block = importlib.import_module("ultralytics.nn.modules.block")
     stock_conv = importlib.import_module("ultralytics.nn.modules.conv")
     folder = checkout / "ultralytics" / "nn" / "extra_modules"
     base = {"torch": torch, "nn": nn, "math": math, "Conv": stock_conv.Conv, "autopad": stock_conv.autopad}
     attention = fork_module("ultralytics.nn.extra_modules.attention", base)
     execute_fork_classes(folder / "attention.py", ("MPCA",), attention)
-    block = fork_module("ultralytics.nn.extra_modules.block",
-                        {**base, "Bottleneck": stock_block.Bottleneck, "C2f": stock_block.C2f, "MPCA": attention.MPCA})
-    execute_fork_classes(folder / "block.py", BLOCK_CLASSES, block)
-    return {name: getattr(block, name) for name in BLOCK_CLASSES}
+    # What the family's block.py has from its star import of the stock blocks.
+    stock = {name: getattr(stock_block, name) for name in ("Bottleneck", "C2f", "C3k", "C3k2")}
+    block = fork_module("ultralytics.nn.extra_modules.block", {**base, **stock, "MPCA": attention.MPCA})
+    execute_fork_classes(folder / "block.py", family.classes, block)
+    return {name: getattr(block, name) for name in family.classes}
 
 
 def dcnv2_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -99,16 +124,22 @@ def offset_conv(layer: nn.Module) -> nn.Conv2d:
     return head if isinstance(head, nn.Conv2d) else head.conv_offset_mask
 
 
-def with_family_blocks(container) -> nn.Module:
-    model = common.small_model("yolov8")
+def with_family_blocks(container, model_family: str) -> nn.Module:
+    """The small ``model_family`` model with the stock P3-P5 blocks (layers 4, 6, 8) replaced by
+    ``container``, built with the stock block's arguments as the family's parse_model passes them:
+    C2f (c1, c2, n, shortcut, g, e), C3k2 (c1, c2, n, c3k, e, g, shortcut)."""
+    stock_block = importlib.import_module("ultralytics.nn.modules.block")
+    model = common.small_model(model_family)
     for index in (4, 6, 8):
         stock = model.model[index]
         c1, c2 = stock.cv1.conv.in_channels, stock.cv2.conv.out_channels
-        block = container(c1, c2, len(stock.m), bool(stock.m[0].add), 1, stock.c / c2)
-        block.i, block.f, block.np = stock.i, stock.f, sum(p.numel() for p in block.parameters())
-        block.type = f"{type(block).__module__}.{type(block).__name__}"
-        model.model[index] = block
-        model.yaml["backbone"][index][2] = type(block).__name__
+        n, e = len(stock.m), stock.c / c2
+        if model_family == "yolov8":
+            block = container(c1, c2, n, bool(stock.m[0].add), 1, e)
+        else:
+            c3k = isinstance(stock.m[0], stock_block.C3k)
+            block = container(c1, c2, n, c3k, e, 1, bool(stock.m[0].m[0].add if c3k else stock.m[0].add))
+        common.install_layer(model, index, block, type(block).__name__)
     initialize_weights(model)  # as DetectionModel.__init__ does after parse_model
     return model
 
@@ -202,10 +233,10 @@ def calibrate_batchnorm(model: nn.Module) -> None:
     model.eval()
 
 
-def build(layout: str, container, out: Path, seed: int) -> None:
+def build(layout: str, container, family: Family, out: Path, seed: int) -> None:
     x = common.letterboxed(common.TEST_IMAGE)
     for attempt in range(seed, seed + 20):
-        model = with_family_blocks(container)
+        model = with_family_blocks(container, family.model)
         randomise(model, attempt)
         calibrate_batchnorm(model)
         reference = copy.deepcopy(model).half().float().eval()  # fp32 from the fp16 weights
@@ -218,7 +249,7 @@ def build(layout: str, container, out: Path, seed: int) -> None:
     common.save_layouts(model, out, layout, f"{layout}.yaml")
     pred, layers = record_forward(reference, x)
     expected = {"input_shape": list(x.shape), "input_sum": x.double().sum().item(), "pred": pred,
-                "layers": layers, "image": "assets/examples/bus.jpg", "source": SOURCE, "seed": attempt,
+                "layers": layers, "image": "assets/examples/bus.jpg", "source": family.source, "seed": attempt,
                 "fp32_vs_fp64": rounding,
                 "note": f"{layout}: raw DetectionModel output and every DCNv2's offset head output (split "
                         f"as the family splits it: offset = cat(o1, o2), mask logits) on the letterboxed "
@@ -233,15 +264,25 @@ def build(layout: str, container, out: Path, seed: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--extra-v8", type=Path, required=True,
+    parser.add_argument("--extra-v8", type=Path, default=None,
                         help="the extra_modules family's YOLOv8 checkout (xiaosanmeng/Lightweight-Vehicle-...)")
+    parser.add_argument("--extra-v11", type=Path, default=None,
+                        help="the extra_modules family's YOLO11 checkout (Ascom-stack/yolo11)")
     parser.add_argument("--out", type=Path, default=common.ROOT / "tests" / "data" / "forks" / "dcnv2")
     args = parser.parse_args()
+    checkouts = {"v8": args.extra_v8, "v11": args.extra_v11}
+    if not any(checkouts.values()):
+        parser.error("give --extra-v8 and/or --extra-v11")
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    classes = load_family(args.extra_v8)
-    for seed, (layout, container) in enumerate(LAYOUTS.items(), start=11):
-        build(layout, classes[container], args.out, seed)
+    first_seed = {"v8": 11, "v11": 21}  # v8's were the first made (seeds 11, 12): unchanged
+    for key, checkout in checkouts.items():
+        if checkout is None:
+            continue
+        family = FAMILIES[key]
+        classes = load_family(checkout, family)
+        for seed, (layout, container) in enumerate(family.layouts.items(), start=first_seed[key]):
+            build(layout, classes[container], family, args.out, seed)
 
 
 if __name__ == "__main__":
