@@ -24,7 +24,8 @@ from repo_paths import DATA
 
 BLOCKS = (DCNV3_YoLo, DCNv2, DCNV4_YOLO)
 FORKS = DATA / "forks"
-FIXTURES = [FORKS / "dcnv2" / "extra_dcnv2_v8_best.pt", FORKS / "dcnv2" / "extra_dcnv2_dynamic_v8_best.pt",
+FIXTURES = [FORKS / "dcnv2" / f"{layout}_best.pt" for layout in
+            ("extra_dcnv2_v8", "extra_dcnv2_dynamic_v8", "extra_dcnv2_v11", "extra_dcnv2_dynamic_v11")] + [
             FORKS / "extra_v11_dcnv4" / "extra_v11_dcnv4_best.pt"]
 TOLERANCE = 1e-7  # float64: rounding only (outputs reach ~500 px), far below any real fold error
 
