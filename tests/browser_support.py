@@ -33,3 +33,25 @@ def offline_page(url: str, height: int = 1000, timeout_ms: int = 60_000, extra_a
             yield page
         finally:
             browser.close()
+
+
+def readme_screenshot(page, name: str, full_page: bool = True) -> Path | None:
+    """Save the page as ``$DEFORMLENS_SCREENSHOT_DIR/<name>.png`` (nothing when it is unset), as
+    the README shows it: notifications closed, 256 colours so the pictures stay small."""
+    import os
+
+    folder = os.environ.get("DEFORMLENS_SCREENSHOT_DIR")
+    if not folder:
+        return None
+    from PIL import Image
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    path = Path(folder) / f"{name}.png"
+    for close in page.locator("[data-testid='toast-close']").all():
+        close.click()
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(path), full_page=full_page)
+    picture = Image.open(path).convert("RGB")
+    picture.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.FLOYDSTEINBERG).save(
+        path, optimize=True)
+    return path

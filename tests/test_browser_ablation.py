@@ -1,12 +1,10 @@
 """The Ablation view in headless Chromium: upload an image, open the view, read its table and summary,
 pick another rerun and see its picture change. Set DEFORMLENS_SCREENSHOT_DIR=folder to save
 ``ablation.png`` of the page (that is how assets/screenshots/ablation.png is made)."""
-import os
-from pathlib import Path
 
 import pytest
 
-from browser_support import NEEDS_CHROMIUM, offline_page, served_app
+from browser_support import NEEDS_CHROMIUM, offline_page, readme_screenshot, served_app
 
 pytestmark = NEEDS_CHROMIUM
 pytest.importorskip("playwright.sync_api")
@@ -48,14 +46,5 @@ def test_ablation_view(page):
     page.wait_for_function("old => document.querySelector('#ablation-image img').src !== old", arg=first)
     assert "mean IoU 0.860" in page.locator("#ablation-info").inner_text()
 
-    folder = os.environ.get("DEFORMLENS_SCREENSHOT_DIR")
-    if folder:
-        from PIL import Image
-
-        path = Path(folder) / "ablation.png"
-        page.locator("#tab-ablation").scroll_into_view_if_needed()
-        page.wait_for_timeout(1000)
-        page.screenshot(path=str(path), full_page=True)
-        picture = Image.open(path).convert("RGB")
-        picture.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.FLOYDSTEINBERG).save(
-            path, optimize=True)
+    page.locator("#tab-ablation").scroll_into_view_if_needed()
+    readme_screenshot(page, "ablation")

@@ -5,13 +5,11 @@ DCNv3-YOLOv8n and its plain twin. Every request except the app's own is aborted,
 
 Set DEFORMLENS_SCREENSHOT_DIR=folder to save a screenshot of each view.
 """
-import os
 import re
-from pathlib import Path
 
 import pytest
 
-from browser_support import NEEDS_CHROMIUM, offline_page, served_app
+from browser_support import NEEDS_CHROMIUM, offline_page, readme_screenshot, served_app
 from test_browser import image_src, wait_for_new_image
 
 pytestmark = NEEDS_CHROMIUM
@@ -34,13 +32,6 @@ def page(context):
         yield page
 
 
-def screenshot(page, name):
-    folder = os.environ.get("DEFORMLENS_SCREENSHOT_DIR")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
-
-
 def wait_text(page, selector, text):
     page.wait_for_function("([sel, text]) => { const e = document.querySelector(sel);"
                            " return e && e.innerText.includes(text); }", arg=[selector, text])
@@ -57,7 +48,7 @@ def test_receptive_field_view(page):
     assert "dcnv3-yolov8n.pt" in info and "50 % area ratio" in info
     areas = re.findall(r"50 % of the mass in ([\d,]+) px²", info)
     assert len(areas) == 2 and all(int(a.replace(",", "")) > 0 for a in areas)
-    screenshot(page, "receptive_field")
+    readme_screenshot(page, "receptive_field")
 
     # The detection target: the best detection's score, the twin read at the same anchor.
     old = image_src(page, "#erf-image")
@@ -83,7 +74,7 @@ def test_compare_tab(page):
     picture.click(position={"x": box["width"] * 0.8, "y": box["height"] * 0.8})
     wait_for_new_image(page, "#compare-erf", old)
     page.wait_for_function("old => document.querySelector('#compare-erf-info').innerText !== old", arg=first)
-    screenshot(page, "compare")
+    readme_screenshot(page, "compare")
 
 
 def test_learn_toy(page):
@@ -103,7 +94,7 @@ def test_learn_toy(page):
     rotate.fill("45")
     rotate.press("Enter")
     wait_for_new_image(page, "#learn-toy", old)
-    screenshot(page, "learn")
+    readme_screenshot(page, "learn")
 
 
 def set_slider(page, elem_id, value):

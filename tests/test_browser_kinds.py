@@ -7,14 +7,12 @@ kinds_dcnv4.png).
 
 Needs /usr/bin/chromium; every request except the app's own is blocked.
 """
-import os
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 
-from browser_support import NEEDS_CHROMIUM, offline_page, served_app
+from browser_support import NEEDS_CHROMIUM, offline_page, readme_screenshot, served_app
 from repo_paths import ROOT
 from dcnv3.weight_encoding import KIND_NAMES, encode_weights
 
@@ -42,22 +40,6 @@ def app(tmp_path_factory):
     with served_app(context) as url:
         with offline_page(url, height=1400) as page:
             yield context, page
-
-
-def screenshot(page, name):
-    folder = os.environ.get("DEFORMLENS_SCREENSHOT_DIR")
-    if folder:
-        from PIL import Image
-
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        path = Path(folder) / f"{name}.png"
-        for close in page.locator("[data-testid='toast-close']").all():
-            close.click()
-        page.wait_for_timeout(800)
-        page.screenshot(path=str(path), full_page=True)
-        picture = Image.open(path).convert("RGB")  # 256 colours: the README's pictures stay small
-        picture.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.FLOYDSTEINBERG).save(
-            path, optimize=True)
 
 
 def _shows_kind(context, page, kind: str) -> None:
@@ -109,10 +91,10 @@ def test_dcnv2_and_dcnv4_checkpoints_show_their_weight_kind(app):
     box.blur()
     page.wait_for_function("old => document.querySelector('#notices').innerText !== old", arg=old)
     _shows_kind(context, page, "sigmoid")
-    screenshot(page, "kinds_dcnv2")
+    readme_screenshot(page, "kinds_dcnv2")
     old = page.locator("#sampling-info").inner_text()
     page.locator("#model input").click()
     page.get_by_role("option", name=CHECKPOINTS["free"].name).click()
     page.wait_for_function("old => document.querySelector('#sampling-info').innerText !== old", arg=old)
     _shows_kind(context, page, "free")
-    screenshot(page, "kinds_dcnv4")
+    readme_screenshot(page, "kinds_dcnv4")

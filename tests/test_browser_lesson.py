@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from browser_support import NEEDS_CHROMIUM, offline_page, served_app
-from test_browser_compare_learn import screenshot, set_slider, wait_text
+from browser_support import NEEDS_CHROMIUM, offline_page, readme_screenshot, served_app
+from test_browser_compare_learn import set_slider, wait_text
 
 pytestmark = NEEDS_CHROMIUM
 pytest.importorskip("playwright.sync_api")
@@ -45,8 +45,8 @@ def test_dilation_rises_with_the_scale_slider(page, report):
         values.append(dilation(page))
         if scale == SCALES[0]:
             page.locator("#lesson-toy").scroll_into_view_if_needed()
-            screenshot(page, "lesson_small")
-    screenshot(page, "lesson_large")
+            readme_screenshot(page, "lesson_small")
+    readme_screenshot(page, "lesson_large")
     report("browser, lesson network, bar at 30 degrees: effective dilation at the centre by scale "
            + ", ".join(f"{s} px {v:.2f}" for s, v in zip(SCALES, values)) + " cells")
     # Monotone within noise: no step down by more than 0.2 cells, and clearly wider at 150 px than at 12.
@@ -62,7 +62,7 @@ def test_watch_it_learn_runs_and_stops(page):
     offset = float(re.search(r"at the watched pixel ([\d.]+) cells", text).group(1))
     assert offset > 0.1
     page.locator("#watch-picture").scroll_into_view_if_needed()
-    screenshot(page, "watch_learn")
+    readme_screenshot(page, "watch_learn")
     set_slider(page, "watch-iterations", 150)
     page.locator("#watch-start").click()
     wait_text(page, "#watch-info", "/150")

@@ -5,35 +5,16 @@ README's assets/screenshots/app.png).
 
 Needs /usr/bin/chromium; every request except the app's own is blocked.
 """
-import os
 import re
-from pathlib import Path
 
 import pytest
 
-from browser_support import NEEDS_CHROMIUM, offline_page, served_app
+from browser_support import NEEDS_CHROMIUM, offline_page, readme_screenshot, served_app
 from repo_paths import EXAMPLES
 
 pytestmark = NEEDS_CHROMIUM
 pytest.importorskip("playwright.sync_api")
 SCENE = EXAMPLES / "shapes_2.jpg"
-
-
-def save_screenshot(page, name: str) -> None:
-    folder = os.environ.get("DEFORMLENS_SCREENSHOT_DIR")
-    if not folder:
-        return
-    from PIL import Image
-
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    path = Path(folder) / f"{name}.png"
-    for close in page.locator("[data-testid='toast-close']").all():
-        close.click()
-    page.wait_for_timeout(1000)
-    page.screenshot(path=str(path))
-    picture = Image.open(path).convert("RGB")  # 256 colours: the README's pictures stay small
-    picture.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.FLOYDSTEINBERG).save(
-        path, optimize=True)
 
 
 def test_bundled_model_on_a_scene():
@@ -54,4 +35,4 @@ def test_bundled_model_on_a_scene():
         assert groups > 1 and page.locator("#groups input[type=checkbox]").count() == groups
         page.locator("#sampling-plot .js-plotly-plot").wait_for()
         assert page.locator("#sampling-plot .legendtext", has_text=f"group {groups - 1}").count() == 1
-        save_screenshot(page, "app")
+        readme_screenshot(page, "app", full_page=False)

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from browser_support import NEEDS_CHROMIUM, offline_page, served_app
-from test_browser_compare_learn import screenshot, wait_text
+from browser_support import NEEDS_CHROMIUM, offline_page, readme_screenshot, served_app
+from test_browser_compare_learn import wait_text
 from viz_app.training_tab import DEMO_RUN
 from viz_app.training_view import METRICS, open_run
 
@@ -54,4 +54,4 @@ def test_training_tab_plots_the_demo_run_and_shows_the_strip(page, report):
     report("browser, Training tab on the demo run: " + ", ".join(f"epoch {e} {o:.3f}" for e, o in zip(saved, offsets))
            + " cells mean |offset| at the image centre's cell of " + page.locator("#training-layer input").input_value())
     page.locator("#training-strip").scroll_into_view_if_needed()
-    screenshot(page, "training")
+    readme_screenshot(page, "training")
