@@ -23,7 +23,7 @@ from ultralytics.nn.modules.conv import Conv, autopad
 
 from .module import DCNv3
 
-__all__ = ["batchnorm_affine", "DCNV3_YoLo", "Bottleneck_DCNv3", "C2f_DCNv3", "C3k_DCNv3", "C3k2_DCNv3", "BLOCK_ALIASES",
+__all__ = ["batchnorm_affine", "fold_batchnorm_into_linear", "DCNV3_YoLo", "Bottleneck_DCNv3", "C2f_DCNv3", "C3k_DCNv3", "C3k2_DCNv3", "BLOCK_ALIASES",
            "ParsedAsStockTwin", "auto_group", "parsed_as_stock_twins", "with_stock_scale_rules", "CHANNELS_PER_GROUP"]
 
 # InternImage uses 16 channels per DCNv3 group.
@@ -74,6 +74,18 @@ def batchnorm_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, bn.bias - bn.running_mean * scale
 
 
+@torch.no_grad()
+def fold_batchnorm_into_linear(linear: nn.Linear, bn: nn.BatchNorm2d) -> None:
+    """Make ``linear`` (C_in -> C) compute bn(linear(x)) over its output channels: weight rows
+    and bias scaled and shifted as ``batchnorm_affine`` says; a Linear without bias gets one."""
+    scale, shift = batchnorm_affine(bn)
+    linear.weight.copy_(linear.weight * scale[:, None])
+    if linear.bias is None:
+        linear.bias = nn.Parameter(shift.clone())
+    else:
+        linear.bias.copy_(linear.bias * scale + shift)
+
+
 class DCNV3_YoLo(nn.Module, metaclass=ParsedAsStockTwin):  # noqa: N801 - the seed article's name
     """1x1 Conv stem -> DCNv3 (channels-last) -> BatchNorm -> activation.
 
@@ -122,10 +134,7 @@ class DCNV3_YoLo(nn.Module, metaclass=ParsedAsStockTwin):  # noqa: N801 - the se
         bn = getattr(self, "bn", None)
         if bn is None:
             return
-        proj = self.dcnv3.output_proj
-        scale, shift = batchnorm_affine(bn)
-        proj.weight.copy_(proj.weight * scale[:, None])
-        proj.bias.copy_(proj.bias * scale + shift)
+        fold_batchnorm_into_linear(self.dcnv3.output_proj, bn)
         del self.bn
 
 

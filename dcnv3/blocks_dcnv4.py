@@ -24,7 +24,7 @@ from torch import nn
 from ultralytics.nn.modules.block import Bottleneck, C2f, C3k, C3k2
 from ultralytics.nn.modules.conv import Conv, autopad
 
-from .blocks import ParsedAsStockTwin, auto_group, batchnorm_affine
+from .blocks import ParsedAsStockTwin, auto_group, fold_batchnorm_into_linear
 from .dcnv4 import DCNv4
 
 __all__ = ["DCNV4_YOLO", "Bottleneck_DCNV4", "C2f_DCNv4", "C3k_DCNv4", "C3k2_DCNv4", "BLOCK_ALIASES"]
@@ -74,12 +74,7 @@ class DCNV4_YOLO(nn.Module, metaclass=ParsedAsStockTwin):  # noqa: N801 - the fa
         proj = getattr(self.dcnv4, "output_proj", None)
         if bn is None or proj is None:
             return
-        scale, shift = batchnorm_affine(bn)
-        proj.weight.copy_(proj.weight * scale[:, None])
-        if proj.bias is None:
-            proj.bias = nn.Parameter(shift.clone())
-        else:
-            proj.bias.copy_(proj.bias * scale + shift)
+        fold_batchnorm_into_linear(proj, bn)
         del self.bn
 
 

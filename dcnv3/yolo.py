@@ -233,11 +233,7 @@ def _install() -> _Patches:
 
     _check_version(ultralytics.__version__)
     from . import checkpoints
-    from .blocks import DCNV3_YoLo, parsed_as_stock_twins, with_stock_scale_rules
-    from .blocks_dcnv2 import DCNv2
-    from .blocks_dcnv4 import DCNV4_YOLO
-
-    deformable_blocks_with_bn = (DCNV3_YoLo, DCNv2, DCNV4_YOLO)  # DCNv2_Dynamic is a DCNv2
+    from .blocks import parsed_as_stock_twins, with_stock_scale_rules
 
     patches = _Patches()
     aliases = block_aliases()
@@ -266,8 +262,9 @@ def _install() -> _Patches:
         # (DCNV3_YoLo, DCNv2, DCNV4_YOLO) fold theirs with their ``fuse_batchnorm``.
         fused = stock_fuse(self, *args, **kwargs)
         for module in list(self.modules()):
-            if isinstance(module, deformable_blocks_with_bn):
-                module.fuse_batchnorm()
+            fold = getattr(module, "fuse_batchnorm", None)
+            if callable(fold):
+                fold()
         return fused
 
     stock_torch_safe_load = tasks.torch_safe_load
