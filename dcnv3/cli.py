@@ -30,15 +30,10 @@ def _overrides(pairs: list[str]) -> dict:
 
 def health_stop(names: list[str] | None):
     """``--health-stop [FLAG ...]`` -> the trainer's ``health_stop_on_flag``: absent False, bare
-    True (any flag), names that set of flags (``dcnv3.layer_health.FLAG_NAMES``)."""
-    from .layer_health import FLAG_NAMES
-
+    True (any flag), else the names (checked by ``dcnv3.training_health.stop_rule``)."""
     if names is None:
         return False
-    unknown = sorted(set(names) - set(FLAG_NAMES))
-    if unknown:
-        raise ValueError(f"--health-stop: unknown flag(s) {', '.join(unknown)}; flags: {', '.join(FLAG_NAMES)}")
-    return frozenset(names) if names else True
+    return names or True
 
 
 def cmd_train(args) -> None:

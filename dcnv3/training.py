@@ -15,7 +15,7 @@ from ultralytics.utils import LOGGER
 
 from . import yolo
 from .sampling_hooks import is_deformable
-from .training_health import HealthMonitor
+from .training_health import HealthMonitor, stop_rule
 
 __all__ = ["DCNv3DetectionTrainer", "configured_trainer", "train"]
 
@@ -76,10 +76,9 @@ def configured_trainer(offset_lr_scale: float = 1.0, offset_weight_decay: bool =
     ``health_stop_on_flag``: False, True (stop on any flag) or flag names (stop only on those)."""
     if offset_lr_scale == 1.0 and offset_weight_decay and not health_stop_on_flag:
         return DCNv3DetectionTrainer
-    stop = health_stop_on_flag if isinstance(health_stop_on_flag, bool) else frozenset(health_stop_on_flag)
     return type("ConfiguredDCNv3Trainer", (DCNv3DetectionTrainer,),
                 {"offset_lr_scale": float(offset_lr_scale), "offset_weight_decay": bool(offset_weight_decay),
-                 "health_stop_on_flag": stop, "__module__": __name__})
+                 "health_stop_on_flag": stop_rule(health_stop_on_flag), "__module__": __name__})
 
 
 def train(model: str, data: str, offset_lr_scale: float = 1.0, offset_weight_decay: bool = True,

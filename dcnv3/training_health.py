@@ -25,7 +25,7 @@ from pathlib import Path
 from . import layer_health
 from .layer_health import IMAGE_SUFFIXES
 
-__all__ = ["HealthMonitor", "CSV_NAME", "JSON_NAME", "CSV_FIELDS", "validation_images", "read_health"]
+__all__ = ["HealthMonitor", "stop_rule", "CSV_NAME", "JSON_NAME", "CSV_FIELDS", "validation_images", "read_health"]
 
 CSV_NAME = "health.csv"
 JSON_NAME = "health.json"
@@ -63,6 +63,20 @@ def validation_images(data: dict, count: int) -> list[Path]:
     return sorted(found)[:count]
 
 
+def stop_rule(stop_on_flag) -> bool | frozenset[str]:
+    """``HealthMonitor``'s ``stop_on_flag`` checked and normalised: False / True as given, flag
+    names (any iterable) as a frozenset of keys of ``dcnv3.layer_health.FLAG_NAMES``. Raises
+    ValueError for an unknown name, so a run is refused before it starts, not after an epoch."""
+    if isinstance(stop_on_flag, bool):
+        return stop_on_flag
+    names = frozenset([stop_on_flag] if isinstance(stop_on_flag, str) else stop_on_flag)
+    unknown = sorted(names - set(layer_health.FLAG_NAMES))
+    if unknown:
+        raise ValueError(f"stop on flag: unknown flag(s) {', '.join(unknown)}; flags: "
+                         f"{', '.join(layer_health.FLAG_NAMES)}")
+    return names or False
+
+
 class HealthMonitor:
     """``on_fit_epoch_end`` callback: one health entry per epoch in the trainer's ``save_dir``.
 
@@ -80,7 +94,7 @@ class HealthMonitor:
         self.images = None if images is None else [Path(p) for p in images]
         self.count = int(count)
         self.imgsz = imgsz
-        self.stop_on_flag = stop_on_flag
+        self.stop_on_flag = stop_rule(stop_on_flag)
         self.entries: list[dict] = []  # what health.json holds, one dict per epoch
         self.stopped_at: int | None = None
         self._trainer: int | None = None  # id of the trainer the entries belong to
@@ -89,7 +103,7 @@ class HealthMonitor:
     def _stops(self, flags: set[str]) -> bool:
         if not self.stop_on_flag or not flags:
             return False
-        return self.stop_on_flag is True or bool(flags & set(self.stop_on_flag))
+        return self.stop_on_flag is True or bool(flags & self.stop_on_flag)
 
     def __call__(self, trainer) -> None:
         from ultralytics.utils import RANK

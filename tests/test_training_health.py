@@ -73,3 +73,16 @@ def test_train_cli_stops_on_a_chosen_flag(tiny_shapes_data, tmp_path):
                   check=False)
     assert refused.returncode == 2 and "unknown flag(s) wobbly" in refused.stderr
     assert not (tmp_path / "train").exists()
+
+
+def test_stop_rule_checks_the_flag_names_for_every_caller():
+    """The monitor itself refuses an unknown flag (the CLI and train() go through it too)."""
+    import pytest
+
+    from dcnv3.training_health import HealthMonitor, stop_rule
+
+    assert stop_rule(False) is False and stop_rule(True) is True
+    assert stop_rule(["exploding", "vanished"]) == frozenset({"exploding", "vanished"})
+    assert stop_rule("collapsed") == frozenset({"collapsed"}) and stop_rule([]) is False
+    with pytest.raises(ValueError, match="unknown flag"):
+        HealthMonitor(stop_on_flag={"wobbly"})
