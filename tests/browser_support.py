@@ -37,16 +37,21 @@ def offline_page(url: str, height: int = 1000, timeout_ms: int = 60_000, extra_a
 
 def readme_screenshot(page, name: str, full_page: bool = True) -> Path | None:
     """Save the page as ``$DEFORMLENS_SCREENSHOT_DIR/<name>.png`` (nothing when it is unset), as
-    the README shows it: notifications closed, 256 colours so the pictures stay small."""
+    ``save_picture`` does."""
     import os
 
     folder = os.environ.get("DEFORMLENS_SCREENSHOT_DIR")
     if not folder:
         return None
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return save_picture(page, Path(folder) / f"{name}.png", full_page)
+
+
+def save_picture(page, path: Path, full_page: bool = True) -> Path:
+    """The page as the README shows it, at ``path``: notifications closed, 256 colours so the
+    pictures stay small."""
     from PIL import Image
 
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    path = Path(folder) / f"{name}.png"
     for close in page.locator("[data-testid='toast-close']").all():
         close.click()
     page.wait_for_timeout(1000)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from browser_support import NEEDS_CHROMIUM, offline_page, served_app
+from browser_support import NEEDS_CHROMIUM, offline_page, save_picture, served_app
 from test_app_api import FORK_A
 
 pytestmark = NEEDS_CHROMIUM
@@ -41,18 +41,10 @@ def page(app_url):
 
 
 def save_screenshot(page, path: Path) -> None:
-    """The page as the README shows it: a taller window, no notification, 256 colours (< 500 KB)."""
-    from PIL import Image
-
-    for close in page.locator("[data-testid='toast-close']").all():
-        close.click()
+    """The page in a taller window (``browser_support.save_picture``), then the window as before."""
     page.set_viewport_size({"width": 1600, "height": 1400})
-    page.wait_for_timeout(1000)
-    page.screenshot(path=str(path))
+    save_picture(page, path, full_page=False)
     page.set_viewport_size({"width": 1600, "height": 1000})
-    picture = Image.open(path).convert("RGB")
-    picture = picture.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.FLOYDSTEINBERG)
-    picture.save(path, optimize=True)
 
 
 def image_src(page, selector):

@@ -128,17 +128,9 @@ def with_family_blocks(container, model_family: str) -> nn.Module:
     """The small ``model_family`` model with the stock P3-P5 blocks (layers 4, 6, 8) replaced by
     ``container``, built with the stock block's arguments as the family's parse_model passes them:
     C2f (c1, c2, n, shortcut, g, e), C3k2 (c1, c2, n, c3k, e, g, shortcut)."""
-    stock_block = importlib.import_module("ultralytics.nn.modules.block")
     model = common.small_model(model_family)
     for index in (4, 6, 8):
-        stock = model.model[index]
-        c1, c2 = stock.cv1.conv.in_channels, stock.cv2.conv.out_channels
-        n, e = len(stock.m), stock.c / c2
-        if model_family == "yolov8":
-            block = container(c1, c2, n, bool(stock.m[0].add), 1, e)
-        else:
-            c3k = isinstance(stock.m[0], stock_block.C3k)
-            block = container(c1, c2, n, c3k, e, 1, bool(stock.m[0].m[0].add if c3k else stock.m[0].add))
+        block = common.block_like(model.model[index], container)
         common.install_layer(model, index, block, type(block).__name__)
     initialize_weights(model)  # as DetectionModel.__init__ does after parse_model
     return model
@@ -274,11 +266,13 @@ def main() -> None:
     if not any(checkouts.values()):
         parser.error("give --extra-v8 and/or --extra-v11")
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
     first_seed = {"v8": 11, "v11": 21}  # v8's were the first made (seeds 11, 12): unchanged
     for key, checkout in checkouts.items():
         if checkout is None:
             continue
+        # The fork's reset_parameters draws DCNv2's weight from the global generator: reseed per
+        # family, so a family's fixtures are the same whether it is built alone or after another.
+        torch.manual_seed(0)
         family = FAMILIES[key]
         classes = load_family(checkout, family)
         for seed, (layout, container) in enumerate(family.layouts.items(), start=first_seed[key]):

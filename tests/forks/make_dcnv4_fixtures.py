@@ -94,12 +94,7 @@ def load_fork(checkout: Path, internimage: Path) -> dict:
 def with_fork_blocks(c3k2_dcnv4: type):
     model = forks.small_model("yolo11")
     for index in (4, 6, 8):
-        stock = model.model[index]
-        c1, c2 = stock.cv1.conv.in_channels, stock.cv2.conv.out_channels
-        n, e = len(stock.m), stock.c / c2
-        c3k = isinstance(stock.m[0], stock_block.C3k)
-        shortcut = bool(stock.m[0].m[0].add if c3k else stock.m[0].add)
-        block = c3k2_dcnv4(c1, c2, n, c3k, e, 1, shortcut)
+        block = forks.block_like(model.model[index], c3k2_dcnv4)
         forks.install_layer(model, index, block, type(block).__name__)
     initialize_weights(model)  # as DetectionModel.__init__ does after parse_model: BN eps 1e-3
     return model

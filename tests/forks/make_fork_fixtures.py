@@ -188,6 +188,19 @@ def install_layer(model: DetectionModel, index: int, block: nn.Module, yaml_name
     model.yaml["backbone"][index][2] = yaml_name
 
 
+def block_like(stock: nn.Module, container: type) -> nn.Module:
+    """A fork's ``container`` built with the stock block's arguments, as the forks' parse_model
+    passes them: a C2f's (c1, c2, n, shortcut, g=1, e), a C3k2's (c1, c2, n, c3k, e, g=1, shortcut)."""
+    from ultralytics.nn.modules.block import C3k, C3k2
+
+    c1, c2 = stock.cv1.conv.in_channels, stock.cv2.conv.out_channels
+    n, e = len(stock.m), stock.c / c2
+    if isinstance(stock, C3k2):  # a C2f subclass: ask first
+        c3k = isinstance(stock.m[0], C3k)
+        return container(c1, c2, n, c3k, e, 1, bool(stock.m[0].m[0].add if c3k else stock.m[0].add))
+    return container(c1, c2, n, bool(stock.m[0].add), 1, e)
+
+
 def with_fork_blocks(family: str, classes: dict, container: str) -> DetectionModel:
     """The family's model with its P3-P5 backbone C2f / C3k2 (layers 4, 6, 8) made the fork's
     (no ``classes``: the model as the running ultralytics' parse_model built it)."""
@@ -195,15 +208,7 @@ def with_fork_blocks(family: str, classes: dict, container: str) -> DetectionMod
     if not classes:
         return model
     for index in (4, 6, 8):
-        stock = model.model[index]
-        c1, c2 = stock.cv1.conv.in_channels, stock.cv2.conv.out_channels
-        n, e = len(stock.m), stock.c / c2
-        shortcut = bool(getattr(stock.m[0], "add", getattr(getattr(stock.m[0], "m", [None])[0], "add", False)))
-        if container == "C3k2":
-            c3k = type(stock.m[0]).__name__ == "C3k"
-            block = classes["C3k2_DCNv3"](c1, c2, n, c3k, e, 1, shortcut)
-        else:
-            block = classes["C2f"](c1, c2, n, shortcut, 1, e)
+        block = block_like(model.model[index], classes["C3k2_DCNv3" if container == "C3k2" else "C2f"])
         install_layer(model, index, block, type(block).__name__)
     initialize_weights(model)  # as DetectionModel.__init__ does after parse_model: BN eps 1e-3
     return model
