@@ -18,6 +18,7 @@ from . import ablation_view
 from .analyser import DEFAULT_CONF, DEFAULT_IOU
 from .context import AppContext
 from .inputs import image_file_input
+from .outputs import image_output
 from .render import to_rgb
 
 __all__ = ["build", "build_api", "api_ablate", "compute"]
@@ -48,8 +49,9 @@ def build(ctx: AppContext, analysis_state: gr.State) -> gr.Tab:
                              elem_id="ablation-table")
         info = gr.Markdown(elem_id="ablation-info")
         # No label over the picture: it would hide the legend drawn at its top.
-        picture = gr.Image(label="Boxes that moved, vanished or appeared", show_label=False, interactive=False,
-                           type="filepath", height=660, elem_id="ablation-image", buttons=["download", "fullscreen"])
+        picture = image_output(label="Boxes that moved, vanished or appeared", show_label=False, interactive=False,
+                               type="filepath", height=660, elem_id="ablation-image",
+                               buttons=["download", "fullscreen"])
 
     def draw(analysis, ablation, name):
         return ctx.files.picture(ablation_view.overlay(analysis.image.bgr, ablation, name))
@@ -110,7 +112,7 @@ def build_api(ctx: AppContext) -> None:
     imgsz = gr.Number(0, label="imgsz (0: the model's training size)", precision=0)
     conf, iou = gr.Number(DEFAULT_CONF, label="conf"), gr.Number(DEFAULT_IOU, label="iou")
     variant = gr.Textbox(label="variant")
-    picture, payload = gr.Image(format="png", label="image"), gr.JSON(label="json")
+    picture, payload = image_output(format="png", label="image"), gr.JSON(label="json")
 
     def ablate(image_path, model_name, imgsz, conf, iou, variant):
         return api_ablate(ctx, image_path, model_name, imgsz, conf, iou, variant)

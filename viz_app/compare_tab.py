@@ -23,6 +23,7 @@ from dcnv3 import receptive_field as rf
 from . import health, receptive
 from .context import AppContext
 from .inputs import image_file_input
+from .outputs import image_output
 from .render import draw_detections, make_canvas, to_rgb
 from .view_state import CompareView
 
@@ -118,8 +119,8 @@ def build(ctx: AppContext, image_tab_input) -> None:
                 # Labels off: gradio's label badge would cover the panel titles drawn into the pictures.
                 gr.Markdown("**Detections**: model A left, model B right; click either to move the "
                             "receptive-field point.")
-                detections = gr.Image(show_label=False, type="numpy", interactive=False, height=440,
-                                      elem_id="compare-detections")
+                detections = image_output(show_label=False, type="numpy", interactive=False, height=440,
+                                          elem_id="compare-detections")
                 with gr.Row(equal_height=False):
                     health_a = gr.Dataframe(label="Model A: layer health", interactive=False, wrap=True,
                                             elem_id="compare-health-a")
@@ -127,8 +128,8 @@ def build(ctx: AppContext, image_tab_input) -> None:
                                             elem_id="compare-health-b")
                 gr.Markdown("**Receptive fields** (|gradient| of the cell's output w.r.t. the input; contours hold "
                             "50 % (white) and 90 % (cyan) of the mass; see the Image tab's *Receptive field* view).")
-                fields_picture = gr.Image(show_label=False, type="numpy", interactive=False, height=440,
-                                          elem_id="compare-erf")
+                fields_picture = image_output(show_label=False, type="numpy", interactive=False, height=440,
+                                              elem_id="compare-erf")
                 fields_info = gr.Markdown(elem_id="compare-erf-info")
 
     def fields_for(view: CompareView, layer_name, target_value) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["FileStore", "KEEP_VIEWS", "KEEP_RUNS"]
+__all__ = ["FileStore", "KEEP_VIEWS", "KEEP_RUNS", "write_atomically"]
 
 KEEP_VIEWS = 300  # picture files kept in the views folder (gradio copies each into its cache at once)
 KEEP_RUNS = 4  # video runs kept (each holds an MP4 and a CSV)
@@ -56,7 +56,7 @@ class FileStore:
         if path.exists():
             path.touch()  # the same picture again: keep it among the newest, never rewrite it
         else:
-            _write_atomically(path, data.tobytes())
+            write_atomically(path, data.tobytes())
         files = sorted(views.glob("*.jpg"), key=_mtime)
         for old in files[:-self.keep_views]:
             old.unlink(missing_ok=True)
@@ -66,7 +66,7 @@ class FileStore:
         """A BGR frame (H, W, 3) uint8 as a lossless PNG named ``name``.png; returns its path."""
         path = self._folder("views") / f"{name}.png"
         _, data = cv2.imencode(".png", image)
-        _write_atomically(path, data.tobytes())
+        write_atomically(path, data.tobytes())
         return str(path)
 
     def export_dir(self) -> Path:
@@ -91,7 +91,7 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename, so that a reader (gradio
     copying or serving the file for another request) never sees it truncated or half written."""
     temporary = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")

@@ -26,6 +26,7 @@ from . import ablation_tab, exports, health, receptive_tab, render
 from .analyser import DEFAULT_CONF, DEFAULT_IOU, Analysis
 from .context import AppContext
 from .inputs import image_file_input
+from .outputs import image_output
 from .render import to_rgb
 from .view_state import ImageView
 
@@ -366,17 +367,17 @@ def _layout(ctx: AppContext, analysis: gr.State, view: gr.State) -> _Components:
             shown = gr.State("Sampling")
             with gr.Tabs():
                 with gr.Tab("Sampling", elem_id="tab-sampling") as sampling_tab:
-                    overlay = gr.Image(label="Click a pixel", interactive=False, type="filepath", height=660,
-                                       elem_id="overlay", buttons=["download", "fullscreen"])
+                    overlay = image_output(label="Click a pixel", interactive=False, type="filepath", height=660,
+                                           elem_id="overlay", buttons=["download", "fullscreen"])
                     info = gr.Markdown(elem_id="sampling-info")
                     with gr.Row(equal_height=False):
                         figure = gr.Plot(label="Zoom: hover a point for group, point, dx, dy, weight",
                                          elem_id="sampling-plot")
-                        trace = gr.Image(label="Trace through the stacked deformable layers (DCNv1 fig. 6): the 60 "
-                                               "strongest paths, weights multiplied along the path (yellow = "
-                                               "strongest; signed DCNv4 weights keep their sign, hollow = "
-                                               "negative); white rings: intermediate layers",
-                                         interactive=False, type="filepath", height=520, elem_id="trace")
+                        trace = image_output(label="Trace through the stacked deformable layers (DCNv1 fig. 6): the 60 "
+                                                   "strongest paths, weights multiplied along the path (yellow = "
+                                                   "strongest; signed DCNv4 weights keep their sign, hollow = "
+                                                   "negative); white rings: intermediate layers",
+                                             interactive=False, type="filepath", height=520, elem_id="trace")
                     weights = gr.Plot(label="Weights per group: column i walks x, row j walks y",
                                       elem_id="weights-plot")
                 with gr.Tab("Fields", elem_id="tab-fields") as fields_tab:
@@ -388,8 +389,8 @@ def _layout(ctx: AppContext, analysis: gr.State, view: gr.State) -> _Components:
                         opacity = gr.Slider(0.0, 1.0, 0.6, step=0.05, label="Opacity", scale=3)
                         smooth = gr.Checkbox(False, label="Smooth between cell centres", scale=1)
                     gr.Markdown(" · ".join(f"**{k}**: {v}" for k, v in render.FIELDS.items()))
-                    field_image = gr.Image(label="Field over the image (click to query a pixel)", interactive=False,
-                                           type="filepath", height=640, elem_id="field-image")
+                    field_image = image_output(label="Field over the image (click to query a pixel)", interactive=False,
+                                               type="filepath", height=640, elem_id="field-image")
                 with gr.Tab(HEALTH_TAB, elem_id="tab-health") as health_tab:
                     gr.Markdown(health.thresholds_markdown())
                     health_table = gr.Dataframe(label="Per-layer health", interactive=False, wrap=True,
@@ -503,7 +504,7 @@ def build_api(ctx: AppContext) -> None:
     imgsz = gr.Number(0, label="imgsz (0: the model's training size)", precision=0)
     layer = gr.Textbox(label="layer")
     x, y = gr.Number(label="x"), gr.Number(label="y")
-    picture, payload = gr.Image(format="png", label="image"), gr.JSON(label="json")
+    picture, payload = image_output(format="png", label="image"), gr.JSON(label="json")
     detect_button, sampling_button = gr.Button("detect"), gr.Button("sampling")
     detect_button.click(api.detect, [image, model, conf, iou, imgsz], [picture, payload], api_name="detect")
     sampling_button.click(api.sampling, [image, model, layer, x, y, imgsz], [picture, payload], api_name="sampling")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from .outputs import image_output
 from .safety import local_files_only
 
 __all__ = ["image_file_input"]
@@ -19,7 +20,8 @@ def image_file_input(**kwargs) -> gr.Image:
     "could not preprocess" error. (The instance's ``preprocess`` is replaced rather than the class
     subclassed, because gradio writes a .pyi stub next to the source of every component subclass.)
     """
-    component = gr.Image(type="filepath", image_mode=None, **kwargs)
+    # It is also an output (examples, a tab handing its image over): stored as image_output does.
+    component = image_output(type="filepath", image_mode=None, **kwargs)
     decode = component.preprocess
 
     def preprocess(payload):

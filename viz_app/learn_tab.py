@@ -23,6 +23,7 @@ from dcnv3.probe import default_layer
 from . import lesson_view, toy
 from .context import AppContext
 from .models import DEFAULT_BUNDLED
+from .outputs import image_output
 from .render import to_rgb
 
 __all__ = ["build", "LESSON", "LESSON_MODEL_TEXT", "WATCH_TEXT", "OPERATORS_TEXT", "YOLO_TEXT", "LATEX_DELIMITERS",
@@ -156,8 +157,8 @@ def build(ctx: AppContext) -> None:
                 lesson_inputs = _lesson_controls("lesson", (lesson_view.LESSON_MIN_SCALE, lesson_view.LESSON_MAX_SCALE,
                                                             40), toy.TOY_SIDE)
             with gr.Column(scale=2):
-                lesson_picture = gr.Image(label="Lesson network: samples of the deepest DCNv3 layer at the centre",
-                                          type="numpy", interactive=False, height=640, elem_id="lesson-toy")
+                lesson_picture = image_output(label="Lesson network: samples of the deepest DCNv3 layer at the centre",
+                                              type="numpy", interactive=False, height=640, elem_id="lesson-toy")
             with gr.Column(scale=1, min_width=300):
                 lesson_plot = gr.Plot(label="Effective dilation against size", elem_id="lesson-plot")
                 lesson_info = gr.Markdown(elem_id="lesson-info")
@@ -170,8 +171,8 @@ def build(ctx: AppContext) -> None:
                 start = gr.Button("Watch it learn", variant="primary", elem_id="watch-start")
                 stop = gr.Button("Stop", elem_id="watch-stop")
             with gr.Column(scale=2):
-                watch_picture = gr.Image(label="Where the layer samples at the bar's centre", type="numpy",
-                                         interactive=False, height=512, elem_id="watch-picture")
+                watch_picture = image_output(label="Where the layer samples at the bar's centre", type="numpy",
+                                             interactive=False, height=512, elem_id="watch-picture")
             with gr.Column(scale=1, min_width=300):
                 watch_plot = gr.Plot(label="Loss and mean |offset|", elem_id="watch-plot")
                 watch_info = gr.Markdown(elem_id="watch-info")
@@ -189,8 +190,8 @@ def build(ctx: AppContext) -> None:
                 seed = gr.Slider(0, 29, 8, step=1, label="Background (generator seed)", elem_id="learn-seed")
                 gr.Markdown(f"Model: **{model_name}**, at the {toy.TOY_SIDE} px it was trained on.")
             with gr.Column(scale=2):
-                picture = gr.Image(label="Sampling points at the shape's centre", type="numpy", interactive=False,
-                                   height=640, elem_id="learn-toy")
+                picture = image_output(label="Sampling points at the shape's centre", type="numpy", interactive=False,
+                                       height=640, elem_id="learn-toy")
                 info = gr.Markdown(elem_id="learn-info")
         with gr.Column(visible=False):  # the /watch_learn endpoint's own components
             api_seed = gr.Number(0, precision=0, label="seed")

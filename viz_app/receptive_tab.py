@@ -18,6 +18,7 @@ from dcnv3 import receptive_field as rf
 from . import receptive
 from .context import AppContext
 from .inputs import image_file_input
+from .outputs import image_output
 from .render import to_rgb
 from .view_state import ImageView
 
@@ -108,8 +109,8 @@ def build(ctx: AppContext, analysis_state: gr.State, view_state: gr.State) -> gr
             compare = gr.Dropdown([receptive.AUTO_TWIN, receptive.NO_COMPARISON, *registry.names()],
                                   value=receptive.AUTO_TWIN, label="Compare with", scale=2, elem_id="erf-compare")
             button = gr.Button("Compute for the current point", variant="primary", scale=1, elem_id="erf-compute")
-        picture = gr.Image(label="Receptive field: this model (left) and the comparison (right)", interactive=False,
-                           type="numpy", height=620, elem_id="erf-image", buttons=["download", "fullscreen"])
+        picture = image_output(label="Receptive field: this model (left) and the comparison (right)", interactive=False,
+                               type="numpy", height=620, elem_id="erf-image", buttons=["download", "fullscreen"])
         info = gr.Markdown(elem_id="erf-info")
 
     def run(analysis, view, target_value, compare_value):
@@ -166,7 +167,7 @@ def build_api(ctx: AppContext) -> None:
     layer = gr.Textbox(label="layer")
     x, y = gr.Number(label="x"), gr.Number(label="y")
     compare = gr.Textbox(label="compare_model")
-    picture, payload = gr.Image(format="png", label="image"), gr.JSON(label="json")
+    picture, payload = image_output(format="png", label="image"), gr.JSON(label="json")
 
     def erf(image_path, model_name, layer, x, y, compare_model):
         return api_erf(ctx, image_path, model_name, layer, x, y, compare_model)

@@ -18,6 +18,7 @@ from dcnv3.probe import prepare_image, probe
 from . import training_view
 from .cache import LRUCache
 from .context import AppContext
+from .outputs import image_output
 
 __all__ = ["build", "DEMO_RUN", "DEMO_IMAGE", "INTRO"]
 
@@ -53,8 +54,8 @@ def build(ctx: AppContext) -> None:
                                  label="Image: click a pixel", elem_id="training-image", sources=["upload"])
             with gr.Column(scale=2):
                 plot = gr.Plot(label="Per-layer health over the epochs", elem_id="training-plot")
-                strip = gr.Image(label="Sampling points at the clicked pixel, one panel per saved epoch",
-                                 type="numpy", interactive=False, elem_id="training-strip")
+                strip = image_output(label="Sampling points at the clicked pixel, one panel per saved epoch",
+                                     type="numpy", interactive=False, elem_id="training-strip")
                 strip_info = gr.Markdown(elem_id="training-strip-info")
         state = gr.State(None)  # the open TrainingRun
 

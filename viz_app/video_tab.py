@@ -24,6 +24,7 @@ from dcnv3 import video as dvideo
 
 from . import video_render
 from .context import AppContext
+from .outputs import image_output
 from .render import to_rgb
 from .safety import local_files_only
 from .view_state import VideoRun
@@ -191,7 +192,7 @@ def build(ctx: AppContext, image_in, image_model, main_tabs, tab=None) -> None:
             status = gr.Markdown(f"Limits: {LIMITS.max_frames} processed frames, {LIMITS.max_seconds:g} s, frames "
                                  f"over {LIMITS.max_side} px are downscaled, files up to "
                                  f"{LIMITS.max_bytes >> 20} MB.", elem_id="video-status")
-            preview = gr.Image(label="Live preview", interactive=False, height=220, elem_id="video-preview")
+            preview = image_output(label="Live preview", interactive=False, height=220, elem_id="video-preview")
             with gr.Accordion("Frame inspector", open=True):
                 frame = gr.Slider(0, 1, 0, step=1, label="Source frame", interactive=False, elem_id="video-frame")
                 inspect = gr.Button("Open this frame in the image views", elem_id="video-inspect")
