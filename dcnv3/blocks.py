@@ -23,8 +23,9 @@ from ultralytics.nn.modules.conv import Conv, autopad
 
 from .module import DCNv3
 
-__all__ = ["batchnorm_affine", "fold_batchnorm_into_linear", "DCNV3_YoLo", "Bottleneck_DCNv3", "C2f_DCNv3", "C3k_DCNv3", "C3k2_DCNv3", "BLOCK_ALIASES",
-           "ParsedAsStockTwin", "auto_group", "parsed_as_stock_twins", "with_stock_scale_rules", "CHANNELS_PER_GROUP"]
+__all__ = ["batchnorm_affine", "fold_batchnorm_into_linear", "DCNV3_YoLo", "Bottleneck_DCNv3", "C2f_DCNv3",
+           "C3k_DCNv3", "C3k2_DCNv3", "BLOCK_ALIASES", "ParsedAsStockTwin", "auto_group", "parsed_as_stock_twins",
+           "with_stock_scale_rules", "CHANNELS_PER_GROUP"]
 
 # InternImage uses 16 channels per DCNv3 group.
 CHANNELS_PER_GROUP = 16

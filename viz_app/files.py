@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["FileStore", "KEEP_VIEWS", "KEEP_RUNS", "write_atomically"]
+__all__ = ["FileStore", "KEEP_VIEWS", "KEEP_RUNS", "store_once", "write_atomically"]
 
 KEEP_VIEWS = 300  # picture files kept in the views folder (gradio copies each into its cache at once)
 KEEP_RUNS = 4  # video runs kept (each holds an MP4 and a CSV)
@@ -53,10 +53,7 @@ class FileStore:
                                                 cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
         views = self._folder("views")
         path = views / f"{hashlib.blake2b(data.tobytes(), digest_size=12).hexdigest()}.jpg"
-        if path.exists():
-            path.touch()  # the same picture again: keep it among the newest, never rewrite it
-        else:
-            write_atomically(path, data.tobytes())
+        store_once(path, data.tobytes())
         files = sorted(views.glob("*.jpg"), key=_mtime)
         for old in files[:-self.keep_views]:
             old.unlink(missing_ok=True)
@@ -89,6 +86,17 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
+
+
+def store_once(path: Path, data: bytes) -> None:
+    """A content-addressed file (``path`` named by ``data``'s hash): written atomically the first
+    time; when it is already there it is never rewritten (a reader may be serving it), only its
+    time refreshed, so age-based cleanups (``keep_views``, gradio's ``delete_cache``, the
+    sweeper) count from its latest use. A file removed meanwhile is written again."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        write_atomically(path, data)
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 from PIL import Image
 
-from .files import write_atomically
+from .files import store_once
 
 __all__ = ["image_output", "save_picture_to_cache"]
 
@@ -29,9 +28,8 @@ def save_picture_to_cache(picture: np.ndarray | Image.Image, cache_dir: str | Pa
     """Encode ``picture`` (an (H, W, 3) or (H, W) uint8 array, or a PIL image) as ``format`` and
     store it content-addressed under ``cache_dir``; returns the file's path.
 
-    A picture already stored is not written again (same bytes, same path; its time is refreshed,
-    so gradio's ``delete_cache`` ages it from its latest use). A new one is written by
-    ``files.write_atomically`` (a temporary file in the same folder, renamed over the final name).
+    Stored by ``files.store_once``: a picture already there is never rewritten (same bytes, same
+    path), a new one is written to a temporary file and renamed over the final name.
     """
     if isinstance(picture, np.ndarray):
         picture = Image.fromarray(picture)
@@ -41,14 +39,7 @@ def save_picture_to_cache(picture: np.ndarray | Image.Image, cache_dir: str | Pa
     folder = Path(cache_dir) / hashlib.sha256(data).hexdigest()
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"image.{format}"
-    if final.exists():
-        try:
-            os.utime(final)
-        except OSError:  # swept meanwhile: write it again below
-            pass
-        else:
-            return str(final.resolve())
-    write_atomically(final, data)
+    store_once(final, data)
     return str(final.resolve())
 
 
