@@ -8,6 +8,7 @@ run, so they carry across machines far better than times do; still, run it on an
 machine. ``--quick`` runs each benchmark with few repeats: it proves the pipeline, not the numbers,
 and says so in the file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,7 @@ QUICK_ARGS = {
 
 def discover() -> dict[str, Path]:
     """bench_<name>.py -> name, in name order."""
-    return {path.stem[len("bench_"):]: path for path in sorted(HERE.glob("bench_*.py"))}
+    return {path.stem[len("bench_") :]: path for path in sorted(HERE.glob("bench_*.py"))}
 
 
 def cpu_model() -> str:
@@ -67,14 +68,21 @@ def machine() -> list[tuple[str, str]]:
         physical, memory = None, "unknown"
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or "unknown"
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or "unknown"
+        )
     except OSError:
         commit = "unknown"
     return [
         ("CPU", cpu_model()),
-        ("cores", f"{usable} usable by this process, {os.cpu_count()} logical"
-                  + (f", {physical} physical" if physical else "")),
+        (
+            "cores",
+            f"{usable} usable by this process, {os.cpu_count()} logical"
+            + (f", {physical} physical" if physical else ""),
+        ),
         ("memory", memory),
         ("OS", f"{platform.system()} {platform.release()}"),
         ("Python", platform.python_version()),
@@ -94,11 +102,19 @@ def run(name: str, path: Path, quick: bool, timeout: float) -> dict:
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
         output, status = result.stdout + result.stderr, result.returncode
     except subprocess.TimeoutExpired as error:
-        output, status = (error.stdout or b"").decode(errors="replace") if isinstance(error.stdout, bytes) \
-            else (error.stdout or ""), f"timed out after {timeout:.0f} s"
+        output, status = (
+            (error.stdout or b"").decode(errors="replace") if isinstance(error.stdout, bytes) else (error.stdout or ""),
+            f"timed out after {timeout:.0f} s",
+        )
     rows = [row for payload in parse(output) for row in payload["rows"]]
-    return {"name": name, "command": " ".join(["python", str(path.relative_to(ROOT)), *command[2:]]),
-            "status": status, "rows": rows, "output": output, "seconds": time.perf_counter() - start}
+    return {
+        "name": name,
+        "command": " ".join(["python", str(path.relative_to(ROOT)), *command[2:]]),
+        "status": status,
+        "rows": rows,
+        "output": output,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def _verdict(ok) -> str:
@@ -108,11 +124,18 @@ def _verdict(ok) -> str:
 def markdown(results: list[dict], quick: bool) -> str:
     lines = ["# Benchmark results", ""]
     if quick:
-        lines += ["> **Quick run** (`python -m benchmarks --quick`): few repeats, to check that every benchmark",
-                  "> runs. These numbers are not a measurement; run `python -m benchmarks` on an idle machine.", ""]
-    lines += ["Written by `python -m benchmarks`. Every ratio compares two things measured side by side, interleaved,",
-              "in one process (medians of repeats; video: best of rounds); see each `benchmarks/bench_*.py`.", "",
-              "| machine | |", "|---|---|"]
+        lines += [
+            "> **Quick run** (`python -m benchmarks --quick`): few repeats, to check that every benchmark",
+            "> runs. These numbers are not a measurement; run `python -m benchmarks` on an idle machine.",
+            "",
+        ]
+    lines += [
+        "Written by `python -m benchmarks`. Every ratio compares two things measured side by side, interleaved,",
+        "in one process (medians of repeats; video: best of rounds); see each `benchmarks/bench_*.py`.",
+        "",
+        "| machine | |",
+        "|---|---|",
+    ]
     lines += [f"| {key} | {value} |" for key, value in machine()]
     lines += ["", "| benchmark | measure | ratio | target | verdict |", "|---|---|---:|---|---|"]
     for result in results:
@@ -120,8 +143,10 @@ def markdown(results: list[dict], quick: bool) -> str:
             tail = result["output"].strip().splitlines()[-1:] or ["no output"]
             lines.append(f"| {result['name']} | no result (exit status {result['status']}: {tail[0][:120]}) | | | |")
         for row in result["rows"]:
-            lines.append(f"| {result['name']} | {row['measure']} | {row['ratio']:.3f} | {row['target'] or ''} | "
-                         f"{_verdict(row['ok'])} |")
+            lines.append(
+                f"| {result['name']} | {row['measure']} | {row['ratio']:.3f} | {row['target'] or ''} | "
+                f"{_verdict(row['ok'])} |"
+            )
     lines += ["", "Commands and wall times:", ""]
     lines += [f"- `{r['command']}`: {r['seconds']:.0f} s" for r in results]
     return "\n".join(lines) + "\n"
@@ -130,8 +155,9 @@ def markdown(results: list[dict], quick: bool) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few repeats: check the pipeline, not the numbers")
-    parser.add_argument("--only", help="comma-separated benchmark names (default: all of " +
-                        ", ".join(discover()) + ")")
+    parser.add_argument(
+        "--only", help="comma-separated benchmark names (default: all of " + ", ".join(discover()) + ")"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="markdown file to write")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per benchmark")
     args = parser.parse_args(argv)
@@ -144,8 +170,9 @@ def main(argv=None) -> int:
     for name in names:
         print(f"== {name}: {found[name].name}", flush=True)
         result = run(name, found[name], args.quick, args.timeout)
-        print("\n".join(line for line in result["output"].splitlines() if not line.startswith("BENCH_RESULT")),
-              flush=True)
+        print(
+            "\n".join(line for line in result["output"].splitlines() if not line.startswith("BENCH_RESULT")), flush=True
+        )
         results.append(result)
     args.out.write_text(markdown(results, args.quick))
     print(f"wrote {args.out}")

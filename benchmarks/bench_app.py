@@ -21,6 +21,7 @@ fork_A.pt); image: ultralytics' bus.jpg; CPU, fp32. Runs are interleaved; median
 
 Targets: click <= 0.1x first run; slider change <= 0.1x first run; first run <= 1.3x bare predict.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,7 @@ os.environ.setdefault("YOLO_OFFLINE", "true")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from results import emit  # noqa: E402
 
 from dcnv3 import yolo  # noqa: E402
 from viz_app import render  # noqa: E402
@@ -45,8 +47,6 @@ from viz_app.context import AppContext  # noqa: E402
 from viz_app.image_tab import threshold_change  # noqa: E402
 from viz_app.models import ModelRegistry  # noqa: E402
 from viz_app.view_state import ImageView  # noqa: E402
-from results import emit  # noqa: E402
-
 
 IMGSZ = 640  # the app's inference size; predict gets the same (a checkpoint may carry another)
 
@@ -116,6 +116,7 @@ def main() -> None:
 
     click_and_encode()  # warm-up
     slider()
+
     def slider_and_encode():
         context.files.picture(slider().overlay)
 
@@ -128,9 +129,12 @@ def main() -> None:
         sliders += [timed(slider) for _ in range(3)]
         sliders_encoded += [timed(slider_and_encode) for _ in range(3)]
     first_ms, predict_ms, click_ms, encoded_ms, slider_ms, slider_encoded_ms = (
-        statistics.median(v) * 1e3 for v in (first, predict, clicks, encoded, sliders, sliders_encoded))
-    print(f"model {name} ({len(probe.layers)} DCNv3 layers), image bus.jpg {width}x{height}, "
-          f"{args.repeats} repeats, {args.threads} threads, torch {torch.__version__}")
+        statistics.median(v) * 1e3 for v in (first, predict, clicks, encoded, sliders, sliders_encoded)
+    )
+    print(
+        f"model {name} ({len(probe.layers)} DCNv3 layers), image bus.jpg {width}x{height}, "
+        f"{args.repeats} repeats, {args.threads} threads, torch {torch.__version__}"
+    )
     print(f"  first run (read image + probe):      {first_ms:8.1f} ms")
     print(f"  bare YOLO.predict (same model/image): {predict_ms:8.1f} ms")
     print(f"  click re-render (cached probe):       {click_ms:8.1f} ms")
@@ -142,9 +146,14 @@ def main() -> None:
     print(f"  slider change + encode / first run: {slider_encoded_ms / first_ms:5.3f}x")
     print(f"  click + encode / first run: {encoded_ms / first_ms:5.3f}x")
     print(f"  first run / predict: {first_ms / predict_ms:5.3f}x  (target <= 1.3x)")
-    emit("app", [("click re-render / first run", click_ms / first_ms, "<= 0.1"),
-                 ("slider change / first run", slider_ms / first_ms, "<= 0.1"),
-                 ("first run / YOLO.predict", first_ms / predict_ms, "<= 1.3")])
+    emit(
+        "app",
+        [
+            ("click re-render / first run", click_ms / first_ms, "<= 0.1"),
+            ("slider change / first run", slider_ms / first_ms, "<= 0.1"),
+            ("first run / YOLO.predict", first_ms / predict_ms, "<= 1.3"),
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ updates of the deepest DCNv3 layer's offset and mask projections, each snapshot 
 draws it (``viz_app.lesson_view.watch_picture`` and ``watch_figure``). Printed: the total, the
 set-up, the mean |offset| at the start and the end, and the ratio of the total to the target.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,10 +47,12 @@ def main() -> None:
         lesson_view.watch_picture(image, snapshot, snapshots[0].points)
         lesson_view.watch_figure(snapshots)
     total = time.perf_counter() - start
-    print(f"watch it learn ({iterations} iterations, torch threads {torch.get_num_threads()}): {total:.1f} s "
-          f"(set-up {snapshots[0].seconds:.1f} s); mean |offset| {snapshots[0].mean_offset:.2f} -> "
-          f"{snapshots[-1].mean_offset:.2f} cells, at the watched pixel {snapshots[-1].cell_offset:.2f}; "
-          f"loss {snapshots[0].loss:.2f} -> {snapshots[-1].loss:.2f}; / {TARGET_S:.0f} s target = {total / TARGET_S:.2f}")
+    print(
+        f"watch it learn ({iterations} iterations, torch threads {torch.get_num_threads()}): {total:.1f} s "
+        f"(set-up {snapshots[0].seconds:.1f} s); mean |offset| {snapshots[0].mean_offset:.2f} -> "
+        f"{snapshots[-1].mean_offset:.2f} cells, at the watched pixel {snapshots[-1].cell_offset:.2f}; "
+        f"loss {snapshots[0].loss:.2f} -> {snapshots[-1].loss:.2f}; / {TARGET_S:.0f} s target = {total / TARGET_S:.2f}"
+    )
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from results import emit
 

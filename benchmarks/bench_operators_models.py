@@ -14,6 +14,7 @@ of the interleaved runs is the ratio's basis: on a shared machine (other process
 cores now and then) it is the least disturbed estimate of a forward's cost, while medians move
 with the load; compare --threads 1 runs there.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,14 +25,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import cv2  # noqa: E402
-import torch  # noqa: E402
+import cv2
+import torch
+from bench_model import letterboxed_input
+from results import emit
 
-from bench_model import letterboxed_input  # noqa: E402
-from dcnv3 import yolo  # noqa: E402
-from dcnv3.capture import deformable_modules  # noqa: E402
-from dcnv3.probe import inference_model  # noqa: E402
-from results import emit  # noqa: E402
+from dcnv3 import yolo
+from dcnv3.capture import deformable_modules
+from dcnv3.probe import inference_model
 
 FAMILIES = ("yolov8", "yolo11")
 OPERATORS = ("dcnv2", "dcnv3", "dcnv4")
@@ -63,8 +64,10 @@ def main() -> None:
 
     models, found = variants()
     missing = [op for op in OPERATORS if op not in found]
-    print(f"operators with shipped YAMLs: {', '.join(found)}"
-          + (f" (no YAMLs for {', '.join(missing)}: left out)" if missing else ""))
+    print(
+        f"operators with shipped YAMLs: {', '.join(found)}"
+        + (f" (no YAMLs for {', '.join(missing)}: left out)" if missing else "")
+    )
     x = letterboxed_input(cv2.imread(str(ASSETS / "bus.jpg")), args.imgsz, channels_last=False)
     built, runners, layers = {}, {}, {}
     for name, yaml_name in models.items():
@@ -90,16 +93,20 @@ def main() -> None:
     median = {name: statistics.median(samples) * 1e3 for name, samples in times.items()}
     params = {name: sum(p.numel() for p in model.model.parameters()) for name, model in built.items()}
 
-    print(f"torch {torch.__version__}, {args.threads} threads, CPU fp32, input {tuple(x.shape)}, "
-          f"fastest and median of {args.repeats} interleaved runs")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, CPU fp32, input {tuple(x.shape)}, "
+        f"fastest and median of {args.repeats} interleaved runs"
+    )
     header = "| model | deformable layers | parameters | vs plain | forward, fastest (ms) | median (ms) | vs plain |"
     lines = [header, "|---|---|---|---|---|---|---|"]
     rows = []
     for name in models:
         plain = f"{name.rsplit('-', 1)[-1]}"
         p_ratio, t_ratio = params[name] / params[plain], ms[name] / ms[plain]
-        lines.append(f"| {name} | {layers[name]} | {params[name] / 1e6:.3f} M | {p_ratio:.3f}x | "
-                     f"{ms[name]:.1f} | {median[name]:.1f} | {t_ratio:.2f}x |")
+        lines.append(
+            f"| {name} | {layers[name]} | {params[name] / 1e6:.3f} M | {p_ratio:.3f}x | "
+            f"{ms[name]:.1f} | {median[name]:.1f} | {t_ratio:.2f}x |"
+        )
         if name != plain:
             rows.append((f"{name} / {plain} forward at {args.imgsz}", t_ratio, None))
             rows.append((f"{name} / {plain} parameters", p_ratio, None))

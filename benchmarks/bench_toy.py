@@ -10,6 +10,7 @@ would. After two warm-up moves, the median and the slowest of ``--moves`` moves 
 the ratio of the median to the target. Also printed: the same for the receptive field of one cell
 (DCNv3 model and its plain twin at imgsz 640, the Image tab's view), which has no target.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,9 @@ def moves(count: int):
     from viz_app.toy import ToyShape
 
     for n in range(count):
-        yield ToyShape(class_id=3, size=60 + (n * 37) % 200, angle=(n * 23) % 360,
-                       x=80 + (n * 29) % 160, y=80 + (n * 41) % 160)
+        yield ToyShape(
+            class_id=3, size=60 + (n * 37) % 200, angle=(n * 23) % 360, x=80 + (n * 29) % 160, y=80 + (n * 41) % 160
+        )
 
 
 def main() -> None:
@@ -66,8 +68,10 @@ def main() -> None:
         if n >= 2:  # the first moves pay for one-off allocations and the background
             times.append(time.perf_counter() - start)
     median = statistics.median(times)
-    print(f"toy slider move ({args.moves} moves, torch threads {torch.get_num_threads()}): "
-          f"median {median:.3f} s, slowest {max(times):.3f} s; median / {TARGET_S} s target = {median / TARGET_S:.2f}")
+    print(
+        f"toy slider move ({args.moves} moves, torch threads {torch.get_num_threads()}): "
+        f"median {median:.3f} s, slowest {max(times):.3f} s; median / {TARGET_S} s target = {median / TARGET_S:.2f}"
+    )
     from results import emit
 
     emit("toy", [(f"toy slider move / {TARGET_S} s", median / TARGET_S, "<= 1")])
@@ -86,8 +90,10 @@ def main() -> None:
             if n:
                 field_times.append(time.perf_counter() - start)
                 areas.append((pair[0].areas[0], pair[1].areas[0]))
-        print(f"receptive field of one cell, DCNv3 model + plain twin, imgsz 640 ({args.fields} points): "
-              f"median {statistics.median(field_times):.2f} s per pair")
+        print(
+            f"receptive field of one cell, DCNv3 model + plain twin, imgsz 640 ({args.fields} points): "
+            f"median {statistics.median(field_times):.2f} s per pair"
+        )
         for (a, b), n in zip(areas, range(1, args.fields + 1)):
             print(f"  point {n}: 50 % area DCNv3 {a:,.0f} px^2, plain {b:,.0f} px^2, ratio {a / b:.2f}")
 

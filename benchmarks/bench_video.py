@@ -11,6 +11,7 @@ reference beside them: ours without the encoder, ours probing one frame per forw
 interleaved over several rounds and the best round of each is kept, so a busy machine hurts all
 alike. Usage: ``python benchmarks/bench_video.py [--frames 90] [--rounds 3] [--mode samples]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,9 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import emit
+
 from dcnv3 import video, yolo
 from dcnv3.loading import load_model, train_imgsz
-from results import emit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,8 +45,16 @@ def bare_fps(model, source: Path, frames: int, imgsz: int, batch: int = 1) -> fl
 def our_fps(model, source: Path, frames: int, imgsz: int, mode: str, layer: str, batch: int = 4) -> float:
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        result = video.run_video(model, source, out, imgsz=imgsz, mode=mode, layer=layer, batch=batch,
-                                 limits=video.VideoLimits(max_frames=frames))
+        result = video.run_video(
+            model,
+            source,
+            out,
+            imgsz=imgsz,
+            mode=mode,
+            layer=layer,
+            batch=batch,
+            limits=video.VideoLimits(max_frames=frames),
+        )
         return result.processed_frames / (time.perf_counter() - start)
 
 
@@ -85,30 +95,45 @@ def main() -> None:
     bare_fps(model, source, 3, imgsz)  # warm-up: predictor setup, first-call allocations
     bare_fps(model, source, 4, imgsz, batch=4)
     our_fps(model, source, 4, imgsz, args.mode, args.layer)
-    runs = {"bare": lambda: bare_fps(model, source, args.frames, imgsz),
-            "ours": lambda: our_fps(model, source, args.frames, imgsz, args.mode, args.layer),
-            "unencoded": lambda: our_fps_without_encoding(model, source, args.frames, imgsz, args.mode, args.layer),
-            "ours_batch1": lambda: our_fps(model, source, args.frames, imgsz, args.mode, args.layer, batch=1),
-            "bare_batch4": lambda: bare_fps(model, source, args.frames, imgsz, batch=4)}
+    runs = {
+        "bare": lambda: bare_fps(model, source, args.frames, imgsz),
+        "ours": lambda: our_fps(model, source, args.frames, imgsz, args.mode, args.layer),
+        "unencoded": lambda: our_fps_without_encoding(model, source, args.frames, imgsz, args.mode, args.layer),
+        "ours_batch1": lambda: our_fps(model, source, args.frames, imgsz, args.mode, args.layer, batch=1),
+        "bare_batch4": lambda: bare_fps(model, source, args.frames, imgsz, batch=4),
+    }
     fps = {name: [] for name in runs}
     for _ in range(args.rounds):
         for name, run in runs.items():
             fps[name].append(run())
     best = {name: max(values) for name, values in fps.items()}
-    print(f"{source.name}, {args.frames} frames, {Path(args.model).name} at imgsz {imgsz}, mode {args.mode}, "
-          f"layer {args.layer}, {args.rounds} interleaved rounds")
-    labels = {"bare": "bare YOLO.predict, 1 frame/call", "ours": "ours (4 frames/forward)",
-              "unencoded": "ours without H.264 encoding", "ours_batch1": "ours, 1 frame/forward",
-              "bare_batch4": "bare YOLO.predict, 4 frames/call"}
+    print(
+        f"{source.name}, {args.frames} frames, {Path(args.model).name} at imgsz {imgsz}, mode {args.mode}, "
+        f"layer {args.layer}, {args.rounds} interleaved rounds"
+    )
+    labels = {
+        "bare": "bare YOLO.predict, 1 frame/call",
+        "ours": "ours (4 frames/forward)",
+        "unencoded": "ours without H.264 encoding",
+        "ours_batch1": "ours, 1 frame/forward",
+        "bare_batch4": "bare YOLO.predict, 4 frames/call",
+    }
     for name, label in labels.items():
         print(f"  {label:<34} {', '.join(f'{f:.2f}' for f in fps[name])} fps (best {best[name]:.2f})")
     ratio = best["ours"] / best["bare"]
-    print(f"  ratio ours / bare: {ratio:.2f} (target >= 0.8); for reference: without encoding "
-          f"{best['unencoded'] / best['bare']:.2f}, ours at 1 frame/forward {best['ours_batch1'] / best['bare']:.2f}, "
-          f"ours / bare at 4 frames per call {best['ours'] / best['bare_batch4']:.2f}")
-    emit("video", [("video fps, ours / bare YOLO.predict", ratio, ">= 0.8"),
-                   ("video fps, ours / bare YOLO.predict at 4 frames per call", best["ours"] / best["bare_batch4"], None),
-                   ("video fps, ours at 1 frame per forward / bare YOLO.predict", best["ours_batch1"] / best["bare"], None)])
+    print(
+        f"  ratio ours / bare: {ratio:.2f} (target >= 0.8); for reference: without encoding "
+        f"{best['unencoded'] / best['bare']:.2f}, ours at 1 frame/forward {best['ours_batch1'] / best['bare']:.2f}, "
+        f"ours / bare at 4 frames per call {best['ours'] / best['bare_batch4']:.2f}"
+    )
+    emit(
+        "video",
+        [
+            ("video fps, ours / bare YOLO.predict", ratio, ">= 0.8"),
+            ("video fps, ours / bare YOLO.predict at 4 frames per call", best["ours"] / best["bare_batch4"], None),
+            ("video fps, ours at 1 frame per forward / bare YOLO.predict", best["ours_batch1"] / best["bare"], None),
+        ],
+    )
 
 
 if __name__ == "__main__":

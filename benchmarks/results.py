@@ -5,6 +5,7 @@
 ``python -m benchmarks`` collects these lines into benchmarks/RESULTS.md. A target is a comparison
 (``"<= 1.2"``, ``">= 2"``) or None for a ratio reported without one.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,12 +24,16 @@ def meets(ratio: float, target: str | None) -> bool | None:
 
 
 def emit(benchmark: str, rows: list[tuple[str, float, str | None]]) -> None:
-    payload = {"benchmark": benchmark,
-               "rows": [{"measure": measure, "ratio": round(float(ratio), 4), "target": target,
-                         "ok": meets(ratio, target)} for measure, ratio, target in rows]}
+    payload = {
+        "benchmark": benchmark,
+        "rows": [
+            {"measure": measure, "ratio": round(float(ratio), 4), "target": target, "ok": meets(ratio, target)}
+            for measure, ratio, target in rows
+        ],
+    }
     print(PREFIX + json.dumps(payload), flush=True)
 
 
 def parse(output: str) -> list[dict]:
     """Every BENCH_RESULT payload in a benchmark's output."""
-    return [json.loads(line[len(PREFIX):]) for line in output.splitlines() if line.startswith(PREFIX)]
+    return [json.loads(line[len(PREFIX) :]) for line in output.splitlines() if line.startswith(PREFIX)]

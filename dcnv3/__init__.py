@@ -26,15 +26,31 @@ and its modules are imported by name: ``dcnv3.loading.load_model`` (safe checkpo
 community forks included), ``dcnv3.probe.probe`` (one forward, every layer's offsets and weights),
 ``dcnv3.blocks``, ``dcnv3.training``, ``dcnv3.video``; ``python -m dcnv3`` is the CLI.
 """
+
 from .capture import CapturedLayer, capture, dcnv3_modules, deformable_modules
 from .dcnv4 import DCNv4, dcnv4_core
 from .module import DCNv3, DCNv3_pytorch
 from .ops import dcnv3_core, default_formulation, formulation, set_default_formulation
 from .sampling_hooks import WEIGHT_KINDS, override_sampling
 
-__all__ = ["DCNv3", "DCNv3_pytorch", "dcnv3_core", "DCNv4", "dcnv4_core", "DCNv2", "set_default_formulation",
-           "default_formulation", "formulation", "capture", "CapturedLayer", "dcnv3_modules",
-           "deformable_modules", "override_sampling", "WEIGHT_KINDS", "health"]
+__all__ = [
+    "DCNv3",
+    "DCNv3_pytorch",
+    "dcnv3_core",
+    "DCNv4",
+    "dcnv4_core",
+    "DCNv2",
+    "set_default_formulation",
+    "default_formulation",
+    "formulation",
+    "capture",
+    "CapturedLayer",
+    "dcnv3_modules",
+    "deformable_modules",
+    "override_sampling",
+    "WEIGHT_KINDS",
+    "health",
+]
 __version__ = "0.1.0"
 
 
@@ -42,10 +58,12 @@ def __getattr__(name: str):
     # DCNv2 runs on torchvision: import it (and torchvision) only when it is asked for.
     if name == "DCNv2":
         from .dcnv2 import DCNv2
+
         return DCNv2
     # dcnv3.health(model, source): the layer-health report (dcnv3.layer_health), which probes with
     # ultralytics: imported on first use so that ``import dcnv3`` stays torch-only.
     if name == "health":
         from .layer_health import health
+
         return health
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,5 @@
 """``python -m dcnv3 ...``: see ``dcnv3.cli``."""
+
 from .cli import main
 
 main()

@@ -22,6 +22,7 @@ Matching rule (``match_detections``): boxes of the same class whose IoU (torchvi
 IoU first (ties: lower baseline index, then lower variant index), each box in at most one pair.
 A baseline box left unpaired is *lost*, a variant box left unpaired is *gained*, a pair is *kept*.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,9 +37,24 @@ from .capture import deformable_modules
 from .probe import Detections, RawPredictions, inference_model, probe
 from .sampling_hooks import override_sampling
 
-__all__ = ["KINDS", "ALL_LAYERS", "MATCH_IOU", "Variant", "default_variants", "Matching", "match_detections",
-           "VariantResult", "ImageAblation", "AblationRun", "run_ablation", "ablate", "VariantSummary",
-           "FolderAblation", "summarise", "ablate_folder"]
+__all__ = [
+    "KINDS",
+    "ALL_LAYERS",
+    "MATCH_IOU",
+    "Variant",
+    "default_variants",
+    "Matching",
+    "match_detections",
+    "VariantResult",
+    "ImageAblation",
+    "AblationRun",
+    "run_ablation",
+    "ablate",
+    "VariantSummary",
+    "FolderAblation",
+    "summarise",
+    "ablate_folder",
+]
 
 # What a variant does to its layers: kind -> (offsets to the regular grid, uniform weights).
 KINDS = {"grid": (True, False), "uniform": (False, True)}
@@ -53,6 +69,7 @@ class Variant:
     ``LayerRecord.name``) sample as ``kind`` (a key of ``KINDS``) says.
 
     ``name``: "<layer or 'all layers'> · <kind>", unique within ``default_variants``."""
+
     layers: tuple[str, ...]
     kind: str
     all_layers: bool = False
@@ -89,6 +106,7 @@ class Matching:
     ``pairs`` (K, 2) int64: (index in before, index in after) of each kept detection, in the order
     they were taken (highest IoU first); ``ious`` (K,) float32 their IoU; ``lost`` indices of
     ``before`` left unpaired; ``gained`` indices of ``after`` left unpaired (both ascending)."""
+
     pairs: np.ndarray
     ious: np.ndarray
     lost: np.ndarray
@@ -101,8 +119,9 @@ def match_detections(before: Detections, after: Detections, match_iou: float = M
     pairs: list[tuple[int, int]] = []
     ious: list[float] = []
     if n_before and n_after:
-        iou = box_iou(torch.as_tensor(before.boxes, dtype=torch.float64),
-                      torch.as_tensor(after.boxes, dtype=torch.float64)).numpy()
+        iou = box_iou(
+            torch.as_tensor(before.boxes, dtype=torch.float64), torch.as_tensor(after.boxes, dtype=torch.float64)
+        ).numpy()
         same_class = before.classes[:, None] == after.classes[None, :]
         rows, cols = np.nonzero(same_class & (iou >= match_iou))
         # Highest IoU first; lexsort's last key is the primary one, and a stable sort keeps the
@@ -116,9 +135,12 @@ def match_detections(before: Detections, after: Detections, match_iou: float = M
                 ious.append(float(iou[row, col]))
     paired_before = {row for row, _ in pairs}
     paired_after = {col for _, col in pairs}
-    return Matching(np.array(pairs, dtype=np.int64).reshape(-1, 2), np.array(ious, dtype=np.float32),
-                    np.array([i for i in range(n_before) if i not in paired_before], dtype=np.int64),
-                    np.array([j for j in range(n_after) if j not in paired_after], dtype=np.int64))
+    return Matching(
+        np.array(pairs, dtype=np.int64).reshape(-1, 2),
+        np.array(ious, dtype=np.float32),
+        np.array([i for i in range(n_before) if i not in paired_before], dtype=np.int64),
+        np.array([j for j in range(n_after) if j not in paired_after], dtype=np.int64),
+    )
 
 
 @dataclass
@@ -131,14 +153,16 @@ class VariantResult:
     detections, kept + gained = the variant's); ``mean_iou``: mean IoU of the kept pairs;
     ``mean_score_change``: mean of ``score_changes`` (NaN for both when nothing was kept).
     """
+
     variant: Variant
     detections: Detections
     matching: Matching
     score_changes: np.ndarray
 
     @classmethod
-    def against(cls, variant: Variant, baseline: Detections, detections: Detections,
-                match_iou: float = MATCH_IOU) -> "VariantResult":
+    def against(
+        cls, variant: Variant, baseline: Detections, detections: Detections, match_iou: float = MATCH_IOU
+    ) -> VariantResult:
         """The variant's detections matched against the baseline's (``match_detections``)."""
         matching = match_detections(baseline, detections, match_iou)
         changes = detections.scores[matching.pairs[:, 1]] - baseline.scores[matching.pairs[:, 0]]
@@ -173,6 +197,7 @@ class ImageAblation:
     ``VariantResult`` per variant, in run order; ``imgsz``, ``conf``, ``iou``, ``match_iou``:
     what they were computed at; ``image_shape``: (H, W) of the image.
     """
+
     image_shape: tuple[int, int]
     baseline: Detections
     results: list[VariantResult]
@@ -192,10 +217,21 @@ class ImageAblation:
         """One row per variant: variant, layer, kind, baseline (its detections), detections (the
         variant's), kept, lost, gained, mean_iou,
         mean_score_change (NaN where nothing was kept)."""
-        return [{"variant": r.variant.name, "layer": r.variant.target, "kind": r.variant.kind,
-                 "baseline": len(self.baseline), "detections": len(r.detections), "kept": r.kept, "lost": r.lost, "gained": r.gained,
-                 "mean_iou": r.mean_iou, "mean_score_change": r.mean_score_change}
-                for r in self.results]
+        return [
+            {
+                "variant": r.variant.name,
+                "layer": r.variant.target,
+                "kind": r.variant.kind,
+                "baseline": len(self.baseline),
+                "detections": len(r.detections),
+                "kept": r.kept,
+                "lost": r.lost,
+                "gained": r.gained,
+                "mean_iou": r.mean_iou,
+                "mean_score_change": r.mean_score_change,
+            }
+            for r in self.results
+        ]
 
     def as_dict(self, pixel_scale=(1.0, 1.0)) -> dict:
         """JSON-ready: the settings, the baseline and per variant its row (``rows``), its boxes, the
@@ -209,25 +245,42 @@ class ImageAblation:
         unscale = np.array([sx, sy, sx, sy], dtype=np.float64)
 
         def boxes(detections: Detections) -> list[dict]:
-            return [{"box_xyxy": [round(float(v), 2) for v in detections.boxes[i] / unscale],
-                     "class": int(detections.classes[i]),
-                     "name": str(detections.names.get(int(detections.classes[i]), detections.classes[i])),
-                     "score": round(float(detections.scores[i]), 4)} for i in range(len(detections))]
+            return [
+                {
+                    "box_xyxy": [round(float(v), 2) for v in detections.boxes[i] / unscale],
+                    "class": int(detections.classes[i]),
+                    "name": str(detections.names.get(int(detections.classes[i]), detections.classes[i])),
+                    "score": round(float(detections.scores[i]), 4),
+                }
+                for i in range(len(detections))
+            ]
 
         variants = []
         for row, result in zip(self.rows(), self.results):
             matching = result.matching
-            variants.append({**{k: _json_number(v) for k, v in row.items()},
-                             "layers": list(result.variant.layers),
-                             "detections": boxes(result.detections),
-                             "kept_pairs": [{"baseline": int(a), "variant": int(b), "iou": round(float(iou), 4)}
-                                            for (a, b), iou in zip(matching.pairs, matching.ious)],
-                             "lost_baseline": matching.lost.tolist(),
-                             "gained_variant": matching.gained.tolist()})
-        return {"imgsz": self.imgsz, "conf": self.conf, "iou": self.iou, "match_iou": self.match_iou,
-                "matching": "greedy by IoU, same class, IoU >= match_iou (dcnv3.ablation.match_detections)",
-                "coordinates": "original-image pixels, xyxy",
-                "baseline": boxes(self.baseline), "variants": variants}
+            variants.append(
+                {
+                    **{k: _json_number(v) for k, v in row.items()},
+                    "layers": list(result.variant.layers),
+                    "detections": boxes(result.detections),
+                    "kept_pairs": [
+                        {"baseline": int(a), "variant": int(b), "iou": round(float(iou), 4)}
+                        for (a, b), iou in zip(matching.pairs, matching.ious)
+                    ],
+                    "lost_baseline": matching.lost.tolist(),
+                    "gained_variant": matching.gained.tolist(),
+                }
+            )
+        return {
+            "imgsz": self.imgsz,
+            "conf": self.conf,
+            "iou": self.iou,
+            "match_iou": self.match_iou,
+            "matching": "greedy by IoU, same class, IoU >= match_iou (dcnv3.ablation.match_detections)",
+            "coordinates": "original-image pixels, xyxy",
+            "baseline": boxes(self.baseline),
+            "variants": variants,
+        }
 
 
 def _json_number(value):
@@ -246,6 +299,7 @@ class AblationRun:
     ``RawPredictions`` per ``Variant``; ``layers``: the deformable layers' names in forward order;
     ``image_shape``: (H, W) of the image; ``imgsz``: the network input size asked for;
     ``max_det``: as ``YOLO.predict``."""
+
     image_shape: tuple[int, int]
     layers: list[str]
     baseline: RawPredictions
@@ -262,12 +316,12 @@ class AblationRun:
         for variant, raw in zip(self.variants, self.predictions):
             detections = raw.detections(self.image_shape, conf, iou, self.max_det)
             results.append(VariantResult.against(variant, baseline, detections, match_iou))
-        return ImageAblation(self.image_shape, baseline, results, self.imgsz, float(conf), float(iou),
-                             float(match_iou))
+        return ImageAblation(self.image_shape, baseline, results, self.imgsz, float(conf), float(iou), float(match_iou))
 
 
-def run_ablation(model, image, imgsz: int = 640, variants: list[Variant] | None = None, max_det: int = 300,
-                 nms: bool | None = None) -> AblationRun:
+def run_ablation(
+    model, image, imgsz: int = 640, variants: list[Variant] | None = None, max_det: int = 300, nms: bool | None = None
+) -> AblationRun:
     """One probe forward of ``model`` on ``image`` as it is and one per variant.
 
     Args:
@@ -304,8 +358,17 @@ def run_ablation(model, image, imgsz: int = 640, variants: list[Variant] | None 
     return AblationRun(baseline.image_shape, names, baseline.raw, variants, predictions, int(imgsz), int(max_det))
 
 
-def ablate(model, image, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7, match_iou: float = MATCH_IOU,
-           variants: list[Variant] | None = None, max_det: int = 300, nms: bool | None = None) -> ImageAblation:
+def ablate(
+    model,
+    image,
+    imgsz: int = 640,
+    conf: float = 0.25,
+    iou: float = 0.7,
+    match_iou: float = MATCH_IOU,
+    variants: list[Variant] | None = None,
+    max_det: int = 300,
+    nms: bool | None = None,
+) -> ImageAblation:
     """``run_ablation(...).compare(conf, iou, match_iou)``: every variant against the baseline on one image."""
     return run_ablation(model, image, imgsz, variants, max_det, nms).compare(conf, iou, match_iou)
 
@@ -315,6 +378,7 @@ class VariantSummary:
     """One variant over a set of images: counts summed over the images; ``mean_iou`` and
     ``mean_score_change`` over every kept pair of every image (NaN when none was kept);
     ``images_changed``: images where anything was lost or gained."""
+
     variant: Variant
     images: int
     baseline: int
@@ -326,16 +390,26 @@ class VariantSummary:
     images_changed: int
 
     def row(self) -> dict:
-        return {"variant": self.variant.name, "layer": self.variant.target, "kind": self.variant.kind,
-                "images": self.images, "baseline": self.baseline, "kept": self.kept, "lost": self.lost,
-                "gained": self.gained, "mean_iou": self.mean_iou, "mean_score_change": self.mean_score_change,
-                "images_changed": self.images_changed}
+        return {
+            "variant": self.variant.name,
+            "layer": self.variant.target,
+            "kind": self.variant.kind,
+            "images": self.images,
+            "baseline": self.baseline,
+            "kept": self.kept,
+            "lost": self.lost,
+            "gained": self.gained,
+            "mean_iou": self.mean_iou,
+            "mean_score_change": self.mean_score_change,
+            "images_changed": self.images_changed,
+        }
 
 
 @dataclass
 class FolderAblation:
     """``ablate_folder``'s result: ``summaries`` one per variant; ``images`` the per-image results
     keyed by the image's name (path or index as given)."""
+
     summaries: list[VariantSummary]
     images: dict[str, ImageAblation] = field(default_factory=dict)
 
@@ -344,8 +418,10 @@ class FolderAblation:
 
     def as_dict(self) -> dict:
         """JSON-ready: per variant its summary row, and every image's ``ImageAblation.as_dict``."""
-        return {"variants": [{k: _json_number(v) for k, v in row.items()} for row in self.rows()],
-                "images": {name: result.as_dict() for name, result in self.images.items()}}
+        return {
+            "variants": [{k: _json_number(v) for k, v in row.items()} for row in self.rows()],
+            "images": {name: result.as_dict() for name, result in self.images.items()},
+        }
 
 
 def summarise(images: dict[str, ImageAblation]) -> FolderAblation:
@@ -356,17 +432,34 @@ def summarise(images: dict[str, ImageAblation]) -> FolderAblation:
         per_image = [(image, image.results[index]) for image in results]
         ious = np.concatenate([r.matching.ious for _, r in per_image])
         changes = np.concatenate([r.score_changes for _, r in per_image])
-        summaries.append(VariantSummary(
-            first.variant, len(per_image), sum(len(image.baseline) for image, _ in per_image),
-            sum(r.kept for _, r in per_image), sum(r.lost for _, r in per_image), sum(r.gained for _, r in per_image),
-            float(ious.mean()) if len(ious) else math.nan, float(changes.mean()) if len(changes) else math.nan,
-            sum(1 for _, r in per_image if r.lost or r.gained)))
+        summaries.append(
+            VariantSummary(
+                first.variant,
+                len(per_image),
+                sum(len(image.baseline) for image, _ in per_image),
+                sum(r.kept for _, r in per_image),
+                sum(r.lost for _, r in per_image),
+                sum(r.gained for _, r in per_image),
+                float(ious.mean()) if len(ious) else math.nan,
+                float(changes.mean()) if len(changes) else math.nan,
+                sum(1 for _, r in per_image if r.lost or r.gained),
+            )
+        )
     return FolderAblation(summaries, images)
 
 
-def ablate_folder(model, images, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
-                  match_iou: float = MATCH_IOU, variants: list[Variant] | None = None, max_det: int = 300,
-                  nms: bool | None = None, on_image=None) -> FolderAblation:
+def ablate_folder(
+    model,
+    images,
+    imgsz: int = 640,
+    conf: float = 0.25,
+    iou: float = 0.7,
+    match_iou: float = MATCH_IOU,
+    variants: list[Variant] | None = None,
+    max_det: int = 300,
+    nms: bool | None = None,
+    on_image=None,
+) -> FolderAblation:
     """``ablate`` of each image (paths or arrays), summed per variant (``VariantSummary``).
 
     ``on_image(name, ImageAblation)`` is called after each image (the CLI prints progress).

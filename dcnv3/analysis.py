@@ -7,6 +7,7 @@ background cells (centres inside no box), with the layer-wide mean |offset| and 
 normalised weight entropy. Sizes follow COCO: sqrt(box area) < 32 px small, < 96 px medium,
 larger large, in original-image pixels.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,8 +18,7 @@ import numpy as np
 from . import stats
 from .geometry import box_centre, cell_at, cell_centres
 
-__all__ = ["SIZE_BUCKETS", "LayerTally", "analyze_dataset", "dilation_at_objects", "format_table",
-           "size_bucket"]
+__all__ = ["SIZE_BUCKETS", "LayerTally", "analyze_dataset", "dilation_at_objects", "format_table", "size_bucket"]
 
 SIZE_BUCKETS = ("small", "medium", "large", "background")
 
@@ -56,6 +56,7 @@ def dilation_at_objects(record, letterbox, boxes: np.ndarray, size_scale: float 
 @dataclass
 class LayerTally:
     """Running collections for one layer over the dataset."""
+
     name: str
     stage: str
     groups: int
@@ -111,8 +112,9 @@ def _ground_truth(image_path: Path, shape: tuple) -> np.ndarray:
     return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
 
 
-def analyze_dataset(model, data_yaml: str | Path, split: str = "val", imgsz: int = 640,
-                    max_images: int | None = None) -> list[dict]:
+def analyze_dataset(
+    model, data_yaml: str | Path, split: str = "val", imgsz: int = 640, max_images: int | None = None
+) -> list[dict]:
     """One result row per DCNv3 layer (see ``LayerTally.row``) over a dataset split."""
     import cv2
 
@@ -133,10 +135,15 @@ def analyze_dataset(model, data_yaml: str | Path, split: str = "val", imgsz: int
 
 def format_table(rows: list[dict]) -> str:
     """A Markdown table in the layout of DCNv1's Table 2, plus |offset| and entropy."""
-    lines = ["| layer | stage | G | small | medium | large | background | large/small | mean abs offset | mean entropy |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| layer | stage | G | small | medium | large | background | large/small | mean abs offset | mean entropy |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         cells = [f"{row[f'{b}_mean']:.2f} ± {row[f'{b}_std']:.2f} (n={row[f'{b}_n']})" for b in SIZE_BUCKETS]
-        lines.append(f"| {row['layer']} | {row['stage']} | {row['groups']} | " + " | ".join(cells)
-                     + f" | {row['large_over_small']:.2f} | {row['mean_abs_offset']:.2f} | {row['mean_entropy']:.3f} |")
+        lines.append(
+            f"| {row['layer']} | {row['stage']} | {row['groups']} | "
+            + " | ".join(cells)
+            + f" | {row['large_over_small']:.2f} | {row['mean_abs_offset']:.2f} | {row['mean_entropy']:.3f} |"
+        )
     return "\n".join(lines)

@@ -11,6 +11,7 @@ equal to its stock twin (C2f, Bottleneck, Conv), so the stock tables apply
 to it unchanged, without editing ultralytics. Identity (``is``) and ``isinstance`` tell the
 classes apart throughout, and outside parse_model they are simply different classes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,9 +24,21 @@ from ultralytics.nn.modules.conv import Conv, autopad
 
 from .module import DCNv3
 
-__all__ = ["batchnorm_affine", "fold_batchnorm_into_linear", "DCNV3_YoLo", "Bottleneck_DCNv3", "C2f_DCNv3",
-           "C3k_DCNv3", "C3k2_DCNv3", "BLOCK_ALIASES", "ParsedAsStockTwin", "auto_group", "parsed_as_stock_twins",
-           "with_stock_scale_rules", "CHANNELS_PER_GROUP"]
+__all__ = [
+    "batchnorm_affine",
+    "fold_batchnorm_into_linear",
+    "DCNV3_YoLo",
+    "Bottleneck_DCNv3",
+    "C2f_DCNv3",
+    "C3k_DCNv3",
+    "C3k2_DCNv3",
+    "BLOCK_ALIASES",
+    "ParsedAsStockTwin",
+    "auto_group",
+    "parsed_as_stock_twins",
+    "with_stock_scale_rules",
+    "CHANNELS_PER_GROUP",
+]
 
 # InternImage uses 16 channels per DCNv3 group.
 CHANNELS_PER_GROUP = 16
@@ -87,7 +100,7 @@ def fold_batchnorm_into_linear(linear: nn.Linear, bn: nn.BatchNorm2d) -> None:
         linear.bias.copy_(linear.bias * scale + shift)
 
 
-class DCNV3_YoLo(nn.Module, metaclass=ParsedAsStockTwin):  # noqa: N801 - the seed article's name
+class DCNV3_YoLo(nn.Module, metaclass=ParsedAsStockTwin):
     """1x1 Conv stem -> DCNv3 (channels-last) -> BatchNorm -> activation.
 
     Args:
@@ -107,15 +120,26 @@ class DCNV3_YoLo(nn.Module, metaclass=ParsedAsStockTwin):  # noqa: N801 - the se
 
     _parsed_as = Conv
 
-    def __init__(self, inc: int, ouc: int, k: int = 3, s: int = 1, p: int | None = None, g: int = 1,
-                 d: int = 1, act: bool | nn.Module = True, stem: bool = True):
+    def __init__(
+        self,
+        inc: int,
+        ouc: int,
+        k: int = 3,
+        s: int = 1,
+        p: int | None = None,
+        g: int = 1,
+        d: int = 1,
+        act: bool | nn.Module = True,
+        stem: bool = True,
+    ):
         super().__init__()
         if stem:
             self.conv = Conv(inc, ouc, k=1)
         elif inc != ouc:
             raise ValueError(f"a DCNV3_YoLo without stem needs inc == ouc, got {inc} and {ouc}")
-        self.dcnv3 = DCNv3(ouc, kernel_size=k, stride=s, pad=autopad(k, p, d), dilation=d,
-                           group=g if g > 0 else auto_group(ouc))
+        self.dcnv3 = DCNv3(
+            ouc, kernel_size=k, stride=s, pad=autopad(k, p, d), dilation=d, group=g if g > 0 else auto_group(ouc)
+        )
         self.bn = nn.BatchNorm2d(ouc)
         self.act = Conv.default_act if act is True else act if isinstance(act, nn.Module) else nn.Identity()
 
@@ -139,7 +163,7 @@ class DCNV3_YoLo(nn.Module, metaclass=ParsedAsStockTwin):  # noqa: N801 - the se
         del self.bn
 
 
-class Bottleneck_DCNv3(nn.Module, metaclass=ParsedAsStockTwin):  # noqa: N801 - the forks' name
+class Bottleneck_DCNv3(nn.Module, metaclass=ParsedAsStockTwin):
     """Bottleneck whose second conv is DCNV3_YoLo: Conv(k[0]) -> DCNV3_YoLo(k[1]) (+ shortcut).
 
     ``g`` is the DCNv3 group count (0: auto), as the forks pass it; ``stem`` is DCNV3_YoLo's
@@ -149,8 +173,16 @@ class Bottleneck_DCNv3(nn.Module, metaclass=ParsedAsStockTwin):  # noqa: N801 - 
 
     _parsed_as = Bottleneck
 
-    def __init__(self, c1: int, c2: int, shortcut: bool = True, g: int = 1, k: tuple = (3, 3),
-                 e: float = 0.5, stem: bool | None = True):
+    def __init__(
+        self,
+        c1: int,
+        c2: int,
+        shortcut: bool = True,
+        g: int = 1,
+        k: tuple = (3, 3),
+        e: float = 0.5,
+        stem: bool | None = True,
+    ):
         super().__init__()
         hidden = int(c2 * e)
         self.cv1 = Conv(c1, hidden, k[0], 1)
@@ -161,7 +193,7 @@ class Bottleneck_DCNv3(nn.Module, metaclass=ParsedAsStockTwin):  # noqa: N801 - 
         return x + self.cv2(self.cv1(x)) if self.add else self.cv2(self.cv1(x))
 
 
-class C2f_DCNv3(C2f, metaclass=ParsedAsStockTwin):  # noqa: N801 - the forks' name
+class C2f_DCNv3(C2f, metaclass=ParsedAsStockTwin):
     """C2f whose bottlenecks are Bottleneck_DCNv3 (forward and forward_split are C2f's).
 
     Args as C2f: (c1, c2, n, shortcut, g, e) with ``g`` the DCNv3 group count of every
@@ -171,17 +203,15 @@ class C2f_DCNv3(C2f, metaclass=ParsedAsStockTwin):  # noqa: N801 - the forks' na
 
     _parsed_as = C2f
 
-    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = False, g: int = 1,
-                 e: float = 0.5):
+    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = False, g: int = 1, e: float = 0.5):
         nn.Module.__init__(self)  # C2f.__init__ would build stock bottlenecks only to drop them
         self.c = int(c2 * e)
         self.cv1 = Conv(c1, 2 * self.c, 1, 1)
         self.cv2 = Conv((2 + n) * self.c, c2, 1)
-        self.m = nn.ModuleList(Bottleneck_DCNv3(self.c, self.c, shortcut, g, k=(3, 3), e=1.0)
-                               for _ in range(n))
+        self.m = nn.ModuleList(Bottleneck_DCNv3(self.c, self.c, shortcut, g, k=(3, 3), e=1.0) for _ in range(n))
 
 
-class C3k_DCNv3(C3k, metaclass=ParsedAsStockTwin):  # noqa: N801 - the forks' name
+class C3k_DCNv3(C3k, metaclass=ParsedAsStockTwin):
     """C3k whose bottlenecks are Bottleneck_DCNv3 with k x k convolutions (forward is C3's).
 
     Args: (c1, c2, n, shortcut, g, e, k) as the forks' C3k_DCNv3 (shortcut defaults to False
@@ -193,18 +223,18 @@ class C3k_DCNv3(C3k, metaclass=ParsedAsStockTwin):  # noqa: N801 - the forks' na
 
     _parsed_as = C3k
 
-    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = False, g: int = 1,
-                 e: float = 0.5, k: int = 3):
+    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = False, g: int = 1, e: float = 0.5, k: int = 3):
         nn.Module.__init__(self)  # C3k.__init__ would build stock bottlenecks only to drop them
         hidden = int(c2 * e)
         self.cv1 = Conv(c1, hidden, 1, 1)
         self.cv2 = Conv(c1, hidden, 1, 1)
         self.cv3 = Conv(2 * hidden, c2, 1)
-        self.m = nn.Sequential(*(Bottleneck_DCNv3(hidden, hidden, shortcut, g, k=(k, k), e=1.0, stem=None)
-                                 for _ in range(n)))
+        self.m = nn.Sequential(
+            *(Bottleneck_DCNv3(hidden, hidden, shortcut, g, k=(k, k), e=1.0, stem=None) for _ in range(n))
+        )
 
 
-class C3k2_DCNv3(C3k2, metaclass=ParsedAsStockTwin):  # noqa: N801 - the forks' name
+class C3k2_DCNv3(C3k2, metaclass=ParsedAsStockTwin):
     """C3k2 whose inner blocks hold DCNv3: C3k_DCNv3 (c3k=True) or Bottleneck_DCNv3.
 
     Args: (c1, c2, n, c3k, e, g, shortcut) as the forks' C3k2_DCNv3 (stock C3k2 of ultralytics
@@ -219,24 +249,34 @@ class C3k2_DCNv3(C3k2, metaclass=ParsedAsStockTwin):  # noqa: N801 - the forks' 
 
     _parsed_as = C3k2
 
-    def __init__(self, c1: int, c2: int, n: int = 1, c3k: bool = False, e: float = 0.5, g: int = 1,
-                 shortcut: bool = True):
+    def __init__(
+        self, c1: int, c2: int, n: int = 1, c3k: bool = False, e: float = 0.5, g: int = 1, shortcut: bool = True
+    ):
         nn.Module.__init__(self)  # C3k2.__init__ would build stock blocks only to drop them
         self.c = int(c2 * e)
         self.cv1 = Conv(c1, 2 * self.c, 1, 1)
         self.cv2 = Conv((2 + n) * self.c, c2, 1)
-        self.m = nn.ModuleList(C3k_DCNv3(self.c, self.c, 2, shortcut, g) if c3k
-                               else Bottleneck_DCNv3(self.c, self.c, shortcut, g, stem=None)
-                               for _ in range(n))
+        self.m = nn.ModuleList(
+            C3k_DCNv3(self.c, self.c, 2, shortcut, g)
+            if c3k
+            else Bottleneck_DCNv3(self.c, self.c, shortcut, g, stem=None)
+            for _ in range(n)
+        )
 
 
 # The names forks use for the same classes, in YAML files and in pickles.
 BLOCK_ALIASES = {
-    "DCNV3_YoLo": DCNV3_YoLo, "DCNV3_YOLO": DCNV3_YoLo, "DCNv3_YoLo": DCNV3_YoLo,
-    "Bottleneck_DCNv3": Bottleneck_DCNv3, "Bottleneck_DCNV3": Bottleneck_DCNv3,
-    "C2f_DCNv3": C2f_DCNv3, "C2f_DCNV3": C2f_DCNv3,
-    "C3k_DCNv3": C3k_DCNv3, "C3k_DCNV3": C3k_DCNv3,
-    "C3k2_DCNv3": C3k2_DCNv3, "C3k2_DCNV3": C3k2_DCNv3,
+    "DCNV3_YoLo": DCNV3_YoLo,
+    "DCNV3_YOLO": DCNV3_YoLo,
+    "DCNv3_YoLo": DCNV3_YoLo,
+    "Bottleneck_DCNv3": Bottleneck_DCNv3,
+    "Bottleneck_DCNV3": Bottleneck_DCNv3,
+    "C2f_DCNv3": C2f_DCNv3,
+    "C2f_DCNV3": C2f_DCNv3,
+    "C3k_DCNv3": C3k_DCNv3,
+    "C3k_DCNV3": C3k_DCNv3,
+    "C3k2_DCNv3": C3k2_DCNv3,
+    "C3k2_DCNV3": C3k2_DCNv3,
 }
 
 

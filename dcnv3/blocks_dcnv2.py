@@ -24,6 +24,7 @@ the YAML gives. Here ``g`` reaches the DCNv2 as its ``deformable_groups`` (the s
 
 parse_model scales these blocks as their stock twins (``dcnv3.blocks.ParsedAsStockTwin``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,9 +35,21 @@ from ultralytics.nn.modules.conv import Conv
 from . import dcnv2
 from .blocks import ParsedAsStockTwin, auto_group, batchnorm_affine
 
-__all__ = ["DCNv2", "DCNv2_Dynamic", "MPCA", "DCNv2OffsetAttention", "Bottleneck_DCNV2", "Bottleneck_DCNV2_Dynamic",
-           "C2f_DCNv2", "C2f_DCNv2_Dynamic", "C3k_DCNv2", "C3k_DCNv2_Dynamic", "C3k2_DCNv2", "C3k2_DCNv2_Dynamic",
-           "BLOCK_ALIASES"]
+__all__ = [
+    "DCNv2",
+    "DCNv2_Dynamic",
+    "MPCA",
+    "DCNv2OffsetAttention",
+    "Bottleneck_DCNV2",
+    "Bottleneck_DCNV2_Dynamic",
+    "C2f_DCNv2",
+    "C2f_DCNv2_Dynamic",
+    "C3k_DCNv2",
+    "C3k_DCNv2_Dynamic",
+    "C3k2_DCNv2",
+    "C3k2_DCNv2_Dynamic",
+    "BLOCK_ALIASES",
+]
 
 
 class DCNv2(dcnv2.DCNv2, metaclass=ParsedAsStockTwin):
@@ -101,41 +114,68 @@ class DCNv2OffsetAttention(nn.Module):
     (the layer's) keep it on the deformable conv's grid, and equal those for the family's layers.
     """
 
-    def __init__(self, in_channels: int, kernel_size: int, stride: int, deformable_groups: int = 1,
-                 padding: int | None = None, dilation: int = 1):
+    def __init__(
+        self,
+        in_channels: int,
+        kernel_size: int,
+        stride: int,
+        deformable_groups: int = 1,
+        padding: int | None = None,
+        dilation: int = 1,
+    ):
         super().__init__()
         self.out_channel = deformable_groups * 3 * kernel_size * kernel_size
         padding = dcnv2.same_padding(kernel_size, dilation) if padding is None else padding
-        self.conv_offset_mask = nn.Conv2d(in_channels, self.out_channel, kernel_size, stride, padding,
-                                          dilation=dilation, bias=True)
+        self.conv_offset_mask = nn.Conv2d(
+            in_channels, self.out_channel, kernel_size, stride, padding, dilation=dilation, bias=True
+        )
         self.attention = MPCA(self.out_channel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.attention(self.conv_offset_mask(x))
 
 
-class DCNv2_Dynamic(DCNv2):  # noqa: N801 - the family's name
+class DCNv2_Dynamic(DCNv2):
     """DCNv2 whose offsets and masks come from ``DCNv2OffsetAttention`` (its Conv2d zero-initialised,
     as the family's). Args as ``DCNv2``; state keys ``conv_offset_mask.conv_offset_mask.*`` and
     ``conv_offset_mask.attention.*`` as the family's."""
 
     _parsed_as = Conv
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 padding: int | None = None, groups: int = 1, dilation: int = 1, act: bool | nn.Module = True,
-                 deformable_groups: int = 1):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int | None = None,
+        groups: int = 1,
+        dilation: int = 1,
+        act: bool | nn.Module = True,
+        deformable_groups: int = 1,
+    ):
         head = DCNv2OffsetAttention(in_channels, kernel_size, stride, deformable_groups, padding, dilation)
         nn.init.zeros_(head.conv_offset_mask.weight)
         nn.init.zeros_(head.conv_offset_mask.bias)
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, groups, dilation, act,
-                         deformable_groups, conv_offset_mask=head)
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            groups,
+            dilation,
+            act,
+            deformable_groups,
+            conv_offset_mask=head,
+        )
 
 
 def _offset_groups(g: int, channels: int) -> int:
     return g if g > 0 else auto_group(channels)
 
 
-class Bottleneck_DCNV2(nn.Module, metaclass=ParsedAsStockTwin):  # noqa: N801 - the family's name
+class Bottleneck_DCNV2(nn.Module, metaclass=ParsedAsStockTwin):
     """Bottleneck whose second conv is a DCNv2 block: Conv(k[0]) c1 -> c_ = c2*e, DCNv2(c_, c2,
     k[1]) with ``g`` offset groups, plus the shortcut when ``shortcut`` and c1 == c2.
     Shapes: (N, c1, H, W) -> (N, c2, H, W)."""
@@ -143,8 +183,7 @@ class Bottleneck_DCNV2(nn.Module, metaclass=ParsedAsStockTwin):  # noqa: N801 - 
     _parsed_as = Bottleneck
     deformable = DCNv2
 
-    def __init__(self, c1: int, c2: int, shortcut: bool = True, g: int = 1, k: tuple = (3, 3),
-                 e: float = 0.5):
+    def __init__(self, c1: int, c2: int, shortcut: bool = True, g: int = 1, k: tuple = (3, 3), e: float = 0.5):
         super().__init__()
         hidden = int(c2 * e)
         self.cv1 = Conv(c1, hidden, k[0], 1)
@@ -155,14 +194,14 @@ class Bottleneck_DCNV2(nn.Module, metaclass=ParsedAsStockTwin):  # noqa: N801 - 
         return x + self.cv2(self.cv1(x)) if self.add else self.cv2(self.cv1(x))
 
 
-class Bottleneck_DCNV2_Dynamic(Bottleneck_DCNV2):  # noqa: N801 - the family's name
+class Bottleneck_DCNV2_Dynamic(Bottleneck_DCNV2):
     """Bottleneck_DCNV2 with a DCNv2_Dynamic block."""
 
     _parsed_as = Bottleneck
     deformable = DCNv2_Dynamic
 
 
-class C2f_DCNv2(C2f, metaclass=ParsedAsStockTwin):  # noqa: N801 - the family's name
+class C2f_DCNv2(C2f, metaclass=ParsedAsStockTwin):
     """C2f whose n bottlenecks are Bottleneck_DCNV2(c, c, e=1.0): DCNv2 on c = c2*e channels.
     Args as C2f: (c1, c2, n, shortcut, g, e), ``g`` the offset groups; forward and forward_split
     are C2f's. Shapes: (N, c1, H, W) -> (N, c2, H, W)."""
@@ -178,14 +217,14 @@ class C2f_DCNv2(C2f, metaclass=ParsedAsStockTwin):  # noqa: N801 - the family's 
         self.m = nn.ModuleList(self.bottleneck(self.c, self.c, shortcut, g, k=(3, 3), e=1.0) for _ in range(n))
 
 
-class C2f_DCNv2_Dynamic(C2f_DCNv2):  # noqa: N801 - the family's name
+class C2f_DCNv2_Dynamic(C2f_DCNv2):
     """C2f_DCNv2 with Bottleneck_DCNV2_Dynamic bottlenecks."""
 
     _parsed_as = C2f
     bottleneck = Bottleneck_DCNV2_Dynamic
 
 
-class C3k_DCNv2(C3k, metaclass=ParsedAsStockTwin):  # noqa: N801 - the family's name
+class C3k_DCNv2(C3k, metaclass=ParsedAsStockTwin):
     """C3k whose n bottlenecks are Bottleneck_DCNV2(c_, c_, k=(k, k), e=1.0) on c_ = c2*e
     channels; forward is C3's. Args (c1, c2, n, shortcut, g, e, k) as the family's (shortcut
     defaults to False there). Attributes as C3: cv1, cv2 (1x1 Conv c1 -> c_), cv3 (1x1 Conv
@@ -194,8 +233,7 @@ class C3k_DCNv2(C3k, metaclass=ParsedAsStockTwin):  # noqa: N801 - the family's 
     _parsed_as = C3k
     bottleneck = Bottleneck_DCNV2
 
-    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = False, g: int = 1,
-                 e: float = 0.5, k: int = 3):
+    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = False, g: int = 1, e: float = 0.5, k: int = 3):
         nn.Module.__init__(self)  # C3k.__init__ would build stock bottlenecks only to drop them
         hidden = int(c2 * e)
         self.cv1 = Conv(c1, hidden, 1, 1)
@@ -204,14 +242,14 @@ class C3k_DCNv2(C3k, metaclass=ParsedAsStockTwin):  # noqa: N801 - the family's 
         self.m = nn.Sequential(*(self.bottleneck(hidden, hidden, shortcut, g, k=(k, k), e=1.0) for _ in range(n)))
 
 
-class C3k_DCNv2_Dynamic(C3k_DCNv2):  # noqa: N801 - the family's name
+class C3k_DCNv2_Dynamic(C3k_DCNv2):
     """C3k_DCNv2 with Bottleneck_DCNV2_Dynamic bottlenecks."""
 
     _parsed_as = C3k
     bottleneck = Bottleneck_DCNV2_Dynamic
 
 
-class C3k2_DCNv2(C3k2, metaclass=ParsedAsStockTwin):  # noqa: N801 - the family's name
+class C3k2_DCNv2(C3k2, metaclass=ParsedAsStockTwin):
     """C3k2 whose inner blocks hold DCNv2: C3k_DCNv2 (c3k=True) or Bottleneck_DCNV2.
 
     Args: (c1, c2, n, c3k, e, g, shortcut) as the family's C3k2_DCNv2, ``g`` the offset groups.
@@ -224,18 +262,21 @@ class C3k2_DCNv2(C3k2, metaclass=ParsedAsStockTwin):  # noqa: N801 - the family'
     _parsed_as = C3k2
     inner = (C3k_DCNv2, Bottleneck_DCNV2)
 
-    def __init__(self, c1: int, c2: int, n: int = 1, c3k: bool = False, e: float = 0.5, g: int = 1,
-                 shortcut: bool = True):
+    def __init__(
+        self, c1: int, c2: int, n: int = 1, c3k: bool = False, e: float = 0.5, g: int = 1, shortcut: bool = True
+    ):
         nn.Module.__init__(self)  # C3k2.__init__ would build stock blocks only to drop them
         self.c = int(c2 * e)
         self.cv1 = Conv(c1, 2 * self.c, 1, 1)
         self.cv2 = Conv((2 + n) * self.c, c2, 1)
         c3k_block, bottleneck = self.inner
-        self.m = nn.ModuleList(c3k_block(self.c, self.c, 2, shortcut, g) if c3k
-                               else bottleneck(self.c, self.c, shortcut, g) for _ in range(n))
+        self.m = nn.ModuleList(
+            c3k_block(self.c, self.c, 2, shortcut, g) if c3k else bottleneck(self.c, self.c, shortcut, g)
+            for _ in range(n)
+        )
 
 
-class C3k2_DCNv2_Dynamic(C3k2_DCNv2):  # noqa: N801 - the family's name
+class C3k2_DCNv2_Dynamic(C3k2_DCNv2):
     """C3k2_DCNv2 with the ``_Dynamic`` inner blocks."""
 
     _parsed_as = C3k2
@@ -244,11 +285,22 @@ class C3k2_DCNv2_Dynamic(C3k2_DCNv2):  # noqa: N801 - the family's name
 
 # The names the forks use for the same classes, in YAML files and in pickles.
 BLOCK_ALIASES = {
-    "DCNv2": DCNv2, "DCNV2": DCNv2, "DCNv2_Dynamic": DCNv2_Dynamic, "DCNV2_Dynamic": DCNv2_Dynamic,
-    "Bottleneck_DCNV2": Bottleneck_DCNV2, "Bottleneck_DCNv2": Bottleneck_DCNV2,
-    "Bottleneck_DCNV2_Dynamic": Bottleneck_DCNV2_Dynamic, "Bottleneck_DCNv2_Dynamic": Bottleneck_DCNV2_Dynamic,
-    "C2f_DCNv2": C2f_DCNv2, "C2f_DCNV2": C2f_DCNv2,
-    "C2f_DCNv2_Dynamic": C2f_DCNv2_Dynamic, "C2f_DCNV2_Dynamic": C2f_DCNv2_Dynamic,
-    "C3k_DCNv2": C3k_DCNv2, "C3k_DCNV2": C3k_DCNv2, "C3k_DCNv2_Dynamic": C3k_DCNv2_Dynamic,
-    "C3k2_DCNv2": C3k2_DCNv2, "C3k2_DCNV2": C3k2_DCNv2, "C3k2_DCNv2_Dynamic": C3k2_DCNv2_Dynamic,
+    "DCNv2": DCNv2,
+    "DCNV2": DCNv2,
+    "DCNv2_Dynamic": DCNv2_Dynamic,
+    "DCNV2_Dynamic": DCNv2_Dynamic,
+    "Bottleneck_DCNV2": Bottleneck_DCNV2,
+    "Bottleneck_DCNv2": Bottleneck_DCNV2,
+    "Bottleneck_DCNV2_Dynamic": Bottleneck_DCNV2_Dynamic,
+    "Bottleneck_DCNv2_Dynamic": Bottleneck_DCNV2_Dynamic,
+    "C2f_DCNv2": C2f_DCNv2,
+    "C2f_DCNV2": C2f_DCNv2,
+    "C2f_DCNv2_Dynamic": C2f_DCNv2_Dynamic,
+    "C2f_DCNV2_Dynamic": C2f_DCNv2_Dynamic,
+    "C3k_DCNv2": C3k_DCNv2,
+    "C3k_DCNV2": C3k_DCNv2,
+    "C3k_DCNv2_Dynamic": C3k_DCNv2_Dynamic,
+    "C3k2_DCNv2": C3k2_DCNv2,
+    "C3k2_DCNV2": C3k2_DCNv2,
+    "C3k2_DCNv2_Dynamic": C3k2_DCNv2_Dynamic,
 }

@@ -17,6 +17,7 @@ channel multiple.
 
 parse_model scales these blocks as their stock twins (``dcnv3.blocks.ParsedAsStockTwin``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,7 +31,7 @@ from .dcnv4 import DCNv4
 __all__ = ["DCNV4_YOLO", "Bottleneck_DCNV4", "C2f_DCNv4", "C3k_DCNv4", "C3k2_DCNv4", "BLOCK_ALIASES"]
 
 
-class DCNV4_YOLO(nn.Module, metaclass=ParsedAsStockTwin):  # noqa: N801 - the family's name
+class DCNV4_YOLO(nn.Module, metaclass=ParsedAsStockTwin):
     """[1x1 Conv stem] -> DCNv4 (on the NCHW map, ``shape=(H, W)``) -> BatchNorm -> activation.
 
     Args, as the family's (inc, ouc, k=1, s=1, p=None, g=1, d=1, act=True):
@@ -47,13 +48,23 @@ class DCNV4_YOLO(nn.Module, metaclass=ParsedAsStockTwin):  # noqa: N801 - the fa
 
     _parsed_as = Conv
 
-    def __init__(self, inc: int, ouc: int, k: int = 1, s: int = 1, p: int | None = None, g: int = 1,
-                 d: int = 1, act: bool | nn.Module = True):
+    def __init__(
+        self,
+        inc: int,
+        ouc: int,
+        k: int = 1,
+        s: int = 1,
+        p: int | None = None,
+        g: int = 1,
+        d: int = 1,
+        act: bool | nn.Module = True,
+    ):
         super().__init__()
         if inc != ouc:
             self.stem_conv = Conv(inc, ouc, k=1)
-        self.dcnv4 = DCNv4(ouc, kernel_size=k, stride=s, pad=autopad(k, p, d), dilation=d,
-                           group=g if g > 0 else auto_group(ouc))
+        self.dcnv4 = DCNv4(
+            ouc, kernel_size=k, stride=s, pad=autopad(k, p, d), dilation=d, group=g if g > 0 else auto_group(ouc)
+        )
         self.bn = nn.BatchNorm2d(ouc)
         self.act = Conv.default_act if act is True else act if isinstance(act, nn.Module) else nn.Identity()
 
@@ -78,7 +89,7 @@ class DCNV4_YOLO(nn.Module, metaclass=ParsedAsStockTwin):  # noqa: N801 - the fa
         del self.bn
 
 
-class Bottleneck_DCNV4(nn.Module, metaclass=ParsedAsStockTwin):  # noqa: N801 - the family's name
+class Bottleneck_DCNV4(nn.Module, metaclass=ParsedAsStockTwin):
     """Bottleneck whose second conv is DCNV4_YOLO: Conv(k[0]) c1 -> c_ = c2*e, DCNV4_YOLO(c_, c2,
     k[1], g) (with its stem where c_ != c2), plus the shortcut when ``shortcut`` and c1 == c2.
 
@@ -88,8 +99,7 @@ class Bottleneck_DCNV4(nn.Module, metaclass=ParsedAsStockTwin):  # noqa: N801 - 
 
     _parsed_as = Bottleneck
 
-    def __init__(self, c1: int, c2: int, shortcut: bool = True, g: int = 1, k: tuple = (3, 3),
-                 e: float = 0.5):
+    def __init__(self, c1: int, c2: int, shortcut: bool = True, g: int = 1, k: tuple = (3, 3), e: float = 0.5):
         super().__init__()
         hidden = int(c2 * e)
         self.cv1 = Conv(c1, hidden, k[0], 1)
@@ -100,7 +110,7 @@ class Bottleneck_DCNV4(nn.Module, metaclass=ParsedAsStockTwin):  # noqa: N801 - 
         return x + self.cv2(self.cv1(x)) if self.add else self.cv2(self.cv1(x))
 
 
-class C2f_DCNv4(C2f, metaclass=ParsedAsStockTwin):  # noqa: N801 - the family's name
+class C2f_DCNv4(C2f, metaclass=ParsedAsStockTwin):
     """C2f whose n bottlenecks are Bottleneck_DCNV4(c, c, e=1.0) (no stems: DCNv4 on c = c2*e
     channels); forward and forward_split are C2f's.
 
@@ -118,7 +128,7 @@ class C2f_DCNv4(C2f, metaclass=ParsedAsStockTwin):  # noqa: N801 - the family's 
         self.m = nn.ModuleList(Bottleneck_DCNV4(self.c, self.c, shortcut, g, k=(3, 3), e=1.0) for _ in range(n))
 
 
-class C3k_DCNv4(C3k, metaclass=ParsedAsStockTwin):  # noqa: N801 - the family's name
+class C3k_DCNv4(C3k, metaclass=ParsedAsStockTwin):
     """C3k whose n bottlenecks are Bottleneck_DCNV4(c_, c_, k=(k, k), e=1.0) on c_ = c2*e
     channels (no stems); forward is C3's.
 
@@ -129,18 +139,16 @@ class C3k_DCNv4(C3k, metaclass=ParsedAsStockTwin):  # noqa: N801 - the family's 
 
     _parsed_as = C3k
 
-    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = False, g: int = 1,
-                 e: float = 0.5, k: int = 3):
+    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = False, g: int = 1, e: float = 0.5, k: int = 3):
         nn.Module.__init__(self)  # C3k.__init__ would build stock bottlenecks only to drop them
         hidden = int(c2 * e)
         self.cv1 = Conv(c1, hidden, 1, 1)
         self.cv2 = Conv(c1, hidden, 1, 1)
         self.cv3 = Conv(2 * hidden, c2, 1)
-        self.m = nn.Sequential(*(Bottleneck_DCNV4(hidden, hidden, shortcut, g, k=(k, k), e=1.0)
-                                 for _ in range(n)))
+        self.m = nn.Sequential(*(Bottleneck_DCNV4(hidden, hidden, shortcut, g, k=(k, k), e=1.0) for _ in range(n)))
 
 
-class C3k2_DCNv4(C3k2, metaclass=ParsedAsStockTwin):  # noqa: N801 - the family's name
+class C3k2_DCNv4(C3k2, metaclass=ParsedAsStockTwin):
     """C3k2 whose inner blocks hold DCNv4: C3k_DCNv4 (c3k=True) or Bottleneck_DCNV4.
 
     Args: (c1, c2, n, c3k, e, g, shortcut) as the family's C3k2_DCNv4, ``g`` the DCNv4 group
@@ -154,21 +162,30 @@ class C3k2_DCNv4(C3k2, metaclass=ParsedAsStockTwin):  # noqa: N801 - the family'
 
     _parsed_as = C3k2
 
-    def __init__(self, c1: int, c2: int, n: int = 1, c3k: bool = False, e: float = 0.5, g: int = 1,
-                 shortcut: bool = True):
+    def __init__(
+        self, c1: int, c2: int, n: int = 1, c3k: bool = False, e: float = 0.5, g: int = 1, shortcut: bool = True
+    ):
         nn.Module.__init__(self)  # C3k2.__init__ would build stock blocks only to drop them
         self.c = int(c2 * e)
         self.cv1 = Conv(c1, 2 * self.c, 1, 1)
         self.cv2 = Conv((2 + n) * self.c, c2, 1)
-        self.m = nn.ModuleList(C3k_DCNv4(self.c, self.c, 2, shortcut, g) if c3k
-                               else Bottleneck_DCNV4(self.c, self.c, shortcut, g) for _ in range(n))
+        self.m = nn.ModuleList(
+            C3k_DCNv4(self.c, self.c, 2, shortcut, g) if c3k else Bottleneck_DCNV4(self.c, self.c, shortcut, g)
+            for _ in range(n)
+        )
 
 
 # The names the forks use for the same classes, in YAML files and in pickles.
 BLOCK_ALIASES = {
-    "DCNV4_YOLO": DCNV4_YOLO, "DCNv4_YOLO": DCNV4_YOLO, "DCNV4_YoLo": DCNV4_YOLO,
-    "Bottleneck_DCNV4": Bottleneck_DCNV4, "Bottleneck_DCNv4": Bottleneck_DCNV4,
-    "C2f_DCNv4": C2f_DCNv4, "C2f_DCNV4": C2f_DCNv4,
-    "C3k_DCNv4": C3k_DCNv4, "C3k_DCNV4": C3k_DCNv4,
-    "C3k2_DCNv4": C3k2_DCNv4, "C3k2_DCNV4": C3k2_DCNv4,
+    "DCNV4_YOLO": DCNV4_YOLO,
+    "DCNv4_YOLO": DCNV4_YOLO,
+    "DCNV4_YoLo": DCNV4_YOLO,
+    "Bottleneck_DCNV4": Bottleneck_DCNV4,
+    "Bottleneck_DCNv4": Bottleneck_DCNV4,
+    "C2f_DCNv4": C2f_DCNv4,
+    "C2f_DCNV4": C2f_DCNv4,
+    "C3k_DCNv4": C3k_DCNv4,
+    "C3k_DCNV4": C3k_DCNv4,
+    "C3k2_DCNv4": C3k2_DCNv4,
+    "C3k2_DCNV4": C3k2_DCNv4,
 }

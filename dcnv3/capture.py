@@ -10,6 +10,7 @@ per layer::
     layers["model.4.m.0.cv2.dcnv3"].offsets   # (N, H, W, G, P, 2) feature cells, (dx, dy)
     layers["model.4.m.0.cv2.dcnv3"].weights   # (N, H, W, G, P), kind in .weight_kind
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,6 +45,7 @@ class CapturedLayer:
     for half-precision models); ``raw``: the operator's own tensors by name (DCNv3: ``offset``
     (N, H, W, G*P*2) and ``mask_logits`` (N, H, W, G*P), its two Linear outputs).
     """
+
     module: nn.Module
     offsets: torch.Tensor | None = None
     weights: torch.Tensor | None = None
@@ -51,8 +53,9 @@ class CapturedLayer:
     raw: dict = field(default_factory=dict)
     calls: int = field(default=0)
 
-    def store(self, offsets: torch.Tensor, weights: torch.Tensor, input_hw: tuple[int, int],
-              **raw: torch.Tensor) -> None:
+    def store(
+        self, offsets: torch.Tensor, weights: torch.Tensor, input_hw: tuple[int, int], **raw: torch.Tensor
+    ) -> None:
         """Called through ``hand_over`` by the module's forward."""
         weights = weights.detach()
         self.offsets = offsets.detach()
@@ -93,7 +96,7 @@ def capture(model: nn.Module, modules: list[tuple[str, nn.Module]] | None = None
     records: dict[str, CapturedLayer] = {}
     attached = []
     try:
-        for name, module in (deformable_modules(model) if modules is None else modules):
+        for name, module in deformable_modules(model) if modules is None else modules:
             record = records[name] = CapturedLayer(module)
             # A tuple per module, so nested captures each get their own record.
             module.__dict__[CAPTURE_SLOT] = module.__dict__.get(CAPTURE_SLOT, ()) + (record,)

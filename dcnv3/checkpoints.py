@@ -22,6 +22,7 @@ runs it: ``dcnv3.__main__`` would start the CLI). The allowed callables that cou
 more than the file holds (``range`` fed to ``list``, ``bytes(10**12)``, a tensor view claiming
 10**12 elements of a one-element storage) are bounded, so a small file cannot exhaust memory.
 """
+
 from __future__ import annotations
 
 import _compat_pickle
@@ -38,8 +39,17 @@ from torch import nn
 
 from .fork_layouts import UnknownLayoutError, adopt_fork_modules, fork_placeholder
 
-__all__ = ["CheckpointError", "UnsafeCheckpointError", "safe_load", "torch_safe_load", "add_safe_globals", "get_safe_globals", "clear_safe_globals",
-           "preloaded", "is_preloaded"]
+__all__ = [
+    "CheckpointError",
+    "UnsafeCheckpointError",
+    "safe_load",
+    "torch_safe_load",
+    "add_safe_globals",
+    "get_safe_globals",
+    "clear_safe_globals",
+    "preloaded",
+    "is_preloaded",
+]
 
 
 class CheckpointError(ValueError):
@@ -52,26 +62,56 @@ class UnsafeCheckpointError(CheckpointError):
 
 # Callables a checkpoint may invoke (pickle REDUCE): tensor and container rebuilders only.
 _CALLABLES = {
-    ("torch._utils", "_rebuild_tensor"), ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_tensor_v3"), ("torch._utils", "_rebuild_parameter"),
-    ("torch._utils", "_rebuild_parameter_with_state"), ("torch._utils", "_rebuild_device_tensor_from_numpy"),
-    ("torch._tensor", "_rebuild_from_type_v2"), ("torch", "Size"), ("torch", "device"),
-    ("torch.nn.parameter", "Parameter"), ("torch", "Tensor"),
-    ("collections", "OrderedDict"), ("collections", "defaultdict"), ("collections", "Counter"),
-    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "list"), ("builtins", "dict"),
-    ("builtins", "tuple"), ("builtins", "slice"), ("builtins", "range"), ("builtins", "complex"),
-    ("builtins", "bytearray"), ("builtins", "int"), ("builtins", "float"), ("builtins", "bool"),
-    ("builtins", "bytes"), ("builtins", "str"), ("_codecs", "encode"),
-    ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("pathlib", "Path"),
-    ("types", "SimpleNamespace"), ("ultralytics.utils", "IterableSimpleNamespace"),
-    ("datetime", "datetime"), ("datetime", "date"), ("datetime", "timedelta"), ("datetime", "timezone"),
-    ("numpy", "dtype"), ("numpy", "ndarray"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("torch._utils", "_rebuild_tensor"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_tensor_v3"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"),
+    ("torch._utils", "_rebuild_device_tensor_from_numpy"),
+    ("torch._tensor", "_rebuild_from_type_v2"),
+    ("torch", "Size"),
+    ("torch", "device"),
+    ("torch.nn.parameter", "Parameter"),
+    ("torch", "Tensor"),
+    ("collections", "OrderedDict"),
+    ("collections", "defaultdict"),
+    ("collections", "Counter"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "list"),
+    ("builtins", "dict"),
+    ("builtins", "tuple"),
+    ("builtins", "slice"),
+    ("builtins", "range"),
+    ("builtins", "complex"),
+    ("builtins", "bytearray"),
+    ("builtins", "int"),
+    ("builtins", "float"),
+    ("builtins", "bool"),
+    ("builtins", "bytes"),
+    ("builtins", "str"),
+    ("_codecs", "encode"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "Path"),
+    ("types", "SimpleNamespace"),
+    ("ultralytics.utils", "IterableSimpleNamespace"),
+    ("datetime", "datetime"),
+    ("datetime", "date"),
+    ("datetime", "timedelta"),
+    ("datetime", "timezone"),
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
 }
 # Paths that name the same thing on another platform or in an older package layout.
-_RENAMED = {("pathlib", "WindowsPath"): ("pathlib", "PosixPath"),
-            ("pathlib", "PureWindowsPath"): ("pathlib", "PurePosixPath")}
+_RENAMED = {
+    ("pathlib", "WindowsPath"): ("pathlib", "PosixPath"),
+    ("pathlib", "PureWindowsPath"): ("pathlib", "PurePosixPath"),
+}
 _MODULE_PACKAGES = ("torch.nn.modules", "ultralytics.", "dcnv3.")
 # Packages outside ultralytics whose module classes forks pickle (DCNv4's, installed from its
 # DCNv4_op folder: ``DCNv4.modules.dcnv4.DCNv4``): always placeholders, recognised by structure
@@ -87,8 +127,10 @@ MAX_BROADCAST_ELEMENTS = 1 << 24
 
 
 def _too_many(what: str, count: int) -> UnsafeCheckpointError:
-    return UnsafeCheckpointError(f"refused: the checkpoint builds {what} of {count} items (limit "
-                                 f"{MAX_BUILT_ITEMS}); a detection checkpoint stores its data in tensors")
+    return UnsafeCheckpointError(
+        f"refused: the checkpoint builds {what} of {count} items (limit "
+        f"{MAX_BUILT_ITEMS}); a detection checkpoint stores its data in tensors"
+    )
 
 
 def _bounded_range(*args):
@@ -100,15 +142,18 @@ def _bounded_range(*args):
 
 def _bounded_sized(cls):
     """``bytes`` / ``bytearray``, refusing an integer argument (a size) over the bound."""
+
     def build(*args):
         if args and isinstance(args[0], int) and args[0] > MAX_BUILT_ITEMS:
             raise _too_many(f"a {cls.__name__}", args[0])
         return cls(*args)
+
     return build
 
 
 def _bounded_tensor(rebuild):
     """A torch tensor rebuilder that refuses a view claiming far more elements than its storage."""
+
     def build(storage, storage_offset, size, *args, **kwargs):
         claimed = 1
         for extent in size:
@@ -120,18 +165,23 @@ def _bounded_tensor(rebuild):
         except (AttributeError, RuntimeError, TypeError):
             stored = 0
         if claimed > max(stored, MAX_BROADCAST_ELEMENTS):
-            raise UnsafeCheckpointError(f"refused: a tensor of shape {tuple(size)} claims {claimed} elements but "
-                                        f"its storage holds {stored}; the checkpoint is malformed or hostile")
+            raise UnsafeCheckpointError(
+                f"refused: a tensor of shape {tuple(size)} claims {claimed} elements but "
+                f"its storage holds {stored}; the checkpoint is malformed or hostile"
+            )
         return rebuild(storage, storage_offset, size, *args, **kwargs)
+
     return build
 
 
-_GUARDED = {("builtins", "range"): lambda _: _bounded_range,
-            ("builtins", "bytes"): lambda real: _bounded_sized(real),
-            ("builtins", "bytearray"): lambda real: _bounded_sized(real),
-            ("torch._utils", "_rebuild_tensor"): _bounded_tensor,
-            ("torch._utils", "_rebuild_tensor_v2"): _bounded_tensor,
-            ("torch._utils", "_rebuild_tensor_v3"): _bounded_tensor}
+_GUARDED = {
+    ("builtins", "range"): lambda _: _bounded_range,
+    ("builtins", "bytes"): lambda real: _bounded_sized(real),
+    ("builtins", "bytearray"): lambda real: _bounded_sized(real),
+    ("torch._utils", "_rebuild_tensor"): _bounded_tensor,
+    ("torch._utils", "_rebuild_tensor_v2"): _bounded_tensor,
+    ("torch._utils", "_rebuild_tensor_v3"): _bounded_tensor,
+}
 
 
 def _state_only(cls: type) -> type:
@@ -143,9 +193,10 @@ def _state_only(cls: type) -> type:
         def __call__(self, *args, **kwargs):
             raise UnsafeCheckpointError(
                 f"refused: the checkpoint calls {qualified}(...); a checkpoint may only restore "
-                f"saved modules, not construct them with arguments")
+                f"saved modules, not construct them with arguments"
+            )
 
-    def __new__(proxy, *args, **kwargs):  # noqa: N807 - pickle's NEWOBJ calls cls.__new__(cls)
+    def __new__(proxy, *args, **kwargs):
         return cls.__new__(cls)
 
     return _NoCall(cls.__name__, (), {"__new__": __new__, "__qualname__": cls.__qualname__})
@@ -199,8 +250,9 @@ def _resolve(module_name: str, name: str):
         real = getattr(importlib.import_module(module_name), name)
         guard = _GUARDED.get((module_name, name))
         return guard(real) if guard else real
-    if module_name == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout,
-                                                                           torch.memory_format)):
+    if module_name == "torch" and isinstance(
+        getattr(torch, name, None), (torch.dtype, torch.layout, torch.memory_format)
+    ):
         return getattr(torch, name)  # constants such as torch.float16
     cls = _USER_GLOBALS.get((module_name, name))
     if cls is not None and not (isinstance(cls, type) and issubclass(cls, nn.Module)):
@@ -220,13 +272,15 @@ def _resolve(module_name: str, name: str):
                 cls = fork_placeholder(module_name, name)
             except UnknownLayoutError as error:
                 raise UnsafeCheckpointError(str(error)) from None
-        if cls is not None and not (isinstance(cls, type) and (issubclass(cls, nn.Module)
-                                                               or module_name.startswith("ultralytics.utils.loss"))):
+        if cls is not None and not (
+            isinstance(cls, type) and (issubclass(cls, nn.Module) or module_name.startswith("ultralytics.utils.loss"))
+        ):
             cls = None  # functions and other objects in those packages are not needed
     if cls is None:
         raise UnsafeCheckpointError(
             f"refused: the checkpoint references the global '{qualified}', which a detection "
-            f"checkpoint does not need; loading it could run code from the file")
+            f"checkpoint does not need; loading it could run code from the file"
+        )
     with _CACHE_LOCK:
         if id(cls) not in _STATE_ONLY_CACHE:
             _STATE_ONLY_CACHE[id(cls)] = _state_only(cls)
@@ -258,8 +312,10 @@ def _check_container(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
         if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
-            raise CheckpointError(f"{path}: a TorchScript archive, not a checkpoint (loading it would "
-                                  f"run its code); load the original .pt weights")
+            raise CheckpointError(
+                f"{path}: a TorchScript archive, not a checkpoint (loading it would "
+                f"run its code); load the original .pt weights"
+            )
         if not any(n.endswith("data.pkl") for n in names):
             raise CheckpointError(f"{path}: a zip archive but not a PyTorch checkpoint")
 
@@ -269,18 +325,31 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu"):
     path = Path(path)
     _check_container(path)
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False,
-                                pickle_module=_RestrictedPickleModule)
+        checkpoint = torch.load(
+            path, map_location=map_location, weights_only=False, pickle_module=_RestrictedPickleModule
+        )
     except UnsafeCheckpointError:
         raise
-    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, TypeError, AttributeError,
-            IndexError, KeyError, zipfile.BadZipFile, UnicodeDecodeError, OverflowError) as error:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: "
-                              f"{error})") from error
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        RuntimeError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        zipfile.BadZipFile,
+        UnicodeDecodeError,
+        OverflowError,
+    ) as error:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
     except (MemoryError, RecursionError) as error:  # e.g. a tensor storage claiming terabytes
-        raise CheckpointError(f"{path}: not a loadable checkpoint (it asks for more "
-                              f"{'memory' if isinstance(error, MemoryError) else 'nesting'} than a "
-                              f"checkpoint needs)") from None
+        raise CheckpointError(
+            f"{path}: not a loadable checkpoint (it asks for more "
+            f"{'memory' if isinstance(error, MemoryError) else 'nesting'} than a "
+            f"checkpoint needs)"
+        ) from None
     # A best.pt holds the network under "model", a last.pt (while training runs) under "ema".
     values = checkpoint.values() if isinstance(checkpoint, dict) else (checkpoint,)
     try:
@@ -288,8 +357,7 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu"):
     except UnknownLayoutError as error:
         raise CheckpointError(f"{path.name}: {error}") from None
     except (AttributeError, TypeError, ValueError, KeyError, IndexError) as error:  # malformed saved state
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: "
-                              f"{error})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from None
     return checkpoint
 
 

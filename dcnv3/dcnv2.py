@@ -23,6 +23,7 @@ offset_scale 1)::
 
     x = w*stride - pad + kx*dilation + dx        y = h*stride - pad + ky*dilation + dy
 """
+
 from __future__ import annotations
 
 import math
@@ -55,11 +56,12 @@ def split_offset_mask(offset_mask: torch.Tensor, points: int) -> tuple[torch.Ten
     """
     if offset_mask.shape[1] != 3 * points:
         raise ValueError(f"DCNv2 offset_mask has {offset_mask.shape[1]} channels, 3*G*K*K = {3 * points} expected")
-    return offset_mask[:, :2 * points], offset_mask[:, 2 * points:]
+    return offset_mask[:, : 2 * points], offset_mask[:, 2 * points :]
 
 
-def torchvision_to_record(offset: torch.Tensor, mask: torch.Tensor, group: int,
-                          kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def torchvision_to_record(
+    offset: torch.Tensor, mask: torch.Tensor, group: int, kernel_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """torchvision's (offset, mask) -> the record layout.
 
     Args:
@@ -77,12 +79,12 @@ def torchvision_to_record(offset: torch.Tensor, mask: torch.Tensor, group: int,
     # (N, G, ky, kx, (dy, dx), H, W) -> (N, H, W, G, kx, ky, (dy, dx)), then (dy, dx) -> (dx, dy).
     offsets = offset.reshape(n, group, k, k, 2, h, w).permute(0, 5, 6, 1, 3, 2, 4).flip(-1)
     weights = mask.reshape(n, group, k, k, h, w).permute(0, 4, 5, 1, 3, 2)
-    return (offsets.reshape(n, h, w, group, k * k, 2).contiguous(),
-            weights.reshape(n, h, w, group, k * k).contiguous())
+    return (offsets.reshape(n, h, w, group, k * k, 2).contiguous(), weights.reshape(n, h, w, group, k * k).contiguous())
 
 
-def record_to_torchvision(offsets: torch.Tensor, weights: torch.Tensor,
-                          kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def record_to_torchvision(
+    offsets: torch.Tensor, weights: torch.Tensor, kernel_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The inverse of ``torchvision_to_record``: (N, H, W, G, P, 2) (dx, dy) offsets and
     (N, H, W, G, P) weights, p = kx*K + ky -> (N, 2*G*K*K, H, W) offset as (dy, dx) per point
     q = ky*K + kx, and (N, G*K*K, H, W) mask; contiguous, exact (a permutation of the values)."""
@@ -126,13 +128,24 @@ class DCNv2(nn.Module):
     offset_scale = 1.0
     remove_center = 0
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 padding: int | None = None, groups: int = 1, dilation: int = 1, act: bool | nn.Module = True,
-                 deformable_groups: int = 1, conv_offset_mask: nn.Module | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int | None = None,
+        groups: int = 1,
+        dilation: int = 1,
+        act: bool | nn.Module = True,
+        deformable_groups: int = 1,
+        conv_offset_mask: nn.Module | None = None,
+    ):
         super().__init__()
         if in_channels % groups or out_channels % groups:
-            raise ValueError(f"in_channels {in_channels} and out_channels {out_channels} must be divisible "
-                             f"by groups {groups}")
+            raise ValueError(
+                f"in_channels {in_channels} and out_channels {out_channels} must be divisible by groups {groups}"
+            )
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
@@ -144,8 +157,9 @@ class DCNv2(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels))
         if conv_offset_mask is None:
-            conv_offset_mask = nn.Conv2d(in_channels, 3 * self.group * self.points, kernel_size, stride,
-                                         self.pad, dilation=dilation, bias=True)
+            conv_offset_mask = nn.Conv2d(
+                in_channels, 3 * self.group * self.points, kernel_size, stride, self.pad, dilation=dilation, bias=True
+            )
             nn.init.zeros_(conv_offset_mask.weight)
             nn.init.zeros_(conv_offset_mask.bias)
         self.conv_offset_mask = conv_offset_mask
@@ -156,7 +170,7 @@ class DCNv2(nn.Module):
     def reset_parameters(self) -> None:
         """The fork's init: weight uniform in +-1/sqrt(C_in*K*K), bias 0 (the offset head is
         zeroed where it is built)."""
-        bound = 1.0 / math.sqrt(self.in_channels * self.kernel_size ** 2)
+        bound = 1.0 / math.sqrt(self.in_channels * self.kernel_size**2)
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.zeros_(self.bias)
 
@@ -194,11 +208,20 @@ class DCNv2(nn.Module):
         offset, mask, logits = self.offset_and_mask(input)
         if hooked(self):  # inside dcnv3.capture or override_sampling: hand over in the record layout
             offsets, weights = torchvision_to_record(offset, mask, self.group, self.kernel_size)
-            offsets, weights = hand_over(self, offsets, weights, tuple(input.shape[-2:]),
-                                         offset=offset, mask_logits=logits)
+            offsets, weights = hand_over(
+                self, offsets, weights, tuple(input.shape[-2:]), offset=offset, mask_logits=logits
+            )
             offset, mask = record_to_torchvision(offsets, weights, self.kernel_size)
-        out = deform_conv2d(input, self.bounded(offset, input.shape[-2:]), self.weight, self.bias,
-                            stride=self.stride, padding=self.pad, dilation=self.dilation, mask=mask)
+        out = deform_conv2d(
+            input,
+            self.bounded(offset, input.shape[-2:]),
+            self.weight,
+            self.bias,
+            stride=self.stride,
+            padding=self.pad,
+            dilation=self.dilation,
+            mask=mask,
+        )
         bn = getattr(self, "bn", None)
         return self.act(out if bn is None else bn(out))
 
@@ -210,6 +233,8 @@ class DCNv2(nn.Module):
         return state
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"pad={self.pad}, dilation={self.dilation}, groups={self.groups}, "
-                f"deformable_groups={self.deformable_groups}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"pad={self.pad}, dilation={self.dilation}, groups={self.groups}, "
+            f"deformable_groups={self.deformable_groups}"
+        )

@@ -17,6 +17,7 @@ centre point is skipped), group g, output cell (h, w), in unpadded input pixels,
     y = h*stride_h - pad_h + c_h + offset_scale * (j*dilation_h - c_h + dy)
     out[n, h, w, g*D + k] = sum_p m[g, p] * bilinear(input[..., g*D + k], y, x)   (zeros outside)
 """
+
 from __future__ import annotations
 
 import math
@@ -54,18 +55,33 @@ def split_offset_mask(offset_mask: torch.Tensor, group: int, points: int) -> tup
     """
     used = group * points * 3
     if offset_mask.shape[-1] < used:
-        raise ValueError(f"DCNv4 offset_mask has {offset_mask.shape[-1]} channels in its last dimension; "
-                         f"group*3*P = {group}*3*{points} = {used} are needed")
+        raise ValueError(
+            f"DCNv4 offset_mask has {offset_mask.shape[-1]} channels in its last dimension; "
+            f"group*3*P = {group}*3*{points} = {used} are needed"
+        )
     blocks = offset_mask[..., :used].unflatten(-1, (group, 3 * points))
-    offset = blocks[..., :2 * points].flatten(-2)
-    mask = blocks[..., 2 * points:].flatten(-2)
+    offset = blocks[..., : 2 * points].flatten(-2)
+    mask = blocks[..., 2 * points :].flatten(-2)
     return offset.contiguous(), mask.contiguous()
 
 
-def dcnv4_core(input: torch.Tensor, offset_mask: torch.Tensor, kernel_h: int, kernel_w: int,
-               stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int, dilation_w: int,
-               group: int, group_channels: int, offset_scale: float, remove_center: bool | int,
-               softmax: bool = False) -> torch.Tensor:
+def dcnv4_core(
+    input: torch.Tensor,
+    offset_mask: torch.Tensor,
+    kernel_h: int,
+    kernel_w: int,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    dilation_h: int,
+    dilation_w: int,
+    group: int,
+    group_channels: int,
+    offset_scale: float,
+    remove_center: bool | int,
+    softmax: bool = False,
+) -> torch.Tensor:
     """DCNv4 core: ``DCNv4Function``'s arguments (less its CUDA tuning ones), with autograd.
 
     Args:
@@ -91,21 +107,40 @@ def dcnv4_core(input: torch.Tensor, offset_mask: torch.Tensor, kernel_h: int, ke
     """
     points = kernel_h * kernel_w - int(remove_center)
     if input.dim() != 4 or offset_mask.dim() != 4:
-        raise ValueError(f"DCNv4 expects a channels-last input (N, H, W, C) and offset_mask (N, H_out, "
-                         f"W_out, C_om); got {tuple(input.shape)} and {tuple(offset_mask.shape)}")
-    want = (input.shape[0],) + output_size(input.shape[1], input.shape[2], kernel_h, kernel_w, stride_h,
-                                           stride_w, pad_h, pad_w, dilation_h, dilation_w)
+        raise ValueError(
+            f"DCNv4 expects a channels-last input (N, H, W, C) and offset_mask (N, H_out, "
+            f"W_out, C_om); got {tuple(input.shape)} and {tuple(offset_mask.shape)}"
+        )
+    want = (input.shape[0],) + output_size(
+        input.shape[1], input.shape[2], kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w
+    )
     if tuple(offset_mask.shape[:3]) != want:
         raise ValueError(
             f"DCNv4 offset_mask has shape {tuple(offset_mask.shape)}, expected {want + ('C_om',)}: "
             f"(N, H_out, W_out, C_om) for kernel {kernel_h}x{kernel_w}, stride ({stride_h}, {stride_w}), "
             f"pad ({pad_h}, {pad_w}), dilation ({dilation_h}, {dilation_w}) on a "
-            f"{input.shape[1]}x{input.shape[2]} input")
+            f"{input.shape[1]}x{input.shape[2]} input"
+        )
     offset, mask = split_offset_mask(offset_mask, group, points)
     if softmax:
         mask = F.softmax(mask.unflatten(-1, (group, points)), -1).flatten(-2)
-    return dcnv3_core(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                      dilation_h, dilation_w, group, group_channels, offset_scale, remove_center)
+    return dcnv3_core(
+        input,
+        offset,
+        mask,
+        kernel_h,
+        kernel_w,
+        stride_h,
+        stride_w,
+        pad_h,
+        pad_w,
+        dilation_h,
+        dilation_w,
+        group,
+        group_channels,
+        offset_scale,
+        remove_center,
+    )
 
 
 class CenterFeatureScaleModule(nn.Module):
@@ -149,11 +184,22 @@ class DCNv4(nn.Module):
 
     weight_kind = "free"  # dcnv3.sampling_hooks.WEIGHT_KINDS: signed scalars, no softmax
 
-    def __init__(self, channels: int = 64, kernel_size: int = 3, stride: int = 1, pad: int = 1,
-                 dilation: int = 1, group: int = 4, offset_scale: float = 1.0,
-                 dw_kernel_size: int | None = None, center_feature_scale: bool = False,
-                 remove_center: bool = False, output_bias: bool = True, without_pointwise: bool = False,
-                 **kwargs):
+    def __init__(
+        self,
+        channels: int = 64,
+        kernel_size: int = 3,
+        stride: int = 1,
+        pad: int = 1,
+        dilation: int = 1,
+        group: int = 4,
+        offset_scale: float = 1.0,
+        dw_kernel_size: int | None = None,
+        center_feature_scale: bool = False,
+        remove_center: bool = False,
+        output_bias: bool = True,
+        without_pointwise: bool = False,
+        **kwargs,
+    ):
         super().__init__()
         if channels % group != 0:
             raise ValueError(f"channels must be divisible by group, but got {channels} and {group}")
@@ -173,8 +219,9 @@ class DCNv4(nn.Module):
         self.without_pointwise = without_pointwise
         self.K = group * (kernel_size * kernel_size - self.remove_center)  # DCNv4's name: G*P
         if dw_kernel_size is not None:
-            self.offset_mask_dw = nn.Conv2d(channels, channels, dw_kernel_size, stride=1,
-                                            padding=(dw_kernel_size - 1) // 2, groups=channels)
+            self.offset_mask_dw = nn.Conv2d(
+                channels, channels, dw_kernel_size, stride=1, padding=(dw_kernel_size - 1) // 2, groups=channels
+            )
         self.offset_mask = nn.Linear(channels, offset_mask_channels(group, kernel_size, remove_center))
         if not without_pointwise:
             self.value_proj = nn.Linear(channels, channels)
@@ -204,8 +251,18 @@ class DCNv4(nn.Module):
 
     def output_hw(self, in_h: int, in_w: int) -> tuple[int, int]:
         """(H_out, W_out) for an (in_h, in_w) input."""
-        return output_size(in_h, in_w, self.kernel_size, self.kernel_size, self.stride, self.stride,
-                           self.pad, self.pad, self.dilation, self.dilation)
+        return output_size(
+            in_h,
+            in_w,
+            self.kernel_size,
+            self.kernel_size,
+            self.stride,
+            self.stride,
+            self.pad,
+            self.pad,
+            self.dilation,
+            self.dilation,
+        )
 
     def _at_kernel_centres(self, features: torch.Tensor) -> torch.Tensor:
         """(N, H, W, C) input-grid features -> (N, H_out, W_out, C) at each output cell's kernel
@@ -217,9 +274,11 @@ class DCNv4(nn.Module):
             return features
         stop_h, stop_w = start + (out_h - 1) * self.stride, start + (out_w - 1) * self.stride
         if start < 0 or stop_h >= in_h or stop_w >= in_w:
-            raise ValueError(f"DCNv4 with kernel {self.kernel_size}, pad {self.pad}, dilation {self.dilation}: "
-                             "the kernel centres leave the input, where no offset_mask is predicted")
-        return features[:, start:stop_h + 1:self.stride, start:stop_w + 1:self.stride]
+            raise ValueError(
+                f"DCNv4 with kernel {self.kernel_size}, pad {self.pad}, dilation {self.dilation}: "
+                "the kernel centres leave the input, where no offset_mask is predicted"
+            )
+        return features[:, start : stop_h + 1 : self.stride, start : stop_w + 1 : self.stride]
 
     def sampling_head_parameters(self):
         """The ``offset_mask`` Linear's parameters and the optional ``offset_mask_dw`` before it
@@ -241,30 +300,53 @@ class DCNv4(nn.Module):
         c = self.channels
         if input.dim() == 3 and input.shape[-1] == c:
             n, tokens, _ = input.shape
-            h, w = shape if shape is not None else (int(tokens ** 0.5),) * 2
+            h, w = shape if shape is not None else (int(tokens**0.5),) * 2
             if h * w != tokens:
-                raise ValueError(f"DCNv4 got {tokens} tokens but shape {tuple(shape) if shape else (h, w)}: "
-                                 "pass shape=(H, W) with H*W = L for an (N, L, C) input")
+                raise ValueError(
+                    f"DCNv4 got {tokens} tokens but shape {tuple(shape) if shape else (h, w)}: "
+                    "pass shape=(H, W) with H*W = L for an (N, L, C) input"
+                )
             return input.reshape(n, h, w, c), False
         if input.dim() == 4 and input.shape[1] == c:
             if shape is not None and tuple(shape) != tuple(input.shape[2:]):
-                raise ValueError(f"DCNv4 got an (N, C, H, W) input of size {tuple(input.shape[2:])} "
-                                 f"but shape={tuple(shape)}")
+                raise ValueError(
+                    f"DCNv4 got an (N, C, H, W) input of size {tuple(input.shape[2:])} but shape={tuple(shape)}"
+                )
             return input.permute(0, 2, 3, 1), True
-        raise ValueError(f"DCNv4({c} channels) takes (N, L, {c}) tokens with shape=(H, W), or (N, {c}, H, W); "
-                         f"got {tuple(input.shape)}")
+        raise ValueError(
+            f"DCNv4({c} channels) takes (N, L, {c}) tokens with shape=(H, W), or (N, {c}, H, W); "
+            f"got {tuple(input.shape)}"
+        )
 
     def _sample_hooked(self, x: torch.Tensor, offset_mask: torch.Tensor, input_hw: tuple[int, int]) -> torch.Tensor:
         """``dcnv4_core`` with its split made here, so that the (dx, dy) offsets and free scalars
         pass through ``hand_over`` (capture, override) in the record layout on the way."""
         offset, mask = split_offset_mask(offset_mask, self.group, self.points)
         grid = offset.shape[:3]
-        offsets, weights = hand_over(self, offset.reshape(*grid, self.group, self.points, 2),
-                                     mask.reshape(*grid, self.group, self.points), input_hw,
-                                     offset_mask=offset_mask)
-        return dcnv3_core(x, offsets.reshape(offset.shape), weights.reshape(mask.shape), self.kernel_size,
-                          self.kernel_size, self.stride, self.stride, self.pad, self.pad, self.dilation,
-                          self.dilation, self.group, self.group_channels, self.offset_scale, self.remove_center)
+        offsets, weights = hand_over(
+            self,
+            offset.reshape(*grid, self.group, self.points, 2),
+            mask.reshape(*grid, self.group, self.points),
+            input_hw,
+            offset_mask=offset_mask,
+        )
+        return dcnv3_core(
+            x,
+            offsets.reshape(offset.shape),
+            weights.reshape(mask.shape),
+            self.kernel_size,
+            self.kernel_size,
+            self.stride,
+            self.stride,
+            self.pad,
+            self.pad,
+            self.dilation,
+            self.dilation,
+            self.group,
+            self.group_channels,
+            self.offset_scale,
+            self.remove_center,
+        )
 
     def __getstate__(self) -> dict:
         # A model pickled or deep-copied inside ``dcnv3.capture`` must not carry the records.
@@ -281,13 +363,27 @@ class DCNv4(nn.Module):
         if hooked(self):  # inside dcnv3.capture or override_sampling
             out = self._sample_hooked(x, offset_mask, tuple(x_in.shape[1:3]))
         else:
-            out = dcnv4_core(x, offset_mask, self.kernel_size, self.kernel_size, self.stride, self.stride,
-                             self.pad, self.pad, self.dilation, self.dilation, self.group,
-                             self.group_channels, self.offset_scale, self.remove_center)
+            out = dcnv4_core(
+                x,
+                offset_mask,
+                self.kernel_size,
+                self.kernel_size,
+                self.stride,
+                self.stride,
+                self.pad,
+                self.pad,
+                self.dilation,
+                self.dilation,
+                self.group,
+                self.group_channels,
+                self.offset_scale,
+                self.remove_center,
+            )
         if self.center_feature_scale:
             # DCNv4 computes the blend from the core's output (DCNv3 from the offset features).
             scale = self.center_feature_scale_module(
-                out, self.center_feature_scale_proj_weight, self.center_feature_scale_proj_bias)
+                out, self.center_feature_scale_proj_weight, self.center_feature_scale_proj_bias
+            )
             scale = scale.repeat_interleave(self.group_channels, dim=-1)
             out = out * (1 - scale) + self._at_kernel_centres(x) * scale
         if not self.without_pointwise:
@@ -297,7 +393,9 @@ class DCNv4(nn.Module):
         return out.reshape(n, -1, self.channels)
 
     def extra_repr(self) -> str:
-        return (f"channels={self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"pad={self.pad}, dilation={self.dilation}, group={self.group}, "
-                f"offset_scale={self.offset_scale}, remove_center={bool(self.remove_center)}, "
-                f"without_pointwise={self.without_pointwise}")
+        return (
+            f"channels={self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"pad={self.pad}, dilation={self.dilation}, group={self.group}, "
+            f"offset_scale={self.offset_scale}, remove_center={bool(self.remove_center)}, "
+            f"without_pointwise={self.without_pointwise}"
+        )

@@ -4,6 +4,7 @@ Pure numpy on a ``LayerRecord`` and the letterbox (through ``dcnv3.stats``); dra
 ``dcnv3.overlay.field_colours`` / ``FieldAnnotator``. Every map is (H, W) over the layer's output
 grid, for one group or the mean over groups; "offset direction" is (H, W, 2).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,10 @@ __all__ = ["FIELDS", "BOUNDED_FIELDS", "field_values", "field_range", "field_tit
 FIELDS = {
     "offset magnitude": "mean |offset_scale x offset| over the P points, in feature cells",
     "offset direction": "direction of the mean displacement (hue) and its length (brightness)",
-    "weight entropy": ("normalised entropy of each group's weights (softmax: the weights; sigmoid and free: "
-                       "|m| normalised per group): 0 = one point, 1 = all equal"),
+    "weight entropy": (
+        "normalised entropy of each group's weights (softmax: the weights; sigmoid and free: "
+        "|m| normalised per group): 0 = one point, 1 = all equal"
+    ),
     "effective dilation": "mean distance between neighbouring sampling points, in feature cells",
     "share off the image": "share of the P samples that fall outside the image",
 }
@@ -32,9 +35,12 @@ def field_values(probe, layer, field: str, group: int | None = None) -> np.ndarr
     if field == "offset direction":
         displacement = record.offset_scale * record.offsets.astype(np.float64).mean(axis=3)  # (H, W, G, 2)
         return displacement.mean(axis=2) if group is None else displacement[:, :, group]
-    per_group = {"offset magnitude": stats.offset_magnitude, "weight entropy": stats.weight_entropy,
-                 "effective dilation": stats.effective_dilation,
-                 "share off the image": lambda r: stats.outside_share(r, probe.letterbox)}
+    per_group = {
+        "offset magnitude": stats.offset_magnitude,
+        "weight entropy": stats.weight_entropy,
+        "effective dilation": stats.effective_dilation,
+        "share off the image": lambda r: stats.outside_share(r, probe.letterbox),
+    }
     if field not in per_group:
         raise ValueError(f"unknown field {field!r}; one of {list(FIELDS)}")
     values = per_group[field](record)  # (H, W, G)

@@ -47,12 +47,14 @@ plus InternImage's stateless helpers (``to_channels_last``, ``to_channels_first`
 ``CenterFeatureScaleModule``), which hold nothing, so their name is all there is to go by.
 Attribute spellings are normalised onto ours (DCNv3 blocks: ``stem_conv`` -> ``conv``, ``gelu`` ->
 ``act``; DCNv4 blocks keep the family's ``stem_conv``), keeping the order of the children. The
-containers take their classes from the operator of the blocks inside (``_FAMILIES``). A C2f- and a C3k2-shaped container compute the same (C2f's
-forward); it becomes ``C3k2_DCNv3`` when it holds C3k blocks or its name says C3k2.
+containers take their classes from the operator of the blocks inside (``_FAMILIES``). A C2f- and a
+C3k2-shaped container compute the same (C2f's forward); it becomes ``C3k2_DCNv3`` when it holds C3k
+blocks or its name says C3k2.
 
 A placeholder that matches nothing is reported by ``UnknownLayoutError`` with what it holds,
 and nothing of the file has run.
 """
+
 from __future__ import annotations
 
 import threading
@@ -65,17 +67,25 @@ from . import blocks, blocks_dcnv2, blocks_dcnv4, module
 from .dcnv4 import DCNv4, offset_mask_channels
 from .module import DCNv3, DCNv3ConvDW
 
-__all__ = ["ForkModule", "fork_placeholder", "adopt_fork_modules", "UnknownLayoutError",
-           "README_SECTION", "KNOWN_LAYERS"]
+__all__ = [
+    "ForkModule",
+    "fork_placeholder",
+    "adopt_fork_modules",
+    "UnknownLayoutError",
+    "README_SECTION",
+    "KNOWN_LAYERS",
+]
 
 README_SECTION = "README, 'Checkpoint layouts that load'"
-KNOWN_LAYERS = ("InternImage's DCNv3 / DCNv3_pytorch (ops v1.0 and v1.1), the extra_modules "
-                "family's DCNv3 with a Conv depthwise branch, the DCNv3 blocks around them "
-                "(DCNv3_PyTorch, DCNV3_YOLO, DCNV3_YoLo); OpenGVLab's DCNv4 (offset_mask, value_proj, "
-                "output_proj, optional offset_mask_dw, without_pointwise) at stride 1 and the "
-                "extra_modules family's DCNV4_YOLO around it; the extra_modules family's DCNv2 and "
-                "DCNv2_Dynamic (torchvision deform_conv2d; MPCA offset attention); Bottleneck / C2f / C3 / "
-                "C3k / C3k2 containers of those blocks")
+KNOWN_LAYERS = (
+    "InternImage's DCNv3 / DCNv3_pytorch (ops v1.0 and v1.1), the extra_modules "
+    "family's DCNv3 with a Conv depthwise branch, the DCNv3 blocks around them "
+    "(DCNv3_PyTorch, DCNV3_YOLO, DCNV3_YoLo); OpenGVLab's DCNv4 (offset_mask, value_proj, "
+    "output_proj, optional offset_mask_dw, without_pointwise) at stride 1 and the "
+    "extra_modules family's DCNV4_YOLO around it; the extra_modules family's DCNv2 and "
+    "DCNv2_Dynamic (torchvision deform_conv2d; MPCA offset attention); Bottleneck / C2f / C3 / "
+    "C3k / C3k2 containers of those blocks"
+)
 MAX_FORK_CLASSES = 1024  # distinct class names one process restores as placeholders
 
 
@@ -106,10 +116,14 @@ def fork_placeholder(module_name: str, name: str) -> type:
     with _lock:
         if qualified not in _placeholders:
             if len(_placeholders) >= MAX_FORK_CLASSES or len(qualified) > 300 or not name.isidentifier():
-                raise UnknownLayoutError(f"refused: the checkpoint names the class '{qualified[:300]}', "
-                                         f"which no detection checkpoint needs")
-            _placeholders[qualified] = type(name, (ForkModule,), {
-                "fork_class": qualified, "__module__": __name__, "__qualname__": f"ForkModule[{qualified}]"})
+                raise UnknownLayoutError(
+                    f"refused: the checkpoint names the class '{qualified[:300]}', which no detection checkpoint needs"
+                )
+            _placeholders[qualified] = type(
+                name,
+                (ForkModule,),
+                {"fork_class": qualified, "__module__": __name__, "__qualname__": f"ForkModule[{qualified}]"},
+            )
         return _placeholders[qualified]
 
 
@@ -126,8 +140,11 @@ def _is_int(value) -> bool:
 # (class of ours, None) or (None, what does not fit).
 # ---------------------------------------------------------------------------------------------
 
-_STATELESS = {"to_channels_last": module.to_channels_last, "to_channels_first": module.to_channels_first,
-              "CenterFeatureScaleModule": module.CenterFeatureScaleModule}
+_STATELESS = {
+    "to_channels_last": module.to_channels_last,
+    "to_channels_first": module.to_channels_first,
+    "CenterFeatureScaleModule": module.CenterFeatureScaleModule,
+}
 _ACTIVATIONS = (nn.GELU, nn.SiLU, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.Mish, nn.Identity)
 
 
@@ -141,8 +158,7 @@ def _stateless(candidate: nn.Module):
 
 
 def _depthwise(conv, channels: int) -> bool:
-    return (isinstance(conv, nn.Conv2d) and conv.in_channels == conv.out_channels == channels
-            and conv.groups == channels)
+    return isinstance(conv, nn.Conv2d) and conv.in_channels == conv.out_channels == channels and conv.groups == channels
 
 
 def _dw_branch_kind(dw_conv, channels: int):
@@ -153,14 +169,27 @@ def _dw_branch_kind(dw_conv, channels: int):
         if bn is None or (isinstance(bn, nn.BatchNorm2d) and bn.num_features == channels):
             return DCNv3ConvDW
         return None
-    if not (isinstance(dw_conv, nn.Sequential) and len(dw_conv) == 3 and _depthwise(dw_conv[0], channels)
-            and isinstance(dw_conv[1], nn.Sequential) and isinstance(dw_conv[2], _ACTIVATIONS)):
+    if not (
+        isinstance(dw_conv, nn.Sequential)
+        and len(dw_conv) == 3
+        and _depthwise(dw_conv[0], channels)
+        and isinstance(dw_conv[1], nn.Sequential)
+        and isinstance(dw_conv[2], _ACTIVATIONS)
+    ):
         return None
     norm = list(dw_conv[1])
-    layer_norm = (len(norm) == 2 and isinstance(norm[0], module.to_channels_last)
-                  and isinstance(norm[1], nn.LayerNorm) and tuple(norm[1].normalized_shape) == (channels,))
-    batch_norm = (len(norm) == 2 and isinstance(norm[0], nn.BatchNorm2d) and norm[0].num_features == channels
-                  and isinstance(norm[1], module.to_channels_last))
+    layer_norm = (
+        len(norm) == 2
+        and isinstance(norm[0], module.to_channels_last)
+        and isinstance(norm[1], nn.LayerNorm)
+        and tuple(norm[1].normalized_shape) == (channels,)
+    )
+    batch_norm = (
+        len(norm) == 2
+        and isinstance(norm[0], nn.BatchNorm2d)
+        and norm[0].num_features == channels
+        and isinstance(norm[1], module.to_channels_last)
+    )
     return DCNv3 if layer_norm or batch_norm else None
 
 
@@ -183,22 +212,35 @@ def _operator(candidate: nn.Module):
     remove_center = int(state.get("remove_center", 0))  # ops v1.0 pickles have none
     points = k * k - remove_center
     linears = {n: candidate._modules[n] for n in ("offset", "mask", "input_proj", "output_proj")}
-    expected = {"offset": group * points * 2, "mask": group * points, "input_proj": channels,
-                "output_proj": channels}
+    expected = {"offset": group * points * 2, "mask": group * points, "input_proj": channels, "output_proj": channels}
     for name, layer in linears.items():
-        if not (isinstance(layer, nn.Linear) and layer.in_features == channels
-                and layer.out_features == expected[name]):
-            return None, (f"a DCNv3-like operator whose `{name}` is not Linear({channels}, {expected[name]}) "
-                          f"(channels {channels}, group {group}, {points} points)")
-    if min(channels, group, k, state["stride"], state["dilation"]) < 1 or channels % group \
-            or state["group_channels"] != channels // group or (remove_center and k % 2 == 0):
-        return None, f"a DCNv3-like operator with inconsistent geometry (channels {channels}, group {group}, kernel {k})"
+        if not (
+            isinstance(layer, nn.Linear) and layer.in_features == channels and layer.out_features == expected[name]
+        ):
+            return None, (
+                f"a DCNv3-like operator whose `{name}` is not Linear({channels}, {expected[name]}) "
+                f"(channels {channels}, group {group}, {points} points)"
+            )
+    if (
+        min(channels, group, k, state["stride"], state["dilation"]) < 1
+        or channels % group
+        or state["group_channels"] != channels // group
+        or (remove_center and k % 2 == 0)
+    ):
+        return (
+            None,
+            f"a DCNv3-like operator with inconsistent geometry (channels {channels}, group {group}, kernel {k})",
+        )
     if state.get("center_feature_scale"):
         weight = candidate._parameters.get("center_feature_scale_proj_weight")
         bias = candidate._parameters.get("center_feature_scale_proj_bias")
-        if weight is None or bias is None or tuple(weight.shape) != (group, channels) \
-                or tuple(bias.shape) != (group,) \
-                or not isinstance(candidate._modules.get("center_feature_scale_module"), module.CenterFeatureScaleModule):
+        if (
+            weight is None
+            or bias is None
+            or tuple(weight.shape) != (group, channels)
+            or tuple(bias.shape) != (group,)
+            or not isinstance(candidate._modules.get("center_feature_scale_module"), module.CenterFeatureScaleModule)
+        ):
             return None, "a DCNv3-like operator with center_feature_scale but without its projection"
     dw_conv = candidate._modules["dw_conv"]
     kind = _dw_branch_kind(dw_conv, channels)
@@ -208,8 +250,10 @@ def _operator(candidate: nn.Module):
     if tuple(depthwise.stride) != (state["stride"],) * 2:
         # The forks' depthwise branch always has stride 1, and their forward then breaks for a
         # strided DCNv3 (offsets on the input grid); ours runs that branch at the layer's stride.
-        return None, (f"a DCNv3-like operator of stride {state['stride']} whose depthwise branch has "
-                      f"stride {tuple(depthwise.stride)}: its own forward could not have run")
+        return None, (
+            f"a DCNv3-like operator of stride {state['stride']} whose depthwise branch has "
+            f"stride {tuple(depthwise.stride)}: its own forward could not have run"
+        )
     return kind, None
 
 
@@ -217,7 +261,8 @@ def _normalise_children(candidate: nn.Module, renames: dict[str, str]) -> None:
     """Rename children in place (``stem_conv`` -> ``conv``), keeping their order."""
     if any(old in candidate._modules for old in renames):
         candidate._modules = type(candidate._modules)(
-            (renames.get(name, name), child) for name, child in candidate._modules.items())
+            (renames.get(name, name), child) for name, child in candidate._modules.items()
+        )
 
 
 def _block(candidate: nn.Module):
@@ -231,8 +276,9 @@ def _block(candidate: nn.Module):
     acts = [n for n in ("act", "gelu") if n in children]
     extra = set(children) - {"dcnv3", "bn", "conv", "stem_conv", "act", "gelu"}
     if extra or len(stems) > 1 or len(acts) != 1 or "bn" not in children:
-        return None, (f"a DCNv3 block holding {sorted(children)} (known: dcnv3, bn, act or gelu, "
-                      f"an optional conv or stem_conv)")
+        return None, (
+            f"a DCNv3 block holding {sorted(children)} (known: dcnv3, bn, act or gelu, an optional conv or stem_conv)"
+        )
     bn, act = children["bn"], children[acts[0]]
     if not (isinstance(bn, nn.BatchNorm2d) and bn.num_features == operator.channels):
         return None, f"a DCNv3 block whose `bn` is not BatchNorm2d({operator.channels})"
@@ -269,26 +315,41 @@ def _dcnv4_operator(candidate: nn.Module):
     channels, group, k = state["channels"], state["group"], state["kernel_size"]
     remove_center = state.get("remove_center", 0)
     dw_kernel = state.get("dw_kernel_size")
-    if not (_is_int(remove_center) or isinstance(remove_center, bool)) or not isinstance(state["without_pointwise"], bool) \
-            or not (dw_kernel is None or _is_int(dw_kernel)):
+    if (
+        not (_is_int(remove_center) or isinstance(remove_center, bool))
+        or not isinstance(state["without_pointwise"], bool)
+        or not (dw_kernel is None or _is_int(dw_kernel))
+    ):
         return None, "a DCNv4-like operator whose remove_center, without_pointwise or dw_kernel_size is malformed"
-    if min(channels, group, k, state["stride"], state["dilation"]) < 1 or channels % group \
-            or state["group_channels"] != channels // group or (remove_center and k % 2 == 0):
-        return None, f"a DCNv4-like operator with inconsistent geometry (channels {channels}, group {group}, kernel {k})"
+    if (
+        min(channels, group, k, state["stride"], state["dilation"]) < 1
+        or channels % group
+        or state["group_channels"] != channels // group
+        or (remove_center and k % 2 == 0)
+    ):
+        return (
+            None,
+            f"a DCNv4-like operator with inconsistent geometry (channels {channels}, group {group}, kernel {k})",
+        )
     if state["stride"] != 1 or state["pad"] != (state["dilation"] * (k - 1)) // 2:
         # DCNv4 predicts offset_mask at every input pixel and its kernel reads that as the output
         # grid: only at stride 1 with centred padding is that a convolution ours reproduces (any
         # other pad breaks the fork's own reshape; stride 2 reads offsets of the wrong cells).
-        return None, (f"a DCNv4 of stride {state['stride']}, pad {state['pad']}, kernel {k}, dilation "
-                      f"{state['dilation']}: only stride 1 with pad (dilation*(K-1))//2 computes a DCNv4 "
-                      f"that DeformLens reproduces")
+        return None, (
+            f"a DCNv4 of stride {state['stride']}, pad {state['pad']}, kernel {k}, dilation "
+            f"{state['dilation']}: only stride 1 with pad (dilation*(K-1))//2 computes a DCNv4 "
+            f"that DeformLens reproduces"
+        )
     width = offset_mask_channels(group, k, remove_center)
     layer = children["offset_mask"]
     if not (isinstance(layer, nn.Linear) and layer.in_features == channels and layer.out_features == width):
         return None, f"a DCNv4-like operator whose `offset_mask` is not Linear({channels}, {width})"
     pointwise = {n for n in ("value_proj", "output_proj") if n in children}
     if pointwise != (set() if state["without_pointwise"] else {"value_proj", "output_proj"}):
-        return None, f"a DCNv4-like operator (without_pointwise {state['without_pointwise']}) holding {sorted(pointwise)}"
+        return (
+            None,
+            f"a DCNv4-like operator (without_pointwise {state['without_pointwise']}) holding {sorted(pointwise)}",
+        )
     for name in pointwise:
         layer = children[name]
         if not (isinstance(layer, nn.Linear) and layer.in_features == layer.out_features == channels):
@@ -297,15 +358,23 @@ def _dcnv4_operator(candidate: nn.Module):
         return None, "a DCNv4-like operator whose offset_mask_dw and dw_kernel_size disagree"
     if dw_kernel is not None:
         dw = children["offset_mask_dw"]
-        if not (_depthwise(dw, channels) and tuple(dw.kernel_size) == (dw_kernel,) * 2
-                and tuple(dw.stride) == (1, 1) and tuple(dw.padding) == ((dw_kernel - 1) // 2,) * 2):
+        if not (
+            _depthwise(dw, channels)
+            and tuple(dw.kernel_size) == (dw_kernel,) * 2
+            and tuple(dw.stride) == (1, 1)
+            and tuple(dw.padding) == ((dw_kernel - 1) // 2,) * 2
+        ):
             return None, f"a DCNv4-like operator whose offset_mask_dw is not a depthwise {dw_kernel}x{dw_kernel} Conv2d"
     if state.get("center_feature_scale"):
         weight = candidate._parameters.get("center_feature_scale_proj_weight")
         bias = candidate._parameters.get("center_feature_scale_proj_bias")
-        if weight is None or bias is None or tuple(weight.shape) != (group, channels) \
-                or tuple(bias.shape) != (group,) \
-                or not isinstance(children.get("center_feature_scale_module"), module.CenterFeatureScaleModule):
+        if (
+            weight is None
+            or bias is None
+            or tuple(weight.shape) != (group, channels)
+            or tuple(bias.shape) != (group,)
+            or not isinstance(children.get("center_feature_scale_module"), module.CenterFeatureScaleModule)
+        ):
             return None, "a DCNv4-like operator with center_feature_scale but without its projection"
     return DCNv4, None
 
@@ -332,6 +401,7 @@ def _dcnv4_block(candidate: nn.Module):
 
 
 # --- DCNv2 (the extra_modules family's DCNv2 and DCNv2_Dynamic, on torchvision's deform_conv2d) ---
+
 
 def _square(value) -> int | None:
     """An int, or a pair of equal ints (the family keeps kernel_size, stride, ... as pairs), as one
@@ -360,8 +430,11 @@ def _dcnv2_mpca(candidate: nn.Module):
     if set(children) != {"gap", "pool_h", "pool_w", "conv_hw", "conv_pool_hw"}:
         return None, None
     gap, pool_h, pool_w = children["gap"], children["pool_h"], children["pool_w"]
-    convs = {"gap.1": gap[1] if isinstance(gap, nn.Sequential) and len(gap) == 2 else None,
-             "conv_hw": children["conv_hw"], "conv_pool_hw": children["conv_pool_hw"]}
+    convs = {
+        "gap.1": gap[1] if isinstance(gap, nn.Sequential) and len(gap) == 2 else None,
+        "conv_hw": children["conv_hw"],
+        "conv_pool_hw": children["conv_pool_hw"],
+    }
     pools = [(gap[0] if convs["gap.1"] is not None else None, (1, 1)), (pool_h, (None, 1)), (pool_w, (1, None))]
     if not all(isinstance(pool, nn.AdaptiveAvgPool2d) and _pool_size(pool) == size for pool, size in pools):
         return None, "an MPCA-shaped attention whose gap / pool_h / pool_w are not its average pools"
@@ -371,8 +444,11 @@ def _dcnv2_mpca(candidate: nn.Module):
     kernels = {"gap.1": ((1, 1), (0, 0)), "conv_hw": ((3, 1), (1, 0)), "conv_pool_hw": ((1, 1), (0, 0))}
     for name, conv in convs.items():
         kernel, padding = kernels[name]
-        if _conv_geometry(conv.conv) != (kernel, (1, 1), padding, (1, 1), 1) \
-                or conv.conv.in_channels != channels or conv.conv.out_channels != channels:
+        if (
+            _conv_geometry(conv.conv) != (kernel, (1, 1), padding, (1, 1), 1)
+            or conv.conv.in_channels != channels
+            or conv.conv.out_channels != channels
+        ):
             return None, f"an MPCA-shaped attention whose `{name}` is not a {kernel} Conv({channels}, {channels})"
     return blocks_dcnv2.MPCA, None
 
@@ -384,10 +460,15 @@ def _dcnv2_offset_attention(candidate: nn.Module):
     if set(children) != {"conv_offset_mask", "attention"}:
         return None, None
     conv, attention = children["conv_offset_mask"], children["attention"]
-    if not (isinstance(conv, nn.Conv2d) and isinstance(attention, blocks_dcnv2.MPCA)
-            and attention.gap[1].conv.in_channels == conv.out_channels == candidate.__dict__.get("out_channel")):
-        return None, ("a DCNv2_Offset_Attention-shaped head (conv_offset_mask, attention) whose Conv2d, MPCA "
-                      "and out_channel do not agree")
+    if not (
+        isinstance(conv, nn.Conv2d)
+        and isinstance(attention, blocks_dcnv2.MPCA)
+        and attention.gap[1].conv.in_channels == conv.out_channels == candidate.__dict__.get("out_channel")
+    ):
+        return None, (
+            "a DCNv2_Offset_Attention-shaped head (conv_offset_mask, attention) whose Conv2d, MPCA "
+            "and out_channel do not agree"
+        )
     return blocks_dcnv2.DCNv2OffsetAttention, None
 
 
@@ -411,18 +492,32 @@ def _dcnv2(candidate: nn.Module):
         return None, f"a DCNv2-like block without integer (square) {missing}"
     c_in, c_out, groups, offset_groups = (state[name] for name in _DCNV2_NUMBERS)
     k, stride, pad, dilation = (geometry[name] for name in ("kernel_size", "stride", "padding", "dilation"))
-    if min(c_in, c_out, groups, offset_groups, k, stride, dilation) < 1 or pad < 0 or c_in % groups \
-            or c_in % offset_groups:
-        return None, f"a DCNv2-like block with inconsistent geometry ({c_in} -> {c_out}, groups {groups}, " \
-                     f"deformable_groups {offset_groups}, kernel {k})"
+    if (
+        min(c_in, c_out, groups, offset_groups, k, stride, dilation) < 1
+        or pad < 0
+        or c_in % groups
+        or c_in % offset_groups
+    ):
+        return (
+            None,
+            f"a DCNv2-like block with inconsistent geometry ({c_in} -> {c_out}, groups {groups}, "
+            f"deformable_groups {offset_groups}, kernel {k})",
+        )
     weight, bias = candidate._parameters.get("weight"), candidate._parameters.get("bias")
-    if weight is None or tuple(weight.shape) != (c_out, c_in // groups, k, k) \
-            or not (bias is None or tuple(bias.shape) == (c_out,)):
-        return None, f"a DCNv2-like block whose weight is not ({c_out}, {c_in // groups}, {k}, {k}) with a ({c_out},) bias"
+    if (
+        weight is None
+        or tuple(weight.shape) != (c_out, c_in // groups, k, k)
+        or not (bias is None or tuple(bias.shape) == (c_out,))
+    ):
+        return (
+            None,
+            f"a DCNv2-like block whose weight is not ({c_out}, {c_in // groups}, {k}, {k}) with a ({c_out},) bias",
+        )
     head = children["conv_offset_mask"]
-    target, conv = {nn.Conv2d: (blocks_dcnv2.DCNv2, head),
-                    blocks_dcnv2.DCNv2OffsetAttention: (blocks_dcnv2.DCNv2_Dynamic, getattr(head, "conv_offset_mask", None)),
-                    }.get(type(head), (None, None))
+    target, conv = {
+        nn.Conv2d: (blocks_dcnv2.DCNv2, head),
+        blocks_dcnv2.DCNv2OffsetAttention: (blocks_dcnv2.DCNv2_Dynamic, getattr(head, "conv_offset_mask", None)),
+    }.get(type(head), (None, None))
     if target is None:
         return None, f"a DCNv2-like block with an unknown offset head `{_short(head)}`"
     width = 3 * offset_groups * k * k
@@ -430,8 +525,10 @@ def _dcnv2(candidate: nn.Module):
         return None, f"a DCNv2-like block whose offset head is not Conv2d({c_in}, {width})"
     if _conv_geometry(conv)[:4] != ((k, k), (stride,) * 2, (pad,) * 2, (dilation,) * 2):
         # The family's offset Conv2d has no dilation: with dilation > 1 its own forward could not run.
-        return None, (f"a DCNv2-like block whose offset head (kernel, stride, padding, dilation "
-                      f"{_conv_geometry(conv)[:4]}) does not predict on its {k}x{k} stride-{stride} grid")
+        return None, (
+            f"a DCNv2-like block whose offset head (kernel, stride, padding, dilation "
+            f"{_conv_geometry(conv)[:4]}) does not predict on its {k}x{k} stride-{stride} grid"
+        )
     bn, act = children["bn"], children["act"]
     if not (isinstance(bn, nn.BatchNorm2d) and bn.num_features == c_out):
         return None, f"a DCNv2-like block whose `bn` is not BatchNorm2d({c_out})"
@@ -444,9 +541,11 @@ def _dcnv2(candidate: nn.Module):
 
 # --- Containers, for every operator's blocks ---
 
+
 class _BlockFamily(NamedTuple):
     """One operator's YOLO block classes: what a Bottleneck / C3k / C2f / C3k2 holding its block
     becomes, and how to read the block's input channels (its stem's, else its operator's)."""
+
     bottleneck: type
     c3k: type
     c2f: type
@@ -458,16 +557,30 @@ class _BlockFamily(NamedTuple):
 # Block class -> its family. Containers are adopted innermost first, so a Bottleneck sees its
 # block already adopted and a C2f its bottlenecks.
 _FAMILIES = {
-    blocks.DCNV3_YoLo: _BlockFamily(blocks.Bottleneck_DCNv3, blocks.C3k_DCNv3, blocks.C2f_DCNv3,
-                                    blocks.C3k2_DCNv3, ("conv",), "dcnv3"),
-    blocks_dcnv4.DCNV4_YOLO: _BlockFamily(blocks_dcnv4.Bottleneck_DCNV4, blocks_dcnv4.C3k_DCNv4,
-                                          blocks_dcnv4.C2f_DCNv4, blocks_dcnv4.C3k2_DCNv4, ("stem_conv",), "dcnv4"),
+    blocks.DCNV3_YoLo: _BlockFamily(
+        blocks.Bottleneck_DCNv3, blocks.C3k_DCNv3, blocks.C2f_DCNv3, blocks.C3k2_DCNv3, ("conv",), "dcnv3"
+    ),
+    blocks_dcnv4.DCNV4_YOLO: _BlockFamily(
+        blocks_dcnv4.Bottleneck_DCNV4,
+        blocks_dcnv4.C3k_DCNv4,
+        blocks_dcnv4.C2f_DCNv4,
+        blocks_dcnv4.C3k2_DCNv4,
+        ("stem_conv",),
+        "dcnv4",
+    ),
     # DCNv2 blocks are their own operator (operator None). The Dynamic classes subclass the plain
     # ones, so they come first for _family_of's isinstance.
-    blocks_dcnv2.DCNv2_Dynamic: _BlockFamily(blocks_dcnv2.Bottleneck_DCNV2_Dynamic, blocks_dcnv2.C3k_DCNv2_Dynamic,
-                                             blocks_dcnv2.C2f_DCNv2_Dynamic, blocks_dcnv2.C3k2_DCNv2_Dynamic, (), None),
-    blocks_dcnv2.DCNv2: _BlockFamily(blocks_dcnv2.Bottleneck_DCNV2, blocks_dcnv2.C3k_DCNv2, blocks_dcnv2.C2f_DCNv2,
-                                     blocks_dcnv2.C3k2_DCNv2, (), None),
+    blocks_dcnv2.DCNv2_Dynamic: _BlockFamily(
+        blocks_dcnv2.Bottleneck_DCNV2_Dynamic,
+        blocks_dcnv2.C3k_DCNv2_Dynamic,
+        blocks_dcnv2.C2f_DCNv2_Dynamic,
+        blocks_dcnv2.C3k2_DCNv2_Dynamic,
+        (),
+        None,
+    ),
+    blocks_dcnv2.DCNv2: _BlockFamily(
+        blocks_dcnv2.Bottleneck_DCNV2, blocks_dcnv2.C3k_DCNv2, blocks_dcnv2.C2f_DCNv2, blocks_dcnv2.C3k2_DCNv2, (), None
+    ),
 }
 
 
@@ -545,16 +658,30 @@ def _csp(candidate: nn.Module):
         return None, f"a {shape}-shaped container (cv1, cv2, m) with {wrong or 'a non-ModuleList child'}"
     c, n = candidate.__dict__.get("c"), len(children["m"])
     cv1, cv2 = children["cv1"], children["cv2"]
-    if not (_is_int(c) and isinstance(cv1, Conv) and isinstance(cv2, Conv)
-            and cv1.conv.out_channels == 2 * c and cv2.conv.in_channels == (2 + n) * c):
+    if not (
+        _is_int(c)
+        and isinstance(cv1, Conv)
+        and isinstance(cv2, Conv)
+        and cv1.conv.out_channels == 2 * c
+        and cv2.conv.in_channels == (2 + n) * c
+    ):
         return None, f"a {shape}-shaped container whose cv1, cv2 and c do not fit {n} blocks"
     if shape == "C3k2" or any(isinstance(child, family.c3k) for child in children["m"]):
         return family.c3k2, None
     return family.c2f, None
 
 
-_SHAPES = (_operator, _block, _dcnv4_operator, _dcnv4_block, _dcnv2_mpca, _dcnv2_offset_attention, _dcnv2,
-           _bottleneck, _csp)
+_SHAPES = (
+    _operator,
+    _block,
+    _dcnv4_operator,
+    _dcnv4_block,
+    _dcnv2_mpca,
+    _dcnv2_offset_attention,
+    _dcnv2,
+    _bottleneck,
+    _csp,
+)
 
 
 def _adopt(candidate: nn.Module) -> str | None:
@@ -578,16 +705,19 @@ def _holdings(candidate: nn.Module) -> str:
     if candidate._modules:
         parts.append("children " + ", ".join(f"{n} ({_short(c)})" for n, c in candidate._modules.items()))
     if candidate._parameters:
-        parts.append("parameters " + ", ".join(f"{n} {tuple(p.shape)}" for n, p in candidate._parameters.items()
-                                               if p is not None))
+        parts.append(
+            "parameters "
+            + ", ".join(f"{n} {tuple(p.shape)}" for n, p in candidate._parameters.items() if p is not None)
+        )
     return "a module holding " + ("; ".join(parts) if parts else "no state") + ", in no known layout"
 
 
 def _children(node: nn.Module) -> list[nn.Module]:
     children = node.__dict__.get("_modules")
     if not isinstance(children, dict):  # state from the file: check before walking it
-        raise UnknownLayoutError(f"a {_short(node)} whose saved children are a "
-                                 f"{type(children).__name__}, not a module dictionary")
+        raise UnknownLayoutError(
+            f"a {_short(node)} whose saved children are a {type(children).__name__}, not a module dictionary"
+        )
     for name, child in children.items():
         if child is not None and not isinstance(child, nn.Module):
             raise UnknownLayoutError(f"a {_short(node)} whose child '{name}' is a {type(child).__name__}")
@@ -631,5 +761,6 @@ def adopt_fork_modules(networks: list[nn.Module]) -> int:
         raise UnknownLayoutError(
             f"the checkpoint needs classes DeformLens does not know: {needs}. DeformLens knows "
             f"{KNOWN_LAYERS}, recognised by what they hold (see the {README_SECTION}); nothing "
-            f"from the file was run")
+            f"from the file was run"
+        )
     return adopted

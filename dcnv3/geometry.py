@@ -6,6 +6,7 @@ DCNV3_SPEC.md) lies at network-input coordinate (x + 0.5) * s, and in the origin
 ((x + 0.5) * s - pad_left) / ratio, with the letterbox ``ratio`` and ``pad`` that ultralytics
 used (the same convention as its ``scale_boxes``).
 """
+
 from __future__ import annotations
 
 import functools
@@ -13,26 +14,37 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Letterbox", "kernel_offsets", "sampling_locations", "regular_locations", "cell_at",
-           "cell_centre", "cell_centres", "cell_step", "box_centre"]
+__all__ = [
+    "Letterbox",
+    "kernel_offsets",
+    "sampling_locations",
+    "regular_locations",
+    "cell_at",
+    "cell_centre",
+    "cell_centres",
+    "cell_step",
+    "box_centre",
+]
 
 
 @dataclass(frozen=True)
 class Letterbox:
     """How an original image (height, width) became the network input (height, width)."""
+
     image_shape: tuple[int, int]
     input_shape: tuple[int, int]
     ratio: float
     pad: tuple[float, float]  # (left, top) in network-input pixels
 
     @classmethod
-    def from_shapes(cls, image_shape, input_shape) -> "Letterbox":
+    def from_shapes(cls, image_shape, input_shape) -> Letterbox:
         """The geometry ultralytics' LetterBox produced and its ``scale_boxes`` undoes."""
         gain = min(input_shape[0] / image_shape[0], input_shape[1] / image_shape[1])
         pad_left = round((input_shape[1] - image_shape[1] * gain) / 2 - 0.1)
         pad_top = round((input_shape[0] - image_shape[0] * gain) / 2 - 0.1)
-        return cls(tuple(map(int, image_shape)), tuple(map(int, input_shape)), float(gain),
-                   (float(pad_left), float(pad_top)))
+        return cls(
+            tuple(map(int, image_shape)), tuple(map(int, input_shape)), float(gain), (float(pad_left), float(pad_top))
+        )
 
     def to_image(self, xy_input: np.ndarray) -> np.ndarray:
         """(..., 2) network-input coordinates (x, y) -> original-image coordinates."""
@@ -60,8 +72,9 @@ def _feature_locations(layer, offsets: np.ndarray, rows: np.ndarray, cols: np.nd
     """Sampling locations (..., G, P, 2) as feature indices (x, y) for cells (rows, cols)."""
     centre = (layer.dilation * (layer.kernel - 1)) // 2
     grid = kernel_offsets(layer.kernel, layer.dilation, layer.remove_center)  # (P, 2)
-    base = np.stack([cols * layer.layer_stride - layer.pad + centre,
-                     rows * layer.layer_stride - layer.pad + centre], axis=-1).astype(np.float64)
+    base = np.stack(
+        [cols * layer.layer_stride - layer.pad + centre, rows * layer.layer_stride - layer.pad + centre], axis=-1
+    ).astype(np.float64)
     return base[..., None, None, :] + layer.offset_scale * (grid + offsets)
 
 
@@ -76,8 +89,9 @@ def _cells(layer, cell):
     row, col = cell
     if np.ndim(row):  # index arrays: many cells at once
         rows, cols = np.asarray(row, dtype=np.int64), np.asarray(col, dtype=np.int64)
-        if rows.size and not ((rows >= 0).all() and (rows < layer.grid[0]).all() and (cols >= 0).all()
-                              and (cols < layer.grid[1]).all()):
+        if rows.size and not (
+            (rows >= 0).all() and (rows < layer.grid[0]).all() and (cols >= 0).all() and (cols < layer.grid[1]).all()
+        ):
             raise IndexError(f"cells outside the {layer.grid[0]}x{layer.grid[1]} grid of {layer.name}")
         return rows, cols, layer.offsets[rows, cols].astype(np.float64)
     if not (0 <= row < layer.grid[0] and 0 <= col < layer.grid[1]):
@@ -104,8 +118,10 @@ def regular_locations(layer, letterbox: Letterbox, cell: tuple[int, int] | None 
 def cell_centre(layer, letterbox: Letterbox, cell: tuple[int, int]) -> np.ndarray:
     """(2,) original-image position of the cell's kernel centre (its zero-offset centre point)."""
     centre = (layer.dilation * (layer.kernel - 1)) // 2
-    feature = np.array([cell[1] * layer.layer_stride - layer.pad + centre,
-                        cell[0] * layer.layer_stride - layer.pad + centre], dtype=np.float64)
+    feature = np.array(
+        [cell[1] * layer.layer_stride - layer.pad + centre, cell[0] * layer.layer_stride - layer.pad + centre],
+        dtype=np.float64,
+    )
     return _to_image(layer, letterbox, feature)
 
 
@@ -119,8 +135,12 @@ def cell_at(layer, letterbox: Letterbox, x: float, y: float) -> tuple[int, int] 
     col = (fx + layer.pad - centre) / layer.layer_stride
     row = (fy + layer.pad - centre) / layer.layer_stride
     col, row = int(np.floor(col)), int(np.floor(row))
-    if 0 <= u < letterbox.input_shape[1] and 0 <= v < letterbox.input_shape[0] \
-            and 0 <= row < layer.grid[0] and 0 <= col < layer.grid[1]:
+    if (
+        0 <= u < letterbox.input_shape[1]
+        and 0 <= v < letterbox.input_shape[0]
+        and 0 <= row < layer.grid[0]
+        and 0 <= col < layer.grid[1]
+    ):
         return row, col
     return None
 
@@ -129,8 +149,9 @@ def cell_centres(layer, letterbox: Letterbox) -> np.ndarray:
     """(H, W, 2) original-image positions of every cell's kernel centre."""
     centre = (layer.dilation * (layer.kernel - 1)) // 2
     rows, cols = np.meshgrid(np.arange(layer.grid[0]), np.arange(layer.grid[1]), indexing="ij")
-    feature = np.stack([cols * layer.layer_stride - layer.pad + centre,
-                        rows * layer.layer_stride - layer.pad + centre], axis=-1).astype(np.float64)
+    feature = np.stack(
+        [cols * layer.layer_stride - layer.pad + centre, rows * layer.layer_stride - layer.pad + centre], axis=-1
+    ).astype(np.float64)
     return _to_image(layer, letterbox, feature)
 
 

@@ -39,6 +39,7 @@ extremes seen there: mean |offset| >= 0.89 spacings (9x the collapsed threshold)
 ``dcnv3.health``) probes a set of images and returns a ``HealthReport``: per image and per layer
 the numbers and flags, and per layer their means over the images with the flags those means raise.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,8 +50,20 @@ import numpy as np
 
 from . import stats
 
-__all__ = ["THRESHOLDS", "FLAG_NAMES", "LayerHealth", "HealthReport", "layer_health", "probe_health",
-           "evaluate", "aggregate", "health", "image_paths", "thresholds_markdown", "IMAGE_SUFFIXES"]
+__all__ = [
+    "THRESHOLDS",
+    "FLAG_NAMES",
+    "LayerHealth",
+    "HealthReport",
+    "layer_health",
+    "probe_health",
+    "evaluate",
+    "aggregate",
+    "health",
+    "image_paths",
+    "thresholds_markdown",
+    "IMAGE_SUFFIXES",
+]
 
 THRESHOLDS = {
     "collapsed_offset": 0.1,  # point spacings: mean |offset| below = collapsed to the grid
@@ -85,6 +98,7 @@ class LayerHealth:
     dilation * offset_scale cells, the distance between neighbouring points of the regular grid).
     ``*_reference`` fields are the same layer with zero offsets on the same image.
     """
+
     name: str
     stage: str
     weight_kind: str
@@ -119,14 +133,15 @@ class LayerHealth:
     @property
     def effective_points(self) -> float:
         """P ** entropy: how many of the P points effectively carry the weight (P when uniform)."""
-        return float(self.points ** self.entropy)
+        return float(self.points**self.entropy)
 
     def as_dict(self) -> dict:
         """The JSON form (the ``dcnv3 health`` schema, README): every field and derived number."""
         values = dataclasses.asdict(self)
         values["grid"] = list(self.grid)
-        values.update(offset_ratio=self.offset_ratio, outside_excess=self.outside_excess,
-                      effective_points=self.effective_points)
+        values.update(
+            offset_ratio=self.offset_ratio, outside_excess=self.outside_excess, effective_points=self.effective_points
+        )
         return values
 
 
@@ -139,36 +154,50 @@ def evaluate(numbers: LayerHealth) -> dict[str, str]:
     vanish_limit = {"sigmoid": t["vanished_sigmoid"], "free": t["vanished_free"]}.get(kind)
     vanished = vanish_limit is not None and numbers.mean_abs_weight < vanish_limit
     if kind == "free" and still and vanished:
-        flags["untrained"] = (f"untrained: offsets ({numbers.offset_ratio:.3f} spacings) and weights "
-                              f"(mean |m| {numbers.mean_abs_weight:.2g}) all about 0, DCNv4's initial state")
+        flags["untrained"] = (
+            f"untrained: offsets ({numbers.offset_ratio:.3f} spacings) and weights "
+            f"(mean |m| {numbers.mean_abs_weight:.2g}) all about 0, DCNv4's initial state"
+        )
         return flags  # nothing else can be said of a layer that has not started
     if still:
-        flags["collapsed"] = (f"collapsed to the grid: mean |offset| {numbers.offset_ratio:.3f} point spacings "
-                              f"< {t['collapsed_offset']:g}, the layer acts like a plain convolution")
+        flags["collapsed"] = (
+            f"collapsed to the grid: mean |offset| {numbers.offset_ratio:.3f} point spacings "
+            f"< {t['collapsed_offset']:g}, the layer acts like a plain convolution"
+        )
     reasons = []
     if numbers.outside_excess > t["exploding_excess"]:
-        reasons.append(f"{numbers.outside_excess:.0%} of the samples the grid keeps inside pushed off the image "
-                       f"> {t['exploding_excess']:.0%} ({numbers.outside_share:.0%} off vs the grid's "
-                       f"{numbers.outside_share_reference:.0%})")
+        reasons.append(
+            f"{numbers.outside_excess:.0%} of the samples the grid keeps inside pushed off the image "
+            f"> {t['exploding_excess']:.0%} ({numbers.outside_share:.0%} off vs the grid's "
+            f"{numbers.outside_share_reference:.0%})"
+        )
     if numbers.offset_ratio > t["exploding_offset"]:
         reasons.append(f"mean |offset| {numbers.offset_ratio:.1f} point spacings > {t['exploding_offset']:g}")
     if reasons:
         flags["exploding"] = f"exploding off the image: {'; '.join(reasons)}"
     if vanished:
-        flags["vanished"] = (f"weights vanished: mean |m| {numbers.mean_abs_weight:.2g} < {vanish_limit:g} "
-                             "while the offsets move, the layer outputs about nothing")
+        flags["vanished"] = (
+            f"weights vanished: mean |m| {numbers.mean_abs_weight:.2g} < {vanish_limit:g} "
+            "while the offsets move, the layer outputs about nothing"
+        )
     reasons = []
     if numbers.effective_points < t["saturated_points"]:
-        reasons.append(f"on one point: {numbers.effective_points:.2f} of {numbers.points} points carry the "
-                       f"weight < {t['saturated_points']:g}")
+        reasons.append(
+            f"on one point: {numbers.effective_points:.2f} of {numbers.points} points carry the "
+            f"weight < {t['saturated_points']:g}"
+        )
     if not vanished and numbers.binary_share is not None and numbers.binary_share > t["binary_share"]:
-        reasons.append(f"at 0 or 1: {numbers.binary_share:.0%} of the sigmoid weights within {_NEAR_BOUND} "
-                       f"of a bound > {t['binary_share']:.0%}")
+        reasons.append(
+            f"at 0 or 1: {numbers.binary_share:.0%} of the sigmoid weights within {_NEAR_BOUND} "
+            f"of a bound > {t['binary_share']:.0%}"
+        )
     if reasons:
         flags["saturated"] = f"weights saturated {'; '.join(reasons)}"
     if numbers.group_similarity is not None and numbers.group_similarity > t["same_groups_cosine"]:
-        flags["same_groups"] = (f"groups learned the same thing: cosine {numbers.group_similarity:.3f} > "
-                                f"{t['same_groups_cosine']:g}, fewer groups would do")
+        flags["same_groups"] = (
+            f"groups learned the same thing: cosine {numbers.group_similarity:.3f} > "
+            f"{t['same_groups_cosine']:g}, fewer groups would do"
+        )
     return flags
 
 
@@ -180,16 +209,24 @@ def layer_health(layer, letterbox) -> LayerHealth:
     if layer.weight_kind == "sigmoid":
         binary = float(((weights < _NEAR_BOUND) | (weights > 1.0 - _NEAR_BOUND)).mean())
     numbers = LayerHealth(
-        name=layer.name, stage=layer.stage, weight_kind=layer.weight_kind, stride=int(layer.stride),
-        groups=int(layer.groups), kernel=int(layer.kernel), points=int(layer.points), grid=tuple(layer.grid),
+        name=layer.name,
+        stage=layer.stage,
+        weight_kind=layer.weight_kind,
+        stride=int(layer.stride),
+        groups=int(layer.groups),
+        kernel=int(layer.kernel),
+        points=int(layer.points),
+        grid=tuple(layer.grid),
         spacing=float(layer.dilation * layer.offset_scale),
         mean_offset=float(stats.offset_magnitude(layer).mean()),
         outside_share=float(stats.outside_share(layer, letterbox).mean()),
         outside_share_reference=float(stats.outside_share(reference, letterbox).mean()),
         entropy=float(stats.weight_entropy(layer).mean()),
         effective_dilation=float(stats.effective_dilation(layer).mean()),
-        mean_abs_weight=float(np.abs(weights).mean()), binary_share=binary,
-        group_similarity=stats.group_similarity(layer))
+        mean_abs_weight=float(np.abs(weights).mean()),
+        binary_share=binary,
+        group_similarity=stats.group_similarity(layer),
+    )
     numbers.flags = evaluate(numbers)
     return numbers
 
@@ -199,8 +236,16 @@ def probe_health(probe) -> list[LayerHealth]:
     return [layer_health(record, probe.letterbox) for record in probe.layers]
 
 
-_MEAN_FIELDS = ("mean_offset", "outside_share", "outside_share_reference", "entropy", "effective_dilation",
-                "mean_abs_weight", "binary_share", "group_similarity")
+_MEAN_FIELDS = (
+    "mean_offset",
+    "outside_share",
+    "outside_share_reference",
+    "entropy",
+    "effective_dilation",
+    "mean_abs_weight",
+    "binary_share",
+    "group_similarity",
+)
 
 
 def aggregate(per_image: list[LayerHealth]) -> LayerHealth:
@@ -223,6 +268,7 @@ class HealthReport:
     ``per_image``: [(image name, [LayerHealth per layer])]; ``layers``: per layer, the means over
     the images and the flags they raise (``aggregate``); ``skipped``: [(image name, reason)].
     """
+
     model: str
     imgsz: int
     per_image: list[tuple[str, list[LayerHealth]]]
@@ -241,14 +287,15 @@ class HealthReport:
     def as_dict(self) -> dict:
         """The ``dcnv3 health --json`` document (schema in the README's "Health flags")."""
         return {
-            "schema": "deformlens.health/1", "model": self.model, "imgsz": self.imgsz,
-            "thresholds": dict(THRESHOLDS), "healthy": not self.flagged,
+            "schema": "deformlens.health/1",
+            "model": self.model,
+            "imgsz": self.imgsz,
+            "thresholds": dict(THRESHOLDS),
+            "healthy": not self.flagged,
             "images": [name for name, _ in self.per_image],
             "skipped": [{"image": name, "reason": reason} for name, reason in self.skipped],
-            "layers": [{**layer.as_dict(), "flagged_images": self.flagged_images(layer.name)}
-                       for layer in self.layers],
-            "per_image": [{"image": name, "layers": [h.as_dict() for h in layers]}
-                          for name, layers in self.per_image],
+            "layers": [{**layer.as_dict(), "flagged_images": self.flagged_images(layer.name)} for layer in self.layers],
+            "per_image": [{"image": name, "layers": [h.as_dict() for h in layers]} for name, layers in self.per_image],
         }
 
 
@@ -308,18 +355,20 @@ def health(model, source, imgsz: int | None = None) -> HealthReport:
 def thresholds_markdown() -> str:
     """The flags and their thresholds in a few lines of markdown (the app's Health view)."""
     t = THRESHOLDS
-    return "\n".join([
-        "**Flags**: each number is an image-wide mean over cells and groups, measured against the same "
-        "layer with zero offsets and uniform weights on the same image (*the grid*):",
-        f"- *collapsed to the grid*: mean |offset| < {t['collapsed_offset']:g} of the grid's point spacing",
-        f"- *exploding off the image*: more than {t['exploding_excess']:.0%} of the samples the grid keeps inside "
-        f"the image pushed off it, or mean |offset| > {t['exploding_offset']:g} point spacings",
-        f"- *weights saturated*: fewer than {t['saturated_points']:g} of the P points effectively carry the "
-        f"weight (P ** normalised entropy); for a sigmoid (DCNv2) also more than {t['binary_share']:.0%} of "
-        f"the weights within {_NEAR_BOUND} of 0 or 1",
-        f"- *weights vanished* (DCNv2, DCNv4): mean |m| < {t['vanished_sigmoid']:g} (sigmoid) or "
-        f"{t['vanished_free']:g} (free) while the offsets move",
-        "- *untrained* (DCNv4): offsets and scalars all about 0, its initial state",
-        f"- *groups learned the same thing*: mean pairwise cosine of the groups' offset fields > "
-        f"{t['same_groups_cosine']:g} (G >= 2)"])
-
+    return "\n".join(
+        [
+            "**Flags**: each number is an image-wide mean over cells and groups, measured against the same "
+            "layer with zero offsets and uniform weights on the same image (*the grid*):",
+            f"- *collapsed to the grid*: mean |offset| < {t['collapsed_offset']:g} of the grid's point spacing",
+            f"- *exploding off the image*: more than {t['exploding_excess']:.0%} of the samples the grid keeps inside "
+            f"the image pushed off it, or mean |offset| > {t['exploding_offset']:g} point spacings",
+            f"- *weights saturated*: fewer than {t['saturated_points']:g} of the P points effectively carry the "
+            f"weight (P ** normalised entropy); for a sigmoid (DCNv2) also more than {t['binary_share']:.0%} of "
+            f"the weights within {_NEAR_BOUND} of 0 or 1",
+            f"- *weights vanished* (DCNv2, DCNv4): mean |m| < {t['vanished_sigmoid']:g} (sigmoid) or "
+            f"{t['vanished_free']:g} (free) while the offsets move",
+            "- *untrained* (DCNv4): offsets and scalars all about 0, its initial state",
+            f"- *groups learned the same thing*: mean pairwise cosine of the groups' offset fields > "
+            f"{t['same_groups_cosine']:g} (G >= 2)",
+        ]
+    )

@@ -19,6 +19,7 @@ Probing: ``lesson_records`` runs the network inside ``dcnv3.capture`` and return
 (layer input stride 4, no letterbox), so ``dcnv3.geometry`` and ``dcnv3.stats`` read them as
 they read a YOLO's.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .bundled import bundled_path
 from .capture import capture, dcnv3_modules
 from .data.shapes import CLASS_NAMES
 from .geometry import Letterbox
@@ -36,12 +38,30 @@ from .lesson_data import LESSON_SIDE, LESSON_STRIDE
 from .module import DCNv3
 from .probe import LayerRecord
 
-__all__ = ["BUNDLED_LESSON", "BUNDLED_LESSON_PLAIN", "BUNDLED_LESSON_DIR", "LessonConfig", "LessonNet", "OBJECTNESS", "CLASSES", "EXTENT", "AXIS", "to_input", "lesson_records", "lesson_letterbox",
-           "save_lesson", "load_lesson", "record_from_capture", "one_cell", "offset_parameters", "EXTENT_NAMES"]
+__all__ = [
+    "BUNDLED_LESSON",
+    "BUNDLED_LESSON_PLAIN",
+    "BUNDLED_LESSON_DIR",
+    "LessonConfig",
+    "LessonNet",
+    "OBJECTNESS",
+    "CLASSES",
+    "EXTENT",
+    "AXIS",
+    "to_input",
+    "lesson_records",
+    "lesson_letterbox",
+    "save_lesson",
+    "load_lesson",
+    "record_from_capture",
+    "one_cell",
+    "offset_parameters",
+    "EXTENT_NAMES",
+]
 
 # The bundled weights (``python -m dcnv3.lesson_train`` writes them), in a folder of their own:
 # they are not YOLO checkpoints, and the app's model list reads assets/models/*.pt.
-BUNDLED_LESSON_DIR = Path(__file__).resolve().parent.parent / "assets" / "models" / "lesson"
+BUNDLED_LESSON_DIR = bundled_path("models", "lesson")
 BUNDLED_LESSON = BUNDLED_LESSON_DIR / "lesson-dcnv3.pt"
 BUNDLED_LESSON_PLAIN = BUNDLED_LESSON_DIR / "lesson-plain.pt"
 EXTENT_NAMES = ("log_size", "log_width", "log_height")
@@ -58,6 +78,7 @@ class LessonConfig:
     """``channels`` C and ``groups`` G of every DCNv3 layer, ``depth`` residual layers, and
     ``deformable``: False builds the plain twin (a 3x3 convolution where each DCNv3 was);
     ``axis_head``: the head also predicts a bar's axis (two more output channels)."""
+
     channels: int = 32
     groups: int = 2
     depth: int = 3
@@ -128,8 +149,7 @@ class LessonNet(nn.Module):
 def offset_parameters(model: LessonNet) -> list[nn.Parameter]:
     """The parameters of every DCNv3 layer's ``offset`` and ``mask`` projections (trained at a
     higher learning rate: they start at zero and must travel far)."""
-    return [p for _, module in dcnv3_modules(model) for head in (module.offset, module.mask)
-            for p in head.parameters()]
+    return [p for _, module in dcnv3_modules(model) for head in (module.offset, module.mask) for p in head.parameters()]
 
 
 def to_input(images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
@@ -174,18 +194,32 @@ def record_from_capture(name: str, captured, index: int, stride: int = LESSON_ST
     offsets = captured.offsets[index].float().numpy().copy()
     weights = captured.weights[index].float().numpy().copy()
     return LayerRecord(
-        name=name, stage=f"lesson layer {name.split('.')[1] if '.' in name else name}/{depth} (stride {stride})",
-        stride=stride, layer_stride=int(module.stride), grid=tuple(offsets.shape[:2]), kernel=int(module.kernel_size),
-        dilation=int(module.dilation), pad=int(module.pad), offset_scale=float(module.offset_scale),
-        groups=int(module.group), points=int(module.points), remove_center=bool(module.remove_center),
-        offsets=offsets, weights=weights, weight_kind=captured.weight_kind)
+        name=name,
+        stage=f"lesson layer {name.split('.')[1] if '.' in name else name}/{depth} (stride {stride})",
+        stride=stride,
+        layer_stride=int(module.stride),
+        grid=tuple(offsets.shape[:2]),
+        kernel=int(module.kernel_size),
+        dilation=int(module.dilation),
+        pad=int(module.pad),
+        offset_scale=float(module.offset_scale),
+        groups=int(module.group),
+        points=int(module.points),
+        remove_center=bool(module.remove_center),
+        offsets=offsets,
+        weights=weights,
+        weight_kind=captured.weight_kind,
+    )
 
 
 def one_cell(record: LayerRecord, cell: tuple[int, int]) -> LayerRecord:
     """The record cut down to one (row, col) cell: a (1, 1) grid that ``dcnv3.stats`` reads."""
     row, col = cell
-    return dataclasses.replace(record, offsets=record.offsets[row:row + 1, col:col + 1],
-                               weights=record.weights[row:row + 1, col:col + 1])
+    return dataclasses.replace(
+        record,
+        offsets=record.offsets[row : row + 1, col : col + 1],
+        weights=record.weights[row : row + 1, col : col + 1],
+    )
 
 
 def save_lesson(model: LessonNet, path, recipe: dict) -> Path:
@@ -203,4 +237,3 @@ def load_lesson(path) -> tuple[LessonNet, dict]:
     model = LessonNet(LessonConfig(**saved["config"]))
     model.load_state_dict(saved["state_dict"])
     return model.eval(), dict(saved.get("recipe", {}))
-

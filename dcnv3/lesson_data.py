@@ -11,6 +11,7 @@ Conventions: images BGR uint8 (side, side, 3); positions in continuous pixel coo
 length, a disc's diameter) and ``angle`` its rotation in radians, clockwise on screen, as
 ``dcnv3.data.shapes.place`` uses them: a bar's long axis points along (cos angle, sin angle).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,12 +22,23 @@ from .data.backgrounds import luma, make_background
 from .data.generator import augment_image, image_rng, paint_object, sample_appearance
 from .data.shapes import CLASS_NAMES, extent, place, rasterise, sample_geometry
 
-__all__ = ["LESSON_SIDE", "LESSON_STRIDE", "MIN_SIZE_PX", "MAX_SIZE_PX", "LessonObject", "LessonScene",
-           "lesson_scene", "lesson_batch", "cell_of", "targets", "BAR"]
+__all__ = [
+    "LESSON_SIDE",
+    "LESSON_STRIDE",
+    "MIN_SIZE_PX",
+    "MAX_SIZE_PX",
+    "LessonObject",
+    "LessonScene",
+    "lesson_scene",
+    "lesson_batch",
+    "cell_of",
+    "targets",
+    "BAR",
+]
 
-LESSON_SIDE = 256     # scene side in pixels: room for a 150 px shape anywhere near the middle
-LESSON_STRIDE = 4     # the lesson network's one output stride: a 64 x 64 grid of cells
-MIN_SIZE_PX = 8.0     # smallest and largest shape size, log-uniform in between (ratio ~19)
+LESSON_SIDE = 256  # scene side in pixels: room for a 150 px shape anywhere near the middle
+LESSON_STRIDE = 4  # the lesson network's one output stride: a 64 x 64 grid of cells
+MIN_SIZE_PX = 8.0  # smallest and largest shape size, log-uniform in between (ratio ~19)
 MAX_SIZE_PX = 150.0
 MAX_OBJECTS = 3
 BAR = CLASS_NAMES.index("bar")  # the one clearly elongated class: its axis is a target and a measurement
@@ -37,6 +49,7 @@ _PLACEMENT_TRIES = 12
 class LessonObject:
     """One painted shape: class index into ``CLASS_NAMES``, centre (x, y) px, size px, angle rad,
     and its tight axis-aligned box (x1, y1, x2, y2) px of the placed polygons."""
+
     class_id: int
     x: float
     y: float
@@ -76,13 +89,15 @@ def lesson_scene(rng: np.random.Generator, side: int = LESSON_SIDE, objects: int
             cy = float(rng.uniform(-y0 + 1.0, side - y1 - 1.0))
             box = (cx + x0, cy + y0, cx + x1, cy + y1)
             margin = 4.0  # px of background kept between shapes, so no shape touches another
-            if all(box[2] + margin < b[0] or b[2] + margin < box[0] or box[3] + margin < b[1]
-                   or b[3] + margin < box[1] for b in placed_boxes):
+            if all(
+                box[2] + margin < b[0] or b[2] + margin < box[0] or box[3] + margin < b[1] or b[3] + margin < box[1]
+                for b in placed_boxes
+            ):
                 break
         else:
             continue
         patch = rasterise(place(geometry, cx, cy, size, angle))
-        window = canvas[max(int(box[1]), 0):int(np.ceil(box[3])), max(int(box[0]), 0):int(np.ceil(box[2]))]
+        window = canvas[max(int(box[1]), 0) : int(np.ceil(box[3])), max(int(box[0]), 0) : int(np.ceil(box[2]))]
         appearance = sample_appearance(rng, float(luma(window).mean()), size, outline_p=0.2)
         paint_object(rng, canvas, patch, appearance, (cx, cy), size)
         placed_boxes.append(box)
@@ -128,7 +143,7 @@ def targets(scene: LessonScene, stride: int = LESSON_STRIDE) -> dict[str, np.nda
         row, col = cell_of(obj.x, obj.y, stride)
         u, v = obj.x / stride - 0.5, obj.y / stride - 0.5  # centre in cell-index units
         sigma = max(0.7, obj.size / stride / 8.0)
-        peak = np.exp(-((cols - u) ** 2 + (rows - v) ** 2) / (2 * sigma ** 2))
+        peak = np.exp(-((cols - u) ** 2 + (rows - v) ** 2) / (2 * sigma**2))
         peak[row, col] = 1.0
         np.maximum(heat, peak, out=heat)
         mine = peak >= 0.6
@@ -140,5 +155,11 @@ def targets(scene: LessonScene, stride: int = LESSON_STRIDE) -> dict[str, np.nda
         if obj.class_id == BAR:
             axis[mine] = (np.cos(2 * obj.angle), np.sin(2 * obj.angle))
             axis_mask |= mine
-    return {"heat": heat, "positive": positive, "class_id": class_id, "extent": extent_log, "axis": axis,
-            "axis_mask": axis_mask}
+    return {
+        "heat": heat,
+        "positive": positive,
+        "class_id": class_id,
+        "extent": extent_log,
+        "axis": axis,
+        "axis_mask": axis_mask,
+    }

@@ -13,6 +13,7 @@ the figures of the lesson model's card, on a held-out set of scenes.
 * ``task_scores``: what both networks are for: centres found (peaks of the objectness),
   class accuracy and size error at the true centres; the plain twin is scored the same way.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,10 +27,22 @@ from .lesson import CLASSES, EXTENT, lesson_letterbox, lesson_records, one_cell,
 from .lesson_data import BAR, LESSON_STRIDE, LessonScene, cell_of, lesson_batch
 from .stats import effective_dilation
 
-__all__ = ["HELD_OUT_SEED", "HELD_OUT_SCENES", "CentreSample", "held_out_scenes", "centre_samples", "principal_axis",
-           "pearson", "circular_correlation", "size_dilation", "axis_agreement", "task_scores", "lesson_figures"]
+__all__ = [
+    "HELD_OUT_SEED",
+    "HELD_OUT_SCENES",
+    "CentreSample",
+    "held_out_scenes",
+    "centre_samples",
+    "principal_axis",
+    "pearson",
+    "circular_correlation",
+    "size_dilation",
+    "axis_agreement",
+    "task_scores",
+    "lesson_figures",
+]
 
-HELD_OUT_SEED = 1        # the bundled networks were trained on seed 0
+HELD_OUT_SEED = 1  # the bundled networks were trained on seed 0
 HELD_OUT_SCENES = 240
 _BATCH = 16
 
@@ -39,6 +52,7 @@ class CentreSample:
     """The deepest layer at one shape's centre cell: the shape (class, size px, angle rad) and
     the sampling there (effective dilation in feature cells, principal-axis angle in rad,
     elongation = sqrt of the ratio of the weighted covariance's eigenvalues, >= 1)."""
+
     class_id: int
     size: float
     angle: float
@@ -69,7 +83,7 @@ def centre_samples(model, scenes: list[LessonScene], layer: int = -1) -> list[Ce
     letterbox = lesson_letterbox(scenes[0].image.shape[0])
     found = []
     for start in range(0, len(scenes), _BATCH):
-        chunk = scenes[start:start + _BATCH]
+        chunk = scenes[start : start + _BATCH]
         _, records = lesson_records(model, [s.image for s in chunk])
         for scene, layers in zip(chunk, records):
             record = layers[layer]
@@ -91,7 +105,7 @@ def circular_correlation(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     sa = np.sin(a - np.angle(np.exp(1j * a).mean()))
     sb = np.sin(b - np.angle(np.exp(1j * b).mean()))
-    return float((sa * sb).sum() / np.sqrt((sa ** 2).sum() * (sb ** 2).sum()))
+    return float((sa * sb).sum() / np.sqrt((sa**2).sum() * (sb**2).sum()))
 
 
 def size_dilation(samples: list[CentreSample]) -> dict[str, float]:
@@ -102,9 +116,16 @@ def size_dilation(samples: list[CentreSample]) -> dict[str, float]:
     order = np.argsort(size)
     fifth = max(1, len(order) // 5)
     small, large = dilation[order[:fifth]].mean(), dilation[order[-fifth:]].mean()
-    return {"shapes": len(samples), "r_size": pearson(size, dilation), "r_log_size": pearson(np.log(size), dilation),
-            "dilation_small": float(small), "dilation_large": float(large), "ratio": float(large / small),
-            "size_small_max": float(size[order[fifth - 1]]), "size_large_min": float(size[order[-fifth]])}
+    return {
+        "shapes": len(samples),
+        "r_size": pearson(size, dilation),
+        "r_log_size": pearson(np.log(size), dilation),
+        "dilation_small": float(small),
+        "dilation_large": float(large),
+        "ratio": float(large / small),
+        "size_small_max": float(size[order[fifth - 1]]),
+        "size_large_min": float(size[order[-fifth]]),
+    }
 
 
 def axis_agreement(samples: list[CentreSample], class_id: int = BAR, min_size: float = 0.0) -> dict[str, float]:
@@ -113,14 +134,21 @@ def axis_agreement(samples: list[CentreSample], class_id: int = BAR, min_size: f
     degrees, and the median elongation of the sampling."""
     chosen = [s for s in samples if s.class_id == class_id and s.size >= min_size]
     if len(chosen) < 3:
-        return {"shapes": len(chosen), "circular_r": float("nan"), "median_error_deg": float("nan"),
-                "median_elongation": float("nan")}
+        return {
+            "shapes": len(chosen),
+            "circular_r": float("nan"),
+            "median_error_deg": float("nan"),
+            "median_elongation": float("nan"),
+        }
     axis = np.array([s.axis for s in chosen])
     angle = np.array([s.angle for s in chosen]) % np.pi
     difference = np.abs((axis - angle + np.pi / 2) % np.pi - np.pi / 2)
-    return {"shapes": len(chosen), "circular_r": circular_correlation(2 * axis, 2 * angle),
-            "median_error_deg": float(np.degrees(np.median(difference))),
-            "median_elongation": float(np.median([s.elongation for s in chosen]))}
+    return {
+        "shapes": len(chosen),
+        "circular_r": circular_correlation(2 * axis, 2 * angle),
+        "median_error_deg": float(np.degrees(np.median(difference))),
+        "median_elongation": float(np.median([s.elongation for s in chosen])),
+    }
 
 
 def task_scores(model, scenes: list[LessonScene], threshold: float = 0.3, radius: float = 1.5) -> dict[str, float]:
@@ -132,7 +160,7 @@ def task_scores(model, scenes: list[LessonScene], threshold: float = 0.3, radius
     was_training = model.training
     model.eval()
     for start in range(0, len(scenes), _BATCH):
-        chunk = scenes[start:start + _BATCH]
+        chunk = scenes[start : start + _BATCH]
         with torch.inference_mode():
             output = model(to_input([s.image for s in chunk]))
         heat = torch.sigmoid(output[:, 0])
@@ -157,9 +185,14 @@ def task_scores(model, scenes: list[LessonScene], threshold: float = 0.3, radius
     model.train(was_training)
     precision = hits / max(peaks_total, 1)
     recall = hits / max(objects, 1)
-    return {"objects": objects, "precision": precision, "recall": recall,
-            "f1": 2 * precision * recall / max(precision + recall, 1e-12), "class_accuracy": correct / max(objects, 1),
-            "size_error_factor": float(np.exp(np.median(size_errors)))}
+    return {
+        "objects": objects,
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / max(precision + recall, 1e-12),
+        "class_accuracy": correct / max(objects, 1),
+        "size_error_factor": float(np.exp(np.median(size_errors))),
+    }
 
 
 def lesson_figures(model, twin=None, scenes: list[LessonScene] | None = None) -> dict:
@@ -169,11 +202,15 @@ def lesson_figures(model, twin=None, scenes: list[LessonScene] | None = None) ->
     scenes = held_out_scenes() if scenes is None else scenes
     samples = centre_samples(model, scenes)
     depth = len(lesson_records(model, [scenes[0].image])[1][0])
-    figures = {"scenes": len(scenes), "size_dilation": size_dilation(samples), "bar_axis": axis_agreement(samples),
-               "bar_axis_min_24px": axis_agreement(samples, min_size=24.0),
-               "r_size_by_layer": [size_dilation(centre_samples(model, scenes, layer))["r_size"]
-                                   for layer in range(depth - 1)] + [size_dilation(samples)["r_size"]],
-               "task": task_scores(model, scenes)}
+    figures = {
+        "scenes": len(scenes),
+        "size_dilation": size_dilation(samples),
+        "bar_axis": axis_agreement(samples),
+        "bar_axis_min_24px": axis_agreement(samples, min_size=24.0),
+        "r_size_by_layer": [size_dilation(centre_samples(model, scenes, layer))["r_size"] for layer in range(depth - 1)]
+        + [size_dilation(samples)["r_size"]],
+        "task": task_scores(model, scenes),
+    }
     if twin is not None:
         figures["twin_task"] = task_scores(twin, scenes)
     return figures

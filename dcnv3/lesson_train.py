@@ -9,6 +9,7 @@ the same scenes in the same order. The DCNv3 layers' offset and mask projections
 ``OFFSET_LR_FACTOR`` times the base rate: they start at zero (the regular grid) and must travel
 several cells, which at the base rate takes longer than the whole run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,11 +22,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .lesson import AXIS, BUNDLED_LESSON_DIR, CLASSES, EXTENT, LessonConfig, LessonNet, offset_parameters, save_lesson, to_input
+from .lesson import (
+    AXIS,
+    BUNDLED_LESSON_DIR,
+    CLASSES,
+    EXTENT,
+    LessonConfig,
+    LessonNet,
+    offset_parameters,
+    save_lesson,
+    to_input,
+)
 from .lesson_data import lesson_batch, targets
 
-__all__ = ["lesson_loss", "target_tensors", "make_optimizer", "train_lesson", "main", "OFFSET_LR_FACTOR",
-           "TRAIN_SEED", "BUNDLED_STEPS"]
+__all__ = [
+    "lesson_loss",
+    "target_tensors",
+    "make_optimizer",
+    "train_lesson",
+    "main",
+    "OFFSET_LR_FACTOR",
+    "TRAIN_SEED",
+    "BUNDLED_STEPS",
+]
 
 OFFSET_LR_FACTOR = 10.0
 TRAIN_SEED = 0
@@ -44,13 +63,22 @@ def target_tensors(scenes) -> dict[str, torch.Tensor]:
 
 def lesson_loss(output: torch.Tensor, target: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
     """CenterNet's focal loss on the objectness, cross-entropy on the class and smooth L1 on the
-    log extent at the positive cells, and (a head with ``AXIS`` channels) smooth L1 on the bars' axis. ``output`` (N, HEAD_CHANNELS, H, W) -> (total, parts)."""
+    log extent at the positive cells, and (a head with ``AXIS`` channels) smooth L1 on the bars' axis.
+    ``output`` (N, HEAD_CHANNELS, H, W) -> (total, parts)."""
     heat = target["heat"]
     probability = torch.sigmoid(output[:, 0]).clamp(1e-4, 1 - 1e-4)
     peak = heat >= 1.0
     positives = max(int(peak.sum()), 1)
-    focal = -(torch.where(peak, (1 - probability) ** 2 * torch.log(probability),
-                          (1 - heat) ** 4 * probability ** 2 * torch.log(1 - probability))).sum() / positives
+    focal = (
+        -(
+            torch.where(
+                peak,
+                (1 - probability) ** 2 * torch.log(probability),
+                (1 - heat) ** 4 * probability**2 * torch.log(1 - probability),
+            )
+        ).sum()
+        / positives
+    )
     mask = target["positive"]
     cells = output.permute(0, 2, 3, 1)[mask]  # (M, HEAD_CHANNELS)
     zero = output.sum() * 0.0
@@ -78,8 +106,15 @@ def make_optimizer(model: LessonNet, lr: float = BASE_LR) -> torch.optim.Optimiz
     return torch.optim.AdamW(groups)
 
 
-def train_lesson(config: LessonConfig, steps: int = BUNDLED_STEPS, seed: int = TRAIN_SEED, batch: int = BATCH,
-                 lr: float = BASE_LR, log=print, checkpoint=None) -> tuple[LessonNet, dict]:
+def train_lesson(
+    config: LessonConfig,
+    steps: int = BUNDLED_STEPS,
+    seed: int = TRAIN_SEED,
+    batch: int = BATCH,
+    lr: float = BASE_LR,
+    log=print,
+    checkpoint=None,
+) -> tuple[LessonNet, dict]:
     """Train one network from scratch on fresh scenes; returns (model in eval mode, recipe facts).
 
     Warm-up over the first 5 % of steps, then cosine decay to 5 % of the rate. ``checkpoint``:
@@ -93,8 +128,11 @@ def train_lesson(config: LessonConfig, steps: int = BUNDLED_STEPS, seed: int = T
     start = time.perf_counter()
     history = []
     for step in range(steps):
-        scale = (step + 1) / warmup if step < warmup else \
-            0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+        scale = (
+            (step + 1) / warmup
+            if step < warmup
+            else 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+        )
         for group, rate in zip(optimizer.param_groups, base_rates):
             group["lr"] = rate * scale
         scenes = lesson_batch(seed, "train", step * batch, batch)
@@ -107,11 +145,21 @@ def train_lesson(config: LessonConfig, steps: int = BUNDLED_STEPS, seed: int = T
         if checkpoint is not None and step % 200 == 199:
             checkpoint(model, step + 1)
         if step % 50 == 0 or step == steps - 1:
-            log(f"{'dcnv3' if config.deformable else 'plain'} step {step}/{steps} loss {loss.item():.3f} "
-                + " ".join(f"{k} {v:.3f}" for k, v in parts.items()) + f" ({time.perf_counter() - start:.0f} s)")
-    recipe = {"steps": steps, "batch": batch, "seed": seed, "base_lr": lr, "offset_lr_factor": OFFSET_LR_FACTOR,
-              "seconds": round(time.perf_counter() - start, 1), "threads": torch.get_num_threads(),
-              "final_loss_mean_last_50": round(float(np.mean(history[-50:])), 4)}
+            log(
+                f"{'dcnv3' if config.deformable else 'plain'} step {step}/{steps} loss {loss.item():.3f} "
+                + " ".join(f"{k} {v:.3f}" for k, v in parts.items())
+                + f" ({time.perf_counter() - start:.0f} s)"
+            )
+    recipe = {
+        "steps": steps,
+        "batch": batch,
+        "seed": seed,
+        "base_lr": lr,
+        "offset_lr_factor": OFFSET_LR_FACTOR,
+        "seconds": round(time.perf_counter() - start, 1),
+        "threads": torch.get_num_threads(),
+        "final_loss_mean_last_50": round(float(np.mean(history[-50:])), 4),
+    }
     return model.eval(), recipe
 
 
@@ -121,19 +169,25 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(BUNDLED_LESSON_DIR), help="folder for lesson-dcnv3.pt and lesson-plain.pt")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=("dcnv3", "plain"), default=None)
-    parser.add_argument("--no-axis-head", dest="axis_head", action="store_false",
-                        help="leave out the head's bar-axis output (cos 2a, sin 2a); the bundled networks have it")
+    parser.add_argument(
+        "--no-axis-head",
+        dest="axis_head",
+        action="store_false",
+        help="leave out the head's bar-axis output (cos 2a, sin 2a); the bundled networks have it",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     for name, deformable in (("dcnv3", True), ("plain", False)):
         if args.only and args.only != name:
             continue
+
         def checkpoint(model, step, name=name):
             save_lesson(model, out / f"lesson-{name}.partial.pt", {"steps_done": step})
 
-        model, recipe = train_lesson(LessonConfig(deformable=deformable, axis_head=args.axis_head), steps=args.steps,
-                                     checkpoint=checkpoint)
+        model, recipe = train_lesson(
+            LessonConfig(deformable=deformable, axis_head=args.axis_head), steps=args.steps, checkpoint=checkpoint
+        )
         path = save_lesson(model, out / f"lesson-{name}.pt", recipe)
         print(f"saved {path}: {json.dumps(recipe)}")
     return 0

@@ -1,4 +1,4 @@
-""""Watch it learn": one DCNv3 layer of the lesson network learns its sampling from the regular
+""" "Watch it learn": one DCNv3 layer of the lesson network learns its sampling from the regular
 grid, in under a minute on 2 CPU cores, with snapshots of where it samples at a fixed pixel.
 
 The deepest DCNv3 layer of the bundled lesson network gets its ``offset`` and ``mask``
@@ -14,14 +14,15 @@ each iteration runs the deepest layer and the head on a batch from the pool. A s
 a few hundred numbers; at most ``MAX_SNAPSHOTS`` are kept. Deterministic for a seed (the pool,
 the batch order and the probe scene follow from it) at a given thread count.
 """
+
 from __future__ import annotations
 
 import copy
 import math
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -36,8 +37,16 @@ from .lesson_data import LESSON_SIDE, LESSON_STRIDE, LessonObject, LessonScene, 
 from .lesson_train import lesson_loss, target_tensors
 from .stats import effective_dilation, offset_magnitude
 
-__all__ = ["WatchSnapshot", "watch_learn", "probe_scene", "reset_sampling", "POOL_SCENES", "ITERATIONS",
-           "MAX_SNAPSHOTS", "WATCH_LR"]
+__all__ = [
+    "WatchSnapshot",
+    "watch_learn",
+    "probe_scene",
+    "reset_sampling",
+    "POOL_SCENES",
+    "ITERATIONS",
+    "MAX_SNAPSHOTS",
+    "WATCH_LR",
+]
 
 POOL_SCENES = 48
 ITERATIONS = 150
@@ -52,6 +61,7 @@ class WatchSnapshot:
     cells, over the probe scene's whole grid and at the watched cell), the effective dilation at
     the watched cell, and its sampling points ``points`` (G, P, 2) and ``weights`` (G, P) in
     probe-scene pixels; ``seconds`` since the start."""
+
     iteration: int
     loss: float
     mean_offset: float
@@ -71,8 +81,9 @@ def probe_scene(seed: int = 0, side: int = LESSON_SIDE) -> LessonScene:
     geometry = sample_geometry(rng, 0, size)
     placed = place(geometry, *centre, size, angle)
     colour = np.where(canvas.mean(axis=(0, 1)) > 127.5, 20.0, 235.0).astype(np.float32)
-    paint_object(rng, canvas, rasterise(placed), Appearance(colour, np.zeros(2, np.float32), 0.0, None, 0),
-                 centre, size)
+    paint_object(
+        rng, canvas, rasterise(placed), Appearance(colour, np.zeros(2, np.float32), 0.0, None, 0), centre, size
+    )
     xs = np.concatenate([p[:, 0] for p, _ in placed])
     ys = np.concatenate([p[:, 1] for p, _ in placed])
     box = (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
@@ -97,8 +108,13 @@ def _deepest_input(model: LessonNet, images: list[np.ndarray]) -> torch.Tensor:
     return x.clone()
 
 
-def watch_learn(model: LessonNet, seed: int = 0, iterations: int = ITERATIONS, every: int = 5,
-                stop: threading.Event | Callable[[], bool] | None = None) -> Iterator[WatchSnapshot]:
+def watch_learn(
+    model: LessonNet,
+    seed: int = 0,
+    iterations: int = ITERATIONS,
+    every: int = 5,
+    stop: threading.Event | Callable[[], bool] | None = None,
+) -> Iterator[WatchSnapshot]:
     """Retrain the deepest DCNv3 layer's sampling of (a copy of) ``model`` from zero; yields a
     ``WatchSnapshot`` before the first update and after every ``every`` updates (and the last).
 
@@ -136,14 +152,22 @@ def watch_learn(model: LessonNet, seed: int = 0, iterations: int = ITERATIONS, e
         name, layer = next(iter(captured.items()))
         record = record_from_capture(name, layer, 0, LESSON_STRIDE, len(model.blocks))
         one = one_cell(record, cell)
-        return WatchSnapshot(iteration, loss, float(offset_magnitude(record).mean()),
-                             float(offset_magnitude(one).mean()), float(effective_dilation(one).mean()),
-                             sampling_locations(record, letterbox, cell).astype(np.float32),
-                             record.weights[cell].copy(), time.perf_counter() - start)
+        return WatchSnapshot(
+            iteration,
+            loss,
+            float(offset_magnitude(record).mean()),
+            float(offset_magnitude(one).mean()),
+            float(effective_dilation(one).mean()),
+            sampling_locations(record, letterbox, cell).astype(np.float32),
+            record.weights[cell].copy(),
+            time.perf_counter() - start,
+        )
 
     with torch.inference_mode():
-        first = lesson_loss(model.head(model.blocks[-1](pool_inputs[:BATCH]).permute(0, 3, 1, 2)),
-                            {k: v[:BATCH] for k, v in pool_targets.items()})[0].item()
+        first = lesson_loss(
+            model.head(model.blocks[-1](pool_inputs[:BATCH]).permute(0, 3, 1, 2)),
+            {k: v[:BATCH] for k, v in pool_targets.items()},
+        )[0].item()
     yield snapshot(0, first)
     for iteration in range(1, iterations + 1):
         if stopped():

@@ -1,6 +1,7 @@
 """``load_model``: any YOLOv8 detector checkpoint (ours, a community fork's, a plain one) as a
 ready-to-predict ultralytics ``YOLO`` on CPU in fp32, loaded without running code from the file.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from torch import nn
 
+from .bundled import resolve_bundled_model
 from .capture import deformable_modules
 from .checkpoints import CheckpointError, preloaded, safe_load
 
@@ -35,8 +37,10 @@ def _detector_from(checkpoint, path: Path) -> nn.Module:
         model = checkpoint.get("ema") or checkpoint.get("model")
         if not isinstance(model, nn.Module):
             keys = ", ".join(sorted(map(str, checkpoint))[:8])
-            raise CheckpointError(f"{path.name}: a dictionary without a model (keys: {keys}); "
-                                  f"a YOLO checkpoint stores it under 'model' or 'ema'")
+            raise CheckpointError(
+                f"{path.name}: a dictionary without a model (keys: {keys}); "
+                f"a YOLO checkpoint stores it under 'model' or 'ema'"
+            )
     else:
         raise CheckpointError(f"{path.name}: holds a {type(checkpoint).__name__}, not a model checkpoint")
     from ultralytics.nn.modules.head import Detect
@@ -44,21 +48,25 @@ def _detector_from(checkpoint, path: Path) -> nn.Module:
 
     for cls in type(model).__mro__:
         if cls.__name__ in _OTHER_TASKS:
-            raise CheckpointError(f"{path.name}: {_OTHER_TASKS[cls.__name__]} ({cls.__name__}), not an "
-                                  f"object detector; DeformLens needs a YOLO detection checkpoint")
+            raise CheckpointError(
+                f"{path.name}: {_OTHER_TASKS[cls.__name__]} ({cls.__name__}), not an "
+                f"object detector; DeformLens needs a YOLO detection checkpoint"
+            )
     head = getattr(model, "model", [None])[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else None
     if not isinstance(model, DetectionModel) or type(head) is not Detect:
-        raise CheckpointError(f"{path.name}: a {type(model).__name__}, not a YOLO detection model "
-                              f"(DetectionModel with a Detect head)")
+        raise CheckpointError(
+            f"{path.name}: a {type(model).__name__}, not a YOLO detection model (DetectionModel with a Detect head)"
+        )
     return model
 
 
 def load_model(path: str | Path, max_bytes: int = MAX_CHECKPOINT_BYTES):
     """Load a YOLOv8 detection checkpoint as an ultralytics ``YOLO`` (CPU, fp32, eval).
 
-    Loads DeformLens checkpoints, community-fork checkpoints (their modules recognised by what
-    they hold, ``dcnv3.fork_layouts``; no fork code needed) and plain detectors, as best.pt or
-    last.pt. Nothing in the file is
+    ``path`` is a file, or the bare name of a bundled checkpoint (``"dcnv3-yolov8n.pt"``,
+    ``"yolov8n.pt"``) when no such file exists here. Loads DeformLens checkpoints, community-fork
+    checkpoints (their modules recognised by what they hold, ``dcnv3.fork_layouts``; no fork code
+    needed) and plain detectors, as best.pt or last.pt. Nothing in the file is
     executed (see ``dcnv3.checkpoints``). Registers the ultralytics integration
     (``dcnv3.yolo.register()``, idempotent) if it is not yet. ``model.dcnv3_layers`` lists the qualified names of its
     DCNv3 modules; it is empty for a detector without DCNv3.
@@ -72,7 +80,7 @@ def load_model(path: str | Path, max_bytes: int = MAX_CHECKPOINT_BYTES):
     from . import yolo
 
     yolo.register()  # the blocks, and ultralytics' loader taking the checkpoint read here
-    path = Path(path)
+    path = resolve_bundled_model(path)  # "dcnv3-yolov8n.pt" is the bundled file wherever installed
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     size = path.stat().st_size

@@ -3,6 +3,7 @@
 Input and output are channels-last (N, H, W, C). The state_dict keys are InternImage's, so weights
 trained with ``DCNv3_pytorch`` (or its compiled twin ``DCNv3``) load with ``strict=True``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,26 +14,35 @@ from . import native
 from .ops import dcnv3_core, output_size
 from .sampling_hooks import CAPTURE_SLOT, OVERRIDE_SLOT, hand_over, hooked
 
-__all__ = ["DCNv3", "DCNv3_pytorch", "DCNv3ConvDW", "to_channels_first", "to_channels_last",
-           "CenterFeatureScaleModule", "build_norm_layer", "build_act_layer"]
+__all__ = [
+    "DCNv3",
+    "DCNv3_pytorch",
+    "DCNv3ConvDW",
+    "to_channels_first",
+    "to_channels_last",
+    "CenterFeatureScaleModule",
+    "build_norm_layer",
+    "build_act_layer",
+]
 
 
-class to_channels_first(nn.Module):  # noqa: N801 - InternImage's class name, pickled by forks
+class to_channels_first(nn.Module):
     """(N, H, W, C) -> (N, C, H, W)."""
 
     def forward(self, x):
         return x.permute(0, 3, 1, 2)
 
 
-class to_channels_last(nn.Module):  # noqa: N801 - InternImage's class name, pickled by forks
+class to_channels_last(nn.Module):
     """(N, C, H, W) -> (N, H, W, C)."""
 
     def forward(self, x):
         return x.permute(0, 2, 3, 1)
 
 
-def build_norm_layer(dim: int, norm_layer: str, in_format: str = "channels_last",
-                     out_format: str = "channels_last", eps: float = 1e-6) -> nn.Sequential:
+def build_norm_layer(
+    dim: int, norm_layer: str, in_format: str = "channels_last", out_format: str = "channels_last", eps: float = 1e-6
+) -> nn.Sequential:
     """InternImage's norm factory: 'LN' (LayerNorm on channels-last) or 'BN' (on channels-first)."""
     layers = []
     if norm_layer == "BN":
@@ -54,8 +64,7 @@ def build_norm_layer(dim: int, norm_layer: str, in_format: str = "channels_last"
 
 def build_act_layer(act_layer: str) -> nn.Module:
     """InternImage's activation factory."""
-    layers = {"ReLU": lambda: nn.ReLU(inplace=True), "SiLU": lambda: nn.SiLU(inplace=True),
-              "GELU": nn.GELU}
+    layers = {"ReLU": lambda: nn.ReLU(inplace=True), "SiLU": lambda: nn.SiLU(inplace=True), "GELU": nn.GELU}
     if act_layer not in layers:
         raise NotImplementedError(f"activation {act_layer!r}: use one of {sorted(layers)}")
     return layers[act_layer]()
@@ -75,8 +84,12 @@ def softmax_over_points(logits: torch.Tensor, points: int) -> torch.Tensor:
     rows = logits.reshape(-1, points)
     if logits.device.type != "cpu" or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
         return F.softmax(rows, -1).reshape(logits.shape)
-    if (not (torch.is_grad_enabled() and logits.requires_grad) and logits.is_contiguous()
-            and logits.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling()):
+    if (
+        not (torch.is_grad_enabled() and logits.requires_grad)
+        and logits.is_contiguous()
+        and logits.dtype in (torch.float32, torch.float64)
+        and not torch.compiler.is_compiling()
+    ):
         weights = native.softmax_rows(logits, points)  # inference: one pass in the kernel library
         if weights is not None:
             return weights
@@ -114,12 +127,24 @@ class DCNv3(nn.Module):
     the mask logits) to ``dcnv3.sampling_hooks.hand_over`` while a capture or override is attached.
     Its own layout is already the record layout there.
     """
+
     weight_kind = "softmax"  # dcnv3.sampling_hooks.WEIGHT_KINDS
 
-    def __init__(self, channels: int = 64, kernel_size: int = 3, dw_kernel_size: int | None = None,
-                 stride: int = 1, pad: int = 1, dilation: int = 1, group: int = 4,
-                 offset_scale: float = 1.0, act_layer: str = "GELU", norm_layer: str = "LN",
-                 center_feature_scale: bool = False, remove_center: bool = False):
+    def __init__(
+        self,
+        channels: int = 64,
+        kernel_size: int = 3,
+        dw_kernel_size: int | None = None,
+        stride: int = 1,
+        pad: int = 1,
+        dilation: int = 1,
+        group: int = 4,
+        offset_scale: float = 1.0,
+        act_layer: str = "GELU",
+        norm_layer: str = "LN",
+        center_feature_scale: bool = False,
+        remove_center: bool = False,
+    ):
         super().__init__()
         if channels % group != 0:
             raise ValueError(f"channels must be divisible by group, but got {channels} and {group}")
@@ -140,10 +165,17 @@ class DCNv3(nn.Module):
         points = kernel_size * kernel_size - self.remove_center
 
         self.dw_conv = nn.Sequential(
-            nn.Conv2d(channels, channels, kernel_size=dw_kernel_size, stride=stride,
-                      padding=(dw_kernel_size - 1) // 2, groups=channels),
+            nn.Conv2d(
+                channels,
+                channels,
+                kernel_size=dw_kernel_size,
+                stride=stride,
+                padding=(dw_kernel_size - 1) // 2,
+                groups=channels,
+            ),
             build_norm_layer(channels, norm_layer, "channels_first", "channels_last"),
-            build_act_layer(act_layer))
+            build_act_layer(act_layer),
+        )
         self.offset = nn.Linear(channels, group * points * 2)
         self.mask = nn.Linear(channels, group * points)
         self.input_proj = nn.Linear(channels, channels)
@@ -183,38 +215,73 @@ class DCNv3(nn.Module):
             raise ValueError(
                 f"DCNv3({self.channels} channels) expects a channels-last tensor (N, H, W, "
                 f"{self.channels}); got shape {tuple(input.shape)}"
-                + (" - this looks like NCHW, permute it with x.permute(0, 2, 3, 1)"
-                   if input.dim() == 4 and input.shape[1] == self.channels else ""))
-        n, in_h, in_w, _ = input.shape
+                + (
+                    " - this looks like NCHW, permute it with x.permute(0, 2, 3, 1)"
+                    if input.dim() == 4 and input.shape[1] == self.channels
+                    else ""
+                )
+            )
+        _n, in_h, in_w, _ = input.shape
         remove_center = int(getattr(self, "remove_center", 0))  # absent in ops v1.0 pickles
         x = self.input_proj(input)
         x_proj = x
         x1 = self.offset_features(input)  # NHWC, on the strided output grid
-        out_h, out_w = output_size(in_h, in_w, self.kernel_size, self.kernel_size, self.stride,
-                                   self.stride, self.pad, self.pad, self.dilation, self.dilation)
+        out_h, out_w = output_size(
+            in_h,
+            in_w,
+            self.kernel_size,
+            self.kernel_size,
+            self.stride,
+            self.stride,
+            self.pad,
+            self.pad,
+            self.dilation,
+            self.dilation,
+        )
         if x1.shape[1:3] != (out_h, out_w):
             raise ValueError(
                 f"DCNv3 geometry mismatch: the offset branch (dw_kernel_size={self.dw_kernel_size}, "
                 f"stride={self.stride}) gives a {tuple(x1.shape[1:3])} grid but kernel "
-                f"{self.kernel_size}, pad {self.pad}, dilation {self.dilation} give {(out_h, out_w)}")
+                f"{self.kernel_size}, pad {self.pad}, dilation {self.dilation} give {(out_h, out_w)}"
+            )
         offset = self.offset(x1)
         logits = self.mask(x1)
         mask = softmax_over_points(logits, self.points)
         if hooked(self):  # inside dcnv3.capture or override_sampling; the record layout is a view
             grid = offset.shape[:3]
-            offsets, weights = hand_over(self, offset.reshape(*grid, self.group, self.points, 2),
-                                         mask.reshape(*grid, self.group, self.points), (in_h, in_w),
-                                         offset=offset, mask_logits=logits)
+            offsets, weights = hand_over(
+                self,
+                offset.reshape(*grid, self.group, self.points, 2),
+                mask.reshape(*grid, self.group, self.points),
+                (in_h, in_w),
+                offset=offset,
+                mask_logits=logits,
+            )
             offset, mask = offsets.reshape(offset.shape), weights.reshape(mask.shape)
-        x = dcnv3_core(x, offset, mask, self.kernel_size, self.kernel_size, self.stride, self.stride,
-                       self.pad, self.pad, self.dilation, self.dilation, self.group,
-                       self.group_channels, self.offset_scale, remove_center)
+        x = dcnv3_core(
+            x,
+            offset,
+            mask,
+            self.kernel_size,
+            self.kernel_size,
+            self.stride,
+            self.stride,
+            self.pad,
+            self.pad,
+            self.dilation,
+            self.dilation,
+            self.group,
+            self.group_channels,
+            self.offset_scale,
+            remove_center,
+        )
         if self.center_feature_scale:
             scale = self.center_feature_scale_module(
-                x1, self.center_feature_scale_proj_weight, self.center_feature_scale_proj_bias)
+                x1, self.center_feature_scale_proj_weight, self.center_feature_scale_proj_bias
+            )
             scale = scale[..., None].repeat(1, 1, 1, 1, self.channels // self.group).flatten(-2)
             if self.stride > 1:
-                x_proj = x_proj[:, ::self.stride, ::self.stride][:, :out_h, :out_w]
+                x_proj = x_proj[:, :: self.stride, :: self.stride][:, :out_h, :out_w]
             x = x * (1 - scale) + x_proj * scale
         return self.output_proj(x)
 
@@ -226,9 +293,11 @@ class DCNv3(nn.Module):
         return state
 
     def extra_repr(self) -> str:
-        return (f"channels={self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"pad={self.pad}, dilation={self.dilation}, group={self.group}, "
-                f"offset_scale={self.offset_scale}, remove_center={self.points != self.kernel_size ** 2}")
+        return (
+            f"channels={self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"pad={self.pad}, dilation={self.dilation}, group={self.group}, "
+            f"offset_scale={self.offset_scale}, remove_center={self.points != self.kernel_size**2}"
+        )
 
 
 # InternImage names the pure-PyTorch module DCNv3_pytorch; forks pickle either name.

@@ -31,6 +31,7 @@ Four formulations compute the same thing (``set_default_formulation``):
 All four form sampling locations with the reference's own arithmetic (normalised coordinates,
 grid_sample's unnormalisation), compute in at least float32 and return the input's dtype.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,13 +45,23 @@ import torch.nn.functional as F
 
 from . import native
 
-__all__ = ["dcnv3_core", "dcnv3_core_grid_sample", "dcnv3_core_gather", "dcnv3_core_sparse",
-           "dcnv3_core_native", "output_size", "set_default_formulation", "default_formulation",
-           "formulation", "FORMULATIONS"]
+__all__ = [
+    "dcnv3_core",
+    "dcnv3_core_grid_sample",
+    "dcnv3_core_gather",
+    "dcnv3_core_sparse",
+    "dcnv3_core_native",
+    "output_size",
+    "set_default_formulation",
+    "default_formulation",
+    "formulation",
+    "FORMULATIONS",
+]
 
 
 class Geometry(NamedTuple):
     """The static arguments of the core, in the reference's order."""
+
     kernel_h: int
     kernel_w: int
     stride_h: int
@@ -70,8 +81,18 @@ class Geometry(NamedTuple):
         return self.kernel_h * self.kernel_w - int(self.remove_center)
 
 
-def output_size(in_h: int, in_w: int, kernel_h: int, kernel_w: int, stride_h: int, stride_w: int,
-                pad_h: int, pad_w: int, dilation_h: int, dilation_w: int) -> tuple[int, int]:
+def output_size(
+    in_h: int,
+    in_w: int,
+    kernel_h: int,
+    kernel_w: int,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    dilation_h: int,
+    dilation_w: int,
+) -> tuple[int, int]:
     """(H_out, W_out) of a convolution with this geometry, as the reference computes it."""
     out_h = (in_h + 2 * pad_h - (dilation_h * (kernel_h - 1) + 1)) // stride_h + 1
     out_w = (in_w + 2 * pad_w - (dilation_w * (kernel_w - 1) + 1)) // stride_w + 1
@@ -95,9 +116,20 @@ def _validate(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, geo
         raise ValueError(
             f"DCNv3 input has {channels} channels in its last dimension but group*group_channels = "
             f"{geo.group}*{geo.group_channels} = {expected_c}. DCNv3 takes channels-last (N, H, W, C) "
-            f"tensors; an NCHW tensor (N, C, H, W) shows its width here. Got shape {tuple(input.shape)}.")
-    out_h, out_w = output_size(in_h, in_w, geo.kernel_h, geo.kernel_w, geo.stride_h, geo.stride_w,
-                               geo.pad_h, geo.pad_w, geo.dilation_h, geo.dilation_w)
+            f"tensors; an NCHW tensor (N, C, H, W) shows its width here. Got shape {tuple(input.shape)}."
+        )
+    out_h, out_w = output_size(
+        in_h,
+        in_w,
+        geo.kernel_h,
+        geo.kernel_w,
+        geo.stride_h,
+        geo.stride_w,
+        geo.pad_h,
+        geo.pad_w,
+        geo.dilation_h,
+        geo.dilation_w,
+    )
     p = geo.points
     for name, tensor, per_group in (("offset", offset, 2 * p), ("mask", mask, p)):
         want = (n, out_h, out_w, geo.group * per_group)
@@ -106,7 +138,8 @@ def _validate(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, geo
                 f"DCNv3 {name} has shape {tuple(tensor.shape)}, expected {want}: (N, H_out, W_out, "
                 f"group*{per_group}) for kernel {geo.kernel_h}x{geo.kernel_w}, group {geo.group}, "
                 f"P={p} points, stride ({geo.stride_h}, {geo.stride_w}), pad ({geo.pad_h}, {geo.pad_w}),"
-                f" dilation ({geo.dilation_h}, {geo.dilation_w}) on a {in_h}x{in_w} input")
+                f" dilation ({geo.dilation_h}, {geo.dilation_w}) on a {in_h}x{in_w} input"
+            )
 
 
 def _prepare(input, offset, mask, geometry: tuple) -> tuple:
@@ -126,11 +159,43 @@ def _with_reference_signature(run, summary: str):
     """The public function of one formulation: InternImage's 15-argument ``dcnv3_core_pytorch``
     signature around ``run(input, offset, mask, geo)``, which receives validated tensors in the
     compute dtype and whose result is returned in the input's dtype."""
-    def core(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
-             dilation_w, group, group_channels, offset_scale, remove_center):
-        geo, tensors = _prepare(input, offset, mask, (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                                                      dilation_h, dilation_w, group, group_channels,
-                                                      offset_scale, remove_center))
+
+    def core(
+        input,
+        offset,
+        mask,
+        kernel_h,
+        kernel_w,
+        stride_h,
+        stride_w,
+        pad_h,
+        pad_w,
+        dilation_h,
+        dilation_w,
+        group,
+        group_channels,
+        offset_scale,
+        remove_center,
+    ):
+        geo, tensors = _prepare(
+            input,
+            offset,
+            mask,
+            (
+                kernel_h,
+                kernel_w,
+                stride_h,
+                stride_w,
+                pad_h,
+                pad_w,
+                dilation_h,
+                dilation_w,
+                group,
+                group_channels,
+                offset_scale,
+                remove_center,
+            ),
+        )
         return run(*tensors, geo).to(input.dtype)
 
     core.__name__ = core.__qualname__ = f"dcnv3_core_{run.__name__.removeprefix('_run_')}"
@@ -141,8 +206,7 @@ def _with_reference_signature(run, summary: str):
 # ---------------------------------------------------------------------------------------------
 # Formulation 1: grid_sample, as the reference does it.
 # ---------------------------------------------------------------------------------------------
-def _grid_sample_forward(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor,
-                         geo: Geometry) -> torch.Tensor:
+def _grid_sample_forward(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, geo: Geometry) -> torch.Tensor:
     n, in_h, in_w, _ = input.shape
     _, out_h, out_w, _ = offset.shape
     g, d, p = geo.group, geo.group_channels, geo.points
@@ -185,6 +249,7 @@ class _Taps(NamedTuple):
       ``inside``   (2, M, P) or None: 1 where the clamp left the coordinate alone.
       ``shifts``:  table-row distance of taps (y0,x0), (y0,x1), (y1,x0), (y1,x1) from the first.
     """
+
     row: torch.Tensor
     linear: torch.Tensor
     bilinear: torch.Tensor
@@ -193,8 +258,9 @@ class _Taps(NamedTuple):
 
 
 @functools.lru_cache(maxsize=64)
-def _base_planes(geo: Geometry, out_h: int, out_w: int, in_h: int, in_w: int,
-                 dtype: torch.dtype, device: torch.device) -> tuple:
+def _base_planes(
+    geo: Geometry, out_h: int, out_w: int, in_h: int, in_w: int, dtype: torch.dtype, device: torch.device
+) -> tuple:
     """Offset-free sampling locations in InternImage's normalised coordinates.
 
     Returns ``(x, y)``: x (W_out, P) and y (H_out, P), in padded-input pixels / padded size,
@@ -221,8 +287,9 @@ def _base_planes(geo: Geometry, out_h: int, out_w: int, in_h: int, in_w: int,
 
 
 @functools.lru_cache(maxsize=64)
-def _location_grid(geo: Geometry, n: int, out_h: int, out_w: int, in_h: int, in_w: int,
-                   dtype: torch.dtype, device: torch.device) -> tuple:
+def _location_grid(
+    geo: Geometry, n: int, out_h: int, out_w: int, in_h: int, in_w: int, dtype: torch.dtype, device: torch.device
+) -> tuple:
     """Offset-free sampling locations and the constants that turn them into pixels.
 
     Returns ``(base, size, pad)``: ``base`` (2, N, Ho, Wo, G, P) holds the x and y planes of
@@ -242,19 +309,20 @@ def _location_grid(geo: Geometry, n: int, out_h: int, out_w: int, in_h: int, in_
 @functools.lru_cache(maxsize=64)
 def _row_base(n: int, group: int, image_rows: int, first: int, device: torch.device) -> torch.Tensor:
     """(N, 1, 1, G, 1) int64: table row of (n, g) at padded pixel (0, 0), plus ``first``."""
-    return (torch.arange(n, dtype=torch.int64, device=device).view(n, 1, 1, 1, 1) * image_rows
-            + torch.arange(group, dtype=torch.int64, device=device).view(1, 1, 1, group, 1) + first)
+    return (
+        torch.arange(n, dtype=torch.int64, device=device).view(n, 1, 1, 1, 1) * image_rows
+        + torch.arange(group, dtype=torch.int64, device=device).view(1, 1, 1, group, 1)
+        + first
+    )
 
 
 def _padded_table(input: torch.Tensor, group: int) -> torch.Tensor:
     """(N, H, W, G*D) -> the (N*(H+3)*(W+3)*G, D) value table of ``_Taps``."""
     n, in_h, in_w, channels = input.shape
-    return F.pad(input, (0, 0, 1, 2, 1, 2)).reshape(n * (in_h + 3) * (in_w + 3) * group,
-                                                  channels // group)
+    return F.pad(input, (0, 0, 1, 2, 1, 2)).reshape(n * (in_h + 3) * (in_w + 3) * group, channels // group)
 
 
-def _bilinear_taps(offset: torch.Tensor, geo: Geometry, in_h: int, in_w: int,
-                   need_inside: bool = False) -> _Taps:
+def _bilinear_taps(offset: torch.Tensor, geo: Geometry, in_h: int, in_w: int, need_inside: bool = False) -> _Taps:
     """Taps of the samples that ``offset`` (N, Ho, Wo, G*P*2) places on an (N, in_h, in_w) input."""
     n, out_h, out_w, _ = offset.shape
     g, p = geo.group, geo.points
@@ -287,8 +355,13 @@ def _bilinear_taps(offset: torch.Tensor, geo: Geometry, in_h: int, in_w: int,
     # Padded-table row of the top-left tap: ((n*(H+3) + y0+1)*(W+3) + x0+1)*G + g.
     stride_y, stride_x = (in_w + 3) * g, g
     corner = top_left.to(torch.int64)
-    row = corner[0].mul_(stride_x).add_(corner[1].mul_(stride_y)).add_(
-        _row_base(n, g, (in_h + 3) * stride_y, stride_y + stride_x, offset.device)).view(m, p)
+    row = (
+        corner[0]
+        .mul_(stride_x)
+        .add_(corner[1].mul_(stride_y))
+        .add_(_row_base(n, g, (in_h + 3) * stride_y, stride_y + stride_x, offset.device))
+        .view(m, p)
+    )
     shifts = (0, stride_x, stride_y, stride_y + stride_x)
     return _Taps(row, linear, bilinear, inside, shifts)
 
@@ -296,8 +369,7 @@ def _bilinear_taps(offset: torch.Tensor, geo: Geometry, in_h: int, in_w: int,
 # ---------------------------------------------------------------------------------------------
 # Formulation 2: gather of the four bilinear taps on the NHWC layout.
 # ---------------------------------------------------------------------------------------------
-def _gather_forward(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor,
-                    geo: Geometry) -> torch.Tensor:
+def _gather_forward(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, geo: Geometry) -> torch.Tensor:
     """Gather formulation in plain differentiable torch ops: the export and fallback path.
 
     All 4*P taps of an output row are gathered from the value table at once (a group's D
@@ -368,8 +440,9 @@ class _SparseFunction(torch.autograd.Function):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
             warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
-            return [torch.sparse_csr_tensor(crow, cols, w.view(-1), size=(m, span), check_invariants=False)
-                    for w in weights]
+            return [
+                torch.sparse_csr_tensor(crow, cols, w.view(-1), size=(m, span), check_invariants=False) for w in weights
+            ]
 
     @staticmethod
     def forward(ctx, input, offset, mask, geo):
@@ -383,7 +456,7 @@ class _SparseFunction(torch.autograd.Function):
         weights = taps.bilinear.view(4, m, p) * mask.reshape(1, m, p)  # (4, M, P)
         out = None
         for matrix, shift in zip(_SparseFunction._matrices(taps, weights, span), taps.shifts):
-            term = matrix @ table[shift:shift + span]
+            term = matrix @ table[shift : shift + span]
             out = term if out is None else out.add_(term)
         ctx.geo, ctx.taps, ctx.weights = geo, taps, weights
         ctx.save_for_backward(input, mask)
@@ -400,7 +473,7 @@ class _SparseFunction(torch.autograd.Function):
         m = taps.row.shape[0]
         table = _padded_table(input, g)
         span = table.shape[0] - taps.shifts[-1]
-        views = [table[shift:shift + span] for shift in taps.shifts]
+        views = [table[shift : shift + span] for shift in taps.shifts]
         go = grad_out.reshape(m, geo.group_channels).contiguous()
         need_input, need_offset, need_mask = ctx.needs_input_grad[:3]
         grad_input = grad_offset = grad_mask = None
@@ -408,8 +481,9 @@ class _SparseFunction(torch.autograd.Function):
             # <grad_out[r], value at the tap> for every nonzero: d loss / d (bilinear x mask).
             # Taps outside the image read zeros, so their dots are 0.
             matrices = _SparseFunction._matrices(taps, weights, span)
-            dots = torch.stack([torch.sparse.sampled_addmm(a, go, v.t(), beta=0.0).values()
-                                for a, v in zip(matrices, views)]).view(2, 2, m, p)  # (ty, tx)
+            dots = torch.stack(
+                [torch.sparse.sampled_addmm(a, go, v.t(), beta=0.0).values() for a, v in zip(matrices, views)]
+            ).view(2, 2, m, p)  # (ty, tx)
             if need_mask:
                 grad_mask = (dots * taps.bilinear).sum((0, 1)).view_as(mask)
             if need_offset:
@@ -428,9 +502,9 @@ class _SparseFunction(torch.autograd.Function):
             grad_table = torch.zeros_like(table)
             for tap_weights, shift in zip(weights.view(4, m * p), taps.shifts):
                 transposed = torch.sparse_csr_tensor(
-                    crow, out_rows, tap_weights.index_select(0, order), size=(span, m),
-                    check_invariants=False)
-                grad_table[shift:shift + span] += transposed @ go
+                    crow, out_rows, tap_weights.index_select(0, order), size=(span, m), check_invariants=False
+                )
+                grad_table[shift : shift + span] += transposed @ go
             grad_input = grad_table.view(n, in_h + 3, in_w + 3, channels)[:, 1:-2, 1:-2]
         return grad_input, grad_offset, grad_mask, None
 
@@ -448,8 +522,10 @@ def _run_sparse(input, offset, mask, geo: Geometry) -> torch.Tensor:
 
 
 dcnv3_core_sparse = _with_reference_signature(
-    _run_sparse, "sparse tap matrices (the gather formulation while tracing or exporting, and on "
-    "devices without sparse CSR kernels)")
+    _run_sparse,
+    "sparse tap matrices (the gather formulation while tracing or exporting, and on "
+    "devices without sparse CSR kernels)",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,13 +542,26 @@ class _NativeFunction(torch.autograd.Function):
     @staticmethod
     def _call(name, tensors, geo, in_h, in_w, out_h, out_w):
         x, y = _base_planes(geo, out_h, out_w, in_h, in_w, tensors[0].dtype, tensors[0].device)
-        shape = native.Dcnv3Shape(tensors[0].shape[0], in_h, in_w, out_h, out_w, geo.group,
-                                  geo.group_channels, geo.points, geo.offset_scale,
-                                  in_w + 2 * geo.pad_w, in_h + 2 * geo.pad_h, geo.pad_w, geo.pad_h)
+        shape = native.Dcnv3Shape(
+            tensors[0].shape[0],
+            in_h,
+            in_w,
+            out_h,
+            out_w,
+            geo.group,
+            geo.group_channels,
+            geo.points,
+            geo.offset_scale,
+            in_w + 2 * geo.pad_w,
+            in_h + 2 * geo.pad_h,
+            geo.pad_w,
+            geo.pad_h,
+        )
         suffix = "f64" if tensors[0].dtype == torch.float64 else "f32"
         pointers = [t.data_ptr() if t is not None else None for t in tensors]
         status = getattr(native.library(), f"dcnv3_{name}_{suffix}")(
-            *pointers[:3], x.data_ptr(), y.data_ptr(), *pointers[3:], ctypes.byref(shape))
+            *pointers[:3], x.data_ptr(), y.data_ptr(), *pointers[3:], ctypes.byref(shape)
+        )
         if status != 0:
             raise ValueError(f"the native DCNv3 kernel cannot take group_channels={geo.group_channels}")
 
@@ -498,38 +587,52 @@ class _NativeFunction(torch.autograd.Function):
         both = need_offset or need_mask
         grad_offset = torch.empty_like(offset) if both else None
         grad_mask = torch.empty_like(mask) if both else None
-        _NativeFunction._call("backward", (input, offset, mask, grad_out.contiguous(), grad_input,
-                                           grad_offset, grad_mask), ctx.geo, in_h, in_w, out_h, out_w)
-        return (grad_input, grad_offset if need_offset else None,
-                grad_mask if need_mask else None, None)
+        _NativeFunction._call(
+            "backward",
+            (input, offset, mask, grad_out.contiguous(), grad_input, grad_offset, grad_mask),
+            ctx.geo,
+            in_h,
+            in_w,
+            out_h,
+            out_w,
+        )
+        return (grad_input, grad_offset if need_offset else None, grad_mask if need_mask else None, None)
 
 
 def _run_native(input, offset, mask, geo: Geometry) -> torch.Tensor:
     # The sparse formulation off the CPU and where the kernel cannot be built (no C++ compiler;
     # ``dcnv3.native.failure()`` says why), which hands over to gather while tracing or exporting.
-    if (input.device.type != "cpu" or _exporting() or native.library() is None
-            or geo.group_channels > native.MAX_GROUP_CHANNELS
-            or input[0].numel() >= 2**31):  # the kernel's offsets are int32
+    if (
+        input.device.type != "cpu"
+        or _exporting()
+        or native.library() is None
+        or geo.group_channels > native.MAX_GROUP_CHANNELS
+        or input[0].numel() >= 2**31
+    ):  # the kernel's offsets are int32
         return _run_sparse(input, offset, mask, geo)
     return _NativeFunction.apply(input, offset, mask, geo)
 
 
 dcnv3_core_native = _with_reference_signature(
-    _run_native, "the compiled CPU kernel (the sparse formulation off the CPU and without a C++ "
-    "compiler, gather while tracing or exporting)")
+    _run_native,
+    "the compiled CPU kernel (the sparse formulation off the CPU and without a C++ "
+    "compiler, gather while tracing or exporting)",
+)
 
 
 def _exporting() -> bool:
     """True under torch.onnx.export, torch.jit.trace, torch.export and torch.compile."""
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
-    return (torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or exporting
-            or torch.compiler.is_compiling())
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or exporting or torch.compiler.is_compiling()
 
 
-FORMULATIONS = {"native": dcnv3_core_native, "sparse": dcnv3_core_sparse,
-                "gather": dcnv3_core_gather, "grid_sample": dcnv3_core_grid_sample}
-_RUNNERS = {"native": _run_native, "sparse": _run_sparse, "gather": _run_gather,
-            "grid_sample": _run_grid_sample}
+FORMULATIONS = {
+    "native": dcnv3_core_native,
+    "sparse": dcnv3_core_sparse,
+    "gather": dcnv3_core_gather,
+    "grid_sample": dcnv3_core_grid_sample,
+}
+_RUNNERS = {"native": _run_native, "sparse": _run_sparse, "gather": _run_gather, "grid_sample": _run_grid_sample}
 _default = "native"
 
 
@@ -563,10 +666,23 @@ def formulation(name: str):
         set_default_formulation(previous)
 
 
-def dcnv3_core(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, kernel_h: int,
-               kernel_w: int, stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int,
-               dilation_w: int, group: int, group_channels: int, offset_scale: float,
-               remove_center: bool | int) -> torch.Tensor:
+def dcnv3_core(
+    input: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor,
+    kernel_h: int,
+    kernel_w: int,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    dilation_h: int,
+    dilation_w: int,
+    group: int,
+    group_channels: int,
+    offset_scale: float,
+    remove_center: bool | int,
+) -> torch.Tensor:
     """DCNv3 core: InternImage's ``dcnv3_core_pytorch`` signature and numerics, with autograd.
 
     Args:
@@ -581,7 +697,23 @@ def dcnv3_core(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, ke
         (N, H_out, W_out, group*group_channels) in ``input``'s dtype; the sampling itself runs in
         float64 for float64 inputs and in float32 otherwise.
     """
-    geo, tensors = _prepare(input, offset, mask, (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                                                  dilation_h, dilation_w, group, group_channels,
-                                                  offset_scale, remove_center))
+    geo, tensors = _prepare(
+        input,
+        offset,
+        mask,
+        (
+            kernel_h,
+            kernel_w,
+            stride_h,
+            stride_w,
+            pad_h,
+            pad_w,
+            dilation_h,
+            dilation_w,
+            group,
+            group_channels,
+            offset_scale,
+            remove_center,
+        ),
+    )
     return _RUNNERS[_default](*tensors, geo).to(input.dtype)

@@ -15,6 +15,7 @@ fixed-point conversions. The ``draw_*`` functions are the same steps on a copy o
 
 Used by ``python -m dcnv3 inspect``, ``dcnv3.video`` and the app (``viz_app.render``).
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -27,11 +28,31 @@ import numpy as np
 from .geometry import cell_step
 from .weight_encoding import encode_weights
 
-__all__ = ["SUBPIXEL_BITS", "group_colours", "scale_pair", "image_to_canvas", "line_width", "point_style",
-           "blend_discs", "hollow_ring_width", "cells_on_canvas", "field_colours",
-           "DetectionAnnotator", "RegularGridAnnotator", "OffsetArrowAnnotator", "SamplingPointAnnotator",
-           "MarkerAnnotator", "CellAnnotator", "FieldAnnotator", "TraceAnnotator", "CaptionAnnotator",
-           "draw_detections", "draw_samples", "draw_marker", "draw_cell"]
+__all__ = [
+    "SUBPIXEL_BITS",
+    "group_colours",
+    "scale_pair",
+    "image_to_canvas",
+    "line_width",
+    "point_style",
+    "blend_discs",
+    "hollow_ring_width",
+    "cells_on_canvas",
+    "field_colours",
+    "DetectionAnnotator",
+    "RegularGridAnnotator",
+    "OffsetArrowAnnotator",
+    "SamplingPointAnnotator",
+    "MarkerAnnotator",
+    "CellAnnotator",
+    "FieldAnnotator",
+    "TraceAnnotator",
+    "CaptionAnnotator",
+    "draw_detections",
+    "draw_samples",
+    "draw_marker",
+    "draw_cell",
+]
 
 SUBPIXEL_BITS = 4  # fixed-point fractional bits of OpenCV's sub-pixel drawing (its ``shift``)
 _GHOST = (215, 215, 215)  # regular-grid positions
@@ -76,8 +97,10 @@ def line_width(scene: np.ndarray) -> int:
 def _fixed(xy, scale=(1.0, 1.0)) -> tuple[int, int]:
     """Image coordinate -> OpenCV fixed-point pixel-centre coordinate on the canvas."""
     sx, sy = scale_pair(scale)
-    return (int(round((xy[0] * sx - 0.5) * (1 << SUBPIXEL_BITS))),
-            int(round((xy[1] * sy - 0.5) * (1 << SUBPIXEL_BITS))))
+    return (
+        int(round((xy[0] * sx - 0.5) * (1 << SUBPIXEL_BITS))),
+        int(round((xy[1] * sy - 0.5) * (1 << SUBPIXEL_BITS))),
+    )
 
 
 def _to_fixed(xy: np.ndarray) -> np.ndarray:
@@ -106,6 +129,7 @@ def point_style(weights: np.ndarray, base_radius: float, kind: str = "softmax") 
 @dataclass(frozen=True)
 class _SampleMarks:
     """How a cell's sampling points look on a scene, formed once for the arrows and the discs."""
+
     samples: np.ndarray  # (G, P, 2) continuous canvas px
     radius: np.ndarray  # (G, P) disc radius, canvas px
     opacity: np.ndarray  # (G, P)
@@ -116,13 +140,22 @@ class _SampleMarks:
     unit: int  # line width
 
 
-def _sample_marks(scene: np.ndarray, locations: np.ndarray, weights: np.ndarray, groups, scale,
-                  kind: str) -> _SampleMarks:
+def _sample_marks(
+    scene: np.ndarray, locations: np.ndarray, weights: np.ndarray, groups, scale, kind: str
+) -> _SampleMarks:
     unit = line_width(scene)
     samples = np.asarray(locations, dtype=np.float64) * np.array(scale_pair(scale))
     encoding = encode_weights(weights, kind)
-    return _SampleMarks(samples, 4.5 * unit * encoding.size, encoding.opacity, encoding.relative, encoding.negative,
-                        _colour_table(len(samples)), _chosen(groups, len(samples)), unit)
+    return _SampleMarks(
+        samples,
+        4.5 * unit * encoding.size,
+        encoding.opacity,
+        encoding.relative,
+        encoding.negative,
+        _colour_table(len(samples)),
+        _chosen(groups, len(samples)),
+        unit,
+    )
 
 
 def _draw_arrows(scene: np.ndarray, regular: np.ndarray, marks: _SampleMarks, scale) -> None:
@@ -148,9 +181,15 @@ def _draw_points(scene: np.ndarray, marks: _SampleMarks) -> None:
     chosen_points = np.array([(g, p) for g in marks.chosen for p in range(points)], dtype=np.int64).reshape(-1, 2)
     heaviest_last = np.argsort(marks.relative[chosen_points[:, 0], chosen_points[:, 1]], kind="stable")
     g_index, p_index = chosen_points[heaviest_last].T
-    blend_discs(scene, marks.samples[g_index, p_index] - 0.5, marks.radius[g_index, p_index],
-                [marks.colours[g] for g in g_index.tolist()], marks.opacity[g_index, p_index], outline=(0, 0, 0),
-                hollow=marks.negative[g_index, p_index])
+    blend_discs(
+        scene,
+        marks.samples[g_index, p_index] - 0.5,
+        marks.radius[g_index, p_index],
+        [marks.colours[g] for g in g_index.tolist()],
+        marks.opacity[g_index, p_index],
+        outline=(0, 0, 0),
+        hollow=marks.negative[g_index, p_index],
+    )
 
 
 def hollow_ring_width(radius: float) -> int:
@@ -173,8 +212,15 @@ def _disc(target: np.ndarray, centre, r: int, colour, outline, hollow: bool) -> 
     cv2.circle(target, centre, middle, colour, width, cv2.LINE_AA, SUBPIXEL_BITS)
 
 
-def blend_discs(scene: np.ndarray, centres: np.ndarray, radii: np.ndarray, colours: list,
-                alphas: np.ndarray, outline=None, hollow: np.ndarray | None = None) -> np.ndarray:
+def blend_discs(
+    scene: np.ndarray,
+    centres: np.ndarray,
+    radii: np.ndarray,
+    colours: list,
+    alphas: np.ndarray,
+    outline=None,
+    hollow: np.ndarray | None = None,
+) -> np.ndarray:
     """Filled discs, in order (later ones on top), in place: (K, 2) centres in canvas
     pixel-centre coordinates, (K,) radii (px) and opacities, K BGR colours, an optional outline;
     ``hollow`` (K,) bool draws those as rings (the outer edge at the radius, ``hollow_ring_width``
@@ -194,7 +240,8 @@ def blend_discs(scene: np.ndarray, centres: np.ndarray, radii: np.ndarray, colou
     local = np.round((centres - low) * one).astype(np.int64).tolist()
     rings = [False] * len(fixed) if hollow is None else np.asarray(hollow, dtype=bool).tolist()
     for centre, r, colour, alpha, (x0, y0), (x1, y1), inside, ring in zip(
-            fixed, fixed_radii, colours, alphas.tolist(), low.tolist(), high.tolist(), local, rings):
+        fixed, fixed_radii, colours, alphas.tolist(), low.tolist(), high.tolist(), local, rings
+    ):
         if alpha >= 1.0:  # opaque: straight onto the scene
             _disc(scene, centre, r, colour, outline, ring)
             continue
@@ -233,8 +280,13 @@ def cells_on_canvas(colours: np.ndarray, probe, record, canvas_shape, scale, smo
     step = cell_step(record, probe.letterbox)  # image px between cells
     # canvas pixel-centre coordinate of cell c: (origin + c * step) * s - 0.5
     matrix = np.array([[step * sx, 0, origin[0] * sx - 0.5], [0, step * sy, origin[1] * sy - 0.5]])
-    return cv2.warpAffine(colours, matrix, (canvas_shape[1], canvas_shape[0]),
-                          flags=cv2.INTER_LINEAR if smooth else cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpAffine(
+        colours,
+        matrix,
+        (canvas_shape[1], canvas_shape[0]),
+        flags=cv2.INTER_LINEAR if smooth else cv2.INTER_NEAREST,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
 
 
 # -- annotators --------------------------------------------------------------------------------------------
@@ -242,6 +294,7 @@ def cells_on_canvas(colours: np.ndarray, probe, record, canvas_shape, scale, smo
 class DetectionAnnotator:
     """Detection boxes with their labels: the ``max_boxes`` best-scoring ones (more would bury the
     image) and the highlighted one; the ``max_labels`` best (and the highlighted) get a label."""
+
     max_boxes: int = 50
     max_labels: int = 20
 
@@ -249,10 +302,10 @@ class DetectionAnnotator:
         """``detections``: boxes (K, 4) xyxy image px, scores (K,) and ``label(index)`` (a
         ``dcnv3.probe.Detections`` or anything shaped like it). Drawn best last, on top."""
         unit = line_width(scene)
-        order = np.argsort(-np.asarray(detections.scores), kind="stable")[:self.max_boxes]
+        order = np.argsort(-np.asarray(detections.scores), kind="stable")[: self.max_boxes]
         if highlight is not None and highlight not in order:
             order = np.append(order, highlight)
-        labelled = set(order[:self.max_labels].tolist()) | ({highlight} if highlight is not None else set())
+        labelled = set(order[: self.max_labels].tolist()) | ({highlight} if highlight is not None else set())
         sx, sy = scale_pair(scale)
         for index in order[::-1]:  # best last, so it is on top
             x1, y1, x2, y2 = detections.boxes[index]
@@ -260,8 +313,15 @@ class DetectionAnnotator:
             top_left = _fixed((x1 * sx + 0.5, y1 * sy + 0.5))
             bottom_right = _fixed((x2 * sx - 0.5, y2 * sy - 0.5))
             colour = _HIGHLIGHT if index == highlight else _DETECTION
-            cv2.rectangle(scene, top_left, bottom_right, colour, unit * (2 if index == highlight else 1),
-                          cv2.LINE_AA, SUBPIXEL_BITS)
+            cv2.rectangle(
+                scene,
+                top_left,
+                bottom_right,
+                colour,
+                unit * (2 if index == highlight else 1),
+                cv2.LINE_AA,
+                SUBPIXEL_BITS,
+            )
             if index in labelled:
                 _label(scene, detections.label(int(index)), (int(x1 * sx), int(y1 * sy)), colour)
         return scene
@@ -275,8 +335,7 @@ def _label(scene: np.ndarray, text: str, corner, colour) -> None:
     x = int(np.clip(corner[0], 0, max(0, scene.shape[1] - w - 4)))
     y = int(corner[1]) if corner[1] - h - base - 4 >= 0 else int(corner[1]) + h + base + 4
     cv2.rectangle(scene, (x, y - h - base - 4), (x + w + 4, y), colour, -1)
-    cv2.putText(scene, text, (x + 2, y - base - 2), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0),
-                unit, cv2.LINE_AA)
+    cv2.putText(scene, text, (x + 2, y - base - 2), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), unit, cv2.LINE_AA)
 
 
 @dataclass(frozen=True)
@@ -300,13 +359,20 @@ class RegularGridAnnotator:
 class OffsetArrowAnnotator:
     """An arrow in the group's colour from each grid position to its sample, ending at the
     sample's disc (``SamplingPointAnnotator``'s size); samples whose disc covers the arrow get none."""
+
     weight_kind: str = "softmax"  # what the weights are (dcnv3.weight_encoding): sets the disc sizes
 
-    def annotate(self, scene: np.ndarray, regular: np.ndarray, locations: np.ndarray, weights: np.ndarray,
-                 groups=None, scale=(1.0, 1.0)) -> np.ndarray:
+    def annotate(
+        self,
+        scene: np.ndarray,
+        regular: np.ndarray,
+        locations: np.ndarray,
+        weights: np.ndarray,
+        groups=None,
+        scale=(1.0, 1.0),
+    ) -> np.ndarray:
         """``regular``, ``locations``: (G, P, 2) image px; ``weights``: (G, P)."""
-        _draw_arrows(scene, regular, _sample_marks(scene, locations, weights, groups, scale, self.weight_kind),
-                     scale)
+        _draw_arrows(scene, regular, _sample_marks(scene, locations, weights, groups, scale, self.weight_kind), scale)
         return scene
 
 
@@ -315,10 +381,12 @@ class SamplingPointAnnotator:
     """A cell's sampling points as discs in their group's colour (``group_colours``), size and
     opacity by weight for the weights' kind (``point_style``, ``dcnv3.weight_encoding``), heavier
     points drawn last (on top); negative weights (DCNv4's "free" kind) as hollow rings."""
+
     weight_kind: str = "softmax"
 
-    def annotate(self, scene: np.ndarray, locations: np.ndarray, weights: np.ndarray, groups=None,
-                 scale=(1.0, 1.0)) -> np.ndarray:
+    def annotate(
+        self, scene: np.ndarray, locations: np.ndarray, weights: np.ndarray, groups=None, scale=(1.0, 1.0)
+    ) -> np.ndarray:
         """``locations``: (G, P, 2) sample positions (x, y) in image px; ``weights``: (G, P)."""
         _draw_points(scene, _sample_marks(scene, locations, weights, groups, scale, self.weight_kind))
         return scene
@@ -327,6 +395,7 @@ class SamplingPointAnnotator:
 @dataclass(frozen=True)
 class MarkerAnnotator:
     """A cross with a dark outline (visible on any background) at an image point."""
+
     colour: tuple[int, int, int] = (255, 255, 255)
 
     def annotate(self, scene: np.ndarray, xy, scale=(1.0, 1.0)) -> np.ndarray:
@@ -345,6 +414,7 @@ class CellAnnotator:
     """One cell of a probed layer as every view draws it: the regular grid ghosted with arrows to
     the samples (unless ``grid`` is False), the groups' sampling points, and a cross on the cell
     centre. The points' marks follow the record's ``weight_kind`` (``dcnv3.weight_encoding``)."""
+
     grid: bool = True
 
     def annotate(self, scene: np.ndarray, probe, layer, cell, groups=None, scale=(1.0, 1.0)) -> np.ndarray:
@@ -364,6 +434,7 @@ class CellAnnotator:
 class FieldAnnotator:
     """Per-cell colours of a layer blended over the scene (``opacity`` of the colour), each cell's
     colour centred on its cell centre (``cells_on_canvas``)."""
+
     opacity: float = 0.6
     smooth: bool = False
 
@@ -402,9 +473,15 @@ class TraceAnnotator:
             colours = cv2.applyColorMap(shades, cv2.COLORMAP_INFERNO)[:, 0]
             order = np.argsort(relative)  # strongest on top
             centres = image_to_canvas(last.xy[order] - (x0, y0), scale) - 0.5  # (K, 2)
-            blend_discs(scene, centres, (2.5 + 5 * np.sqrt(relative[order])) * unit,
-                        [tuple(c) for c in colours[order].tolist()], np.ones(len(order)), outline=(0, 0, 0),
-                        hollow=last.weight[order] < 0)
+            blend_discs(
+                scene,
+                centres,
+                (2.5 + 5 * np.sqrt(relative[order])) * unit,
+                [tuple(c) for c in colours[order].tolist()],
+                np.ones(len(order)),
+                outline=(0, 0, 0),
+                hollow=last.weight[order] < 0,
+            )
         return scene
 
 
@@ -413,6 +490,7 @@ class CaptionAnnotator:
     """Text on a dark band at the scene's top left (``at_bottom``: bottom left, where a UI's label
     does not cover it), one band per line of ``text`` ("\\n" splits); ``text_scale``: OpenCV font
     scale per line width (smaller for long captions on narrow scenes)."""
+
     text_scale: float = 0.42
     at_bottom: bool = False
 
@@ -425,22 +503,36 @@ class CaptionAnnotator:
         top = scene.shape[0] - sum(heights) if self.at_bottom else 0
         for line, ((w, h), _), band in zip(lines, sizes, heights):
             cv2.rectangle(scene, (0, top), (min(scene.shape[1], w + 8), top + band), (30, 30, 30), -1)
-            cv2.putText(scene, line, (4, top + h + 3), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), unit,
-                        cv2.LINE_AA)
+            cv2.putText(
+                scene, line, (4, top + h + 3), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), unit, cv2.LINE_AA
+            )
             top += band
         return scene
 
 
 # -- the same steps on a copy ------------------------------------------------------------------------------
-def draw_detections(canvas: np.ndarray, detections, scale=(1.0, 1.0), highlight: int | None = None,
-                    max_labels: int = 20, max_boxes: int = 50) -> np.ndarray:
+def draw_detections(
+    canvas: np.ndarray,
+    detections,
+    scale=(1.0, 1.0),
+    highlight: int | None = None,
+    max_labels: int = 20,
+    max_boxes: int = 50,
+) -> np.ndarray:
     """``DetectionAnnotator`` on a copy of the canvas."""
     return DetectionAnnotator(max_boxes, max_labels).annotate(canvas.copy(), detections, scale, highlight)
 
 
-def draw_samples(canvas: np.ndarray, locations: np.ndarray, weights: np.ndarray,
-                 regular: np.ndarray | None = None, groups=None, scale=(1.0, 1.0),
-                 in_place: bool = False, weight_kind: str = "softmax") -> np.ndarray:
+def draw_samples(
+    canvas: np.ndarray,
+    locations: np.ndarray,
+    weights: np.ndarray,
+    regular: np.ndarray | None = None,
+    groups=None,
+    scale=(1.0, 1.0),
+    in_place: bool = False,
+    weight_kind: str = "softmax",
+) -> np.ndarray:
     """Sampling points of one cell on a copy of the canvas (on the canvas itself with ``in_place``).
 
     Args:
@@ -461,15 +553,15 @@ def draw_samples(canvas: np.ndarray, locations: np.ndarray, weights: np.ndarray,
     return out
 
 
-def draw_marker(canvas: np.ndarray, xy, scale=(1.0, 1.0), colour=(255, 255, 255),
-                in_place: bool = False) -> np.ndarray:
+def draw_marker(canvas: np.ndarray, xy, scale=(1.0, 1.0), colour=(255, 255, 255), in_place: bool = False) -> np.ndarray:
     """``MarkerAnnotator`` at image point ``xy``, on a copy of the canvas or, with ``in_place``,
     on the canvas itself (a caller that owns a fresh canvas saves a full-frame copy)."""
     return MarkerAnnotator(tuple(colour)).annotate(canvas if in_place else canvas.copy(), xy, scale)
 
 
-def draw_cell(canvas: np.ndarray, probe, layer, cell, groups=None, scale=(1.0, 1.0), grid: bool = True,
-              in_place: bool = False) -> np.ndarray:
+def draw_cell(
+    canvas: np.ndarray, probe, layer, cell, groups=None, scale=(1.0, 1.0), grid: bool = True, in_place: bool = False
+) -> np.ndarray:
     """``CellAnnotator`` on a copy of the canvas (on the canvas itself with ``in_place``).
 
     ``probe``: a ``dcnv3.probe.Probe``; ``layer``: one of its ``LayerRecord``s; ``cell``: (row, col).

@@ -10,6 +10,7 @@ Data flow: image -> ultralytics' LetterBox -> the model forward, every DCNv3 mod
 it predicted to ``dcnv3.capture`` -> ``Probe`` (raw predictions + one ``LayerRecord`` per layer)
 -> ultralytics' ``non_max_suppression`` and ``scale_boxes`` per query -> ``Detections``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,23 +24,35 @@ import cv2
 import numpy as np
 import torch
 import torchvision  # noqa: F401 - ultralytics' NMS uses torchvision's kernel only once it is
-# imported and otherwise a pure-torch fallback that keeps different boxes; predict imports it.
 
+# imported and otherwise a pure-torch fallback that keeps different boxes; predict imports it.
 from . import geometry, stats
 from .capture import capture, deformable_modules
 from .geometry import Letterbox
+
 # What a record's modulation weights are, by ``LayerRecord.weight_kind`` ("softmax" DCNv3,
 # "sigmoid" DCNv2, "free" DCNv4): re-exported here, beside the record.
 from .sampling_hooks import WEIGHT_KINDS
 
-__all__ = ["Probe", "LayerRecord", "Detections", "RawPredictions", "WEIGHT_KINDS", "default_layer", "probe",
-           "probe_batch", "prepare_image", "network_input", "inference_model"]
-
+__all__ = [
+    "Probe",
+    "LayerRecord",
+    "Detections",
+    "RawPredictions",
+    "WEIGHT_KINDS",
+    "default_layer",
+    "probe",
+    "probe_batch",
+    "prepare_image",
+    "network_input",
+    "inference_model",
+]
 
 
 @dataclass
 class Detections:
     """Detections in original-image pixels: boxes (K, 4) xyxy, scores (K,), classes (K,) int."""
+
     boxes: np.ndarray
     scores: np.ndarray
     classes: np.ndarray
@@ -74,6 +87,7 @@ class LayerRecord:
     (x + 0.5) * stride.
     ``stride``: of the layer's input map in network-input pixels; ``layer_stride``: the layer's own.
     """
+
     name: str
     stage: str
     stride: int
@@ -104,6 +118,7 @@ class RawPredictions:
     in network-input px, then nc class scores), or (N, 6) rows (x1, y1, x2, y2, score, class)
     for an end-to-end head (``end2end``). ``input_shape``: (H, W) of the network input.
     """
+
     values: np.ndarray
     end2end: bool
     input_shape: tuple[int, int]
@@ -120,8 +135,9 @@ class RawPredictions:
             boxes = nms.non_max_suppression(prediction, conf, iou, max_det=max_det, nc=0, end2end=self.end2end)[0]
             boxes[:, :4] = ops.scale_boxes(self.input_shape, boxes[:, :4], tuple(image_shape))
         boxes = boxes.numpy()
-        return Detections(boxes[:, :4].astype(np.float32), boxes[:, 4].astype(np.float32),
-                          boxes[:, 5].astype(np.int64), self.names)
+        return Detections(
+            boxes[:, :4].astype(np.float32), boxes[:, 4].astype(np.float32), boxes[:, 5].astype(np.int64), self.names
+        )
 
 
 @dataclass
@@ -132,6 +148,7 @@ class Probe:
     iou, max_det); ``detect`` answers any other thresholds from ``raw`` without a forward.
     A probe made by hand may have neither.
     """
+
     image_shape: tuple[int, int]
     letterbox: Letterbox
     detections: Detections
@@ -201,17 +218,18 @@ class Probe:
         x1, y1, x2, y2 = box
         side = math.sqrt(max((x2 - x1) * (y2 - y1), 1e-6)) * self.letterbox.ratio
         target = side / 8  # objects of side ~8 strides are each level's typical size
-        return min(self.layers, key=lambda r: (abs(math.log2(r.stride) - math.log2(max(target, 1))),
-                                               r.name))
+        return min(self.layers, key=lambda r: (abs(math.log2(r.stride) - math.log2(max(target, 1))), r.name))
 
     def as_arrays(self) -> dict[str, np.ndarray]:
         """Every array of the probe, keyed for ``np.savez`` (the app's NPZ export)."""
-        arrays = {"detections/boxes_xyxy": self.detections.boxes,
-                  "detections/scores": self.detections.scores,
-                  "detections/classes": self.detections.classes,
-                  "letterbox/ratio": np.array(self.letterbox.ratio),
-                  "letterbox/pad_left_top": np.array(self.letterbox.pad),
-                  "image_shape": np.array(self.image_shape)}
+        arrays = {
+            "detections/boxes_xyxy": self.detections.boxes,
+            "detections/scores": self.detections.scores,
+            "detections/classes": self.detections.classes,
+            "letterbox/ratio": np.array(self.letterbox.ratio),
+            "letterbox/pad_left_top": np.array(self.letterbox.pad),
+            "image_shape": np.array(self.image_shape),
+        }
         for record in self.layers:
             arrays[f"{record.name}/offsets"] = record.offsets
             arrays[f"{record.name}/weights"] = record.weights
@@ -265,7 +283,7 @@ def _stage(name: str, stride: int, backbone_layers: int) -> str:
     return f"P{level}/{stride} {part}"
 
 
-_runners: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_runners: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def inference_model(model, one_to_one: bool = False) -> torch.nn.Module:
@@ -308,9 +326,13 @@ def _channels_last_pays(device: torch.device) -> bool:
     Windows): oneDNN's convolutions then skip a weight reorder on every call (about 1 ms of a
     15 ms YOLOv8n forward at 320 here).
     """
-    return (device.type == "cpu" and platform.machine() in {"AMD64", "x86_64"}
-            and platform.system() in {"Linux", "Windows"}
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+    return (
+        device.type == "cpu"
+        and platform.machine() in {"AMD64", "x86_64"}
+        and platform.system() in {"Linux", "Windows"}
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+    )
 
 
 def network_input(runner: torch.nn.Module, image, imgsz: int) -> tuple[torch.Tensor, Letterbox, np.ndarray]:
@@ -333,8 +355,9 @@ def network_input(runner: torch.nn.Module, image, imgsz: int) -> tuple[torch.Ten
     return x, Letterbox.from_shapes(array.shape[:2], tuple(x.shape[2:])), array
 
 
-def probe(model, image, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
-          max_det: int = 300, nms: bool | None = None) -> Probe:
+def probe(
+    model, image, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7, max_det: int = 300, nms: bool | None = None
+) -> Probe:
     """Run ``model`` (an ultralytics YOLO) once on ``image`` and record every DCNv3 layer.
 
     The steps are ultralytics' own, as in ``YOLO.predict``: ``LetterBox`` (rect, stride 32),
@@ -355,8 +378,15 @@ def probe(model, image, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
     return probe_batch(model, [image], imgsz, conf, iou, max_det, nms)[0]
 
 
-def probe_batch(model, images: list, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
-                max_det: int = 300, nms: bool | None = None) -> list[Probe]:
+def probe_batch(
+    model,
+    images: list,
+    imgsz: int = 640,
+    conf: float = 0.25,
+    iou: float = 0.7,
+    max_det: int = 300,
+    nms: bool | None = None,
+) -> list[Probe]:
     """``probe`` of several images of one size in one batched forward (one ``Probe`` each).
 
     Video frames share a size, so their letterboxed inputs stack into one (B, 3, H, W) batch;
@@ -370,8 +400,9 @@ def probe_batch(model, images: list, imgsz: int = 640, conf: float = 0.25, iou: 
     return _probe_prepared(model, runner, modules, prepared, conf, iou, max_det)
 
 
-def _layer_record(name: str, captured, offsets: np.ndarray, weights: np.ndarray, input_shape: tuple[int, int],
-                  backbone_layers: int) -> LayerRecord:
+def _layer_record(
+    name: str, captured, offsets: np.ndarray, weights: np.ndarray, input_shape: tuple[int, int], backbone_layers: int
+) -> LayerRecord:
     """The one place where what a deformable module captured becomes a ``LayerRecord``: one
     image's ``offsets`` (H, W, G, P, 2) and ``weights`` (H, W, G, P), already in the record's
     layout (every deformable module hands them over in it: ``dcnv3.sampling_hooks``), the
@@ -380,19 +411,31 @@ def _layer_record(name: str, captured, offsets: np.ndarray, weights: np.ndarray,
     out_h, out_w = offsets.shape[:2]
     stride = int(round(input_shape[0] / captured.input_hw[0]))  # of the layer's input map
     return LayerRecord(
-        name=name, stage=_stage(name, stride, backbone_layers), stride=stride,
-        layer_stride=int(module.stride), grid=(out_h, out_w), kernel=int(module.kernel_size),
-        dilation=int(module.dilation), pad=int(module.pad),
-        offset_scale=float(module.offset_scale), groups=int(module.group),
-        points=int(module.points), remove_center=bool(getattr(module, "remove_center", 0)),
-        offsets=offsets, weights=weights, weight_kind=captured.weight_kind)
+        name=name,
+        stage=_stage(name, stride, backbone_layers),
+        stride=stride,
+        layer_stride=int(module.stride),
+        grid=(out_h, out_w),
+        kernel=int(module.kernel_size),
+        dilation=int(module.dilation),
+        pad=int(module.pad),
+        offset_scale=float(module.offset_scale),
+        groups=int(module.group),
+        points=int(module.points),
+        remove_center=bool(getattr(module, "remove_center", 0)),
+        offsets=offsets,
+        weights=weights,
+        weight_kind=captured.weight_kind,
+    )
 
 
-def _probe_prepared(model, runner, modules, prepared: list, conf: float, iou: float,
-                    max_det: int) -> list[Probe]:
+def _probe_prepared(model, runner, modules, prepared: list, conf: float, iou: float, max_det: int) -> list[Probe]:
     """The probes of ``network_input`` results of one input size: one forward of their batch."""
-    x = prepared[0][0] if len(prepared) == 1 else torch.cat([x for x, _, _ in prepared]).contiguous(
-        memory_format=torch.channels_last)
+    x = (
+        prepared[0][0]
+        if len(prepared) == 1
+        else torch.cat([x for x, _, _ in prepared]).contiguous(memory_format=torch.channels_last)
+    )
     with capture(runner, modules) as captured, torch.inference_mode():
         predictions = runner(x)
     predictions = predictions[0] if isinstance(predictions, (list, tuple)) else predictions  # eval: (y, features)
@@ -401,8 +444,9 @@ def _probe_prepared(model, runner, modules, prepared: list, conf: float, iou: fl
     end2end = bool(getattr(runner, "end2end", False))
     names = dict(getattr(model, "names", None) or getattr(runner, "names", {}))
     backbone_layers = len(getattr(runner, "yaml", {}).get("backbone", [])) or 10
-    captured = [(name, record) for name, record in captured.items()
-                if record.ran]  # a module that did not run (an unused branch)
+    captured = [
+        (name, record) for name, record in captured.items() if record.ran
+    ]  # a module that did not run (an unused branch)
     offsets = [record.offsets.float().numpy() for _, record in captured]  # (B, H, W, G, P, 2)
     weights = [record.weights.float().numpy() for _, record in captured]  # (B, H, W, G, P)
     results = []
@@ -412,10 +456,12 @@ def _probe_prepared(model, runner, modules, prepared: list, conf: float, iou: fl
         raw = RawPredictions(values if len(prepared) == 1 else values.copy(), end2end, input_shape, names)
         thresholds = (float(conf), float(iou), int(max_det))
         owned = (lambda array: array) if len(prepared) == 1 else np.copy  # a batch: copies, as the raw predictions
-        layers = [_layer_record(name, record, owned(layer_offsets[index]), owned(layer_weights[index]), input_shape,
-                                backbone_layers)
-                  for (name, record), layer_offsets, layer_weights in zip(captured, offsets, weights)]
+        layers = [
+            _layer_record(
+                name, record, owned(layer_offsets[index]), owned(layer_weights[index]), input_shape, backbone_layers
+            )
+            for (name, record), layer_offsets, layer_weights in zip(captured, offsets, weights)
+        ]
         image_shape = tuple(array.shape[:2])
-        results.append(Probe(image_shape, letterbox, raw.detections(image_shape, *thresholds), layers, raw,
-                             thresholds))
+        results.append(Probe(image_shape, letterbox, raw.detections(image_shape, *thresholds), layers, raw, thresholds))
     return results

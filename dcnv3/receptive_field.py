@@ -29,6 +29,7 @@ both models are probed at the output of the same top-level layer (``model.6``, t
 block). Detection targets compare the same class at the same anchor: both models share strides
 and input size, so anchors coincide.
 """
+
 from __future__ import annotations
 
 import copy
@@ -43,8 +44,17 @@ from torch import nn
 from .geometry import Letterbox
 from .probe import inference_model, network_input
 
-__all__ = ["ReceptiveField", "receptive_field", "input_gradient", "mass_regions", "target_module",
-           "twin_modules", "gradient_network", "detection_anchor", "FRACTIONS"]
+__all__ = [
+    "ReceptiveField",
+    "receptive_field",
+    "input_gradient",
+    "mass_regions",
+    "target_module",
+    "twin_modules",
+    "gradient_network",
+    "detection_anchor",
+    "FRACTIONS",
+]
 
 FRACTIONS = (0.5, 0.9)
 
@@ -68,6 +78,7 @@ class ReceptiveField:
             "stride", "centre" [x, y] original px, "value"; for detections also "anchor", "class",
             "box" [x1, y1, x2, y2] original px of that anchor's decoded box}.
     """
+
     input_map: np.ndarray
     heatmap: np.ndarray
     masks: np.ndarray
@@ -83,9 +94,11 @@ class ReceptiveField:
 
     def summary(self) -> dict:
         """JSON-ready numbers: the target and the area per mass fraction."""
-        return {**self.target, "areas_px2": {f"{int(round(f * 100))}%": round(float(a), 2)
-                                             for f, a in zip(self.fractions, self.areas)},
-                "outside_share": round(self.outside_share, 4)}
+        return {
+            **self.target,
+            "areas_px2": {f"{int(round(f * 100))}%": round(float(a), 2) for f, a in zip(self.fractions, self.areas)},
+            "outside_share": round(self.outside_share, 4),
+        }
 
 
 # -- the generic pieces ---------------------------------------------------------------------------
@@ -138,7 +151,7 @@ def mass_regions(weights: np.ndarray, fractions=FRACTIONS) -> tuple[np.ndarray, 
 
 
 # -- YOLO plumbing --------------------------------------------------------------------------------
-_runners: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_runners: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _lock = threading.Lock()  # one gradient forward at a time: the hooks live on a shared copy
 
 
@@ -236,8 +249,9 @@ def detection_anchor(predictions: torch.Tensor, box_input, class_id: int) -> int
     return int(torch.argmax(scores))
 
 
-def _finish(input_map: np.ndarray, letterbox: Letterbox, fractions, target: dict,
-            smooth: float = 2.0) -> ReceptiveField:
+def _finish(
+    input_map: np.ndarray, letterbox: Letterbox, fractions, target: dict, smooth: float = 2.0
+) -> ReceptiveField:
     """Smooth, crop the image part of the input map, find the mass regions, map both to the image."""
     import cv2
 
@@ -257,16 +271,33 @@ def _finish(input_map: np.ndarray, letterbox: Letterbox, fractions, target: dict
     heatmap = cv2.resize(inside.astype(np.float32), (width, height), interpolation=interpolation)
     heatmap = np.maximum(heatmap, 0)
     heatmap /= max(float(heatmap.sum()), 1e-30)
-    image_masks = np.stack([cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
-                            .astype(bool) for m in masks]) if len(masks) else np.zeros((0, height, width), bool)
-    areas = counts.astype(np.float64) / letterbox.ratio ** 2
-    return ReceptiveField(raw, heatmap, image_masks, areas, tuple(fractions), outside_share, letterbox,
-                          target)
+    image_masks = (
+        np.stack(
+            [
+                cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+                for m in masks
+            ]
+        )
+        if len(masks)
+        else np.zeros((0, height, width), bool)
+    )
+    areas = counts.astype(np.float64) / letterbox.ratio**2
+    return ReceptiveField(raw, heatmap, image_masks, areas, tuple(fractions), outside_share, letterbox, target)
 
 
-def receptive_field(model, image, layer: str | None = None, xy=None, *, detection=None, anchor=None,
-                    imgsz: int = 640, fractions=FRACTIONS, module: str | None = None,
-                    smooth: float = 2.0) -> ReceptiveField:
+def receptive_field(
+    model,
+    image,
+    layer: str | None = None,
+    xy=None,
+    *,
+    detection=None,
+    anchor=None,
+    imgsz: int = 640,
+    fractions=FRACTIONS,
+    module: str | None = None,
+    smooth: float = 2.0,
+) -> ReceptiveField:
     """The effective receptive field of a cell or a detection of an ultralytics YOLO on an image.
 
     Args:
@@ -296,22 +327,27 @@ def receptive_field(model, image, layer: str | None = None, xy=None, *, detectio
                     index, class_id = int(anchor[0]), int(anchor[1])
                 else:
                     box, class_id = detection
-                    box_input = np.concatenate([letterbox.to_input(np.asarray(box[:2])),
-                                                letterbox.to_input(np.asarray(box[2:4]))])
+                    box_input = np.concatenate(
+                        [letterbox.to_input(np.asarray(box[:2])), letterbox.to_input(np.asarray(box[2:4]))]
+                    )
                     class_id = int(class_id)
                     index = detection_anchor(predictions, box_input, class_id)
                 xywh = predictions[0, :4, index].detach().double().numpy()
                 corners = np.array([xywh[:2] - xywh[2:] / 2, xywh[:2] + xywh[2:] / 2])
                 score = predictions[0, 4 + class_id, index]
-                target.update(anchor=index, **{"class": int(class_id)}, value=float(score.detach()),
-                              box=letterbox.to_image(corners).ravel().tolist(),
-                              centre=letterbox.to_image(np.asarray(xywh[:2])).tolist(),
-                              module=f"{type(runner.model[-1]).__name__} score")
+                target.update(
+                    anchor=index,
+                    **{"class": int(class_id)},
+                    value=float(score.detach()),
+                    box=letterbox.to_image(corners).ravel().tolist(),
+                    centre=letterbox.to_image(np.asarray(xywh[:2])).tolist(),
+                    module=f"{type(runner.model[-1]).__name__} score",
+                )
                 return score
 
             input_map = input_gradient(objective, x)
         else:
-            if layer is None and module is None or xy is None:
+            if (layer is None and module is None) or xy is None:
                 raise ValueError("give a layer and a point (x, y), or a detection")
             name = module or target_module(runner, layer)
             target = {"kind": "cell", "module": name}
@@ -321,8 +357,7 @@ def receptive_field(model, image, layer: str | None = None, xy=None, *, detectio
                 cell, stride = _cell_under(letterbox, out.shape[2:], float(xy[0]), float(xy[1]))
                 centre = letterbox.to_image(np.array([(cell[1] + 0.5) * stride, (cell[0] + 0.5) * stride]))
                 value = out[0, :, cell[0], cell[1]].sum()
-                target.update(cell=list(cell), stride=stride, centre=centre.tolist(),
-                              value=float(value.detach()))
+                target.update(cell=list(cell), stride=stride, centre=centre.tolist(), value=float(value.detach()))
                 return value
 
             input_map = input_gradient(objective, x)

@@ -24,6 +24,7 @@ Record layout, for every operator:
 * ``weights`` (N, H_out, W_out, G, P): the modulation weight each point is multiplied by, as the
   operator used it (after DCNv3's softmax or DCNv2's sigmoid; DCNv4's raw scalars).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +33,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["CAPTURE_SLOT", "OVERRIDE_SLOT", "OPERATOR_OF_KIND", "WEIGHT_KINDS", "describe_layers", "SamplingOverride", "hand_over", "hooked",
-           "is_deformable", "override_sampling"]
+__all__ = [
+    "CAPTURE_SLOT",
+    "OVERRIDE_SLOT",
+    "OPERATOR_OF_KIND",
+    "WEIGHT_KINDS",
+    "describe_layers",
+    "SamplingOverride",
+    "hand_over",
+    "hooked",
+    "is_deformable",
+    "override_sampling",
+]
 
 # While ``dcnv3.capture`` / ``override_sampling`` is active, a module's ``__dict__`` holds under
 # these keys what its forward reports to / is changed by (a plain dict lookup when nothing is).
@@ -75,8 +86,9 @@ def hooked(module: nn.Module) -> bool:
     return CAPTURE_SLOT in state or OVERRIDE_SLOT in state
 
 
-def hand_over(module: nn.Module, offsets: torch.Tensor, weights: torch.Tensor,
-              input_hw: tuple[int, int], **raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def hand_over(
+    module: nn.Module, offsets: torch.Tensor, weights: torch.Tensor, input_hw: tuple[int, int], **raw: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Called by a deformable forward: apply an attached override, then give the result to every
     attached capture record, and return the (offsets, weights) to sample with.
 
@@ -104,6 +116,7 @@ class SamplingOverride:
     total (for a softmax that is 1/P each: the plain average; for a sigmoid or DCNv4's free
     scalars the same total spread evenly, so only the weights' *shape* over the points is removed).
     """
+
     offsets_to_grid: bool = True
     uniform_weights: bool = False
 

@@ -15,6 +15,7 @@
 Over a whole layer: ``layer_summary`` (image-wide means and spreads of the four),
 ``group_similarity`` (do the groups move alike?); at one cell: ``cell_summary``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,16 @@ import numpy as np
 
 from .geometry import Letterbox, kernel_offsets, sampling_locations
 
-__all__ = ["offset_magnitude", "weight_entropy", "effective_dilation", "outside_share",
-           "adjacent_pairs", "layer_summary", "group_similarity", "cell_summary"]
+__all__ = [
+    "offset_magnitude",
+    "weight_entropy",
+    "effective_dilation",
+    "outside_share",
+    "adjacent_pairs",
+    "layer_summary",
+    "group_similarity",
+    "cell_summary",
+]
 
 
 def offset_magnitude(layer) -> np.ndarray:
@@ -74,18 +83,21 @@ def effective_dilation(layer) -> np.ndarray:
 def outside_share(layer, letterbox: Letterbox) -> np.ndarray:
     locations = sampling_locations(layer, letterbox)  # (H, W, G, P, 2) image pixels
     height, width = letterbox.image_shape
-    outside = ((locations[..., 0] < 0) | (locations[..., 0] > width)
-               | (locations[..., 1] < 0) | (locations[..., 1] > height))
+    outside = (
+        (locations[..., 0] < 0) | (locations[..., 0] > width) | (locations[..., 1] < 0) | (locations[..., 1] > height)
+    )
     return outside.mean(axis=-1)
 
 
 def layer_summary(layer, letterbox: Letterbox) -> dict:
     """Image-wide means (over cells and groups) of the four statistics, plus their spread."""
     summary = {}
-    for name, values in (("offset_magnitude", offset_magnitude(layer)),
-                         ("weight_entropy", weight_entropy(layer)),
-                         ("effective_dilation", effective_dilation(layer)),
-                         ("outside_share", outside_share(layer, letterbox))):
+    for name, values in (
+        ("offset_magnitude", offset_magnitude(layer)),
+        ("weight_entropy", weight_entropy(layer)),
+        ("effective_dilation", effective_dilation(layer)),
+        ("outside_share", outside_share(layer, letterbox)),
+    ):
         summary[f"{name}_mean"] = float(values.mean())
         summary[f"{name}_std"] = float(values.std())
     return summary
@@ -114,8 +126,11 @@ def cell_summary(layer, cell) -> tuple[float, float, float]:
     """(effective dilation, mean |offset|, weight entropy) at one (row, col) cell, means over
     groups: the functions above on a one-cell slice of the record."""
     row, col = cell
-    one = dataclasses.replace(layer, offsets=layer.offsets[row:row + 1, col:col + 1],
-                              weights=layer.weights[row:row + 1, col:col + 1])
-    return (float(effective_dilation(one).mean()), float(offset_magnitude(one).mean()),
-            float(weight_entropy(one).mean()))
-
+    one = dataclasses.replace(
+        layer, offsets=layer.offsets[row : row + 1, col : col + 1], weights=layer.weights[row : row + 1, col : col + 1]
+    )
+    return (
+        float(effective_dilation(one).mean()),
+        float(offset_magnitude(one).mean()),
+        float(weight_entropy(one).mean()),
+    )

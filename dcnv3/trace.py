@@ -11,6 +11,7 @@ through one negative weight subtracts, through two adds), paths reaching one pos
 with their signs (they can cancel), and the beam keeps the largest |path weight|. Drawings show
 |path weight| with negative paths hollow (``weight_encoding.path_weight_text`` says so in words).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ __all__ = ["TraceLevel", "trace_through_layers"]
 class TraceLevel:
     """One deformable layer on the path: sample positions (N, 2) in image px and their path weights
     (N,), signed where a layer on the path has signed weights; ``weight_kind``: that layer's."""
+
     layer: str
     xy: np.ndarray
     weight: np.ndarray
@@ -63,9 +65,10 @@ def trace_through_layers(probe, layer, cell, groups=None, top: int = 60) -> list
             break
         parent_weight = levels[-1].weight[coefficients[0]] * coefficients[1]  # (M,)
         children_xy = probe.sampling_locations(lower, (rows, cols)).reshape(-1, 2)  # (M*G*P, 2)
-        children_w = (parent_weight[:, None] * lower.weights[rows, cols].reshape(len(rows), -1) / lower.groups)
-        levels.append(_keep_top(_merged(TraceLevel(lower.name, children_xy, children_w.reshape(-1),
-                                                   lower.weight_kind)), top))
+        children_w = parent_weight[:, None] * lower.weights[rows, cols].reshape(len(rows), -1) / lower.groups
+        levels.append(
+            _keep_top(_merged(TraceLevel(lower.name, children_xy, children_w.reshape(-1), lower.weight_kind)), top)
+        )
     return levels
 
 

@@ -3,6 +3,7 @@
 ``make_tracker`` builds a tracker with ultralytics' default configuration; ``update_tracks`` feeds
 it one frame's ``Detections`` (in order, frame by frame) and returns the confirmed tracks.
 """
+
 from __future__ import annotations
 
 import numpy as np

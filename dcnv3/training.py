@@ -8,6 +8,7 @@ the DCNv3 blocks before the model is rebuilt. It also registers a ``HealthMonito
 (``dcnv3.training_health``): after every epoch, the deformable layers' health on a few validation
 images goes to ``health.csv`` / ``health.json`` in the run folder. Importing this module changes nothing.
 """
+
 from __future__ import annotations
 
 from ultralytics.models.yolo.detect import DetectionTrainer
@@ -25,7 +26,8 @@ class DCNv3DetectionTrainer(DetectionTrainer):
 
     ``offset_lr_scale`` multiplies the learning rate of every deformable layer's offset and
     weight projections (``sampling_head_parameters``: DCNv3's ``offset``/``mask``, DCNv4's
-    ``offset_mask``, DCNv2's ``conv_offset_mask``), and ``offset_weight_decay=False`` exempts them from weight decay: both start
+    ``offset_mask``, DCNv2's ``conv_offset_mask``), and ``offset_weight_decay=False`` exempts them from
+    weight decay: both start
     at zero and decide where the layer samples, so they may need a push to move within a short
     CPU budget. Set them through ``configured_trainer``.
     """
@@ -49,8 +51,7 @@ class DCNv3DetectionTrainer(DetectionTrainer):
             return optimizer
         from ultralytics.utils.torch_utils import unwrap_model
 
-        heads = {id(p) for m in unwrap_model(model).modules() if is_deformable(m)
-                 for p in m.sampling_head_parameters()}
+        heads = {id(p) for m in unwrap_model(model).modules() if is_deformable(m) for p in m.sampling_head_parameters()}
         moved_groups = []
         for group in optimizer.param_groups:
             moved = [p for p in group["params"] if id(p) in heads]
@@ -58,31 +59,48 @@ class DCNv3DetectionTrainer(DetectionTrainer):
                 continue
             group["params"] = [p for p in group["params"] if id(p) not in heads]
             settings = {k: v for k, v in group.items() if k != "params"}
-            settings.update(lr=group["lr"] * self.offset_lr_scale,
-                            param_group=f"dcnv3-{group.get('param_group', 'heads')}")
+            settings.update(
+                lr=group["lr"] * self.offset_lr_scale, param_group=f"dcnv3-{group.get('param_group', 'heads')}"
+            )
             if not self.offset_weight_decay:
                 settings["weight_decay"] = 0.0
             moved_groups.append({"params": moved, **settings})
         for group in moved_groups:
             optimizer.add_param_group(group)
-        LOGGER.info(f"DCNv3 offset/mask projections: {sum(len(g['params']) for g in moved_groups)} tensors, "
-                    f"lr x{self.offset_lr_scale}, weight decay {'on' if self.offset_weight_decay else 'off'}")
+        LOGGER.info(
+            f"DCNv3 offset/mask projections: {sum(len(g['params']) for g in moved_groups)} tensors, "
+            f"lr x{self.offset_lr_scale}, weight decay {'on' if self.offset_weight_decay else 'off'}"
+        )
         return optimizer
 
 
-def configured_trainer(offset_lr_scale: float = 1.0, offset_weight_decay: bool = True,
-                       health_stop_on_flag=False) -> type:
+def configured_trainer(
+    offset_lr_scale: float = 1.0, offset_weight_decay: bool = True, health_stop_on_flag=False
+) -> type:
     """A DCNv3DetectionTrainer subclass with these settings (a class, as ultralytics wants).
     ``health_stop_on_flag``: False, True (stop on any flag) or flag names (stop only on those)."""
     if offset_lr_scale == 1.0 and offset_weight_decay and not health_stop_on_flag:
         return DCNv3DetectionTrainer
-    return type("ConfiguredDCNv3Trainer", (DCNv3DetectionTrainer,),
-                {"offset_lr_scale": float(offset_lr_scale), "offset_weight_decay": bool(offset_weight_decay),
-                 "health_stop_on_flag": stop_rule(health_stop_on_flag), "__module__": __name__})
+    return type(
+        "ConfiguredDCNv3Trainer",
+        (DCNv3DetectionTrainer,),
+        {
+            "offset_lr_scale": float(offset_lr_scale),
+            "offset_weight_decay": bool(offset_weight_decay),
+            "health_stop_on_flag": stop_rule(health_stop_on_flag),
+            "__module__": __name__,
+        },
+    )
 
 
-def train(model: str, data: str, offset_lr_scale: float = 1.0, offset_weight_decay: bool = True,
-          health_stop_on_flag=False, **overrides):
+def train(
+    model: str,
+    data: str,
+    offset_lr_scale: float = 1.0,
+    offset_weight_decay: bool = True,
+    health_stop_on_flag=False,
+    **overrides,
+):
     """Train ``model`` (a YAML such as ``dcnv3-yolov8n.yaml`` or a ``.pt`` to fine-tune) on ``data``
     with ultralytics' trainer; returns the ``YOLO`` whose ``trainer.best`` is the best checkpoint.
     ``health_stop_on_flag``: stop after an epoch in which a deformable layer is flagged (True: any
@@ -92,5 +110,7 @@ def train(model: str, data: str, offset_lr_scale: float = 1.0, offset_weight_dec
     yolo.prepare_runtime()
     yolo.register()  # YOLO("dcnv3-yolov8n.yaml") needs the blocks before the trainer exists
     detector = YOLO(model)
-    detector.train(data=data, trainer=configured_trainer(offset_lr_scale, offset_weight_decay, health_stop_on_flag), **overrides)
+    detector.train(
+        data=data, trainer=configured_trainer(offset_lr_scale, offset_weight_decay, health_stop_on_flag), **overrides
+    )
     return detector

@@ -16,6 +16,7 @@ means raise. The model probed is the one ultralytics saves (the EMA), in eval mo
 the run's ``imgsz``. ``epoch`` counts from 1 as ultralytics' results.csv does; a checkpoint saved
 with ``save_period`` as ``epoch{k}.pt`` holds the model after epoch k + 1.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,9 +30,24 @@ __all__ = ["HealthMonitor", "stop_rule", "CSV_NAME", "JSON_NAME", "CSV_FIELDS", 
 
 CSV_NAME = "health.csv"
 JSON_NAME = "health.json"
-CSV_FIELDS = ("epoch", "layer", "stage", "weight_kind", "groups", "mean_offset", "offset_ratio", "entropy",
-              "effective_points", "effective_dilation", "outside_share", "outside_share_reference",
-              "outside_excess", "mean_abs_weight", "group_similarity", "flags")
+CSV_FIELDS = (
+    "epoch",
+    "layer",
+    "stage",
+    "weight_kind",
+    "groups",
+    "mean_offset",
+    "offset_ratio",
+    "entropy",
+    "effective_points",
+    "effective_dilation",
+    "outside_share",
+    "outside_share_reference",
+    "outside_excess",
+    "mean_abs_weight",
+    "group_similarity",
+    "flags",
+)
 
 
 class _Detector:
@@ -72,8 +88,9 @@ def stop_rule(stop_on_flag) -> bool | frozenset[str]:
     names = frozenset([stop_on_flag] if isinstance(stop_on_flag, str) else stop_on_flag)
     unknown = sorted(names - set(layer_health.FLAG_NAMES))
     if unknown:
-        raise ValueError(f"stop on flag: unknown flag(s) {', '.join(unknown)}; flags: "
-                         f"{', '.join(layer_health.FLAG_NAMES)}")
+        raise ValueError(
+            f"stop on flag: unknown flag(s) {', '.join(unknown)}; flags: {', '.join(layer_health.FLAG_NAMES)}"
+        )
     return names or False
 
 
@@ -141,8 +158,10 @@ class HealthMonitor:
         self.record(Path(trainer.save_dir), epoch, report)
         flags = {key for layer in report.layers for key in layer.flags}
         if flags:
-            LOGGER.info(f"health monitor, epoch {epoch}: " + "; ".join(
-                f"{layer.name}: {', '.join(layer.flags)}" for layer in report.layers if layer.flags))
+            LOGGER.info(
+                f"health monitor, epoch {epoch}: "
+                + "; ".join(f"{layer.name}: {', '.join(layer.flags)}" for layer in report.layers if layer.flags)
+            )
         if self._stops(flags):
             LOGGER.warning(f"health monitor: stopping after epoch {epoch} on {', '.join(sorted(flags))}")
             self.stopped_at = epoch
@@ -160,14 +179,31 @@ class HealthMonitor:
             for layer in report.layers:
                 values = layer.as_dict()
                 row = {name: values.get(name) for name in CSV_FIELDS}
-                row.update(epoch=epoch, layer=layer.name, flags=";".join(layer.flags),
-                           group_similarity="" if layer.group_similarity is None else layer.group_similarity)
+                row.update(
+                    epoch=epoch,
+                    layer=layer.name,
+                    flags=";".join(layer.flags),
+                    group_similarity="" if layer.group_similarity is None else layer.group_similarity,
+                )
                 writer.writerow(row)
-        self.entries.append({"epoch": epoch, "imgsz": report.imgsz, "images": [n for n, _ in report.per_image],
-                             "layers": [layer.as_dict() for layer in report.layers]})
-        (save_dir / JSON_NAME).write_text(json.dumps({"schema": "deformlens.training_health/1",
-                                                      "thresholds": dict(layer_health.THRESHOLDS),
-                                                      "epochs": self.entries}, indent=1))
+        self.entries.append(
+            {
+                "epoch": epoch,
+                "imgsz": report.imgsz,
+                "images": [n for n, _ in report.per_image],
+                "layers": [layer.as_dict() for layer in report.layers],
+            }
+        )
+        (save_dir / JSON_NAME).write_text(
+            json.dumps(
+                {
+                    "schema": "deformlens.training_health/1",
+                    "thresholds": dict(layer_health.THRESHOLDS),
+                    "epochs": self.entries,
+                },
+                indent=1,
+            )
+        )
 
 
 def read_health(run_dir) -> list[dict]:
@@ -179,8 +215,13 @@ def read_health(run_dir) -> list[dict]:
     rows = []
     with open(path, newline="") as handle:
         for row in csv.DictReader(handle):
-            parsed = {"epoch": int(row["epoch"]), "layer": row["layer"], "stage": row["stage"],
-                      "weight_kind": row["weight_kind"], "flags": [f for f in row["flags"].split(";") if f]}
+            parsed = {
+                "epoch": int(row["epoch"]),
+                "layer": row["layer"],
+                "stage": row["stage"],
+                "weight_kind": row["weight_kind"],
+                "flags": [f for f in row["flags"].split(";") if f],
+            }
             for name in CSV_FIELDS:
                 if name not in parsed:
                     parsed[name] = float(row[name]) if row[name] not in ("", None) else None

@@ -19,14 +19,15 @@ Coordinates: boxes and positions in the statistics (CSV, JSON) are continuous pi
 *source* video (pixel i spans [i, i+1)); frames larger than ``max_side`` are probed and drawn
 downscaled, and the output video has the processed size.
 """
+
 from __future__ import annotations
 
 import itertools
 import math
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -34,13 +35,29 @@ from .loading import train_imgsz
 from .probe import probe_batch
 from .track_stats import AUTO_LAYER, CSV_COLUMNS, size_dilation_correlation, track_row, track_summary, write_csv
 from .tracking import TRACKERS, make_tracker, update_tracks
-from .video_io import (H264Writer, VideoError, VideoInfo, VideoLimits, fit_frame, iter_frames, open_video,
-                       read_frame)
+from .video_io import H264Writer, VideoError, VideoInfo, VideoLimits, fit_frame, iter_frames, open_video, read_frame
 from .video_overlay import MODES, draw_frame
 
-__all__ = ["AUTO_LAYER", "MODES", "TRACKERS", "CSV_COLUMNS", "VideoLimits", "VideoInfo", "VideoError",
-           "VideoProgress", "VideoResult", "open_video", "iter_frames", "make_tracker", "process_video",
-           "run_video", "read_frame", "track_summary", "size_dilation_correlation", "draw_frame"]
+__all__ = [
+    "AUTO_LAYER",
+    "MODES",
+    "TRACKERS",
+    "CSV_COLUMNS",
+    "VideoLimits",
+    "VideoInfo",
+    "VideoError",
+    "VideoProgress",
+    "VideoResult",
+    "open_video",
+    "iter_frames",
+    "make_tracker",
+    "process_video",
+    "run_video",
+    "read_frame",
+    "track_summary",
+    "size_dilation_correlation",
+    "draw_frame",
+]
 
 
 @dataclass
@@ -48,17 +65,19 @@ class VideoProgress:
     """One step of ``process_video``: ``done`` of ``total`` frames processed (``total`` is the
     expected count); ``preview``: the latest drawn frame (BGR) on some steps, else None;
     ``result``: set on the last step only."""
+
     done: int
     total: int
     frame: int
     preview: np.ndarray | None = None
-    result: "VideoResult | None" = None
+    result: VideoResult | None = None
 
 
 @dataclass
 class VideoResult:
     """A processed video: the output MP4, the statistics CSV, one row per track and frame
     (``CSV_COLUMNS``), and what was processed."""
+
     video_path: Path
     csv_path: Path
     info: VideoInfo
@@ -82,14 +101,31 @@ class VideoResult:
     def stats_json(self, include_rows: bool = True) -> dict:
         """The API's statistics: the run's settings, a summary per track and (optionally) every row."""
         payload = {
-            "source": {"width": self.info.width, "height": self.info.height, "fps": self.info.fps,
-                       "frames": self.info.frame_count, "codec": self.info.codec},
-            "output": {"frames": self.processed_frames, "fps": self.output_fps, "duration_s": self.output_duration,
-                       "width": self.output_size[0], "height": self.output_size[1]},
+            "source": {
+                "width": self.info.width,
+                "height": self.info.height,
+                "fps": self.info.fps,
+                "frames": self.info.frame_count,
+                "codec": self.info.codec,
+            },
+            "output": {
+                "frames": self.processed_frames,
+                "fps": self.output_fps,
+                "duration_s": self.output_duration,
+                "width": self.output_size[0],
+                "height": self.output_size[1],
+            },
             "frame_indices": self.frame_indices,
-            "layer": self.layer, "dcnv3_layers": self.layers, "mode": self.mode, "frame_stride": self.stride,
-            "imgsz": self.imgsz, "seconds": self.seconds, "processed_fps": self.processed_frames / max(self.seconds, 1e-9),
-            "notes": self.notes, "tracks": track_summary(self.rows)}
+            "layer": self.layer,
+            "dcnv3_layers": self.layers,
+            "mode": self.mode,
+            "frame_stride": self.stride,
+            "imgsz": self.imgsz,
+            "seconds": self.seconds,
+            "processed_fps": self.processed_frames / max(self.seconds, 1e-9),
+            "notes": self.notes,
+            "tracks": track_summary(self.rows),
+        }
         if include_rows:
             payload["rows"] = self.rows
         return payload
@@ -102,11 +138,25 @@ def _layer_names(model) -> list[str]:
     return list(getattr(model, "dcnv3_layers", None) or dcnv3_layer_names(model))
 
 
-def process_video(model, source: str | Path, out_dir: str | Path, *, layer: str = AUTO_LAYER,
-                  mode: str = "samples", stride: int = 1, imgsz: int | None = None, conf: float = 0.25,
-                  iou: float = 0.7, tracker: str = "bytetrack", limits: VideoLimits | None = None,
-                  preview_seconds: float = 1.0, preset: str = "superfast", crf: int = 26,
-                  batch: int = 4, stem: str | None = None) -> Iterator[VideoProgress]:
+def process_video(
+    model,
+    source: str | Path,
+    out_dir: str | Path,
+    *,
+    layer: str = AUTO_LAYER,
+    mode: str = "samples",
+    stride: int = 1,
+    imgsz: int | None = None,
+    conf: float = 0.25,
+    iou: float = 0.7,
+    tracker: str = "bytetrack",
+    limits: VideoLimits | None = None,
+    preview_seconds: float = 1.0,
+    preset: str = "superfast",
+    crf: int = 26,
+    batch: int = 4,
+    stem: str | None = None,
+) -> Iterator[VideoProgress]:
     """Process a video; yields ``VideoProgress`` after every frame, the last one with the result.
 
     Args:
@@ -156,8 +206,10 @@ def process_video(model, source: str | Path, out_dir: str | Path, *, layer: str 
     if (total + stride - 1) // stride > limits.max_frames:
         notes.append(f"only the first {limits.max_frames} processed frames are kept (frame limit)")
     if max(info.width, info.height) > limits.max_side:
-        notes.append(f"frames of {info.width} x {info.height} px are downscaled to {limits.max_side} px on their "
-                     f"long side before probing")
+        notes.append(
+            f"frames of {info.width} x {info.height} px are downscaled to {limits.max_side} px on their "
+            f"long side before probing"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = stem or Path(source).stem
@@ -171,16 +223,22 @@ def process_video(model, source: str | Path, out_dir: str | Path, *, layer: str 
     try:
         with writer:
             frames = iter_frames(source, stride, limits.max_frames, limits.max_seconds, info.fps)
-            for index, frame, scale, result in _probed(model, frames, batch, limits.max_side,
-                                                       imgsz=imgsz, conf=conf, iou=iou):
+            for index, frame, scale, result in _probed(
+                model, frames, batch, limits.max_side, imgsz=imgsz, conf=conf, iou=iou
+            ):
                 tracks = update_tracks(tracker_state, result.detections, frame)
                 seconds = index / info.fps
                 for t in tracks:
                     rows.append(track_row(result, t, layer, index, seconds, scale))
                 caption = f"frame {index} · {seconds:.2f} s · " + (
-                    "per object: layer of its scale" if layer == AUTO_LAYER and mode == "samples" else
-                    (layer if layer != AUTO_LAYER else (result.default_layer().name
-                                                        if result.layers else "no deformable layer")))
+                    "per object: layer of its scale"
+                    if layer == AUTO_LAYER and mode == "samples"
+                    else (
+                        layer
+                        if layer != AUTO_LAYER
+                        else (result.default_layer().name if result.layers else "no deformable layer")
+                    )
+                )
                 drawn = draw_frame(frame, result, tracks, layer, mode, caption)
                 writer.write(drawn)
                 frame_indices.append(index)
@@ -192,11 +250,28 @@ def process_video(model, source: str | Path, out_dir: str | Path, *, layer: str 
             if not frame_indices:  # open_video read a frame, but the stream gave none after all
                 raise VideoError(f"{Path(source).name}: the video has zero frames")
         if info.frame_count and len(frame_indices) < limits.max_frames and frame_indices[-1] + stride < total:
-            notes.append(f"the file ends after frame {frame_indices[-1]} although it claims {info.frame_count} "
-                         f"frames (truncated?)")
+            notes.append(
+                f"the file ends after frame {frame_indices[-1]} although it claims {info.frame_count} "
+                f"frames (truncated?)"
+            )
         write_csv(csv_path, rows)
-        output = VideoResult(video_path, csv_path, info, rows, len(frame_indices), frame_indices, output_fps,
-                             writer.size, layer, names, mode, stride, imgsz, time.perf_counter() - start, notes)
+        output = VideoResult(
+            video_path,
+            csv_path,
+            info,
+            rows,
+            len(frame_indices),
+            frame_indices,
+            output_fps,
+            writer.size,
+            layer,
+            names,
+            mode,
+            stride,
+            imgsz,
+            time.perf_counter() - start,
+            notes,
+        )
         finished = True
         yield VideoProgress(len(frame_indices), len(frame_indices), frame_indices[-1], None, output)
     finally:
@@ -205,8 +280,9 @@ def process_video(model, source: str | Path, out_dir: str | Path, *, layer: str 
             csv_path.unlink(missing_ok=True)
 
 
-def _probed(model, frames: Iterable[tuple[int, np.ndarray]], batch: int, max_side: int,
-            **probe_args) -> Iterator[tuple[int, np.ndarray, float, object]]:
+def _probed(
+    model, frames: Iterable[tuple[int, np.ndarray]], batch: int, max_side: int, **probe_args
+) -> Iterator[tuple[int, np.ndarray, float, object]]:
     """(index, frame fitted to ``max_side``, its scale, its Probe) for each frame, in order,
     probing ``batch`` frames per forward (``probe_batch``)."""
     frames = iter(frames)
@@ -217,8 +293,9 @@ def _probed(model, frames: Iterable[tuple[int, np.ndarray]], batch: int, max_sid
             yield index, frame, scale, result
 
 
-def run_video(model, source, out_dir, on_progress: Callable[[VideoProgress], None] | None = None,
-              **kwargs) -> VideoResult:
+def run_video(
+    model, source, out_dir, on_progress: Callable[[VideoProgress], None] | None = None, **kwargs
+) -> VideoResult:
     """``process_video`` to the end (``on_progress`` sees every step); returns the result."""
     for step in process_video(model, source, out_dir, **kwargs):
         if on_progress is not None:

@@ -9,19 +9,29 @@ Writing: OpenCV's pip wheels cannot write H.264, and their mp4v does not play in
 ``H264Writer`` streams frames into one ffmpeg process (the one imageio-ffmpeg ships) as they come
 (nothing is held in memory); ``write_h264`` encodes an iterable of frames with it.
 """
+
 from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
 
-__all__ = ["VideoError", "VideoLimits", "VideoInfo", "open_video", "iter_frames", "read_frame", "fit_frame",
-           "H264Writer", "write_h264"]
+__all__ = [
+    "VideoError",
+    "VideoLimits",
+    "VideoInfo",
+    "open_video",
+    "iter_frames",
+    "read_frame",
+    "fit_frame",
+    "H264Writer",
+    "write_h264",
+]
 
 
 class VideoError(ValueError):
@@ -36,6 +46,7 @@ class VideoLimits:
     from its start; ``max_side``: longer frames are downscaled to this long side before probing;
     ``max_bytes``: input file size.
     """
+
     max_frames: int = 600
     max_seconds: float = 60.0
     max_side: int = 1280
@@ -46,6 +57,7 @@ class VideoLimits:
 class VideoInfo:
     """What OpenCV reports about a readable video. ``frame_count`` is the container's claim
     (0 when unknown); ``codec`` its FourCC."""
+
     path: Path
     width: int
     height: int
@@ -65,8 +77,13 @@ def _ffmpeg_report(path: Path) -> str:
     import imageio_ffmpeg
 
     try:
-        result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
-                                capture_output=True, text=True, errors="replace", timeout=30)
+        result = subprocess.run(
+            [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return result.stderr
@@ -88,8 +105,10 @@ def _diagnose(path: Path, opened: bool) -> str:
     codec = video[0].split(",")[0].strip()
     if codec.startswith("none") or "unknown codec" in report:
         fourcc = re.search(r"\((\w{4}) /", codec)
-        return (f"{name}: unsupported video codec {fourcc.group(1) if fourcc else codec}; convert it to "
-                f"H.264 MP4 (e.g. ffmpeg -i in -c:v libx264 out.mp4)")
+        return (
+            f"{name}: unsupported video codec {fourcc.group(1) if fourcc else codec}; convert it to "
+            f"H.264 MP4 (e.g. ffmpeg -i in -c:v libx264 out.mp4)"
+        )
     if opened:
         return f"{name}: the video has zero frames"
     return f"{name}: OpenCV cannot decode this video ({codec}); convert it to H.264 MP4"
@@ -131,8 +150,13 @@ def open_video(path: str | Path, limits: VideoLimits | None = None) -> VideoInfo
     return info
 
 
-def iter_frames(path: str | Path, stride: int = 1, max_frames: int | None = None,
-                max_seconds: float | None = None, fps: float | None = None) -> Iterator[tuple[int, np.ndarray]]:
+def iter_frames(
+    path: str | Path,
+    stride: int = 1,
+    max_frames: int | None = None,
+    max_seconds: float | None = None,
+    fps: float | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
     """Stream (source frame index, BGR uint8 (H, W, 3) frame) for every ``stride``-th frame.
 
     Skipped frames are only grabbed (decoded, not converted). Stops at the end of the file (a
@@ -215,12 +239,27 @@ class H264Writer:
         if self._encoder is None:
             self.size = (width, height)
             self._encoder = imageio_ffmpeg.write_frames(
-                str(self.path), (width + width % 2, height + height % 2), fps=self.fps, codec="libx264",
-                pix_fmt_in="bgr24", pix_fmt_out="yuv420p", macro_block_size=2, ffmpeg_log_level="error",
+                str(self.path),
+                (width + width % 2, height + height % 2),
+                fps=self.fps,
+                codec="libx264",
+                pix_fmt_in="bgr24",
+                pix_fmt_out="yuv420p",
+                macro_block_size=2,
+                ffmpeg_log_level="error",
                 # One encoder thread: the model's forward runs beside it on the same cores (in
                 # bench_video its thread pool gained nothing measurable over one thread).
-                output_params=["-crf", str(self.crf), "-preset", self.preset, "-threads", "1",
-                               "-movflags", "+faststart"])
+                output_params=[
+                    "-crf",
+                    str(self.crf),
+                    "-preset",
+                    self.preset,
+                    "-threads",
+                    "1",
+                    "-movflags",
+                    "+faststart",
+                ],
+            )
             self._encoder.send(None)  # start the encoder
         elif (width, height) != self.size:
             raise ValueError(f"frame size {width} x {height} differs from the video's {self.size[0]} x {self.size[1]}")
@@ -239,7 +278,7 @@ class H264Writer:
             raise ValueError("no frames to write")
         return self.path
 
-    def __enter__(self) -> "H264Writer":
+    def __enter__(self) -> H264Writer:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
@@ -248,13 +287,14 @@ class H264Writer:
         elif self._encoder is not None:  # an error upstream: stop ffmpeg, keep the first error
             try:
                 self._encoder.close()
-            except Exception:  # noqa: BLE001 - the original error matters, not ffmpeg's
+            except Exception:
                 pass
             self._encoder = None
 
 
-def write_h264(frames: Iterable[np.ndarray], path: str | Path, fps: float, crf: int = 28,
-               preset: str = "medium") -> Path:
+def write_h264(
+    frames: Iterable[np.ndarray], path: str | Path, fps: float, crf: int = 28, preset: str = "medium"
+) -> Path:
     """Encode BGR uint8 frames (H, W, 3), all of one size, to an H.264 MP4; returns the path.
 
     See ``H264Writer`` for ``crf`` and ``preset``.

@@ -4,6 +4,7 @@ Built from ``dcnv3.overlay``'s annotators on a copy of the frame (the decoded fr
 left as it is). The points' marks follow each layer's weight kind (``dcnv3.weight_encoding``),
 and a frame that shows sampling points says which kind in a line at its bottom.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ FIELD_RANGE = (0.0, 3.0)  # effective dilation colour scale (cells; the regular 
 @dataclass
 class TrackBoxes:
     """Tracked boxes in the shape ``overlay.draw_detections`` draws: boxes (N, 4), scores (N,), labels."""
+
     boxes: np.ndarray
     scores: np.ndarray
     labels: list[str]

@@ -24,6 +24,7 @@ relative, 0.25, 1) (points that barely count fade; the reference and heavier one
 Pure numpy, layer 1 (no drawing here: ``dcnv3.overlay``, ``viz_app.render`` and the figures use
 these arrays).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,9 +33,22 @@ import numpy as np
 
 from .sampling_hooks import WEIGHT_KINDS
 
-__all__ = ["SIZE_RANGE", "OPACITY_FLOOR", "KIND_NAMES", "WeightEncoding", "encode_weights", "record_encoding",
-           "relative_weights", "legend", "legend_lines", "short_legend", "weight_meaning", "reference_text",
-           "entropy_text", "path_weight_text"]
+__all__ = [
+    "SIZE_RANGE",
+    "OPACITY_FLOOR",
+    "KIND_NAMES",
+    "WeightEncoding",
+    "encode_weights",
+    "record_encoding",
+    "relative_weights",
+    "legend",
+    "legend_lines",
+    "short_legend",
+    "weight_meaning",
+    "reference_text",
+    "entropy_text",
+    "path_weight_text",
+]
 
 SIZE_RANGE = (0.4, 2.5)  # radius factor bounds: tiny points stay visible, heavy ones do not bury the rest
 OPACITY_FLOOR = 0.25  # a point of weight 0 is still seen (faint), so the full kernel stays readable
@@ -51,6 +65,7 @@ class WeightEncoding:
     ``size``: radius factor of a view's base radius; ``opacity`` in [0.25, 1]; ``negative``: bool,
     drawn hollow (only "free" weights can be negative). ``kind``: the record's ``weight_kind``.
     """
+
     kind: str
     relative: np.ndarray
     size: np.ndarray
@@ -95,20 +110,25 @@ def record_encoding(record, cell=None) -> WeightEncoding:
 
 def reference_text(kind: str) -> str:
     """What ``relative`` is measured against, for hover texts: "x uniform 1/P", ..."""
-    return {"softmax": "x uniform 1/P", "sigmoid": "of 1 = fully on",
-            "free": "x the group's mean |m|"}[_check_kind(kind)]
+    return {"softmax": "x uniform 1/P", "sigmoid": "of 1 = fully on", "free": "x the group's mean |m|"}[
+        _check_kind(kind)
+    ]
 
 
 def legend_lines(kind: str) -> list[str]:
     """A view's legend, line by line: what the weights are, how their marks read, and (free
     weights) what a hollow ring means. ``legend`` joins them."""
     kind = _check_kind(kind)
-    what = {"softmax": "each group's P weights sum to 1",
-            "sigmoid": "each weight in [0, 1] on its own, no sum across points",
-            "free": "signed and unbounded, 0 at initialisation"}[kind]
-    marks = {"softmax": "point size and opacity: the weight relative to the uniform 1/P",
-             "sigmoid": "point size and opacity: the weight itself (1 = fully on, the largest)",
-             "free": "point size and opacity: |m| relative to the group's mean |m|"}[kind]
+    what = {
+        "softmax": "each group's P weights sum to 1",
+        "sigmoid": "each weight in [0, 1] on its own, no sum across points",
+        "free": "signed and unbounded, 0 at initialisation",
+    }[kind]
+    marks = {
+        "softmax": "point size and opacity: the weight relative to the uniform 1/P",
+        "sigmoid": "point size and opacity: the weight itself (1 = fully on, the largest)",
+        "free": "point size and opacity: |m| relative to the group's mean |m|",
+    }[kind]
     lines = [f"weights {KIND_NAMES[kind]}: {what}", marks]
     if kind == "free":
         lines.append("hollow rings: negative weights (the sample is subtracted)")
@@ -135,9 +155,11 @@ def weight_meaning(weight: float, relative: float, kind: str) -> str:
 
 def short_legend(kind: str) -> str:
     """A few words for a caption on a picture (a video frame, an exported PNG)."""
-    return {"softmax": "weights softmax (DCNv3): size = w x P",
-            "sigmoid": "weights sigmoid (DCNv2): size = w in [0, 1]",
-            "free": "weights free (DCNv4): size = |m| / group mean, hollow = negative"}[_check_kind(kind)]
+    return {
+        "softmax": "weights softmax (DCNv3): size = w x P",
+        "sigmoid": "weights sigmoid (DCNv2): size = w in [0, 1]",
+        "free": "weights free (DCNv4): size = |m| / group mean, hollow = negative",
+    }[_check_kind(kind)]
 
 
 def entropy_text(kind: str) -> str:
@@ -155,6 +177,8 @@ def path_weight_text(kinds) -> str:
     kinds = {_check_kind(k) for k in kinds}
     text = "path weight = product of the weights along the path, each divided by its layer's group count"
     if "free" in kinds:
-        text += ("; signed DCNv4 weights multiply with their sign (two negatives make a positive), paths to "
-                 "one position add up, the strongest |path weight| are kept; hollow rings: negative paths")
+        text += (
+            "; signed DCNv4 weights multiply with their sign (two negatives make a positive), paths to "
+            "one position add up, the strongest |path weight| are kept; hollow rings: negative paths"
+        )
     return text

@@ -19,6 +19,7 @@ Importing this module changes nothing and does not import ultralytics. ``prepare
 is the process-wide setup the app, the CLI and the trainer make for themselves (offline
 ultralytics, plot fonts, all CPU cores); a library import never does it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,9 +31,22 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["register", "unregister", "registered", "is_registered", "prepare_runtime", "model_yaml",
-           "MODEL_YAMLS", "MODEL_FAMILIES", "OPERATOR_FAMILIES", "BLOCK_MODULES", "block_aliases",
-           "TESTED_ULTRALYTICS", "cpu_cores", "keep_freed_memory"]
+__all__ = [
+    "register",
+    "unregister",
+    "registered",
+    "is_registered",
+    "prepare_runtime",
+    "model_yaml",
+    "MODEL_YAMLS",
+    "MODEL_FAMILIES",
+    "OPERATOR_FAMILIES",
+    "BLOCK_MODULES",
+    "block_aliases",
+    "TESTED_ULTRALYTICS",
+    "cpu_cores",
+    "keep_freed_memory",
+]
 
 CFG_DIR = Path(__file__).parent / "cfg"
 MODEL_YAMLS = {path.name: path for path in CFG_DIR.glob("*.yaml")}
@@ -105,15 +119,15 @@ def _check_version(version: str) -> None:
             f"dcnv3 is tested with ultralytics >={'.'.join(map(str, low))},<{'.'.join(map(str, high))} "
             f"but {version} is installed; its model parser and checkpoint layout may differ. Install a "
             f"tested version (pip install -r requirements.txt) or set "
-            f"DEFORMLENS_ALLOW_UNTESTED_ULTRALYTICS=1 to try anyway.")
+            f"DEFORMLENS_ALLOW_UNTESTED_ULTRALYTICS=1 to try anyway."
+        )
 
 
 def install_fonts() -> None:
     """Give ultralytics its plotting fonts from matplotlib's bundled DejaVu Sans, so that its
     label and result plots never try to download Arial."""
-    from ultralytics.utils import USER_CONFIG_DIR
-
     import matplotlib
+    from ultralytics.utils import USER_CONFIG_DIR
 
     source = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
     for name in ("Arial.ttf", "Arial.Unicode.ttf"):
@@ -150,8 +164,9 @@ class _Patches:
 
     def set(self, owner, name: str, value) -> None:
         if (owner, name) not in self.saved:
-            self.saved[(owner, name)] = owner.__dict__.get(name, _ABSENT) if isinstance(owner, type) \
-                else getattr(owner, name, _ABSENT)
+            self.saved[(owner, name)] = (
+                owner.__dict__.get(name, _ABSENT) if isinstance(owner, type) else getattr(owner, name, _ABSENT)
+            )
         setattr(owner, name, value)
 
     def restore(self) -> None:

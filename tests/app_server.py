@@ -2,6 +2,7 @@
 event handlers' state is inspectable) or as ``python app.py`` in a subprocess (``app_process``:
 what the *server* does, its sockets, files and output). Every test module that needs a server
 uses these; the network guard of tests/conftest.py applies to both."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,13 @@ import time
 from pathlib import Path
 
 from repo_paths import ROOT
-OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "YOLO_OFFLINE": "true",
-               "PYTHONUNBUFFERED": "1"}
+
+OFFLINE_ENV = {
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "HF_HUB_OFFLINE": "1",
+    "YOLO_OFFLINE": "true",
+    "PYTHONUNBUFFERED": "1",
+}
 
 
 def free_port() -> int:
@@ -37,8 +43,15 @@ def served_app(registry, analyser=None):
     demo = build_app(context)
     demo.queue()
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True,
-                theme=THEME, css=CSS)
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        show_error=True,
+        theme=THEME,
+        css=CSS,
+    )
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
@@ -46,14 +59,28 @@ def served_app(registry, analyser=None):
 
 
 @contextlib.contextmanager
-def app_process(*args: str, cwd: Path, env: dict | None = None, prefix: list[str] | None = None,
-                timeout: float = 180):
-    """``python app.py --port P *args`` (optionally behind ``prefix``, e.g. a namespace launcher);
-    yields (process, url, printed lines) once it prints its URL, and stops it afterwards."""
+def app_process(
+    *args: str,
+    cwd: Path,
+    env: dict | None = None,
+    prefix: list[str] | None = None,
+    timeout: float = 180,
+    command: list[str] | None = None,
+):
+    """``python app.py --port P *args`` (optionally behind ``prefix``, e.g. a namespace launcher;
+    ``command`` in place of ``python app.py``, e.g. an installed ``deformlens-app``); yields
+    (process, url, printed lines) once it prints its URL, and stops it afterwards."""
     port = free_port()
-    command = [*(prefix or []), sys.executable, str(ROOT / "app.py"), "--port", str(port), *args]
-    process = subprocess.Popen(command, cwd=cwd, env={**os.environ, **OFFLINE_ENV, **(env or {})},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = command or [sys.executable, str(ROOT / "app.py")]
+    command = [*(prefix or []), *server, "--port", str(port), *args]
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env={**os.environ, **OFFLINE_ENV, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     try:
         deadline = time.time() + timeout

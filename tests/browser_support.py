@@ -1,19 +1,21 @@
 """Shared pieces of the browser tests: the app served on a free loopback port, and a page of the
 system Chromium (driven by Playwright; ``playwright install`` is never used) that may only reach
 the app: every other request is aborted, so the tests also show that the UI works offline."""
+
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
 
 import pytest
-
 from app_server import served_app  # noqa: F401 - the browser tests' server
 
 CHROMIUM = Path("/usr/bin/chromium")
-NEEDS_CHROMIUM = pytest.mark.skipif(not CHROMIUM.exists(),
-                                    reason="needs the system Chromium at /usr/bin/chromium (apt-get install -y "
-                                           "chromium); this project never runs `playwright install`")
+NEEDS_CHROMIUM = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="needs the system Chromium at /usr/bin/chromium (apt-get install -y "
+    "chromium); this project never runs `playwright install`",
+)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
 LOCAL = ("http://127.0.0.1", "data:", "blob:")
 
@@ -58,5 +60,6 @@ def save_picture(page, path: Path, full_page: bool = True) -> Path:
     page.screenshot(path=str(path), full_page=full_page)
     picture = Image.open(path).convert("RGB")
     picture.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.FLOYDSTEINBERG).save(
-        path, optimize=True)
+        path, optimize=True
+    )
     return path

@@ -5,6 +5,7 @@ markers (browser, server, training, slow) by file, the shared model fixtures, an
 ``python -m pytest`` runs everything (the README's and CI's command);
 ``python -m pytest -m "not slow"`` is the quick run for a newcomer.
 """
+
 import ipaddress
 import os
 import socket
@@ -16,7 +17,7 @@ os.environ.setdefault("YOLO_OFFLINE", "true")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from dcnv3 import yolo  # noqa: E402
+from dcnv3 import yolo
 
 # The test process runs like the app and the CLI: offline ultralytics, local plot fonts, every
 # core, the DCNv3 blocks and YAMLs registered. Tests of import side effects and of unregistering
@@ -27,19 +28,52 @@ yolo.register()
 from repo_paths import BUNDLED_DCNV3, BUNDLED_PLAIN  # noqa: E402
 
 # Markers by test file: each file's tests share what makes them slow or special.
-BROWSER_FILES = {"test_browser.py", "test_browser_compare_learn.py", "test_browser_video.py",
-                 "test_browser_forks.py", "test_browser_lesson.py", "test_browser_training.py", "test_browser_ablation.py",
-                 "test_browser_kinds.py"}
-SERVER_FILES = {"test_app_api.py", "test_erf_api.py", "test_video_api.py", "test_server_defaults.py",
-                "test_concurrency.py", "test_offline.py",
-                "test_lesson_api.py", "test_ablation_api.py", "test_dcnv4_yolo_api.py",
-                "test_dcnv2_layouts.py"}
-TRAINING_FILES = {"test_training.py", "test_training_health.py", "test_dcnv4_yolo_training.py", "test_dcnv2_training.py"}
+BROWSER_FILES = {
+    "test_browser.py",
+    "test_browser_compare_learn.py",
+    "test_browser_video.py",
+    "test_browser_forks.py",
+    "test_browser_lesson.py",
+    "test_browser_training.py",
+    "test_browser_ablation.py",
+    "test_browser_kinds.py",
+}
+SERVER_FILES = {
+    "test_app_api.py",
+    "test_erf_api.py",
+    "test_video_api.py",
+    "test_server_defaults.py",
+    "test_concurrency.py",
+    "test_offline.py",
+    "test_lesson_api.py",
+    "test_ablation_api.py",
+    "test_dcnv4_yolo_api.py",
+    "test_dcnv2_layouts.py",
+    "test_wheel.py",
+}
+TRAINING_FILES = {
+    "test_training.py",
+    "test_training_health.py",
+    "test_dcnv4_yolo_training.py",
+    "test_dcnv2_training.py",
+}
 # Files whose tests take long on 2 cores (measured with --durations): the fuzz suites run the
 # model on hundreds of inputs; video and receptive-field tests run many forwards.
-SLOW_FILES = BROWSER_FILES | SERVER_FILES | TRAINING_FILES | {
-    "test_fuzz_images.py", "test_fuzz_videos.py", "test_fuzz_checkpoints.py", "test_video.py",
-    "test_bundled_models.py", "test_lesson.py", "test_health_calibration.py", "test_health_cli.py"}
+SLOW_FILES = (
+    BROWSER_FILES
+    | SERVER_FILES
+    | TRAINING_FILES
+    | {
+        "test_fuzz_images.py",
+        "test_fuzz_videos.py",
+        "test_fuzz_checkpoints.py",
+        "test_video.py",
+        "test_bundled_models.py",
+        "test_lesson.py",
+        "test_health_calibration.py",
+        "test_health_cli.py",
+    }
+)
 
 
 def pytest_collection_modifyitems(items):
@@ -62,8 +96,7 @@ def tiny_shapes_data(tmp_path_factory):
     from child_process import run_python
 
     root = tmp_path_factory.mktemp("shapes")
-    run_python("-m", "dcnv3", "data", "--out", root, "--n-train", "16", "--n-val", "8", "--seed", "7",
-               "--imgsz", "64")
+    run_python("-m", "dcnv3", "data", "--out", root, "--n-train", "16", "--n-val", "8", "--seed", "7", "--imgsz", "64")
     return root / "data.yaml"
 
 
@@ -132,6 +165,7 @@ def no_network(monkeypatch):
             if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address):
                 raise NetworkAccessError(f"test tried to reach the network: {address!r}")
             return real(self, address, *args)
+
         return call
 
     def guarded_sendto(self, data, *args):
@@ -152,7 +186,6 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", guarded(real_connect))
     monkeypatch.setattr(socket.socket, "connect_ex", guarded(real_connect_ex))
     monkeypatch.setattr(socket.socket, "sendto", guarded_sendto)
-    yield
 
 
 # Lines that tests want in the CI log (e.g. parameter counts), printed in the terminal summary.

@@ -6,6 +6,7 @@ model that saves and loads like any other checkpoint.
 Each breakage names the flag it must raise (``EXPECTED_FLAG``). ``record_broken_copy`` breaks any
 operator (DCNv2, DCNv3, DCNv4) through what its forward hands over instead.
 """
+
 import copy
 from dataclasses import dataclass
 
@@ -14,8 +15,12 @@ import torch
 from dcnv3.capture import dcnv3_modules
 
 BREAKAGES = ("zero_offsets", "blown_up", "saturated", "same_groups")
-EXPECTED_FLAG = {"zero_offsets": "collapsed", "blown_up": "exploding", "saturated": "saturated",
-                 "same_groups": "same_groups"}
+EXPECTED_FLAG = {
+    "zero_offsets": "collapsed",
+    "blown_up": "exploding",
+    "saturated": "saturated",
+    "same_groups": "same_groups",
+}
 BLOW_UP = 10.0  # offsets times this: healthy layers move 0.9-2 cells, so 9-20 cells
 
 
@@ -81,6 +86,7 @@ class RecordBreak:
     """Changes a deformable layer's offsets (N, H, W, G, P, 2) and weights (N, H, W, G, P) in the
     record layout, as ``dcnv3.sampling_hooks.SamplingOverride`` does, for every operator alike:
     the layer then samples with the broken values, and later layers see what it computes."""
+
     how: str
 
     def apply(self, offsets: torch.Tensor, weights: torch.Tensor):

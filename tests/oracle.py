@@ -3,11 +3,27 @@
 Loops over groups, kernel points and the four bilinear taps; every tap is read with explicit
 bounds checks. Slow, differentiable by autograd, and independent of dcnv3/ops.py.
 """
+
 import torch
 
 
-def dcnv3_core_oracle(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                      dilation_h, dilation_w, group, group_channels, offset_scale, remove_center):
+def dcnv3_core_oracle(
+    input,
+    offset,
+    mask,
+    kernel_h,
+    kernel_w,
+    stride_h,
+    stride_w,
+    pad_h,
+    pad_w,
+    dilation_h,
+    dilation_w,
+    group,
+    group_channels,
+    offset_scale,
+    remove_center,
+):
     n, in_h, in_w, _ = input.shape
     _, out_h, out_w, _ = offset.shape
     c_h = (dilation_h * (kernel_h - 1)) // 2

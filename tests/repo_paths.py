@@ -1,4 +1,5 @@
 """Where the tests find the repository's files (one definition instead of one per test file)."""
+
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent

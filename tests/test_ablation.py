@@ -2,19 +2,18 @@
 is unchanged by either override; on the bundled model every number matches an independent rerun
 (a fresh copy with that layer's DCNv3 ``offset`` (or ``mask``) Linear zeroed, run by YOLO.predict,
 matched here with plain numpy); the folder summary; the CLI's table and JSON."""
+
 import json
 import math
 
 import numpy as np
 import pytest
-
-from dcnv3.ablation import (ALL_LAYERS, Variant, ablate, ablate_folder, default_variants, match_detections,
-                            run_ablation)
-from dcnv3.loading import load_model
-from dcnv3.probe import Detections
-
 from repo_paths import BUNDLED_DCNV3, BUNDLED_PLAIN, EXAMPLES
 from test_cli import cli
+
+from dcnv3.ablation import ALL_LAYERS, Variant, ablate, ablate_folder, default_variants, match_detections, run_ablation
+from dcnv3.loading import load_model
+from dcnv3.probe import Detections
 
 SHAPES = EXAMPLES / "shapes_0.jpg"  # the bundled model finds 2 shapes in it at its training size, 320
 IMGSZ = 320
@@ -27,13 +26,17 @@ def detections(boxes, classes, scores=None) -> Detections:
 
 
 def test_matching_is_greedy_by_iou_within_a_class():
-    before = detections([[0, 0, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60], [100, 100, 110, 110]], [0, 0, 0, 1],
-                        [0.9, 0.8, 0.7, 0.6])
+    before = detections(
+        [[0, 0, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60], [100, 100, 110, 110]], [0, 0, 0, 1], [0.9, 0.8, 0.7, 0.6]
+    )
     # after[0] overlaps both before[0] and before[1] (identical boxes, IoU 0.8): the tie goes to the lower
     # baseline index; after[1] is before[2] shifted (IoU 64/136); after[2] has before[3]'s box but another
     # class; after[3] is new.
-    after = detections([[0, 0, 10, 8], [52, 52, 62, 62], [100, 100, 110, 110], [200, 200, 210, 210]], [0, 0, 0, 0],
-                       [0.95, 0.5, 0.6, 0.3])
+    after = detections(
+        [[0, 0, 10, 8], [52, 52, 62, 62], [100, 100, 110, 110], [200, 200, 210, 210]],
+        [0, 0, 0, 0],
+        [0.95, 0.5, 0.6, 0.3],
+    )
     matching = match_detections(before, after, match_iou=0.4)
     assert matching.pairs.tolist() == [[0, 0], [2, 1]]
     assert matching.ious == pytest.approx([0.8, 64 / 136])
@@ -46,8 +49,14 @@ def test_matching_is_greedy_by_iou_within_a_class():
 
 def test_default_variants_cover_each_layer_each_kind_then_all():
     variants = default_variants(["a", "b"])
-    assert [v.name for v in variants] == ["a · grid", "b · grid", "a · uniform", "b · uniform",
-                                          f"{ALL_LAYERS} · grid", f"{ALL_LAYERS} · uniform"]
+    assert [v.name for v in variants] == [
+        "a · grid",
+        "b · grid",
+        "a · uniform",
+        "b · uniform",
+        f"{ALL_LAYERS} · grid",
+        f"{ALL_LAYERS} · uniform",
+    ]
     with pytest.raises(ValueError, match="unknown ablation kind"):
         Variant(("a",), "sideways")
 
@@ -77,9 +86,15 @@ def _iou(a, b) -> float:
 
 def _reference(baseline, variant, threshold=0.5):
     """(kept, lost, gained, mean IoU, mean score change) by a plain greedy loop over all pairs."""
-    candidates = sorted(((_iou(a, b), i, j) for i, (a, ca) in enumerate(zip(baseline[0], baseline[2]))
-                         for j, (b, cb) in enumerate(zip(variant[0], variant[2]))
-                         if ca == cb and _iou(a, b) >= threshold), key=lambda t: (-t[0], t[1], t[2]))
+    candidates = sorted(
+        (
+            (_iou(a, b), i, j)
+            for i, (a, ca) in enumerate(zip(baseline[0], baseline[2]))
+            for j, (b, cb) in enumerate(zip(variant[0], variant[2]))
+            if ca == cb and _iou(a, b) >= threshold
+        ),
+        key=lambda t: (-t[0], t[1], t[2]),
+    )
     pairs, used_i, used_j = [], set(), set()
     for iou, i, j in candidates:
         if i not in used_i and j not in used_j:
@@ -94,15 +109,21 @@ def _reference(baseline, variant, threshold=0.5):
 
 def _predict(model):
     result = model.predict(str(SHAPES), imgsz=IMGSZ, conf=0.25, iou=0.7, verbose=False)[0]
-    return (result.boxes.xyxy.numpy().tolist(), result.boxes.conf.numpy().tolist(),
-            result.boxes.cls.numpy().astype(int).tolist())
+    return (
+        result.boxes.xyxy.numpy().tolist(),
+        result.boxes.conf.numpy().tolist(),
+        result.boxes.cls.numpy().astype(int).tolist(),
+    )
 
 
 @pytest.fixture(scope="module")
 def bundled_result(bundled_dcnv3):
     names = ["model.4.m.0.cv2.dcnv3", "model.6.m.0.cv2.dcnv3"]
-    variants = [Variant((names[0],), "grid"), Variant((names[1],), "uniform"),
-                Variant(tuple(name for name, _ in _dcnv3_layers(bundled_dcnv3)), "grid", all_layers=True)]
+    variants = [
+        Variant((names[0],), "grid"),
+        Variant((names[1],), "uniform"),
+        Variant(tuple(name for name, _ in _dcnv3_layers(bundled_dcnv3)), "grid", all_layers=True),
+    ]
     return ablate(bundled_dcnv3, SHAPES, imgsz=IMGSZ, variants=variants)
 
 
@@ -129,8 +150,10 @@ def test_bundled_numbers_match_a_rerun_with_the_projections_zeroed(bundled_dcnv3
         assert (result.kept, result.lost, result.gained) == (kept, lost, gained), result.variant.name
         assert result.mean_iou == pytest.approx(mean_iou, abs=1e-4)
         assert result.mean_score_change == pytest.approx(change, abs=1e-4)
-        report(f"ablation, bundled DCNv3 on shapes_0 at {IMGSZ}: {result.variant.name}: kept {kept} lost {lost} "
-               f"gained {gained}, mean IoU {mean_iou:.3f}, mean score change {change:+.3f}")
+        report(
+            f"ablation, bundled DCNv3 on shapes_0 at {IMGSZ}: {result.variant.name}: kept {kept} lost {lost} "
+            f"gained {gained}, mean IoU {mean_iou:.3f}, mean score change {change:+.3f}"
+        )
     # The numbers are not all trivially unchanged: every layer on the grid costs confidence.
     assert bundled_result.result(f"{ALL_LAYERS} · grid").mean_score_change < -0.1
 
@@ -141,8 +164,11 @@ def test_folder_summary_sums_the_images(bundled_dcnv3, bundled_result, tmp_path)
     (summary,) = folder.summaries
     first, second = folder.images["shapes_0.jpg"].results[0], folder.images["shapes_1.jpg"].results[0]
     assert summary.images == 2
-    assert (summary.kept, summary.lost, summary.gained) == (first.kept + second.kept, first.lost + second.lost,
-                                                            first.gained + second.gained)
+    assert (summary.kept, summary.lost, summary.gained) == (
+        first.kept + second.kept,
+        first.lost + second.lost,
+        first.gained + second.gained,
+    )
     ious = np.concatenate([first.matching.ious, second.matching.ious])
     assert summary.mean_iou == pytest.approx(float(ious.mean()))
     assert first.kept == bundled_result.results[0].kept  # the same image gives the same numbers

@@ -1,17 +1,17 @@
 """The /ablate endpoint through gradio_client: its numbers are dcnv3.ablation's in-process, boxes in
 original-image pixels, the reruns cached per image / model / size (a threshold change reruns
 nothing), refusals. The app runs in this process on a free loopback port (see test_app_api.py)."""
+
 import cv2
 import pytest
+from app_server import served_app
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from repo_paths import EXAMPLES
 
-from app_server import served_app
 from dcnv3.ablation import ablate
 from viz_app.context import AppContext
 from viz_app.models import ModelRegistry
-
-from repo_paths import EXAMPLES
 
 SHAPES = EXAMPLES / "shapes_0.jpg"  # 416 x 416; the bundled model runs at its training size, 320
 
@@ -30,8 +30,14 @@ def call(client, variant="", conf=0.25, iou=0.7, model="dcnv3-yolov8n.pt"):
 def test_ablate_matches_the_library_and_is_cached(app, bundled_dcnv3):
     client, context = app
     endpoint = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/ablate"]
-    assert [p["parameter_name"] for p in endpoint["parameters"]] == ["image_path", "model_name", "imgsz", "conf",
-                                                                     "iou", "variant"]
+    assert [p["parameter_name"] for p in endpoint["parameters"]] == [
+        "image_path",
+        "model_name",
+        "imgsz",
+        "conf",
+        "iou",
+        "variant",
+    ]
     picture, payload = call(client)
     expected = ablate(bundled_dcnv3, SHAPES, imgsz=320)
     assert payload["model"] == "dcnv3-yolov8n.pt" and payload["imgsz"] == 320

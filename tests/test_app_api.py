@@ -4,6 +4,7 @@ The app runs in this process on a free loopback port (``prevent_thread_lock``); 
 ``python app.py`` itself. conftest.py sets HF_HUB_OFFLINE / GRADIO_ANALYTICS_ENABLED before gradio
 is imported and fails any non-loopback connection.
 """
+
 import json
 import math
 import os
@@ -14,8 +15,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from app_server import app_process, served_app
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from repo_paths import ROOT
 from ultralytics import YOLO
 from ultralytics.utils import ASSETS
 
@@ -25,9 +28,7 @@ from dcnv3.probe import probe
 from viz_app.analyser import Analyser
 from viz_app.images import load_image
 from viz_app.models import UNTRAINED_NAME, ModelRegistry, untrained_models
-from app_server import app_process, served_app
 
-from repo_paths import ROOT
 FORK_A = ROOT / "tests" / "data" / "fork_fixture" / "fork_A.pt"
 BUS = Path(ASSETS) / "bus.jpg"
 
@@ -94,8 +95,14 @@ def sampling(client, image, layer, x, y, model="fork_A.pt"):
 def test_api_lists_both_endpoints(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/detect", "/sampling", "/erf"} <= set(endpoints)  # /erf: tests/test_erf_api.py
-    assert [p["parameter_name"] for p in endpoints["/sampling"]["parameters"]] == ["image_path", "model_name",
-                                                                                   "layer", "x", "y", "imgsz"]
+    assert [p["parameter_name"] for p in endpoints["/sampling"]["parameters"]] == [
+        "image_path",
+        "model_name",
+        "layer",
+        "x",
+        "y",
+        "imgsz",
+    ]
     # imgsz is optional (0: the model's training size), so clients written without it still work
     assert [p["parameter_has_default"] for p in endpoints["/detect"]["parameters"]][-1]
     assert [p["parameter_has_default"] for p in endpoints["/sampling"]["parameters"]][-1]
@@ -122,8 +129,12 @@ def test_detect_returns_annotated_image_and_detections(client):
     assert (boxes[:, [0, 2]] >= 0).all() and (boxes[:, [0, 2]] <= 810).all() and (boxes[:, 2] > boxes[:, 0]).all()
     assert all(0.25 <= d["score"] <= 1 for d in payload["detections"])
     assert [layer["name"] for layer in payload["dcnv3_layers"]] == [
-        "model.4.m.0.cv2.dcnv3", "model.4.m.1.cv2.dcnv3", "model.6.m.0.cv2.dcnv3", "model.6.m.1.cv2.dcnv3",
-        "model.8.m.0.cv2.dcnv3"]
+        "model.4.m.0.cv2.dcnv3",
+        "model.4.m.1.cv2.dcnv3",
+        "model.6.m.0.cv2.dcnv3",
+        "model.6.m.1.cv2.dcnv3",
+        "model.8.m.0.cv2.dcnv3",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +143,7 @@ def reference_probe():
     return probe(load_model(FORK_A), str(BUS))
 
 
-@pytest.mark.parametrize("layer_index,x,y", [(0, 400.5, 500.5), (2, 10.2, 1000.7), (4, 805.0, 3.0),
-                                             (3, 250.0, 620.25)])
+@pytest.mark.parametrize("layer_index,x,y", [(0, 400.5, 500.5), (2, 10.2, 1000.7), (4, 805.0, 3.0), (3, 250.0, 620.25)])
 def test_sampling_agrees_with_the_raw_offsets(client, reference_probe, layer_index, x, y):
     record = reference_probe.layers[layer_index]
     picture, payload = sampling(client, BUS, record.name, x, y)
@@ -195,7 +205,10 @@ def test_threshold_change_answers_from_the_cached_forward(app, tmp_path):
     detections = change.analysis.probe.detections
     np.testing.assert_array_equal(detections.boxes, fresh.boxes)
     np.testing.assert_array_equal(detections.scores, fresh.scores)
-    assert (change.analysis.conf, change.analysis.iou) == (0.6, 0.5) and change.analysis.probe.layers is analysis.probe.layers
+    assert (change.analysis.conf, change.analysis.iou) == (
+        0.6,
+        0.5,
+    ) and change.analysis.probe.layers is analysis.probe.layers
     assert (change.view.xy, change.view.layer, change.view.cell) == (view.xy, view.layer, view.cell)
     expected = surviving_detection(analysis.probe.detections, detections, best)
     assert change.view.highlight == expected
@@ -211,8 +224,9 @@ def test_threshold_change_answers_from_the_cached_forward(app, tmp_path):
 def test_surviving_detection_matches_box_and_class():
     from dcnv3.probe import Detections
 
-    before = Detections(np.array([[0, 0, 10, 10], [5, 5, 20, 20]], np.float32), np.array([0.9, 0.4], np.float32),
-                        np.array([1, 2]), {})
+    before = Detections(
+        np.array([[0, 0, 10, 10], [5, 5, 20, 20]], np.float32), np.array([0.9, 0.4], np.float32), np.array([1, 2]), {}
+    )
     after = Detections(before.boxes[[1]], before.scores[[1]], before.classes[[1]], {})
     from viz_app.image_tab import surviving_detection
 
@@ -242,13 +256,16 @@ def test_plain_detector_still_shows_its_detections(client):
         sampling(client, BUS, "model.4.m.0.cv2.dcnv3", 10, 10, model="plain.pt")
 
 
-@pytest.mark.parametrize("model,message", [
-    ("hostile.pt", "refused: the checkpoint references the global 'posix.system'"),
-    ("classifier.pt", "an image classifier"),
-    ("garbage.pt", "not a readable PyTorch checkpoint"),
-    ("absent.pt", "unknown model 'absent.pt'"),
-    ("../../../etc/passwd", "unknown model"),
-])
+@pytest.mark.parametrize(
+    "model,message",
+    [
+        ("hostile.pt", "refused: the checkpoint references the global 'posix.system'"),
+        ("classifier.pt", "an image classifier"),
+        ("garbage.pt", "not a readable PyTorch checkpoint"),
+        ("absent.pt", "unknown model 'absent.pt'"),
+        ("../../../etc/passwd", "unknown model"),
+    ],
+)
 def test_unusable_models_are_refused_with_a_clear_message(client, models_dir, model, message):
     with pytest.raises(AppError, match=message):
         detect(client, BUS, model=model)
@@ -258,14 +275,16 @@ def test_unusable_models_are_refused_with_a_clear_message(client, models_dir, mo
 def test_bad_queries_are_refused_with_a_clear_message(client):
     with pytest.raises(AppError, match="outside the 810 x 1080 image"):
         sampling(client, BUS, "model.4.m.0.cv2.dcnv3", 900.0, 10.0)
-    with pytest.raises(AppError, match="unknown layer 'model.99'; layers: model.4.m.0.cv2.dcnv3"):
+    with pytest.raises(AppError, match=r"unknown layer 'model\.99'; layers: model\.4\.m\.0\.cv2\.dcnv3"):
         sampling(client, BUS, "model.99", 10.0, 10.0)
     with pytest.raises(AppError, match="conf and iou must lie in"):
         detect(client, BUS, conf=3.0)
 
 
-@pytest.mark.parametrize("name,size", [("one_pixel.png", [1, 1]), ("gray.png", [160, 120]),
-                                       ("rgba.png", [130, 90]), ("gray16.png", [50, 70])])
+@pytest.mark.parametrize(
+    "name,size",
+    [("one_pixel.png", [1, 1]), ("gray.png", [160, 120]), ("rgba.png", [130, 90]), ("gray16.png", [50, 70])],
+)
 def test_unusual_images_are_probed(client, images, name, size):
     picture, payload = detect(client, images / name)
     assert payload["image_size"] == size and cv2.imread(picture) is not None
@@ -275,8 +294,9 @@ def test_unusual_images_are_probed(client, images, name, size):
         assert points["cell"] == [10, 10]  # the pixel fills the 640 x 640 input: its centre, P5 cell (10, 10)
 
 
-@pytest.mark.parametrize("name,message", [("notes.txt", "notes.txt: not an image"),
-                                          ("truncated.jpg", "corrupt or truncated image")])
+@pytest.mark.parametrize(
+    "name,message", [("notes.txt", "notes.txt: not an image"), ("truncated.jpg", "corrupt or truncated image")]
+)
 def test_broken_images_are_refused_with_a_clear_message(client, images, name, message):
     with pytest.raises(AppError, match=message):
         detect(client, images / name)
@@ -306,8 +326,11 @@ def test_app_py_starts_offline_on_loopback_and_prints_its_url(tmp_path):
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy(FORK_A, models / "fork_A.pt")
-    with app_process("--models-dir", str(models), "--model", str(models / "fork_A.pt"), cwd=tmp_path,
-                     timeout=120) as (_, url, lines):
+    with app_process("--models-dir", str(models), "--model", str(models / "fork_A.pt"), cwd=tmp_path, timeout=120) as (
+        _,
+        url,
+        lines,
+    ):
         assert f"DeformLens is running at {url}" in "".join(lines), "".join(lines)
         assert url.startswith("http://127.0.0.1:")
         client = Client(url, verbose=False)
@@ -355,10 +378,10 @@ def test_untrained_choices_follow_the_shipped_yamls():
     from dcnv3.yolo import MODEL_YAMLS
 
     choices = untrained_models()
-    assert list(choices)[0] == UNTRAINED_NAME
+    assert next(iter(choices)) == UNTRAINED_NAME
     assert sorted(choices.values()) == sorted(f"{Path(name).stem}n.yaml" for name in MODEL_YAMLS)
     registry = ModelRegistry(bundled_dir=Path("/nonexistent"))
-    assert registry.names()[-len(choices):] == list(choices)
+    assert registry.names()[-len(choices) :] == list(choices)
     for name in choices:
         loaded = registry.load(name)
         assert loaded.untrained and loaded.dcnv3_layers, name
@@ -374,7 +397,7 @@ def test_large_png_is_downscaled_with_exact_per_axis_scale(tmp_path):
     assert loaded.bgr.shape == (246, 4096, 3) and loaded.original_shape == (300, 5000)
     assert loaded.scale == (4096 / 5000, 246 / 300) and loaded.downscaled
     np.testing.assert_allclose(loaded.to_original(loaded.to_processed(2500.0, 150.0)), (2500.0, 150.0))
-    assert loaded.bgr[100, 2048 - 3:2048 + 3].tolist() != [[255] * 3] * 6  # the edge stays at x = 2500 * s
+    assert loaded.bgr[100, 2048 - 3 : 2048 + 3].tolist() != [[255] * 3] * 6  # the edge stays at x = 2500 * s
 
 
 def test_exif_orientation_is_applied(tmp_path):

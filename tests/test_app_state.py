@@ -1,4 +1,5 @@
 """The app's state pieces without gradio: the one cache class, the file store, the view states."""
+
 import threading
 from dataclasses import FrozenInstanceError
 
@@ -48,7 +49,7 @@ def test_lru_cache_stays_bounded_under_threads():
 
     def work(offset):
         for i in range(500):
-            cache.get_or_compute((offset + i) % 20, lambda: i)
+            cache.get_or_compute((offset + i) % 20, lambda i=i: i)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
     for thread in threads:
@@ -97,8 +98,9 @@ def test_no_handler_returns_a_positional_list_longer_than_3():
     for path in sorted((ROOT / "viz_app").glob("*_tab.py")) + [ROOT / "viz_app" / "ui.py"]:
         tree = ast.parse(path.read_text())
         for function in ast.walk(tree):  # lists of output components (properties) are not answers
-            if isinstance(function, ast.FunctionDef) and any(getattr(d, "id", None) == "property"
-                                                             for d in function.decorator_list):
+            if isinstance(function, ast.FunctionDef) and any(
+                getattr(d, "id", None) == "property" for d in function.decorator_list
+            ):
                 function.body = []
         for node in ast.walk(tree):
             if isinstance(node, (ast.Return, ast.Yield)) and isinstance(node.value, (ast.List, ast.Tuple)):

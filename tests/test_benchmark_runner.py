@@ -1,5 +1,6 @@
 """``python -m benchmarks``: discovery, the BENCH_RESULT protocol and the markdown table (the
 benchmarks themselves are not run here; ``python -m benchmarks --quick`` does that in minutes)."""
+
 import importlib.util
 import sys
 from pathlib import Path
@@ -38,10 +39,27 @@ def test_protocol_round_trip_and_verdicts(capsys):
 def test_markdown_has_machine_table_and_one_row_per_ratio():
     runner = load("__main__")
     rows = [{"measure": "click / first run", "ratio": 0.04, "target": "<= 0.1", "ok": True}]
-    text = runner.markdown([{"name": "app", "rows": rows, "status": 0, "output": "", "seconds": 3.0,
-                             "command": "python benchmarks/bench_app.py"},
-                            {"name": "broken", "rows": [], "status": 1, "output": "Traceback\nValueError: x",
-                             "seconds": 1.0, "command": "python benchmarks/bench_broken.py"}], quick=True)
+    text = runner.markdown(
+        [
+            {
+                "name": "app",
+                "rows": rows,
+                "status": 0,
+                "output": "",
+                "seconds": 3.0,
+                "command": "python benchmarks/bench_app.py",
+            },
+            {
+                "name": "broken",
+                "rows": [],
+                "status": 1,
+                "output": "Traceback\nValueError: x",
+                "seconds": 1.0,
+                "command": "python benchmarks/bench_broken.py",
+            },
+        ],
+        quick=True,
+    )
     assert "| CPU |" in text and "| torch |" in text and "| ultralytics |" in text and "| date |" in text
     assert "| app | click / first run | 0.040 | <= 0.1 | meets target |" in text
     assert "| broken | no result (exit status 1: ValueError: x) |" in text

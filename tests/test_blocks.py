@@ -1,4 +1,5 @@
 """YOLOv8 and YOLO11 blocks with DCNv3 and their registration with stock ultralytics."""
+
 import pytest
 import torch
 from ultralytics import YOLO
@@ -13,9 +14,10 @@ from dcnv3.yolo import model_yaml
 def layer_output_channels(model: DetectionModel, size: int = 64) -> list[tuple]:
     """Output shape of every top-level layer for a (1, 3, size, size) input."""
     shapes = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape)
-                                                                       if torch.is_tensor(out) else None))
-             for m in model.model]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape) if torch.is_tensor(out) else None))
+        for m in model.model
+    ]
     model.eval()(torch.zeros(1, 3, size, size))
     for hook in hooks:
         hook.remove()
@@ -35,8 +37,10 @@ def test_every_scale_builds_like_its_stock_twin(scale, report):
     assert layers and all(module.group >= 2 for _, module in layers)
     assert all(module.channels // module.group <= 16 for _, module in layers)
     params, stock_params = (sum(p.numel() for p in m.parameters()) for m in (ours, stock))
-    report(f"dcnv3-yolov8{scale}: {params:,} parameters ({len(layers)} DCNv3 layers, groups "
-           f"{sorted({m.group for _, m in layers})}); yolov8{scale}: {stock_params:,}")
+    report(
+        f"dcnv3-yolov8{scale}: {params:,} parameters ({len(layers)} DCNv3 layers, groups "
+        f"{sorted({m.group for _, m in layers})}); yolov8{scale}: {stock_params:,}"
+    )
 
 
 def test_neck_variant_adds_dcnv3_to_the_neck():
@@ -57,8 +61,13 @@ def test_fork_yaml_names_build():
     """Forks name the blocks C2f_DCNV3 / DCNV3_YoLo in their YAMLs (pickled in checkpoints);
     ultralytics rebuilds from that YAML when fine-tuning."""
     cfg = YOLO("dcnv3-yolov8n.yaml").model.yaml
-    cfg = {**cfg, "backbone": [[f, n, {"C2f_DCNv3": "C2f_DCNV3"}.get(m, m), [a[0], a[1], 1] if m == "C2f_DCNv3" else a]
-                               for f, n, m, a in cfg["backbone"]]}
+    cfg = {
+        **cfg,
+        "backbone": [
+            [f, n, {"C2f_DCNv3": "C2f_DCNV3"}.get(m, m), [a[0], a[1], 1] if m == "C2f_DCNv3" else a]
+            for f, n, m, a in cfg["backbone"]
+        ],
+    }
     model = DetectionModel(cfg, verbose=False)
     assert all(module.group == 1 for _, module in dcnv3_modules(model))
     assert len(dcnv3_modules(model)) == 5
@@ -128,6 +137,7 @@ def test_fuse_folds_the_dcnv3_batchnorm_into_output_proj():
 
 # YOLO11 / YOLO26 blocks: the forks' C3k2_DCNv3 / C3k_DCNv3 over Bottleneck_DCNv3.
 
+
 def shapes_by_name(module: torch.nn.Module) -> dict:
     return {name: tuple(p.shape) for name, p in module.state_dict().items()}
 
@@ -141,7 +151,7 @@ def test_c3k2_dcnv3_is_stock_c3k2_with_dcnv3_in_place_of_the_second_convs(c3k):
     ours = C3k2_DCNv3(64, 128, n=2, c3k=c3k, e=0.5, g=0)
     stock = C3k2(64, 128, n=2, c3k=c3k, e=0.5)
     ours_shapes, stock_shapes = shapes_by_name(ours), shapes_by_name(stock)
-    inner = ("m.{i}.m.{j}.cv2." if c3k else "m.{i}.cv2.")
+    inner = "m.{i}.m.{j}.cv2." if c3k else "m.{i}.cv2."
     replaced = [inner.format(i=i, j=j) for i in range(2) for j in range(2)]
     kept = {k: v for k, v in stock_shapes.items() if not any(k.startswith(r) for r in replaced)}
     assert kept and all(ours_shapes[k] == v for k, v in kept.items())
@@ -221,15 +231,25 @@ def test_stock_scale_rules_give_the_c3k2_twins_c3k_at_m_l_x():
     lines only, as the YAML's second argument, without touching the input."""
     from dcnv3.blocks import with_stock_scale_rules
 
-    cfg = {"scales": {"n": [0.5, 0.25, 1024], "m": [0.5, 1.0, 512]},
-           "backbone": [[-1, 2, "C3k2", [256, False, 0.25]], [-1, 2, "C3k2_DCNv3", [512, False, 0.25, 0]],
-                        [-1, 2, "C3k2_DCNV3", [1024]], [-1, 1, "Conv", [64, 3, 2]]],
-           "head": [[-1, 2, "C3k2_DCNv3", [512, True, 0.5, 0]]]}
+    cfg = {
+        "scales": {"n": [0.5, 0.25, 1024], "m": [0.5, 1.0, 512]},
+        "backbone": [
+            [-1, 2, "C3k2", [256, False, 0.25]],
+            [-1, 2, "C3k2_DCNv3", [512, False, 0.25, 0]],
+            [-1, 2, "C3k2_DCNV3", [1024]],
+            [-1, 1, "Conv", [64, 3, 2]],
+        ],
+        "head": [[-1, 2, "C3k2_DCNv3", [512, True, 0.5, 0]]],
+    }
     assert with_stock_scale_rules({**cfg, "scale": "n"})["backbone"] == cfg["backbone"]
     assert with_stock_scale_rules(cfg) is cfg  # no scale: parse_model takes the first, n
     for scale in "mlx":
         rewritten = with_stock_scale_rules({**cfg, "scale": scale})
-        assert [line[3] for line in rewritten["backbone"]] == [[256, False, 0.25], [512, True, 0.25, 0], [1024, True],
-                                                               [64, 3, 2]]
+        assert [line[3] for line in rewritten["backbone"]] == [
+            [256, False, 0.25],
+            [512, True, 0.25, 0],
+            [1024, True],
+            [64, 3, 2],
+        ]
         assert rewritten["head"][0][3] == [512, True, 0.5, 0]
     assert cfg["backbone"][1][3] == [512, False, 0.25, 0] and cfg["backbone"][2][3] == [1024]

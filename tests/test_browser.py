@@ -7,6 +7,7 @@ Needs /usr/bin/chromium (``apt-get install -y chromium``); Playwright's own brow
 aborted, so the test also shows that the UI works offline. Set DEFORMLENS_SCREENSHOT=path.png to
 save a screenshot of the page after the click (assets/screenshots/app.png comes from tests/test_browser_readme.py).
 """
+
 import json
 import os
 import re
@@ -14,13 +15,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from browser_support import NEEDS_CHROMIUM, offline_page, save_picture, served_app
+from repo_paths import ROOT
 from test_app_api import FORK_A
 
 pytestmark = NEEDS_CHROMIUM
 pytest.importorskip("playwright.sync_api")
-from repo_paths import ROOT
+
 BUS = ROOT / "assets" / "examples" / "bus.jpg"
 
 
@@ -52,13 +53,15 @@ def image_src(page, selector):
 
 
 def wait_for_new_image(page, selector, old_src):
-    page.wait_for_function("([sel, old]) => { const i = document.querySelector(sel + ' img');"
-                           " return i && i.src !== old; }", arg=[selector, old_src])
+    page.wait_for_function(
+        "([sel, old]) => { const i = document.querySelector(sel + ' img'); return i && i.src !== old; }",
+        arg=[selector, old_src],
+    )
 
 
 def test_hostile_checkpoint_upload_is_refused_in_the_ui(page, tmp_path):
-    from test_app_api import _RunsCommand
     import torch
+    from test_app_api import _RunsCommand
 
     hostile = tmp_path / "hostile.pt"
     torch.save({"model": _RunsCommand(f"touch {tmp_path / 'pwned'}")}, hostile)

@@ -3,7 +3,6 @@ pick another rerun and see its picture change. Set DEFORMLENS_SCREENSHOT_DIR=fol
 ``ablation.png`` of the page (that is how assets/screenshots/ablation.png is made)."""
 
 import pytest
-
 from browser_support import NEEDS_CHROMIUM, offline_page, readme_screenshot, served_app
 
 pytestmark = NEEDS_CHROMIUM
@@ -18,14 +17,18 @@ def page():
     from viz_app.context import AppContext
     from viz_app.models import ModelRegistry
 
-    with served_app(AppContext.create(ModelRegistry())) as url, \
-            offline_page(url, height=1400, timeout_ms=120_000) as page:
+    with (
+        served_app(AppContext.create(ModelRegistry())) as url,
+        offline_page(url, height=1400, timeout_ms=120_000) as page,
+    ):
         yield page
 
 
 def wait_text(page, selector, text):
-    page.wait_for_function("([sel, text]) => { const e = document.querySelector(sel);"
-                           " return e && e.innerText.includes(text); }", arg=[selector, text])
+    page.wait_for_function(
+        "([sel, text]) => { const e = document.querySelector(sel); return e && e.innerText.includes(text); }",
+        arg=[selector, text],
+    )
 
 
 def test_ablation_view(page):

@@ -5,16 +5,17 @@ DCNv3-YOLOv8n and its plain twin. Every request except the app's own is aborted,
 
 Set DEFORMLENS_SCREENSHOT_DIR=folder to save a screenshot of each view.
 """
+
 import re
 
 import pytest
-
 from browser_support import NEEDS_CHROMIUM, offline_page, readme_screenshot, served_app
+from repo_paths import ROOT
 from test_browser import image_src, wait_for_new_image
 
 pytestmark = NEEDS_CHROMIUM
 pytest.importorskip("playwright.sync_api")
-from repo_paths import ROOT
+
 SHAPES = ROOT / "assets" / "examples" / "shapes_0.jpg"
 
 
@@ -33,8 +34,10 @@ def page(context):
 
 
 def wait_text(page, selector, text):
-    page.wait_for_function("([sel, text]) => { const e = document.querySelector(sel);"
-                           " return e && e.innerText.includes(text); }", arg=[selector, text])
+    page.wait_for_function(
+        "([sel, text]) => { const e = document.querySelector(sel); return e && e.innerText.includes(text); }",
+        arg=[selector, text],
+    )
 
 
 def test_receptive_field_view(page):

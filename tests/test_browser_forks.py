@@ -5,10 +5,10 @@ layout are checked through the functions the app calls (tests/test_fork_layouts.
 
 Needs /usr/bin/chromium; every request except the app's own is blocked.
 """
+
 import shutil
 
 import pytest
-
 from browser_support import NEEDS_CHROMIUM, offline_page, served_app
 from repo_paths import ROOT
 from test_fork_layouts import FORKS, unknown_fork_checkpoint
@@ -17,8 +17,11 @@ pytestmark = NEEDS_CHROMIUM
 pytest.importorskip("playwright.sync_api")
 BUS = ROOT / "assets" / "examples" / "bus.jpg"
 # One per family, best.pt and last.pt both among them.
-OPENED = {"jiangjh_v8_best.pt": "model.4.0.m.0.cv2.dcnv3", "extra_v8_last.pt": "model.4.m.0.cv2.dcnv3",
-          "extra_v11_best.pt": "model.6.m.0.m.0.cv2.dcnv3"}
+OPENED = {
+    "jiangjh_v8_best.pt": "model.4.0.m.0.cv2.dcnv3",
+    "extra_v8_last.pt": "model.4.m.0.cv2.dcnv3",
+    "extra_v11_best.pt": "model.6.m.0.m.0.cv2.dcnv3",
+}
 
 
 @pytest.fixture(scope="module")

@@ -7,25 +7,32 @@ kinds_dcnv4.png).
 
 Needs /usr/bin/chromium; every request except the app's own is blocked.
 """
+
 import re
 import shutil
 
 import pytest
-
 from browser_support import NEEDS_CHROMIUM, offline_page, readme_screenshot, served_app
 from repo_paths import ROOT
+
 from dcnv3.weight_encoding import KIND_NAMES, encode_weights
 
 pytestmark = NEEDS_CHROMIUM
 pytest.importorskip("playwright.sync_api")
 BUS = ROOT / "assets" / "examples" / "bus.jpg"
 FORKS = ROOT / "tests" / "data" / "forks"
-CHECKPOINTS = {"sigmoid": FORKS / "dcnv2" / "extra_dcnv2_v8_best.pt",
-               "free": FORKS / "extra_v11_dcnv4" / "extra_v11_dcnv4_best.pt"}
+CHECKPOINTS = {
+    "sigmoid": FORKS / "dcnv2" / "extra_dcnv2_v8_best.pt",
+    "free": FORKS / "extra_v11_dcnv4" / "extra_v11_dcnv4_best.pt",
+}
 # What the text under the picture says for each kind (weight_encoding.legend_lines, first and last words).
-LEGEND_WORDS = {"sigmoid": ["weights sigmoid (DCNv2): each weight in [0, 1] on its own",
-                            "the weight itself (1 = fully on, the largest)"],
-                "free": ["weights free (DCNv4): signed and unbounded", "hollow rings: negative weights"]}
+LEGEND_WORDS = {
+    "sigmoid": [
+        "weights sigmoid (DCNv2): each weight in [0, 1] on its own",
+        "the weight itself (1 = fully on, the largest)",
+    ],
+    "free": ["weights free (DCNv4): signed and unbounded", "hollow rings: negative weights"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +51,9 @@ def app(tmp_path_factory):
 
 def _shows_kind(context, page, kind: str) -> None:
     """The Sampling view of the open checkpoint names ``kind`` everywhere it draws weights."""
-    page.wait_for_function("words => document.querySelector('#sampling-info').innerText.includes(words)",
-                           arg=LEGEND_WORDS[kind][0])
+    page.wait_for_function(
+        "words => document.querySelector('#sampling-info').innerText.includes(words)", arg=LEGEND_WORDS[kind][0]
+    )
     info = page.locator("#sampling-info").inner_text()
     assert all(words in info for words in LEGEND_WORDS[kind]), info
     page.locator("#layer input").click()

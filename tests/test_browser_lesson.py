@@ -5,10 +5,11 @@ setting; "watch it learn" run to its end and stopped part way.
 Set DEFORMLENS_SCREENSHOT_DIR=folder to save the screenshots (lesson_small.png, lesson_large.png,
 watch_learn.png).
 """
+
+import itertools
 import re
 
 import pytest
-
 from browser_support import NEEDS_CHROMIUM, offline_page, readme_screenshot, served_app
 from test_browser_compare_learn import set_slider, wait_text
 
@@ -23,8 +24,10 @@ def page():
     from viz_app.context import AppContext
     from viz_app.models import ModelRegistry
 
-    with served_app(AppContext.create(ModelRegistry())) as url, \
-            offline_page(url, height=1100, timeout_ms=90_000) as page:
+    with (
+        served_app(AppContext.create(ModelRegistry())) as url,
+        offline_page(url, height=1100, timeout_ms=90_000) as page,
+    ):
         yield page
 
 
@@ -47,10 +50,13 @@ def test_dilation_rises_with_the_scale_slider(page, report):
             page.locator("#lesson-toy").scroll_into_view_if_needed()
             readme_screenshot(page, "lesson_small")
     readme_screenshot(page, "lesson_large")
-    report("browser, lesson network, bar at 30 degrees: effective dilation at the centre by scale "
-           + ", ".join(f"{s} px {v:.2f}" for s, v in zip(SCALES, values)) + " cells")
+    report(
+        "browser, lesson network, bar at 30 degrees: effective dilation at the centre by scale "
+        + ", ".join(f"{s} px {v:.2f}" for s, v in zip(SCALES, values))
+        + " cells"
+    )
     # Monotone within noise: no step down by more than 0.2 cells, and clearly wider at 150 px than at 12.
-    assert all(b > a - 0.2 for a, b in zip(values, values[1:])), values
+    assert all(b > a - 0.2 for a, b in itertools.pairwise(values)), values
     assert values[-1] > values[0] + 0.5, values
 
 

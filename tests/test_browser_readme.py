@@ -5,10 +5,10 @@ README's assets/screenshots/app.png).
 
 Needs /usr/bin/chromium; every request except the app's own is blocked.
 """
+
 import re
 
 import pytest
-
 from browser_support import NEEDS_CHROMIUM, offline_page, readme_screenshot, served_app
 from repo_paths import EXAMPLES
 
@@ -25,8 +25,9 @@ def test_bundled_model_on_a_scene():
         assert "deformable layers (DCNv2, DCNv3, DCNv4)" in heading, heading
         assert page.locator("#model input").input_value() == "dcnv3-yolov8n.pt"
         page.set_input_files("#image-in input[type=file]", str(SCENE))
-        page.wait_for_function("() => /\\d+ detections, 5 DCNv3 layers/.test("
-                               "document.querySelector('#notices').innerText)")
+        page.wait_for_function(
+            "() => /\\d+ detections, 5 DCNv3 layers/.test(document.querySelector('#notices').innerText)"
+        )
         page.wait_for_function("() => document.querySelector('#sampling-info').innerText.includes('cell (row')")
         # The first detection's centre, in the layer of its scale; every group of that layer shown.
         assert page.locator("#detection input").input_value().startswith("#1 ")

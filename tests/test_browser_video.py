@@ -5,16 +5,17 @@ the time series renders, and the frame inspector opens a frame in the Image tab'
 Needs /usr/bin/chromium; every request except the app's own is aborted. Set
 DEFORMLENS_VIDEO_SCREENSHOT=path.png to save a screenshot of the processed Video tab.
 """
+
 import os
 import shutil
 
 import pytest
-
 from browser_support import NEEDS_CHROMIUM, offline_page, served_app
+from repo_paths import ROOT
 
 pytestmark = NEEDS_CHROMIUM
 pytest.importorskip("playwright.sync_api")
-from repo_paths import ROOT
+
 DEMO = ROOT / "assets" / "demo_shapes.mp4"
 MODEL = ROOT / "assets" / "models" / "dcnv3-yolov8n.pt"
 
@@ -31,8 +32,9 @@ def app_url(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(app_url):
-    with offline_page(app_url, height=1100, timeout_ms=120_000,
-                      extra_args=["--autoplay-policy=no-user-gesture-required"]) as page:
+    with offline_page(
+        app_url, height=1100, timeout_ms=120_000, extra_args=["--autoplay-policy=no-user-gesture-required"]
+    ) as page:
         yield page
 
 
@@ -52,12 +54,15 @@ def test_process_demo_video_play_plot_and_inspect(page):
     # A live preview shows while it runs; at the end the output video, the plot and the table.
     page.wait_for_selector("#video-preview img")
     page.wait_for_selector("#video-out video[src]")
-    state = page.wait_for_function("""() => {
+    state = page.wait_for_function(
+        """() => {
         const v = document.querySelector('#video-out video');
         if (!v || v.error) return v && v.error ? {error: v.error.code} : null;
         if (v.readyState < 2) { v.muted = true; v.play().catch(() => {}); return null; }
         return {ready: v.readyState, duration: v.duration, error: v.error};
-    }""", polling=250).json_value()
+    }""",
+        polling=250,
+    ).json_value()
     assert state.get("error") is None and state["ready"] >= 2
     assert abs(state["duration"] - 12.0) < 0.3  # 60 frames at 15 / 3 fps
     plot = page.locator("#video-plot .js-plotly-plot")

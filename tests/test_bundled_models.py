@@ -1,4 +1,5 @@
 """The bundled models load safely in a fresh process and detect shapes on a generated scene."""
+
 import os
 import subprocess
 import sys
@@ -27,8 +28,13 @@ for index in range(6):
     hits += len(result.detections) > 0
 print("hits", hits)
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "YOLO_OFFLINE": "true"}, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "YOLO_OFFLINE": "true"},
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert int(result.stdout.split("hits")[-1]) >= 5  # trained: shapes are found in nearly every scene
 

@@ -1,7 +1,8 @@
 """Loading checkpoints: the fork fixture, other fork layouts, hostile and unsuitable files."""
+
 import os
-import random
 import pickle
+import random
 import subprocess
 import sys
 import textwrap
@@ -24,8 +25,9 @@ FORK_A_EXPECTED = DATA / "fork_fixture" / "fork_A_expected.pt"
 def run_python(code: str, cwd=None) -> str:
     """Run code in a fresh interpreter (no fork code, nothing imported yet); return stdout."""
     env = {**os.environ, "YOLO_OFFLINE": "true"}
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                            text=True, cwd=cwd, env=env, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
@@ -74,8 +76,13 @@ def test_fork_a_matches_what_the_fork_computed_in_a_clean_process():
 def test_load_model_reports_dcnv3_layers_and_predicts():
     model = load_model(FORK_A)
     assert model.task == "detect"
-    assert model.dcnv3_layers == ["model.4.m.0.cv2.dcnv3", "model.4.m.1.cv2.dcnv3",
-                                  "model.6.m.0.cv2.dcnv3", "model.6.m.1.cv2.dcnv3", "model.8.m.0.cv2.dcnv3"]
+    assert model.dcnv3_layers == [
+        "model.4.m.0.cv2.dcnv3",
+        "model.4.m.1.cv2.dcnv3",
+        "model.6.m.0.cv2.dcnv3",
+        "model.6.m.1.cv2.dcnv3",
+        "model.8.m.0.cv2.dcnv3",
+    ]
     assert next(model.model.parameters()).dtype == torch.float32
     result = model.predict(torch.rand(1, 3, 64, 64), verbose=False)[0]
     assert result.boxes is not None
@@ -88,23 +95,27 @@ def test_plain_yolov8_detector_loads_without_dcnv3(tmp_path):
     assert model.predict(torch.rand(1, 3, 64, 64), verbose=False)
 
 
-@pytest.mark.parametrize("yaml,kind", [("yolov8n-cls.yaml", "classifier"),
-                                       ("yolov8n-seg.yaml", "segmentation"),
-                                       ("yolov8n-pose.yaml", "pose")])
+@pytest.mark.parametrize(
+    "yaml,kind",
+    [("yolov8n-cls.yaml", "classifier"), ("yolov8n-seg.yaml", "segmentation"), ("yolov8n-pose.yaml", "pose")],
+)
 def test_non_detectors_are_refused_with_a_clear_message(tmp_path, yaml, kind):
     YOLO(yaml).save(tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match=kind):
         load_model(tmp_path / "other.pt")
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"", "empty"),
-    (b"\x89PNG\r\n\x1a\n" + bytes(100), "not a readable PyTorch checkpoint"),
-    # Seeded noise, so every run reads the same bytes: fresh os.urandom bytes now and then parse as
-    # a legacy pickle whose storage claims more memory than exists, which is refused as
-    # "not a loadable checkpoint" (one run in a few hundred): both messages are right for noise.
-    (random.Random(0).randbytes(4096), "not a (readable PyTorch|loadable) checkpoint"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", "empty"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(100), "not a readable PyTorch checkpoint"),
+        # Seeded noise, so every run reads the same bytes: fresh os.urandom bytes now and then parse as
+        # a legacy pickle whose storage claims more memory than exists, which is refused as
+        # "not a loadable checkpoint" (one run in a few hundred): both messages are right for noise.
+        (random.Random(0).randbytes(4096), "not a (readable PyTorch|loadable) checkpoint"),
+    ],
+)
 def test_files_that_are_not_checkpoints(tmp_path, content, message):
     path = tmp_path / "file.pt"
     path.write_bytes(content)
@@ -157,8 +168,12 @@ class _CallsModelClass:
     def __reduce__(self):
         from ultralytics.nn.tasks import DetectionModel
 
-        cfg = {"nc": 1, "activation": f"__import__('pathlib').Path({str(self.marker)!r}).touch()",
-               "backbone": [[-1, 1, "Conv", [16, 3, 2]]], "head": [[-1, 1, "Conv", [16, 3, 2]]]}
+        cfg = {
+            "nc": 1,
+            "activation": f"__import__('pathlib').Path({str(self.marker)!r}).touch()",
+            "backbone": [[-1, 1, "Conv", [16, 3, 2]]],
+            "head": [[-1, 1, "Conv", [16, 3, 2]]],
+        }
         return (DetectionModel, (cfg,))
 
 
@@ -178,8 +193,7 @@ def test_hostile_checkpoints_are_refused_and_nothing_runs(tmp_path, payload):
     with pytest.raises(UnsafeCheckpointError) as error:
         load_model(path)
     assert not marker.exists()
-    expected = {"top_level": "posix.system", "inside_model": "posix.system",
-                "module_call": "DetectionModel"}[payload]
+    expected = {"top_level": "posix.system", "inside_model": "posix.system", "module_call": "DetectionModel"}[payload]
     assert expected in str(error.value)
     # ultralytics' own loading path is guarded too once the user opts in.
     with yolo.registered(safe_loading=True), pytest.raises(UnsafeCheckpointError):
@@ -247,15 +261,20 @@ FORK_LAYOUT_BUILDER = """
 """
 
 
-@pytest.mark.parametrize("layout", [
-    {"paths": "extra_modules", "v1": True, "dcn_v4_flag": False, "stemless": False},
-    {"paths": "conv_pytorch", "v1": False, "dcn_v4_flag": True, "stemless": True},
-], ids=["extra_modules-ops_v1", "conv_pytorch-dcn_v4_flag-stemless"])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {"paths": "extra_modules", "v1": True, "dcn_v4_flag": False, "stemless": False},
+        {"paths": "conv_pytorch", "v1": False, "dcn_v4_flag": True, "stemless": True},
+    ],
+    ids=["extra_modules-ops_v1", "conv_pytorch-dcn_v4_flag-stemless"],
+)
 def test_other_fork_layouts_load(tmp_path, layout):
     printed = run_python(FORK_LAYOUT_BUILDER.format(layout=layout), cwd=tmp_path)
     fork_globals = printed.strip()
     assert ("extra_modules" in fork_globals) == (layout["paths"] == "extra_modules")
-    out = run_python("""
+    out = run_python(
+        """
         import sys, torch, dcnv3
         from dcnv3.loading import load_model
         model = load_model("fork.pt")
@@ -267,5 +286,7 @@ def test_other_fork_layouts_load(tmp_path, layout):
         error = ((pred - data["expected"]).abs() / (1 + data["expected"].abs())).max().item()
         print(len(model.dcnv3_layers), error)
         assert error < 2e-2, error
-    """, cwd=tmp_path)
+    """,
+        cwd=tmp_path,
+    )
     assert out.split()[0] == "5"

@@ -1,4 +1,5 @@
 """python -m dcnv3: every command's --help, inspect, export, predict, and clean errors."""
+
 import csv
 import os
 import subprocess
@@ -14,8 +15,9 @@ COMMANDS = ["train", "val", "predict", "inspect", "ablate", "health", "analyze",
 
 
 def cli(*args, cwd=None, check=True):
-    result = subprocess.run([sys.executable, "-m", "dcnv3", *map(str, args)], capture_output=True,
-                            text=True, cwd=cwd, env=ENV, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-m", "dcnv3", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=900
+    )
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -41,8 +43,13 @@ def test_inspect_writes_overlays_npz_and_statistics(tmp_path):
     result = cli("inspect", "--model", FORK_A, "--source", images, "--out", tmp_path / "out", "--imgsz", 128)
     assert "broken.png: skipped" in result.stderr
     out = tmp_path / "out"
-    assert {p.name for p in out.iterdir()} == {"a_overlay.png", "a_probe.npz", "b_overlay.png",
-                                               "b_probe.npz", "layer_stats.csv"}
+    assert {p.name for p in out.iterdir()} == {
+        "a_overlay.png",
+        "a_probe.npz",
+        "b_overlay.png",
+        "b_probe.npz",
+        "layer_stats.csv",
+    }
     rows = list(csv.DictReader(open(out / "layer_stats.csv")))
     assert len(rows) == 2 * 5 and rows[0]["stage"] == "P3/8 backbone"
     assert 0 <= float(rows[0]["weight_entropy_mean"]) <= 1
@@ -65,8 +72,9 @@ def test_predict_saves_annotated_images(tmp_path):
     import cv2
 
     cv2.imwrite(str(tmp_path / "img.png"), np.zeros((64, 64, 3), np.uint8))
-    out = cli("predict", "--model", FORK_A, "--source", tmp_path / "img.png", "--imgsz", 64,
-              "--out", tmp_path / "pred").stdout
+    out = cli(
+        "predict", "--model", FORK_A, "--source", tmp_path / "img.png", "--imgsz", 64, "--out", tmp_path / "pred"
+    ).stdout
     assert "img.png:" in out and any((tmp_path / "pred").iterdir())
 
 
@@ -74,8 +82,11 @@ def test_predict_saves_annotated_images(tmp_path):
 def test_bad_checkpoint_is_a_one_line_error(tmp_path, command):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"junk" * 100)
-    extra = {"inspect": ["--source", tmp_path], "predict": ["--source", tmp_path],
-             "val": ["--data", tmp_path / "x.yaml"]}[command]
+    extra = {
+        "inspect": ["--source", tmp_path],
+        "predict": ["--source", tmp_path],
+        "val": ["--data", tmp_path / "x.yaml"],
+    }[command]
     result = cli(command, "--model", bad, *extra, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error:") and "Traceback" not in result.stderr

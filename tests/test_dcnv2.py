@@ -6,6 +6,7 @@ index ramps, bilinear interpolation returns the sampling location itself (exactl
 map), so a one-hot weight per (point, channel) makes each output channel one coordinate of one
 point times its mask. Those must equal ``dcnv3.geometry``'s locations for the captured record.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -39,10 +40,23 @@ def record_of(module: DCNv2, x: torch.Tensor) -> tuple[LayerRecord, dict]:
         module(x)
     captured = layers[""]
     offsets, weights = captured.offsets[0].numpy(), captured.weights[0].numpy()
-    record = LayerRecord(name="dcnv2", stage="test", stride=1, layer_stride=module.stride, grid=offsets.shape[:2],
-                         kernel=module.kernel_size, dilation=module.dilation, pad=module.pad, offset_scale=1.0,
-                         groups=module.group, points=module.points, remove_center=False, offsets=offsets,
-                         weights=weights, weight_kind=captured.weight_kind)
+    record = LayerRecord(
+        name="dcnv2",
+        stage="test",
+        stride=1,
+        layer_stride=module.stride,
+        grid=offsets.shape[:2],
+        kernel=module.kernel_size,
+        dilation=module.dilation,
+        pad=module.pad,
+        offset_scale=1.0,
+        groups=module.group,
+        points=module.points,
+        remove_center=False,
+        offsets=offsets,
+        weights=weights,
+        weight_kind=captured.weight_kind,
+    )
     return record, captured
 
 
@@ -78,12 +92,16 @@ def test_layouts_name_the_same_point():
     assert offsets.abs().sum() == 10.0
 
 
-@pytest.mark.parametrize("k, stride, dilation, padding, group", [
-    (3, 1, 1, None, 1), (3, 2, 1, None, 2), (3, 1, 2, None, 2), (5, 2, 1, 1, 1), (2, 1, 1, 0, 2)])
+@pytest.mark.parametrize(
+    "k, stride, dilation, padding, group",
+    [(3, 1, 1, None, 1), (3, 2, 1, None, 2), (3, 1, 2, None, 2), (5, 2, 1, 1, 1), (2, 1, 1, 0, 2)],
+)
 def test_record_locations_are_where_deform_conv2d_samples(k, stride, dilation, padding, group):
     h, w = 13, 15
-    module = trained_like(DCNv2(2 * group, 2 * group, k, stride, padding, dilation=dilation, act=False,
-                                deformable_groups=group), seed=k + stride + group)
+    module = trained_like(
+        DCNv2(2 * group, 2 * group, k, stride, padding, dilation=dilation, act=False, deformable_groups=group),
+        seed=k + stride + group,
+    )
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
     # Each offset group reads its own two input channels: the x and the y ramp.
     ramp = torch.stack([xs, ys] * group)[None]
@@ -105,8 +123,9 @@ def test_record_locations_are_where_deform_conv2d_samples(k, stride, dilation, p
     measured = out[0].permute(1, 2, 0).reshape(*record.grid, group, points, 2).numpy()
     weights = record.weights[..., None]
     expected = feature_locations(record, (h, w))
-    inside = ((expected[..., 0] >= 0) & (expected[..., 0] <= w - 1) & (expected[..., 1] >= 0)
-              & (expected[..., 1] <= h - 1))
+    inside = (
+        (expected[..., 0] >= 0) & (expected[..., 0] <= w - 1) & (expected[..., 1] >= 0) & (expected[..., 1] <= h - 1)
+    )
     assert inside.mean() > 0.6, "too few points inside the map to measure"
     error = np.abs(measured / weights - expected)[inside]
     assert error.max() < LOCATION_CELLS, error.max()
@@ -117,7 +136,7 @@ def test_record_locations_are_where_deform_conv2d_samples(k, stride, dilation, p
 def independent_output(module: DCNv2, x: torch.Tensor, record: LayerRecord) -> torch.Tensor:
     """The DCNv2 sum recomputed from the record alone with grid_sample (zeros outside, as
     torchvision's bilinear): out[o] = bias[o] + sum_{g,p,c in g} w[o, c, ky, kx] * m * x_c(loc)."""
-    n, c_in, h, w = x.shape
+    _n, c_in, h, w = x.shape
     loc = torch.from_numpy(feature_locations(record, (h, w)))  # (H_o, W_o, G, P, 2)
     weights = torch.from_numpy(record.weights.astype(np.float64))
     per_group = c_in // record.groups
@@ -126,9 +145,14 @@ def independent_output(module: DCNv2, x: torch.Tensor, record: LayerRecord) -> t
         for p in range(record.points):
             kx, ky = divmod(p, record.kernel)
             grid = torch.stack([2 * loc[..., g, p, 0] / (w - 1) - 1, 2 * loc[..., g, p, 1] / (h - 1) - 1], -1)
-            sampled = F.grid_sample(x[:1, g * per_group:(g + 1) * per_group], grid[None], mode="bilinear",
-                                    padding_mode="zeros", align_corners=True)[0]  # (C_g, H_o, W_o)
-            taps = module.weight.detach()[:, g * per_group:(g + 1) * per_group, ky, kx]  # (C_out, C_g)
+            sampled = F.grid_sample(
+                x[:1, g * per_group : (g + 1) * per_group],
+                grid[None],
+                mode="bilinear",
+                padding_mode="zeros",
+                align_corners=True,
+            )[0]  # (C_g, H_o, W_o)
+            taps = module.weight.detach()[:, g * per_group : (g + 1) * per_group, ky, kx]  # (C_out, C_g)
             out = out + torch.einsum("oc,chw->ohw", taps, sampled * weights[..., g, p])
     return out
 
@@ -195,12 +219,22 @@ def test_overrides_sample_the_grid_and_spread_the_masks():
 def test_protocol_attributes_and_gradients_to_the_offset_head():
     module = DCNv2(4, 6, 3, 2, dilation=2, deformable_groups=2)
     assert is_deformable(module) and DCNv2.weight_kind in dcnv3.WEIGHT_KINDS
-    assert (module.kernel_size, module.stride, module.pad, module.dilation, module.group, module.points) == \
-        (3, 2, 2, 2, 2, 9)
+    assert (module.kernel_size, module.stride, module.pad, module.dilation, module.group, module.points) == (
+        3,
+        2,
+        2,
+        2,
+        2,
+        9,
+    )
     assert same_padding(3, 1) == 1 and same_padding(2, 1) == 1 and same_padding(3, 3) == 3
     assert list(module.sampling_head_parameters()) == list(module.conv_offset_mask.parameters())
-    assert sorted(k for k in module.state_dict() if not k.startswith("bn.")) == \
-        ["bias", "conv_offset_mask.bias", "conv_offset_mask.weight", "weight"]
+    assert sorted(k for k in module.state_dict() if not k.startswith("bn.")) == [
+        "bias",
+        "conv_offset_mask.bias",
+        "conv_offset_mask.weight",
+        "weight",
+    ]
     x = torch.randn(2, 4, 12, 12)
     module(x).square().mean().backward()
     assert module.conv_offset_mask.weight.grad.abs().sum() > 0 and module.weight.grad.abs().sum() > 0

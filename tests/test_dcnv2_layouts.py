@@ -11,6 +11,7 @@ Bounds, shared by every fork fixture test (/work/shared/fixtures/README.md):
 - /sampling points against deform_conv2d's own sampling: 0.5 px in the original image (a point
   drawn half a pixel away is drawn in the same pixel or the next).
 """
+
 import math
 import shutil
 import textwrap
@@ -18,26 +19,35 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from gradio_client import Client, handle_file
-from torchvision.ops import deform_conv2d
-
 from child_process import run_python
+from gradio_client import Client, handle_file
 from repo_paths import ROOT
+from torchvision.ops import deform_conv2d
 
 FIXTURES = ROOT / "tests" / "data" / "forks" / "dcnv2"
 LAYERS = ["model.4.m.0.cv2", "model.4.m.1.cv2", "model.6.m.0.cv2", "model.6.m.1.cv2", "model.8.m.0.cv2"]
 # YOLO11: one Bottleneck_DCNV2 at P3, a C3k_DCNv2 of two at P4 and P5 (c3k, as yolo11n has).
-LAYERS_V11 = ["model.4.m.0.cv2", "model.6.m.0.m.0.cv2", "model.6.m.0.m.1.cv2", "model.8.m.0.m.0.cv2",
-              "model.8.m.0.m.1.cv2"]
-LAYOUTS = {"extra_dcnv2_v8": ("C2f_DCNv2", LAYERS), "extra_dcnv2_dynamic_v8": ("C2f_DCNv2_Dynamic", LAYERS),
-           "extra_dcnv2_v11": ("C3k2_DCNv2", LAYERS_V11),
-           "extra_dcnv2_dynamic_v11": ("C3k2_DCNv2_Dynamic", LAYERS_V11)}
+LAYERS_V11 = [
+    "model.4.m.0.cv2",
+    "model.6.m.0.m.0.cv2",
+    "model.6.m.0.m.1.cv2",
+    "model.8.m.0.m.0.cv2",
+    "model.8.m.0.m.1.cv2",
+]
+LAYOUTS = {
+    "extra_dcnv2_v8": ("C2f_DCNv2", LAYERS),
+    "extra_dcnv2_dynamic_v8": ("C2f_DCNv2_Dynamic", LAYERS),
+    "extra_dcnv2_v11": ("C3k2_DCNv2", LAYERS_V11),
+    "extra_dcnv2_dynamic_v11": ("C3k2_DCNv2_Dynamic", LAYERS_V11),
+}
 BUS = ROOT / "assets" / "examples" / "bus.jpg"
 BOX_PX, SCORE, LAYER_ABS, LAYER_REL, SAMPLING_PX = 0.1, 1e-3, 2e-3, 2e-3, 0.5
 
 
 def test_fixtures_reproduce_the_family_as_best_and_last_in_a_clean_process(report):
-    out = run_python("-c", textwrap.dedent(f"""
+    out = run_python(
+        "-c",
+        textwrap.dedent(f"""
         import sys, cv2, torch
         import dcnv3
         from dcnv3.loading import load_model
@@ -54,7 +64,8 @@ def test_fixtures_reproduce_the_family_as_best_and_last_in_a_clean_process(repor
 
         for layout, (container, layer_names) in {LAYOUTS!r}.items():
             expected = torch.load(f"{FIXTURES}/{{layout}}_expected.pt", weights_only=True)
-            assert list(x.shape) == expected["input_shape"] and abs(x.double().sum().item() - expected["input_sum"]) < 1e-3
+            assert list(x.shape) == expected["input_shape"]
+            assert abs(x.double().sum().item() - expected["input_sum"]) < 1e-3
             for kind in ("best", "last"):
                 model = load_model(f"{FIXTURES}/{{layout}}_{{kind}}.pt")
                 assert not any(m.startswith("ultralytics.nn.extra_modules") for m in sys.modules)
@@ -76,7 +87,8 @@ def test_fixtures_reproduce_the_family_as_best_and_last_in_a_clean_process(repor
                 assert all((r.kernel, r.groups, r.points, r.pad) == (3, 1, 9, 1) for r in records)
                 print(layout, kind, f"boxes {{boxes:.2e}} px scores {{scores:.2e}} layers {{worst:.2e}} of the bound")
         print("ok")
-        """))
+        """),
+    )
     assert out.strip().endswith("ok"), out
     for line in out.splitlines():
         if line.startswith("extra_dcnv2"):
@@ -99,28 +111,38 @@ def sampled_by_deform_conv2d(layer, layer_input: torch.Tensor, row: int, col: in
         ky, kx = divmod(q, k)
         for c in range(3):
             weight[3 * q + c, c, ky, kx] = 1.0
-    out = deform_conv2d(torch.stack([xs, ys, torch.ones_like(xs)])[None], offset.double(), weight,
-                        stride=layer.stride, padding=layer.pad, dilation=layer.dilation, mask=mask.double())
+    out = deform_conv2d(
+        torch.stack([xs, ys, torch.ones_like(xs)])[None],
+        offset.double(),
+        weight,
+        stride=layer.stride,
+        padding=layer.pad,
+        dilation=layer.dilation,
+        mask=mask.double(),
+    )
     sampled = (out[0, :, row, col].reshape(k * k, 3) / mask[0, :, row, col, None].double()).numpy()
     points = sampled[:, :2].copy()
     points[np.abs(sampled[:, 2] - 1) > 1e-9] = np.nan  # a neighbour outside the map: not a coordinate
     return points
 
 
-@pytest.mark.parametrize("layer_name,x,y", [("model.4.m.0.cv2", 400.5, 500.5), ("model.6.m.1.cv2", 250.0, 620.25),
-                                            ("model.8.m.0.cv2", 600.0, 300.0)])
+@pytest.mark.parametrize(
+    "layer_name,x,y",
+    [("model.4.m.0.cv2", 400.5, 500.5), ("model.6.m.1.cv2", 250.0, 620.25), ("model.8.m.0.cv2", 600.0, 300.0)],
+)
 def test_sampling_api_agrees_with_deform_conv2d(dcnv2_app, layer_name, x, y):
     client, reference = dcnv2_app
-    _, payload = client.predict(handle_file(str(BUS)), "extra_dcnv2_v8_best.pt", layer_name, x, y,
-                                api_name="/sampling")
+    _, payload = client.predict(handle_file(str(BUS)), "extra_dcnv2_v8_best.pt", layer_name, x, y, api_name="/sampling")
     probe_record = next(r for r in reference["probe"].layers if r.name == layer_name)
     layer, layer_input = reference["layers"][layer_name]
     letterbox = reference["probe"].letterbox
     stride = probe_record.stride
     row, col = payload["cell"]
     # The clicked point's cell, independently: stride-1 layer with centred padding.
-    assert [row, col] == [math.floor((y * letterbox.ratio + letterbox.pad[1]) / stride),
-                          math.floor((x * letterbox.ratio + letterbox.pad[0]) / stride)]
+    assert [row, col] == [
+        math.floor((y * letterbox.ratio + letterbox.pad[1]) / stride),
+        math.floor((x * letterbox.ratio + letterbox.pad[0]) / stride),
+    ]
     measured = sampled_by_deform_conv2d(layer, layer_input, row, col)
     k = layer.kernel_size
     points = payload["points"]
@@ -133,7 +155,11 @@ def test_sampling_api_agrees_with_deform_conv2d(dcnv2_app, layer_name, x, y):
             continue
         image_x = ((fx + 0.5) * stride - letterbox.pad[0]) / letterbox.ratio
         image_y = ((fy + 0.5) * stride - letterbox.pad[1]) / letterbox.ratio
-        assert abs(point["x"] - image_x) < SAMPLING_PX and abs(point["y"] - image_y) < SAMPLING_PX, (point, image_x, image_y)
+        assert abs(point["x"] - image_x) < SAMPLING_PX and abs(point["y"] - image_y) < SAMPLING_PX, (
+            point,
+            image_x,
+            image_y,
+        )
         compared += 1
     assert compared >= k * k - 2
     # Sigmoid weights: each in (0, 1), no sum constraint; and they are the mask deform_conv2d used.
@@ -147,9 +173,9 @@ def test_sampling_api_agrees_with_deform_conv2d(dcnv2_app, layer_name, x, y):
 @pytest.fixture(scope="module")
 def dcnv2_app(tmp_path_factory):
     import cv2
+    from app_server import served_app
     from ultralytics.data.augment import LetterBox
 
-    from app_server import served_app
     from dcnv3.loading import load_model
     from dcnv3.probe import probe
     from viz_app.analyser import Analyser
@@ -168,7 +194,9 @@ def dcnv2_app(tmp_path_factory):
     inputs, hooks = {}, []
     for name in LAYERS:
         module = net.get_submodule(name)
-        hooks.append(module.register_forward_pre_hook(lambda m, args, name=name: inputs.__setitem__(name, (m, args[0]))))
+        hooks.append(
+            module.register_forward_pre_hook(lambda m, args, name=name: inputs.__setitem__(name, (m, args[0])))
+        )
     with torch.no_grad():
         net(x)
     for hook in hooks:

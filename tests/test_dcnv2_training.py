@@ -1,10 +1,11 @@
 """One epoch of training for dcnv2-yolov8n and dcnv2-yolo11n on the tiny shapes data, through the
 CLI's trainer in a child process, then the checkpoint loads and probes with its DCNv2 layers."""
+
 import cv2
 import numpy as np
 import pytest
-
 from child_process import run_python
+
 from dcnv3.loading import load_model
 from dcnv3.probe import probe
 from dcnv3.yolo import model_yaml
@@ -17,10 +18,33 @@ IMGSZ = 64
 def test_one_epoch_trains_and_the_checkpoint_probes(family, tiny_shapes_data, tmp_path, report):
     # No warm-up and nominal batch = batch: each of the 2 iterations is a step at the full learning
     # rate (ultralytics' defaults would make one step at lr 0 and leave the offsets at zero).
-    log = run_python("-m", "dcnv3", "train", "--model", model_yaml("n", family=family, operator="dcnv2"),
-                     "--data", tiny_shapes_data, "--epochs", "1", "--imgsz", IMGSZ, "--batch", "8",
-                     "--workers", "0", "--project", tmp_path, "--name", family, "--set", "plots=False",
-                     "--set", "warmup_epochs=0", "--set", "nbs=8")
+    log = run_python(
+        "-m",
+        "dcnv3",
+        "train",
+        "--model",
+        model_yaml("n", family=family, operator="dcnv2"),
+        "--data",
+        tiny_shapes_data,
+        "--epochs",
+        "1",
+        "--imgsz",
+        IMGSZ,
+        "--batch",
+        "8",
+        "--workers",
+        "0",
+        "--project",
+        tmp_path,
+        "--name",
+        family,
+        "--set",
+        "plots=False",
+        "--set",
+        "warmup_epochs=0",
+        "--set",
+        "nbs=8",
+    )
     best = tmp_path / family / "weights" / "best.pt"
     assert best.is_file(), log[-2000:]
     model = load_model(best)
@@ -31,5 +55,7 @@ def test_one_epoch_trains_and_the_checkpoint_probes(family, tiny_shapes_data, tm
     # The offset heads start at zero; one epoch of gradient at the full learning rate moves them.
     moved = max(float(np.abs(layer.offsets).max()) for layer in probed.layers)
     assert moved > 1e-5
-    report(f"dcnv2-{family}n: trained 1 epoch on 16 shapes images at {IMGSZ} px; best.pt probes 5 DCNv2 "
-           f"layers (sigmoid); max |offset| {moved:.3g} cells")
+    report(
+        f"dcnv2-{family}n: trained 1 epoch on 16 shapes images at {IMGSZ} px; best.pt probes 5 DCNv2 "
+        f"layers (sigmoid); max |offset| {moved:.3g} cells"
+    )

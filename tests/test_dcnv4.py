@@ -1,5 +1,6 @@
 """dcnv3.dcnv4: DCNv4's core and module against golden vectors of the reference, closed forms,
 layouts, gradcheck, and that it runs on a CPU with nothing of DCNv4's (no CUDA, no extension)."""
+
 import json
 import math
 import os
@@ -11,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from repo_paths import ROOT
 
 from dcnv3 import DCNv4, dcnv4_core, formulation
 from dcnv3.dcnv4 import offset_mask_channels, split_offset_mask
 from dcnv3.ops import output_size
-from repo_paths import ROOT
 
 GOLDEN = Path(__file__).parent / "data" / "golden_dcnv4"
 INDEX = json.loads((GOLDEN / "index.json").read_text())
@@ -102,8 +103,7 @@ def test_module_matches_dcnv4_module_float32(case):
 def test_state_dict_keys_and_shapes_are_dcnv4s(case):
     data = torch.load(GOLDEN / case["file"], weights_only=True)
     ours = DCNv4(**case["config"]).state_dict()
-    assert {k: tuple(v.shape) for k, v in ours.items()} == \
-        {k: tuple(v.shape) for k, v in data["state_dict"].items()}
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in data["state_dict"].items()}
 
 
 def test_offset_mask_width_is_padded_to_a_multiple_of_8():
@@ -118,11 +118,21 @@ def test_offset_mask_width_is_padded_to_a_multiple_of_8():
 # ---------------------------------------------------------------------------------------------
 # Closed forms and layouts
 # ---------------------------------------------------------------------------------------------
-def geometry(kernel=3, stride=1, pad=1, dilation=1, group=2, group_channels=3, offset_scale=1.0,
-             remove_center=0):
-    return dict(kernel_h=kernel, kernel_w=kernel, stride_h=stride, stride_w=stride, pad_h=pad, pad_w=pad,
-                dilation_h=dilation, dilation_w=dilation, group=group, group_channels=group_channels,
-                offset_scale=offset_scale, remove_center=remove_center)
+def geometry(kernel=3, stride=1, pad=1, dilation=1, group=2, group_channels=3, offset_scale=1.0, remove_center=0):
+    return dict(
+        kernel_h=kernel,
+        kernel_w=kernel,
+        stride_h=stride,
+        stride_w=stride,
+        pad_h=pad,
+        pad_w=pad,
+        dilation_h=dilation,
+        dilation_w=dilation,
+        group=group,
+        group_channels=group_channels,
+        offset_scale=offset_scale,
+        remove_center=remove_center,
+    )
 
 
 def packed(n, out_h, out_w, group, points, offset=None, scalars=None, padding_fill=0.0):
@@ -161,8 +171,11 @@ def test_remove_center_leaves_out_the_centre_tap():
         window_sum = 9 * F.avg_pool2d(inputs.permute(0, 3, 1, 2), 3, stride, 1).permute(0, 2, 3, 1)
         centre = inputs[:, ::stride, ::stride]
         scalars = torch.ones(1, out_h, out_w, 2, 8, dtype=torch.float64)
-        out = dcnv4_core(inputs, packed(1, out_h, out_w, 2, 8, scalars=scalars),
-                         **geometry(stride=stride, group_channels=2, remove_center=1))
+        out = dcnv4_core(
+            inputs,
+            packed(1, out_h, out_w, 2, 8, scalars=scalars),
+            **geometry(stride=stride, group_channels=2, remove_center=1),
+        )
         torch.testing.assert_close(out, window_sum - centre, rtol=0, atol=1e-12)
 
 
@@ -172,8 +185,11 @@ def test_whole_pixel_offset_shifts_the_sample():
     inputs = torch.randn(1, 5, 6, 3, generator=gen, dtype=torch.float64)
     offset = torch.tensor([2.0, -1.0], dtype=torch.float64).expand(1, 5, 6, 3, 1, 2)
     scalars = torch.tensor([0.5, -2.0, 3.0], dtype=torch.float64).view(1, 1, 1, 3, 1).expand(1, 5, 6, 3, 1)
-    out = dcnv4_core(inputs, packed(1, 5, 6, 3, 1, offset=offset, scalars=scalars),
-                     **geometry(kernel=1, pad=0, group=3, group_channels=1))
+    out = dcnv4_core(
+        inputs,
+        packed(1, 5, 6, 3, 1, offset=offset, scalars=scalars),
+        **geometry(kernel=1, pad=0, group=3, group_channels=1),
+    )
     shifted = torch.zeros_like(inputs)
     shifted[:, 1:, :-2] = inputs[:, :-1, 2:]
     torch.testing.assert_close(out, shifted * torch.tensor([0.5, -2.0, 3.0], dtype=torch.float64))
@@ -200,8 +216,8 @@ def test_split_is_dcnv3s_layout():
     assert offset.shape == (2, 1, 1, 24) and mask.shape == (2, 1, 1, 12)
     for g in range(group):
         start = g * 12  # group g's block of 3P = 12 channels
-        torch.testing.assert_close(offset[0, 0, 0, g * 8:(g + 1) * 8], torch.arange(start, start + 8.0).double())
-        torch.testing.assert_close(mask[0, 0, 0, g * 4:(g + 1) * 4], torch.arange(start + 8.0, start + 12).double())
+        torch.testing.assert_close(offset[0, 0, 0, g * 8 : (g + 1) * 8], torch.arange(start, start + 8.0).double())
+        torch.testing.assert_close(mask[0, 0, 0, g * 4 : (g + 1) * 4], torch.arange(start + 8.0, start + 12).double())
 
 
 def random_module(seed, **kwargs):
@@ -213,9 +229,16 @@ def random_module(seed, **kwargs):
     return module
 
 
-@pytest.mark.parametrize("kwargs", [dict(), dict(stride=2), dict(dw_kernel_size=3, center_feature_scale=True),
-                                    dict(without_pointwise=True, remove_center=True)],
-                         ids=["default", "stride2", "dw_cfs", "nopw_rmc"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(stride=2),
+        dict(dw_kernel_size=3, center_feature_scale=True),
+        dict(without_pointwise=True, remove_center=True),
+    ],
+    ids=["default", "stride2", "dw_cfs", "nopw_rmc"],
+)
 def test_nchw_and_nlc_inputs_give_the_same_result(kwargs):
     """DCNv4's own (N, L, C) + shape, and the YOLO extra_modules copy's (N, C, H, W)."""
     module = random_module(0, channels=32, group=2, **kwargs)
@@ -236,7 +259,7 @@ def test_module_with_identity_projections_averages_the_window(stride):
     the module is average pooling, at stride 1 and (predicting on the strided grid) at stride 2."""
     module = DCNv4(32, group=2, stride=stride).double()
     with torch.no_grad():
-        module.offset_mask.bias.view(-1)[:2 * 27].view(2, 27)[:, 18:] = 1 / 9
+        module.offset_mask.bias.view(-1)[: 2 * 27].view(2, 27)[:, 18:] = 1 / 9
         for proj in (module.value_proj, module.output_proj):
             proj.weight.copy_(torch.eye(32))
     image = torch.randn(1, 32, 8, 7, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
@@ -265,8 +288,12 @@ def test_gradcheck(name):
     torch.set_num_threads(1)  # hundreds of tiny calls: thread start-up would dominate on a busy CPU
     try:
         with formulation(name):
-            assert torch.autograd.gradcheck(lambda x, om: dcnv4_core(x, om, **geometry(group_channels=2)),
-                                            (inputs, offset_mask), eps=1e-6, atol=1e-7)
+            assert torch.autograd.gradcheck(
+                lambda x, om: dcnv4_core(x, om, **geometry(group_channels=2)),
+                (inputs, offset_mask),
+                eps=1e-6,
+                atol=1e-7,
+            )
     finally:
         torch.set_num_threads(threads)
 
@@ -312,16 +339,21 @@ def test_runs_on_a_cpu_without_cuda_or_any_dcnv4_extension():
         print("ok")
     """)
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["ok"]
 
 
-@pytest.mark.parametrize("config", [dict(channels=32, group=2),
-                                    dict(channels=32, group=2, stride=2, dw_kernel_size=3,
-                                         center_feature_scale=True, remove_center=True)],
-                         ids=["default", "stride2_dw_cfs_rmc"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(channels=32, group=2),
+        dict(channels=32, group=2, stride=2, dw_kernel_size=3, center_feature_scale=True, remove_center=True),
+    ],
+    ids=["default", "stride2_dw_cfs_rmc"],
+)
 def test_onnx_export_matches_pytorch(tmp_path, config):
     """The module exports with the TorchScript exporter (the core's gather path) and
     onnxruntime reproduces PyTorch on an (N, C, H, W) input."""
@@ -331,9 +363,9 @@ def test_onnx_export_matches_pytorch(tmp_path, config):
     with torch.no_grad():
         expected = module(image).numpy()
     path = tmp_path / "dcnv4.onnx"
-    torch.onnx.export(module, (image,), str(path), opset_version=17, dynamo=False,
-                      input_names=["x"], output_names=["y"])
-    (actual,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
-        None, {"x": image.numpy()})
+    torch.onnx.export(
+        module, (image,), str(path), opset_version=17, dynamo=False, input_names=["x"], output_names=["y"]
+    )
+    (actual,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": image.numpy()})
     assert actual.shape == expected.shape
     assert abs(actual - expected).max() < 1e-4

@@ -14,20 +14,20 @@ as best.pt and as last.pt. Bounds (shared by every fork fixture, ../shared/fixtu
 - each DCNv4's offset_mask Linear output: 2e-3 + 2e-3 |x| elementwise (fp32 rounding of a
   Linear over features that went through the layers before it).
 """
+
 import copy
 
 import pytest
 import torch
+from child_process import run_python
+from repo_paths import ROOT
 from ultralytics.nn import tasks
 from ultralytics.nn.modules.block import Bottleneck, C2f, C3k, C3k2
 
-from dcnv3.blocks_dcnv4 import Bottleneck_DCNV4, C2f_DCNv4, C3k2_DCNv4, C3k_DCNv4, DCNV4_YOLO
+from dcnv3.blocks_dcnv4 import DCNV4_YOLO, Bottleneck_DCNV4, C2f_DCNv4, C3k2_DCNv4, C3k_DCNv4
 from dcnv3.capture import deformable_modules
 from dcnv3.dcnv4 import DCNv4
 from dcnv3.yolo import model_yaml
-
-from child_process import run_python
-from repo_paths import ROOT
 
 FIXTURE = ROOT / "tests" / "data" / "forks" / "extra_v11_dcnv4"
 LAYOUT = "extra_v11_dcnv4"
@@ -45,7 +45,7 @@ def parsed_layers(yaml_name: str) -> torch.nn.Sequential:
     return layers
 
 
-@pytest.mark.parametrize("family", ("yolov8", "yolo11"))
+@pytest.mark.parametrize("family", ["yolov8", "yolo11"])
 def test_dcnv4_yamls_parse_like_their_stock_twins(family, report):
     """At every scale: the DCNv4 containers at layers 4, 6, 8 with their stock twin's channels and
     inner blocks (C3k at m, l, x for YOLO11), every other layer the stock one parameter for
@@ -65,17 +65,22 @@ def test_dcnv4_yamls_parse_like_their_stock_twins(family, report):
             else:
                 assert type(layer) is type(twin) and layer.np == twin.np, f"{name} layer {index}"
         dcn = deformable_modules(ours)
-        assert dcn and all(type(m) is DCNv4 and (m.group, m.kernel_size, m.stride, m.pad) == (1, 3, 1, 1)
-                           for _, m in dcn)
+        assert dcn and all(
+            type(m) is DCNv4 and (m.group, m.kernel_size, m.stride, m.pad) == (1, 3, 1, 1) for _, m in dcn
+        )
         assert len(dcn) == sum(isinstance(block, DCNV4_YOLO) for block in ours.modules())  # one each
         if scale == "n":
-            report(f"{name}: {sum(p.numel() for p in ours.parameters()):,} parameters, {len(dcn)} DCNv4 layers "
-                   f"(channels {[m.channels for _, m in dcn]}); {family}{scale}: "
-                   f"{sum(p.numel() for p in stock.parameters()):,}")
+            report(
+                f"{name}: {sum(p.numel() for p in ours.parameters()):,} parameters, {len(dcn)} DCNv4 layers "
+                f"(channels {[m.channels for _, m in dcn]}); {family}{scale}: "
+                f"{sum(p.numel() for p in stock.parameters()):,}"
+            )
 
 
 def test_dcnv4_fork_layout_reproduces_the_fork_as_best_and_last_in_a_clean_process(report):
-    out = run_python("-c", f"""
+    out = run_python(
+        "-c",
+        f"""
 import sys, cv2, torch
 import dcnv3
 from dcnv3.loading import load_model
@@ -109,7 +114,8 @@ for kind in ("best", "last"):
                     for name, record in layers.items())
         assert ratio <= 1, (kind, formulation, ratio)
         assert {{record.weight_kind for record in layers.values()}} == {{"free"}}
-        print(f"{{kind}} {{formulation}}: boxes {{boxes:.2g}} px, scores {{scores:.2g}}, offset_mask {{ratio:.2g}} of the bound")
+        print(f"{{kind}} {{formulation}}: boxes {{boxes:.2g}} px, scores {{scores:.2g}}, "
+              f"offset_mask {{ratio:.2g}} of the bound")
     dcnv3.set_default_formulation("native")
 # The probe (the app's path: letterbox, inference copy, NMS) lists every DCNv4 layer, weight kind
 # "free", with the fork's offsets and scalars in the record layout (per group: 2P offsets as
@@ -127,7 +133,8 @@ for layer in result.layers:
 forks = [name for name in sys.modules if name.startswith("DCNv4") or "extra_modules" in name]
 assert not forks, forks
 print("probe", len(result.layers), "layers, kinds", sorted({{layer.weight_kind for layer in result.layers}}))
-""")
+""",
+    )
     assert "probe 5 layers, kinds ['free']" in out, out[-3000:]
     for line in out.splitlines():
         if line.startswith(("best", "last")):
@@ -144,11 +151,15 @@ def test_dcnv4_layouts_that_do_not_compute_a_dcnv4_are_refused(tmp_path):
     source = FIXTURE / f"{LAYOUT}_best.pt"
     cases = {  # label: (edit of the first DCNv4, what the refusal must say)
         "unchanged": (lambda op: None, None),
-        "offset_mask": (lambda op: setattr(op, "offset_mask", torch.nn.Linear(op.channels, 24)),
-                        "whose `offset_mask` is not Linear(16, 32)"),
+        "offset_mask": (
+            lambda op: setattr(op, "offset_mask", torch.nn.Linear(op.channels, 24)),
+            "whose `offset_mask` is not Linear(16, 32)",
+        ),
         "stride_2": (lambda op: setattr(op, "stride", 2), "a DCNv4 of stride 2, pad 1"),
-        "without_pointwise": (lambda op: setattr(op, "without_pointwise", True),
-                              "(without_pointwise True) holding ['output_proj', 'value_proj']"),
+        "without_pointwise": (
+            lambda op: setattr(op, "without_pointwise", True),
+            "(without_pointwise True) holding ['output_proj', 'value_proj']",
+        ),
     }
     for label, (edit, reason) in cases.items():
         checkpoint = safe_load(source)  # the fork's modules adopted: dcnv3.DCNv4 and our blocks
@@ -161,8 +172,10 @@ def test_dcnv4_layouts_that_do_not_compute_a_dcnv4_are_refused(tmp_path):
             continue
         with pytest.raises(CheckpointError) as error:
             load_model(path)
-        assert "`DCNv4` (DCNv4.modules.dcnv4.DCNv4)" in str(error.value) and reason in str(error.value), \
-            (label, str(error.value)[:600])
+        assert "`DCNv4` (DCNv4.modules.dcnv4.DCNv4)" in str(error.value) and reason in str(error.value), (
+            label,
+            str(error.value)[:600],
+        )
 
 
 def _save_as_fork(checkpoint: dict, path) -> None:
@@ -175,7 +188,12 @@ def _save_as_fork(checkpoint: dict, path) -> None:
     from dcnv3 import blocks_dcnv4
 
     paths = {DCNv4: ("DCNv4.modules.dcnv4", "DCNv4")}
-    for cls in (blocks_dcnv4.DCNV4_YOLO, blocks_dcnv4.Bottleneck_DCNV4, blocks_dcnv4.C3k_DCNv4, blocks_dcnv4.C3k2_DCNv4):
+    for cls in (
+        blocks_dcnv4.DCNV4_YOLO,
+        blocks_dcnv4.Bottleneck_DCNV4,
+        blocks_dcnv4.C3k_DCNv4,
+        blocks_dcnv4.C3k2_DCNv4,
+    ):
         paths[cls] = ("ultralytics.nn.extra_modules.block", cls.__name__)
     created, swapped = [], []
     try:

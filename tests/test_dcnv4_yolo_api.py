@@ -7,15 +7,16 @@ Why 0.5 px holds with room: the fork's and our offsets differ by < 2e-3 cells in
 fixture bound), which at stride 32 and the letterbox ratio 0.59 is < 0.11 px; a wrong point order
 ((dy, dx), rows for columns) or a wrong cell moves points by whole cells (>= 13 px at stride 8).
 """
+
 import math
 import shutil
 
 import pytest
 import torch
-from gradio_client import Client, handle_file
-
 from app_server import served_app
+from gradio_client import Client, handle_file
 from repo_paths import ROOT
+
 from viz_app.analyser import Analyser
 from viz_app.models import ModelRegistry
 
@@ -42,9 +43,14 @@ def expected():
     return torch.load(FIXTURE / "extra_v11_dcnv4_expected.pt", weights_only=True)
 
 
-@pytest.mark.parametrize("layer,x,y", [("model.4.m.0.cv2.dcnv4", 400.5, 500.5),
-                                       ("model.6.m.0.m.1.cv2.dcnv4", 10.2, 1000.7),
-                                       ("model.8.m.0.m.0.cv2.dcnv4", 805.0, 3.0)])
+@pytest.mark.parametrize(
+    "layer,x,y",
+    [
+        ("model.4.m.0.cv2.dcnv4", 400.5, 500.5),
+        ("model.6.m.0.m.1.cv2.dcnv4", 10.2, 1000.7),
+        ("model.8.m.0.m.0.cv2.dcnv4", 805.0, 3.0),
+    ],
+)
 def test_sampling_points_are_where_the_forks_dcnv4_samples(client, expected, layer, x, y):
     _, payload = client.predict(handle_file(str(BUS)), MODEL, layer, x, y, api_name="/sampling")
     assert payload["layer"] == layer and payload["weight_kind"] == "free"

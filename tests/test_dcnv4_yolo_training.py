@@ -7,8 +7,10 @@ tests/test_yolo11_26.py: with ultralytics' defaults so short a run makes one ste
 DCNv4 starts with all scalars 0, so its output is 0 and its offsets get no gradient until the
 scalars have moved: after the first step the scalars are nonzero, after the second the offsets.
 """
+
 import pytest
 import torch
+from child_process import run_python
 
 from dcnv3.capture import deformable_modules
 from dcnv3.dcnv4 import DCNv4
@@ -16,17 +18,39 @@ from dcnv3.loading import load_model
 from dcnv3.probe import probe
 from dcnv3.yolo import model_yaml
 
-from child_process import run_python
-
 IMGSZ = 64
 
 
-@pytest.mark.parametrize("family", ("yolov8", "yolo11"))
+@pytest.mark.parametrize("family", ["yolov8", "yolo11"])
 def test_dcnv4_yaml_trains_one_epoch_and_loads_back(family, tiny_shapes_data, tmp_path, report):
     yaml_name = model_yaml("n", family=family, operator="dcnv4")
-    log = run_python("-m", "dcnv3", "train", "--model", yaml_name, "--data", tiny_shapes_data,
-                     "--epochs", "1", "--imgsz", IMGSZ, "--batch", "8", "--workers", "0", "--project", tmp_path,
-                     "--name", family, "--set", "plots=False", "--set", "warmup_epochs=0", "--set", "nbs=8")
+    log = run_python(
+        "-m",
+        "dcnv3",
+        "train",
+        "--model",
+        yaml_name,
+        "--data",
+        tiny_shapes_data,
+        "--epochs",
+        "1",
+        "--imgsz",
+        IMGSZ,
+        "--batch",
+        "8",
+        "--workers",
+        "0",
+        "--project",
+        tmp_path,
+        "--name",
+        family,
+        "--set",
+        "plots=False",
+        "--set",
+        "warmup_epochs=0",
+        "--set",
+        "nbs=8",
+    )
     weights = tmp_path / family / "weights"
     assert (weights / "best.pt").is_file() and (weights / "last.pt").is_file(), log[-2000:]
 
@@ -38,7 +62,7 @@ def test_dcnv4_yaml_trains_one_epoch_and_loads_back(family, tiny_shapes_data, tm
         om = op.offset_mask.weight.detach()
         p, used = op.points, op.group * 3 * op.points
         blocks = om[:used].unflatten(0, (op.group, 3 * p))
-        offsets, scalars = blocks[:, :2 * p], blocks[:, 2 * p:]
+        offsets, scalars = blocks[:, : 2 * p], blocks[:, 2 * p :]
         assert scalars.abs().max() > 0 and torch.isfinite(om).all(), name
         moved.append((scalars.abs().max().item(), offsets.abs().max().item()))
     assert any(offset > 0 for _, offset in moved)  # the second step moved the offsets
@@ -47,5 +71,7 @@ def test_dcnv4_yaml_trains_one_epoch_and_loads_back(family, tiny_shapes_data, tm
     result = probe(model, str(image), imgsz=IMGSZ, conf=0.001)
     assert [layer.name for layer in result.layers] == model.dcnv3_layers
     assert {layer.weight_kind for layer in result.layers} == {"free"}
-    report(f"{yaml_name}: 1 epoch at {IMGSZ} px trained and loaded; max |scalar| / |offset| weight per layer "
-           f"{[(round(s, 4), round(o, 4)) for s, o in moved]}")
+    report(
+        f"{yaml_name}: 1 epoch at {IMGSZ} px trained and loaded; max |scalar| / |offset| weight per layer "
+        f"{[(round(s, 4), round(o, 4)) for s, o in moved]}"
+    )

@@ -3,14 +3,14 @@ refusals. The app runs in this process on a free loopback port (see test_app_api
 
 import cv2
 import pytest
+from app_server import served_app
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from repo_paths import ROOT
 
-from app_server import served_app
 from viz_app.context import AppContext
 from viz_app.models import ModelRegistry
 
-from repo_paths import ROOT
 SHAPES = ROOT / "assets" / "examples" / "shapes_0.jpg"  # 416 x 416: a triangle top left, a cross bottom right
 
 
@@ -28,8 +28,14 @@ def erf(client, layer="model.8.m.0.cv2.dcnv3", x=317.0, y=370.0, compare="auto",
 def test_erf_dcnv3_beside_its_plain_twin(app):
     client, context = app
     endpoint = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/erf"]
-    assert [p["parameter_name"] for p in endpoint["parameters"]] == ["image_path", "model_name", "layer", "x", "y",
-                                                                     "compare_model"]
+    assert [p["parameter_name"] for p in endpoint["parameters"]] == [
+        "image_path",
+        "model_name",
+        "layer",
+        "x",
+        "y",
+        "compare_model",
+    ]
     picture, payload = erf(client)
     first, second = payload["models"]
     assert (first["model"], second["model"]) == ("dcnv3-yolov8n.pt", "yolov8n.pt")
@@ -54,7 +60,7 @@ def test_erf_dcnv3_beside_its_plain_twin(app):
 
 def test_erf_refusals(app):
     client, _ = app
-    with pytest.raises(AppError, match="no layer 'model.99'"):
+    with pytest.raises(AppError, match=r"no layer 'model\.99'"):
         erf(client, layer="model.99")
     with pytest.raises(AppError, match="outside the 416 x 416 image"):
         erf(client, x=500.0)

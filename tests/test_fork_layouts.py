@@ -11,6 +11,7 @@ every fork fixture test. Why these bounds:
 - class scores (rows 4+, in [0, 1]): 1e-3 (measured: ~1e-4).
 - offsets and mask logits: 2e-3 + 2e-3 |x| elementwise.
 """
+
 import os
 import subprocess
 import sys
@@ -20,9 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
 from repo_paths import ROOT
+from torch import nn
 
 FORKS = ROOT / "tests" / "data" / "forks"
 LAYOUTS = ("jiangjh_v8", "extra_v8", "extra_v11")
@@ -32,8 +32,9 @@ BOX_PX, SCORE, LAYER_ABS, LAYER_REL = 0.1, 1e-3, 2e-3, 2e-3
 def run_python(code: str) -> str:
     """Run code in a fresh interpreter (no fork code, nothing imported yet); return stdout."""
     env = {**os.environ, "YOLO_OFFLINE": "true"}
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                            cwd=ROOT, env=env, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
@@ -57,7 +58,8 @@ def test_every_layout_reproduces_its_fork_as_best_and_last_in_a_clean_process():
 
         for layout in {LAYOUTS!r}:
             expected = torch.load(f"{FORKS}/{{layout}}_expected.pt", weights_only=True)
-            assert list(x.shape) == expected["input_shape"] and abs(x.double().sum().item() - expected["input_sum"]) < 1e-3
+            assert list(x.shape) == expected["input_shape"]
+            assert abs(x.double().sum().item() - expected["input_sum"]) < 1e-3
             for kind in ("best", "last"):
                 model = load_model(f"{FORKS}/{{layout}}_{{kind}}.pt")
                 assert sorted(model.dcnv3_layers) == sorted({{k.rsplit(".", 1)[0] for k in expected["layers"]}})
@@ -70,7 +72,8 @@ def test_every_layout_reproduces_its_fork_as_best_and_last_in_a_clean_process():
                     boxes = (pred[:, :4] - ref[:, :4]).abs().max().item()
                     scores = (pred[:, 4:] - ref[:, 4:]).abs().max().item()
                     assert boxes <= {BOX_PX} and scores <= {SCORE}, (layout, kind, formulation, boxes, scores)
-                    ratio, diff = max(excess(getattr(record, field), expected["layers"][name + key], {LAYER_ABS}, {LAYER_REL})
+                    ratio, diff = max(excess(getattr(record, field), expected["layers"][name + key],
+                                             {LAYER_ABS}, {LAYER_REL})
                                       for name, record in layers.items()
                                       for field, key in (("offset_raw", ".offset"), ("mask_logits", ".mask_logits")))
                     assert ratio <= 1, (layout, kind, formulation, ratio)
@@ -83,7 +86,8 @@ def test_every_layout_reproduces_its_fork_as_best_and_last_in_a_clean_process():
             assert [layer.name for layer in result.layers] == model.dcnv3_layers
             for layer in result.layers:
                 reference = expected["layers"][layer.name + ".offset"][0].reshape(layer.offsets.shape)
-                assert excess(torch.from_numpy(layer.offsets).float(), reference, {LAYER_ABS}, {LAYER_REL})[0] <= 1, layer.name
+                offsets = torch.from_numpy(layer.offsets).float()
+                assert excess(offsets, reference, {LAYER_ABS}, {LAYER_REL})[0] <= 1, layer.name
             forks = [name for name in sys.modules if "ops_dcnv3" in name or "extra_modules" in name]
             assert not forks, forks
             print(layout, "probe", len(result.layers), "layers")
@@ -113,12 +117,12 @@ def unknown_fork_checkpoint(path: Path) -> int:
             self.offset_conv = nn.Conv2d(c, 18, 3, padding=1)
             self.weight = nn.Parameter(torch.zeros(c, c, 3, 3))
 
-    class Bottleneck_Foo(nn.Module):  # noqa: N801 - a fork's spelling
+    class Bottleneck_Foo(nn.Module):
         def __init__(self, c):
             super().__init__()
             self.cv1, self.cv2, self.add = Conv(c, c, 3), FooConv(c), True
 
-    class C3k2_Foo(nn.Module):  # noqa: N801 - a fork's spelling
+    class C3k2_Foo(nn.Module):
         def __init__(self, stock):
             super().__init__()
             self.c, self.cv1, self.cv2 = stock.c, stock.cv1, stock.cv2
@@ -153,10 +157,18 @@ def test_unknown_deformable_class_is_refused_saying_what_it_holds(tmp_path):
     message = out.split("REFUSED ", 1)[1]
     assert "\n" not in message.strip()  # one line, as the app shows it
     assert message.startswith("foo_best.pt: ")
-    for needed in ("`C3k2_Foo`", "a C3k2-shaped container (cv1, cv2, m) with an unknown `Bottleneck_Foo` child",
-                   "`Bottleneck_Foo`", "a Bottleneck-shaped block (cv1, cv2) with an unknown `FooConv` child",
-                   "`FooConv`", "offset_conv (Conv2d)", f"weight ({channels}, {channels}, 3, 3)",
-                   "InternImage's DCNv3", "Checkpoint layouts that load", "nothing from the file was run"):
+    for needed in (
+        "`C3k2_Foo`",
+        "a C3k2-shaped container (cv1, cv2, m) with an unknown `Bottleneck_Foo` child",
+        "`Bottleneck_Foo`",
+        "a Bottleneck-shaped block (cv1, cv2) with an unknown `FooConv` child",
+        "`FooConv`",
+        "offset_conv (Conv2d)",
+        f"weight ({channels}, {channels}, 3, 3)",
+        "InternImage's DCNv3",
+        "Checkpoint layouts that load",
+        "nothing from the file was run",
+    ):
         assert needed in message, (needed, message)
 
 
@@ -245,9 +257,14 @@ def test_shapes_without_a_fork_fixture_are_recognised_and_compute_the_same():
         expected_container, expected_block = container(x), stem_block(y)
     # As the fork spells them: the block's stem under `stem_conv`, its activation under `gelu`.
     stem_block._modules = type(stem_block._modules)(
-        ({"conv": "stem_conv", "act": "gelu"}.get(k, k), v) for k, v in stem_block._modules.items())
-    names = {blocks.C3k_DCNv3: "C3_DCNv3", blocks.Bottleneck_DCNv3: "Bottleneck_DCNV3",
-             blocks.DCNV3_YoLo: "DCNV3_YOLO", DCNv3: "DCNv3"}
+        ({"conv": "stem_conv", "act": "gelu"}.get(k, k), v) for k, v in stem_block._modules.items()
+    )
+    names = {
+        blocks.C3k_DCNv3: "C3_DCNv3",
+        blocks.Bottleneck_DCNv3: "Bottleneck_DCNV3",
+        blocks.DCNV3_YoLo: "DCNV3_YOLO",
+        DCNv3: "DCNv3",
+    }
     _as_fork_classes(container, names)
     _as_fork_classes(stem_block, names)
     # the container, 2 x (bottleneck, block, operator), the stem block and its operator

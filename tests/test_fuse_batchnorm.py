@@ -8,10 +8,12 @@ Compared in float64: the fold is exact algebra, so in float64 the only differenc
 magnitude (the DCNv4 fork fixture differs from its own float64 run by 0.85 px, and by 0.55 px
 under ultralytics' stock Conv+BN fusion alone), which would hide a wrong fold.
 """
+
 import copy
 
 import pytest
 import torch
+from repo_paths import DATA
 from ultralytics.nn.tasks import DetectionModel
 
 from dcnv3.blocks import DCNV3_YoLo
@@ -20,13 +22,13 @@ from dcnv3.blocks_dcnv4 import DCNV4_YOLO
 from dcnv3.capture import deformable_modules
 from dcnv3.loading import load_model
 from dcnv3.yolo import model_yaml
-from repo_paths import DATA
 
 BLOCKS = (DCNV3_YoLo, DCNv2, DCNV4_YOLO)
 FORKS = DATA / "forks"
-FIXTURES = [FORKS / "dcnv2" / f"{layout}_best.pt" for layout in
-            ("extra_dcnv2_v8", "extra_dcnv2_dynamic_v8", "extra_dcnv2_v11", "extra_dcnv2_dynamic_v11")] + [
-            FORKS / "extra_v11_dcnv4" / "extra_v11_dcnv4_best.pt"]
+FIXTURES = [
+    FORKS / "dcnv2" / f"{layout}_best.pt"
+    for layout in ("extra_dcnv2_v8", "extra_dcnv2_dynamic_v8", "extra_dcnv2_v11", "extra_dcnv2_dynamic_v11")
+] + [FORKS / "extra_v11_dcnv4" / "extra_v11_dcnv4_best.pt"]
 TOLERANCE = 1e-7  # float64: rounding only (outputs reach ~500 px), far below any real fold error
 
 
@@ -63,8 +65,9 @@ def assert_folded(network: torch.nn.Module) -> int:
     return len(blocks)
 
 
-@pytest.mark.parametrize("operator,family", [("dcnv2", "yolov8"), ("dcnv2", "yolo11"), ("dcnv4", "yolov8"),
-                                             ("dcnv4", "yolo11")])
+@pytest.mark.parametrize(
+    "operator,family", [("dcnv2", "yolov8"), ("dcnv2", "yolo11"), ("dcnv4", "yolov8"), ("dcnv4", "yolo11")]
+)
 def test_fuse_folds_each_operators_batchnorm(operator, family):
     model = randomise(DetectionModel(model_yaml("n", family=family, operator=operator), verbose=False))
     x = torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(1), dtype=torch.float64)

@@ -1,18 +1,20 @@
 """Health flags (``dcnv3.layer_health``) for the three weight kinds and the effective-dilation-by-size
 table, on hand-made layer records."""
+
 import dataclasses
 
 import numpy as np
 import pytest
 
+from dcnv3 import layer_health
 from dcnv3.geometry import Letterbox, kernel_offsets
 from dcnv3.probe import Detections, LayerRecord, Probe
-from dcnv3 import layer_health
 from viz_app import health
 
 
-def make_layer(name="model.4.m.0.cv2.dcnv3", grid=(8, 8), groups=2, stride=8, offsets=None, weights=None,
-               stage="P3/8 backbone") -> LayerRecord:
+def make_layer(
+    name="model.4.m.0.cv2.dcnv3", grid=(8, 8), groups=2, stride=8, offsets=None, weights=None, stage="P3/8 backbone"
+) -> LayerRecord:
     """A 3x3, dilation-1, stride-1 DCNv3 record: zero offsets and uniform weights unless given."""
     h, w = grid
     offsets = np.zeros((h, w, groups, 9, 2), np.float32) if offsets is None else np.asarray(offsets, np.float32)
@@ -23,8 +25,9 @@ def make_layer(name="model.4.m.0.cv2.dcnv3", grid=(8, 8), groups=2, stride=8, of
 def make_probe(layers, image_shape=(64, 64), boxes=()) -> Probe:
     """A probe of an image that needed no letterbox (ratio 1, no padding)."""
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-    detections = Detections(boxes, np.linspace(0.9, 0.5, len(boxes)).astype(np.float32),
-                            np.zeros(len(boxes), np.int64), {0: "thing"})
+    detections = Detections(
+        boxes, np.linspace(0.9, 0.5, len(boxes)).astype(np.float32), np.zeros(len(boxes), np.int64), {0: "thing"}
+    )
     return Probe(tuple(image_shape), Letterbox.from_shapes(image_shape, image_shape), detections, list(layers))
 
 
@@ -91,8 +94,9 @@ def test_one_hot_weights_are_saturated():
 def test_two_points_of_nine_are_not_saturated():
     weights = np.zeros((8, 8, 2, 9))
     weights[..., 3:5] = 0.5  # two points share the weight: 9 ** (log 2 / log 9) = 2 effective points
-    report = health.layer_health(make_layer(offsets=moving_offsets(), weights=weights),
-                                 make_probe([make_layer()]).letterbox)
+    report = health.layer_health(
+        make_layer(offsets=moving_offsets(), weights=weights), make_probe([make_layer()]).letterbox
+    )
     assert report.effective_points == pytest.approx(2.0) and report.flags == {}
 
 
@@ -116,9 +120,11 @@ def test_group_similarity_needs_two_moving_groups():
 
 # -- the sigmoid (DCNv2) and free (DCNv4) kinds -------------------------------------------------------
 
+
 def kind_layer(kind, offsets=None, weights=None):
-    return dataclasses.replace(make_layer(offsets=moving_offsets() if offsets is None else offsets,
-                                          weights=weights), weight_kind=kind)
+    return dataclasses.replace(
+        make_layer(offsets=moving_offsets() if offsets is None else offsets, weights=weights), weight_kind=kind
+    )
 
 
 def test_sigmoid_layer_healthy_saturated_per_point_and_vanished():
@@ -181,9 +187,10 @@ def test_dilation_by_size_follows_the_coco_classes_and_background():
     offsets = np.zeros((8, 8, 1, 9, 2))
     offsets[1, 1, 0] = kernel_offsets(3, 1)  # grid + offset = 2 * grid: effective dilation 2
     layer = make_layer(grid=(8, 8), groups=1, offsets=offsets)
-    boxes = [(4, 4, 20, 20),  # side 16 < 32: small, centre (12, 12) in cell (1, 1)
-             (0, 24, 40, 64),  # side 40: medium, centre (20, 44) in cell (5, 2)
-             ]
+    boxes = [
+        (4, 4, 20, 20),  # side 16 < 32: small, centre (12, 12) in cell (1, 1)
+        (0, 24, 40, 64),  # side 40: medium, centre (20, 44) in cell (5, 2)
+    ]
     probe = make_probe([layer], (64, 64), boxes)
     table = health.dilation_by_size(probe)[layer.name]
     np.testing.assert_allclose(table["small"], [2.0])
@@ -191,8 +198,7 @@ def test_dilation_by_size_follows_the_coco_classes_and_background():
     assert table["large"].size == 0
     # Background: cell centres (8c + 4, 8r + 4) inside no box, counted independently.
     centres = [(8 * c + 4, 8 * r + 4) for r in range(8) for c in range(8)]
-    outside = [(x, y) for x, y in centres
-               if not any(x1 <= x < x2 and y1 <= y < y2 for x1, y1, x2, y2 in boxes)]
+    outside = [(x, y) for x, y in centres if not any(x1 <= x < x2 and y1 <= y < y2 for x1, y1, x2, y2 in boxes)]
     assert table["background"].size == len(outside)
     np.testing.assert_allclose(table["background"], 1.0)
     rows = health.dilation_by_size_rows(probe)

@@ -8,19 +8,26 @@ ultralytics ships, and matplotlib's grace_hopper.jpg) and generated scenes, at t
 Broken: head-weight edits of the DCNv3 layers (``health_breakage.broken_copy``) and, for every
 kind, broken records (``health_breakage.record_broken_copy``), on all layers and on one alone.
 """
+
 from pathlib import Path
 
 import matplotlib
 import pytest
+from health_breakage import (
+    BREAKAGES,
+    EXPECTED_FLAG,
+    RECORD_EXPECTED_FLAG,
+    breakable_layers,
+    broken_copy,
+    record_broken_copy,
+)
+from repo_paths import DATA, EXAMPLES
 
 from dcnv3.data import render_scene
 from dcnv3.data.generator import image_rng
+from dcnv3.layer_health import probe_health
 from dcnv3.loading import load_model
 from dcnv3.probe import prepare_image, probe
-from dcnv3.layer_health import probe_health
-from health_breakage import (BREAKAGES, EXPECTED_FLAG, RECORD_EXPECTED_FLAG, breakable_layers, broken_copy,
-                             record_broken_copy)
-from repo_paths import DATA, EXAMPLES
 
 SIZES = (320, 640)
 GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
@@ -65,28 +72,37 @@ def score(healths, broken: set[str], flag: str) -> dict:
     """How the flags answered: hits on the broken layers, other flags on them, any flag elsewhere."""
     on_broken = [h for h in healths if h.name in broken]
     others = [h for h in healths if h.name not in broken]
-    return {"hit": sum(flag in h.flags for h in on_broken), "broken": len(on_broken),
-            "wrong_flag": sum(bool(set(h.flags) - {flag}) for h in on_broken),
-            "false": sum(bool(h.flags) for h in others), "healthy": len(others),
-            "examples": [(h.name, dict(h.flags)) for h in on_broken if flag not in h.flags or set(h.flags) - {flag}]
-            + [(h.name, dict(h.flags)) for h in others if h.flags]}
+    return {
+        "hit": sum(flag in h.flags for h in on_broken),
+        "broken": len(on_broken),
+        "wrong_flag": sum(bool(set(h.flags) - {flag}) for h in on_broken),
+        "false": sum(bool(h.flags) for h in others),
+        "healthy": len(others),
+        "examples": [(h.name, dict(h.flags)) for h in on_broken if flag not in h.flags or set(h.flags) - {flag}]
+        + [(h.name, dict(h.flags)) for h in others if h.flags],
+    }
 
 
 def assert_perfect(result: dict, label: str, report) -> None:
-    report(f"health flags, {label}: matching flag on {result['hit']}/{result['broken']} broken layer-images, "
-           f"other flags on {result['wrong_flag']}, flags on {result['false']}/{result['healthy']} unbroken")
-    assert result["hit"] == result["broken"] and result["wrong_flag"] == 0 and result["false"] == 0, \
-        result["examples"][:5]
+    report(
+        f"health flags, {label}: matching flag on {result['hit']}/{result['broken']} broken layer-images, "
+        f"other flags on {result['wrong_flag']}, flags on {result['false']}/{result['healthy']} unbroken"
+    )
+    assert result["hit"] == result["broken"] and result["wrong_flag"] == 0 and result["false"] == 0, result["examples"][
+        :5
+    ]
 
 
 def test_bundled_model_is_quiet_on_photos_and_scenes(bundled_dcnv3, report):
     healths = layer_images(bundled_dcnv3)
     flagged = [(h.name, dict(h.flags)) for h in healths if h.flags]
-    report(f"health flags, bundled DCNv3-YOLOv8n healthy: {len(flagged)}/{len(healths)} layer-images flagged "
-           f"({len(images())} images x {SIZES}); closest: offset >= {min(h.offset_ratio for h in healths):.2f} "
-           f"spacings, outside excess <= {max(h.outside_excess for h in healths):.2f}, "
-           f"effective points >= {min(h.effective_points for h in healths):.1f}, group cosine <= "
-           f"{max(h.group_similarity for h in healths if h.group_similarity is not None):.2f}")
+    report(
+        f"health flags, bundled DCNv3-YOLOv8n healthy: {len(flagged)}/{len(healths)} layer-images flagged "
+        f"({len(images())} images x {SIZES}); closest: offset >= {min(h.offset_ratio for h in healths):.2f} "
+        f"spacings, outside excess <= {max(h.outside_excess for h in healths):.2f}, "
+        f"effective points >= {min(h.effective_points for h in healths):.1f}, group cosine <= "
+        f"{max(h.group_similarity for h in healths if h.group_similarity is not None):.2f}"
+    )
     assert len(images()) >= 10 and len(healths) == 5 * len(images()) * len(SIZES)
     assert flagged == []
 
@@ -112,14 +128,18 @@ def test_fork_fixtures_are_quiet(path, report):
     healths = layer_images(model, subset=FEW)
     kinds = sorted({h.weight_kind for h in healths})
     flagged = [(h.name, dict(h.flags)) for h in healths if h.flags]
-    report(f"health flags, fixture {path.stem} ({'/'.join(kinds)}) healthy: {len(flagged)}/{len(healths)} "
-           f"layer-images flagged; offset >= {min(h.offset_ratio for h in healths):.2f} spacings, effective "
-           f"points >= {min(h.effective_points for h in healths):.1f}")
+    report(
+        f"health flags, fixture {path.stem} ({'/'.join(kinds)}) healthy: {len(flagged)}/{len(healths)} "
+        f"layer-images flagged; offset >= {min(h.offset_ratio for h in healths):.2f} spacings, effective "
+        f"points >= {min(h.effective_points for h in healths):.1f}"
+    )
     assert flagged == []
 
 
-KIND_BREAKAGES = {"free": ("zero_offsets", "blown_up", "saturated", "vanished", "untrained"),
-                  "sigmoid": ("zero_offsets", "blown_up", "saturated", "vanished")}
+KIND_BREAKAGES = {
+    "free": ("zero_offsets", "blown_up", "saturated", "vanished", "untrained"),
+    "sigmoid": ("zero_offsets", "blown_up", "saturated", "vanished"),
+}
 
 
 @pytest.mark.parametrize("path", [DCNV4_FORK, DCNV2_FORK], ids=["dcnv4", "dcnv2"])

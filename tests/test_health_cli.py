@@ -1,6 +1,7 @@
 """``python -m dcnv3 health``: exit 0 on the healthy bundled model, 1 on a checkpoint broken on
 purpose (its JSON names the broken layer and only it), 2 on bad input; ``dcnv3.health`` in Python
 gives the same report."""
+
 import json
 import os
 import shutil
@@ -8,19 +9,20 @@ import subprocess
 import sys
 
 import pytest
+from health_breakage import broken_copy
+from repo_paths import BUNDLED_DCNV3, BUNDLED_PLAIN, EXAMPLES
 
 import dcnv3
 from dcnv3.loading import load_model
-from health_breakage import broken_copy
-from repo_paths import BUNDLED_DCNV3, BUNDLED_PLAIN, EXAMPLES
 
 ENV = {**os.environ, "YOLO_OFFLINE": "true"}
 BROKEN_LAYER = "model.6.m.0.cv2.dcnv3"
 
 
 def health_cli(*args):
-    return subprocess.run([sys.executable, "-m", "dcnv3", "health", *map(str, args)], capture_output=True,
-                          text=True, env=ENV, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "dcnv3", "health", *map(str, args)], capture_output=True, text=True, env=ENV, timeout=900
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def test_broken_checkpoint_exits_1_and_names_its_layer(images, blown_up_checkpoi
     report = json.loads(out.read_text())
     flagged = {layer["name"]: sorted(layer["flags"]) for layer in report["layers"] if layer["flags"]}
     assert report["healthy"] is False and flagged == {BROKEN_LAYER: ["exploding"]}
-    assert next(l for l in report["layers"] if l["name"] == BROKEN_LAYER)["flagged_images"] == 2
+    assert next(layer for layer in report["layers"] if layer["name"] == BROKEN_LAYER)["flagged_images"] == 2
 
 
 def test_bad_input_exits_2(images, tmp_path):

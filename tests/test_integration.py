@@ -1,5 +1,6 @@
 """dcnv3 imports without side effects; dcnv3.yolo: register / unregister / registered, opt-in
 safe loading, user-allowed classes, CPU threads, the tested ultralytics range, offline fonts."""
+
 import subprocess
 import sys
 import textwrap
@@ -15,8 +16,7 @@ from dcnv3.yolo import _check_version, cpu_cores
 
 
 def run_python(code: str) -> str:
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
@@ -83,9 +83,8 @@ def test_registered_keeps_an_outer_registration():
 def test_ultralytics_own_loader_is_used_unless_safe_loading_is_chosen(monkeypatch, tmp_path):
     """Routing every ultralytics checkpoint load through the restricted unpickler is opt-in;
     ``load_model`` is safe either way."""
-    from ultralytics.nn import tasks
-
     from repo_paths import BUNDLED_PLAIN
+    from ultralytics.nn import tasks
 
     calls = []
     real = checkpoints.safe_load

@@ -3,14 +3,13 @@ functions, no browser."""
 
 import numpy as np
 import pytest
+from repo_paths import ROOT
 
-from dcnv3.loading import load_model
 from dcnv3 import receptive_field as rf
 from dcnv3.geometry import Letterbox
+from dcnv3.loading import load_model
 from viz_app import compare_tab, receptive, toy
 from viz_app.learn_tab import LATEX_DELIMITERS, LESSON
-
-from repo_paths import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -73,18 +72,25 @@ def _field():
     masks[0, 35:45, 45:55] = True
     masks[1, 30:50, 40:60] = True
     letterbox = Letterbox.from_shapes((80, 100), (96, 128))
-    return rf.ReceptiveField(np.zeros((96, 128)), heat, masks, np.array([100.0, 400.0]), (0.5, 0.9), 0.0, letterbox,
-                             {"kind": "cell", "module": "m", "cell": [2, 3], "stride": 16, "centre": [50.0, 40.0],
-                              "value": 1.0})
+    return rf.ReceptiveField(
+        np.zeros((96, 128)),
+        heat,
+        masks,
+        np.array([100.0, 400.0]),
+        (0.5, 0.9),
+        0.0,
+        letterbox,
+        {"kind": "cell", "module": "m", "cell": [2, 3], "stride": 16, "centre": [50.0, 40.0], "value": 1.0},
+    )
 
 
 def test_field_panel_and_side_by_side():
     image = np.full((80, 100, 3), 128, np.uint8)
     panel = receptive.field_panel(image, _field(), "title", side=400)
     assert panel.shape == (receptive.title_height(2) + 320, 400, 3)
-    body = panel[receptive.title_height(2):]
+    body = panel[receptive.title_height(2) :]
     # The 50 % contour (white) runs around the central block; the corners stay dimmed grey.
-    assert (body[int(35 * 4) - 1: int(35 * 4) + 2, 200] >= 250).all(axis=-1).any()
+    assert (body[(35 * 4) - 1 : (35 * 4) + 2, 200] >= 250).all(axis=-1).any()
     assert (body[5, 5] < 128).all()
     pair = receptive.side_by_side([panel, panel[:100]], gap=10)
     assert pair.shape == (panel.shape[0], 810, 3) and (pair[:, 400:410] == 255).all()

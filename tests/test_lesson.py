@@ -2,6 +2,7 @@
 geometry, the measurement functions against hand-made references, the bundled weights' figures on
 a held-out set of an unseen seed (printed in the measurements), and a short "watch it learn" run
 (determinism, the offsets leaving the grid, stopping)."""
+
 import math
 import threading
 
@@ -10,10 +11,17 @@ import pytest
 import torch
 
 from dcnv3.geometry import regular_locations, sampling_locations
-from dcnv3.lesson import (BUNDLED_LESSON, BUNDLED_LESSON_PLAIN, LessonConfig, LessonNet, lesson_letterbox,
-                          lesson_records, load_lesson)
+from dcnv3.lesson import (
+    BUNDLED_LESSON,
+    BUNDLED_LESSON_PLAIN,
+    LessonConfig,
+    LessonNet,
+    lesson_letterbox,
+    lesson_records,
+    load_lesson,
+)
 from dcnv3.lesson_data import LESSON_SIDE, cell_of, lesson_batch, targets
-from dcnv3.lesson_measure import (HELD_OUT_SEED, circular_correlation, lesson_figures, pearson, principal_axis)
+from dcnv3.lesson_measure import HELD_OUT_SEED, circular_correlation, lesson_figures, pearson, principal_axis
 from dcnv3.lesson_train import TRAIN_SEED
 from dcnv3.lesson_watch import watch_learn
 from dcnv3.stats import effective_dilation
@@ -50,7 +58,9 @@ def test_untrained_records_sample_the_regular_grid():
     # Zero offsets: cell (r, c) samples pixel centres ((c + 0.5 + i) * 4, (r + 0.5 + j) * 4), i, j in -1..1.
     points = sampling_locations(record, lesson_letterbox(), (10, 20))
     grid = np.array([((20 + 0.5 + i) * 4, (10 + 0.5 + j) * 4) for i in (-1, 0, 1) for j in (-1, 0, 1)])
-    assert np.allclose(points, grid[None]) and np.allclose(regular_locations(record, lesson_letterbox(), (10, 20)), points)
+    assert np.allclose(points, grid[None]) and np.allclose(
+        regular_locations(record, lesson_letterbox(), (10, 20)), points
+    )
 
 
 def test_measurement_functions_against_references():
@@ -64,7 +74,9 @@ def test_measurement_functions_against_references():
     assert circular_correlation(a, a + 0.7) == pytest.approx(1.0)
     assert abs(circular_correlation(a, b)) < 0.4
     x, y = rng.normal(size=30), rng.normal(size=30)
-    reference = ((x - x.mean()) * (y - y.mean())).sum() / math.sqrt(((x - x.mean()) ** 2).sum() * ((y - y.mean()) ** 2).sum())
+    reference = ((x - x.mean()) * (y - y.mean())).sum() / math.sqrt(
+        ((x - x.mean()) ** 2).sum() * ((y - y.mean()) ** 2).sum()
+    )
     assert pearson(x, y) == pytest.approx(reference)
 
 
@@ -74,21 +86,29 @@ def test_bundled_lesson_figures_on_a_held_out_seed(lesson, report):
     assert HELD_OUT_SEED != TRAIN_SEED == recipe["seed"]
     figures = lesson_figures(model, twin)
     sizes, bars, task, twin_task = figures["size_dilation"], figures["bar_axis"], figures["task"], figures["twin_task"]
-    report(f"lesson network, held-out seed {HELD_OUT_SEED} ({figures['scenes']} scenes, {sizes['shapes']} shapes): "
-           f"r(size, effective dilation at the centre, deepest layer) = {sizes['r_size']:.3f} "
-           f"(log size {sizes['r_log_size']:.3f}; layers 1-3: "
-           + ", ".join(f"{r:.2f}" for r in figures["r_size_by_layer"])
-           + f"); dilation smallest fifth (<= {sizes['size_small_max']:.0f} px) {sizes['dilation_small']:.2f} cells, "
-           f"largest fifth (>= {sizes['size_large_min']:.0f} px) {sizes['dilation_large']:.2f}: ratio {sizes['ratio']:.2f}")
-    report(f"lesson network, bars ({bars['shapes']}): circular r(samples' principal axis, bar axis, doubled angles) = "
-           f"{bars['circular_r']:.3f}, median axis error {bars['median_error_deg']:.0f} deg, "
-           f"median elongation {bars['median_elongation']:.2f}")
+    report(
+        f"lesson network, held-out seed {HELD_OUT_SEED} ({figures['scenes']} scenes, {sizes['shapes']} shapes): "
+        f"r(size, effective dilation at the centre, deepest layer) = {sizes['r_size']:.3f} "
+        f"(log size {sizes['r_log_size']:.3f}; layers 1-3: "
+        + ", ".join(f"{r:.2f}" for r in figures["r_size_by_layer"])
+        + f"); dilation smallest fifth (<= {sizes['size_small_max']:.0f} px) {sizes['dilation_small']:.2f} cells, "
+        f"largest fifth (>= {sizes['size_large_min']:.0f} px) {sizes['dilation_large']:.2f}: ratio {sizes['ratio']:.2f}"
+    )
+    report(
+        f"lesson network, bars ({bars['shapes']}): circular r(samples' principal axis, bar axis, doubled angles) = "
+        f"{bars['circular_r']:.3f}, median axis error {bars['median_error_deg']:.0f} deg, "
+        f"median elongation {bars['median_elongation']:.2f}"
+    )
     wide = figures["bar_axis_min_24px"]
-    report(f"lesson network, bars of >= 24 px ({wide['shapes']}): circular r {wide['circular_r']:.3f}, "
-           f"median axis error {wide['median_error_deg']:.0f} deg")
-    report(f"lesson task (F1 of centres / class accuracy / size error factor): DCNv3 {task['f1']:.3f} / "
-           f"{task['class_accuracy']:.3f} / {task['size_error_factor']:.3f}; plain twin {twin_task['f1']:.3f} / "
-           f"{twin_task['class_accuracy']:.3f} / {twin_task['size_error_factor']:.3f}")
+    report(
+        f"lesson network, bars of >= 24 px ({wide['shapes']}): circular r {wide['circular_r']:.3f}, "
+        f"median axis error {wide['median_error_deg']:.0f} deg"
+    )
+    report(
+        f"lesson task (F1 of centres / class accuracy / size error factor): DCNv3 {task['f1']:.3f} / "
+        f"{task['class_accuracy']:.3f} / {task['size_error_factor']:.3f}; plain twin {twin_task['f1']:.3f} / "
+        f"{twin_task['class_accuracy']:.3f} / {twin_task['size_error_factor']:.3f}"
+    )
     # The sampling grows with the shape: regression guards a little below the card's figures.
     assert sizes["r_size"] > 0.8 and sizes["ratio"] > 2.5 and sizes["dilation_large"] > 5.0
     assert figures["r_size_by_layer"][-1] >= figures["r_size_by_layer"][0]
@@ -112,8 +132,10 @@ def test_watch_it_learn_leaves_the_grid_and_is_deterministic(lesson, report):
     assert all(a.loss == b.loss and np.array_equal(a.points, b.points) for a, b in zip(first, again))
     assert not np.array_equal(_short_run(model, seed=3)[-1].points, first[-1].points)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the bundled model is untouched
-    report(f"watch it learn, 20 iterations (seed 2): mean |offset| 0 -> {first[-1].mean_offset:.2f} cells, "
-           f"loss {first[0].loss:.2f} -> {first[-1].loss:.2f}, {first[-1].seconds:.1f} s")
+    report(
+        f"watch it learn, 20 iterations (seed 2): mean |offset| 0 -> {first[-1].mean_offset:.2f} cells, "
+        f"loss {first[0].loss:.2f} -> {first[-1].loss:.2f}, {first[-1].seconds:.1f} s"
+    )
 
 
 def test_watch_it_learn_stops_when_asked(lesson):

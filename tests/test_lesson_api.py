@@ -1,11 +1,11 @@
 """The /watch_learn endpoint of a served app: the snapshots of a short run, and two sessions at once
 (the second waits for the first: one watch-it-learn run at a time in the app)."""
+
 import threading
 
 import pytest
-from gradio_client import Client
-
 from app_server import served_app
+from gradio_client import Client
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
 """dcnv3.DCNv3: InternImage's module (state_dict, init, forward), strided grids, dtypes, capture."""
+
 import copy
 import json
 from pathlib import Path
@@ -56,8 +57,14 @@ def test_alias_and_init():
     assert module.offset.out_features == 4 * 9 * 2 and module.mask.out_features == 4 * 9
     assert module.input_proj.bias.abs().sum() == 0
     keys = set(module.state_dict())
-    assert {"dw_conv.0.weight", "dw_conv.1.1.weight", "offset.weight", "mask.weight",
-            "input_proj.weight", "output_proj.weight"} <= keys
+    assert {
+        "dw_conv.0.weight",
+        "dw_conv.1.1.weight",
+        "offset.weight",
+        "mask.weight",
+        "input_proj.weight",
+        "output_proj.weight",
+    } <= keys
 
 
 def test_untrained_layer_samples_regular_grid_with_uniform_weights():

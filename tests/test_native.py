@@ -3,6 +3,7 @@
 Its numerics are checked with every other formulation in test_ops.py (golden vectors, oracle,
 dtypes) and end to end by the fork fixture in test_checkpoints.py.
 """
+
 import os
 import shutil
 import subprocess
@@ -12,18 +13,24 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_ops import random_case
 
 from dcnv3 import native
 from dcnv3.ops import dcnv3_core_native, dcnv3_core_sparse
-from test_ops import random_case
 
-NEEDS_COMPILER = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                                    reason="no C++ compiler on this machine")
+NEEDS_COMPILER = pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler on this machine"
+)
 
 
 def run_python(code: str, **env) -> str:
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                            text=True, env={**os.environ, **env}, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return result.stdout
 
@@ -38,8 +45,7 @@ def test_kernel_builds_and_loads():
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc")
 def test_kernel_uses_the_openmp_runtime_pytorch_loaded():
     native.library()
-    mapped = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
-              if "libgomp" in line}
+    mapped = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "libgomp" in line}
     # One runtime: a second one would start its own spinning thread pool beside PyTorch's.
     assert len(mapped) == 1, mapped
 
@@ -47,8 +53,7 @@ def test_kernel_uses_the_openmp_runtime_pytorch_loaded():
 @NEEDS_COMPILER
 def test_kernel_follows_torch_thread_count():
     """One thread or two: the same result (the work split never changes a sum's order)."""
-    inputs, offset, mask, config = random_case(3, n=2, in_h=13, in_w=11, group=4,
-                                               channels_per_group=16)
+    inputs, offset, mask, config = random_case(3, n=2, in_h=13, in_w=11, group=4, channels_per_group=16)
     inputs, offset, mask = (t.float().requires_grad_() for t in (inputs, offset, mask))
     results = []
     threads = torch.get_num_threads()
@@ -77,7 +82,8 @@ def test_only_the_requested_gradients(channels_per_group):
 
 
 def test_disabled_kernel_falls_back_to_the_sparse_formulation(tmp_path):
-    out = run_python("""
+    out = run_python(
+        """
         import torch
         from dcnv3 import native, dcnv3_core
         from dcnv3.ops import dcnv3_core_sparse
@@ -89,13 +95,17 @@ def test_disabled_kernel_falls_back_to_the_sparse_formulation(tmp_path):
                     remove_center=0)
         assert torch.equal(dcnv3_core(x, off, mask, **args), dcnv3_core_sparse(x, off, mask, **args))
         print("library", native.library(), "|", native.failure())
-    """, DEFORMLENS_NATIVE="0", DEFORMLENS_CACHE_DIR=str(tmp_path))
+    """,
+        DEFORMLENS_NATIVE="0",
+        DEFORMLENS_CACHE_DIR=str(tmp_path),
+    )
     assert "library None | disabled by DEFORMLENS_NATIVE=0" in out
     assert not list(tmp_path.iterdir())  # nothing was built
 
 
 def test_a_compiler_failure_is_reported_and_the_operator_still_runs(tmp_path):
-    out = run_python("""
+    out = run_python(
+        """
         import torch
         from dcnv3 import native, dcnv3_core
         x = torch.randn(1, 5, 5, 4)
@@ -106,7 +116,10 @@ def test_a_compiler_failure_is_reported_and_the_operator_still_runs(tmp_path):
                                              count_include_pad=True).permute(0, 2, 3, 1)
         assert (out - box).abs().max() < 1e-5
         print("failure:", native.failure())
-    """, CXX="/bin/false", DEFORMLENS_CACHE_DIR=str(tmp_path))
+    """,
+        CXX="/bin/false",
+        DEFORMLENS_CACHE_DIR=str(tmp_path),
+    )
     assert "failure: /bin/false failed" in out
     assert not list(tmp_path.iterdir())  # the partial output was removed
 

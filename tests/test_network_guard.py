@@ -1,9 +1,9 @@
 """The network guard itself: loopback works, anything else fails the test."""
+
 import socket
 import threading
 
 import pytest
-
 from conftest import NetworkAccessError
 
 

@@ -1,4 +1,5 @@
 """A DCNv3 module exports to ONNX (opset >= 16) and onnxruntime reproduces PyTorch."""
+
 import numpy as np
 import pytest
 import torch
@@ -8,9 +9,14 @@ from dcnv3 import DCNv3
 ort = pytest.importorskip("onnxruntime")
 
 
-@pytest.mark.parametrize("config", [dict(channels=32, group=2),
-                                    dict(channels=24, group=3, kernel_size=5, pad=2, remove_center=True),
-                                    dict(channels=16, group=2, stride=2, center_feature_scale=True)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(channels=32, group=2),
+        dict(channels=24, group=3, kernel_size=5, pad=2, remove_center=True),
+        dict(channels=16, group=2, stride=2, center_feature_scale=True),
+    ],
+)
 def test_onnx_export_matches_pytorch(tmp_path, config):
     torch.manual_seed(0)
     module = DCNv3(**config).eval()
@@ -22,8 +28,7 @@ def test_onnx_export_matches_pytorch(tmp_path, config):
     with torch.no_grad():
         expected = module(x).numpy()
     path = tmp_path / "dcnv3.onnx"
-    torch.onnx.export(module, (x,), str(path), opset_version=17, dynamo=False,
-                      input_names=["x"], output_names=["y"])
+    torch.onnx.export(module, (x,), str(path), opset_version=17, dynamo=False, input_names=["x"], output_names=["y"])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (actual,) = session.run(None, {"x": x.numpy()})
     assert actual.shape == expected.shape

@@ -1,21 +1,26 @@
 """dcnv3.ops: every formulation against InternImage's golden vectors, the oracle and properties."""
+
 import json
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from oracle import dcnv3_core_oracle
 
 from dcnv3 import dcnv3_core
 from dcnv3.geometry import kernel_offsets
-from dcnv3.ops import (dcnv3_core_gather, dcnv3_core_grid_sample, dcnv3_core_native, dcnv3_core_sparse,
-                       output_size)
-from oracle import dcnv3_core_oracle
+from dcnv3.ops import dcnv3_core_gather, dcnv3_core_grid_sample, dcnv3_core_native, dcnv3_core_sparse, output_size
 
 GOLDEN = Path(__file__).parent / "data" / "golden_dcnv3"
 CORE_CASES = [c for c in json.loads((GOLDEN / "index.json").read_text()) if c["kind"] == "core"]
-FORMULATIONS = {"native": dcnv3_core_native, "sparse": dcnv3_core_sparse, "gather": dcnv3_core_gather,
-                "grid_sample": dcnv3_core_grid_sample, "default": dcnv3_core}
+FORMULATIONS = {
+    "native": dcnv3_core_native,
+    "sparse": dcnv3_core_sparse,
+    "gather": dcnv3_core_gather,
+    "grid_sample": dcnv3_core_grid_sample,
+    "default": dcnv3_core,
+}
 
 
 def max_relative_error(actual, expected):
@@ -53,8 +58,21 @@ def test_core_matches_golden_float32(case, formulation):
         assert max_relative_error(grad.double(), data[key]) < 1e-4, key
 
 
-def random_case(seed, n=2, in_h=7, in_w=9, group=2, channels_per_group=3, kernel=3, stride=1,
-                pad=1, dilation=1, offset_scale=1.0, remove_center=0, spread=3.0):
+def random_case(
+    seed,
+    n=2,
+    in_h=7,
+    in_w=9,
+    group=2,
+    channels_per_group=3,
+    kernel=3,
+    stride=1,
+    pad=1,
+    dilation=1,
+    offset_scale=1.0,
+    remove_center=0,
+    spread=3.0,
+):
     gen = torch.Generator().manual_seed(seed)
     points = kernel * kernel - remove_center
     out_h, out_w = output_size(in_h, in_w, kernel, kernel, stride, stride, pad, pad, dilation, dilation)
@@ -62,10 +80,20 @@ def random_case(seed, n=2, in_h=7, in_w=9, group=2, channels_per_group=3, kernel
     offset = spread * torch.randn(n, out_h, out_w, group * points * 2, generator=gen, dtype=torch.float64)
     logits = torch.randn(n, out_h, out_w, group, points, generator=gen, dtype=torch.float64)
     mask = torch.softmax(logits, -1).reshape(n, out_h, out_w, -1)
-    config = dict(kernel_h=kernel, kernel_w=kernel, stride_h=stride, stride_w=stride, pad_h=pad,
-                  pad_w=pad, dilation_h=dilation, dilation_w=dilation, group=group,
-                  group_channels=channels_per_group, offset_scale=offset_scale,
-                  remove_center=remove_center)
+    config = dict(
+        kernel_h=kernel,
+        kernel_w=kernel,
+        stride_h=stride,
+        stride_w=stride,
+        pad_h=pad,
+        pad_w=pad,
+        dilation_h=dilation,
+        dilation_w=dilation,
+        group=group,
+        group_channels=channels_per_group,
+        offset_scale=offset_scale,
+        remove_center=remove_center,
+    )
     return inputs, offset, mask, config
 
 
@@ -124,16 +152,18 @@ def test_integer_and_boundary_locations_match_oracle():
 
 @pytest.mark.parametrize("kernel,dilation", [(3, 1), (5, 1), (3, 2)])
 def test_zero_offsets_uniform_weights_is_zero_padded_average(kernel, dilation):
-    inputs, offset, mask, config = random_case(seed=1, kernel=kernel, dilation=dilation,
-                                               pad=dilation * (kernel - 1) // 2)
+    inputs, offset, mask, config = random_case(
+        seed=1, kernel=kernel, dilation=dilation, pad=dilation * (kernel - 1) // 2
+    )
     offset.zero_()
     mask.fill_(1.0 / (kernel * kernel))
     out = dcnv3_core(inputs, offset, mask, **config)
     # Every group's channels see the same zero-padded KxK average.
     nchw = inputs.permute(0, 3, 1, 2)
-    weight = torch.full((nchw.shape[1], 1, kernel, kernel), 1.0 / kernel ** 2, dtype=torch.float64)
-    expected = F.conv2d(nchw, weight, padding=config["pad_h"], dilation=dilation,
-                        groups=nchw.shape[1]).permute(0, 2, 3, 1)
+    weight = torch.full((nchw.shape[1], 1, kernel, kernel), 1.0 / kernel**2, dtype=torch.float64)
+    expected = F.conv2d(nchw, weight, padding=config["pad_h"], dilation=dilation, groups=nchw.shape[1]).permute(
+        0, 2, 3, 1
+    )
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
 
 
@@ -158,8 +188,7 @@ def test_stride_two_equals_subsampled_stride_one():
     inputs, offset, mask, config = random_case(seed=4, in_h=11, in_w=9)
     full = dcnv3_core(inputs, offset, mask, **config)
     strided_config = dict(config, stride_h=2, stride_w=2)
-    strided = dcnv3_core(inputs, offset[:, ::2, ::2].contiguous(), mask[:, ::2, ::2].contiguous(),
-                         **strided_config)
+    strided = dcnv3_core(inputs, offset[:, ::2, ::2].contiguous(), mask[:, ::2, ::2].contiguous(), **strided_config)
     torch.testing.assert_close(strided, full[:, ::2, ::2], rtol=0, atol=1e-12)
 
 
@@ -222,10 +251,13 @@ def test_cuda_matches_cpu():
 
 
 @pytest.mark.parametrize("formulation", ["sparse", "gather"])
-@pytest.mark.parametrize("kernel,stride,pad,dilation,offset_scale,remove_center",
-                         [(3, 1, 1, 1, 1.0, 0), (3, 2, 1, 1, 1.0, 0), (3, 1, 2, 2, 0.5, 0), (5, 1, 2, 1, 2.0, 1)])
-def test_inference_taps_equal_the_autograd_taps(formulation, kernel, stride, pad, dilation, offset_scale,
-                                                            remove_center):
+@pytest.mark.parametrize(
+    "kernel,stride,pad,dilation,offset_scale,remove_center",
+    [(3, 1, 1, 1, 1.0, 0), (3, 2, 1, 1, 1.0, 0), (3, 1, 2, 2, 0.5, 0), (5, 1, 2, 1, 2.0, 1)],
+)
+def test_inference_taps_equal_the_autograd_taps(
+    formulation, kernel, stride, pad, dilation, offset_scale, remove_center
+):
     """Without autograd the taps are computed in place on a planar buffer; with autograd out of
     place. Both follow InternImage's normalised arithmetic and must give the same output, samples
     far off the image and on the clamp limits included."""
@@ -255,10 +287,16 @@ def test_formulation_context_manager_restores_the_previous_choice():
     start = default_formulation()
     with formulation("gather"):
         assert default_formulation() == "gather"
-        with pytest.raises(RuntimeError):
+        seen_inside = []
+
+        def fail_inside():
             with formulation("grid_sample"):
-                assert default_formulation() == "grid_sample"
+                seen_inside.append(default_formulation())
                 raise RuntimeError("inside")
+
+        with pytest.raises(RuntimeError, match="inside"):
+            fail_inside()
+        assert seen_inside == ["grid_sample"]
         assert default_formulation() == "gather"
     assert default_formulation() == start
     previous = set_default_formulation("sparse")

@@ -1,5 +1,6 @@
 """viz_app.outputs: pictures returned to gradio are stored whole, even when two sessions get the
 same picture at once (the race that cut a download short in the eight-user test)."""
+
 import inspect
 import os
 import threading
@@ -88,8 +89,10 @@ def test_concurrent_stores_of_one_picture_never_cut_a_reader_short(tmp_path, pic
     stock = gr.Image(format="png")
     stock.GRADIO_CACHE = str(tmp_path / "stock")
     stock_short, stock_total = _short_reads(stock, picture)
-    report(f"stored pictures under concurrent stores: image_output {short}/{total} short reads; "
-           f"gr.Image {stock_short}/{stock_total}")
+    report(
+        f"stored pictures under concurrent stores: image_output {short}/{total} short reads; "
+        f"gr.Image {stock_short}/{stock_total}"
+    )
 
 
 def test_every_picture_the_app_returns_is_stored_atomically():

@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from repo_paths import ROOT
 from ultralytics import YOLO
 from ultralytics.data.augment import LetterBox
 
@@ -11,7 +12,6 @@ from dcnv3.loading import load_model
 from dcnv3.probe import inference_model, prepare_image, probe, probe_batch
 from dcnv3.stats import adjacent_pairs
 
-from repo_paths import ROOT
 BUNDLED = ROOT / "assets" / "models" / "dcnv3-yolov8n.pt"
 DEMO_VIDEO = ROOT / "assets" / "demo_shapes.mp4"
 
@@ -58,14 +58,18 @@ def test_zero_offsets_sample_the_regular_grid_in_image_pixels(untrained, shape):
             y = ((rows + 0.5 + (j - 1)) * s - top) / result.letterbox.ratio
             np.testing.assert_allclose(locations[:, :, 0, p, 0], x, atol=1e-9)
             np.testing.assert_allclose(locations[:, :, 0, p, 1], y, atol=1e-9)
-        assert {s for s in (8, 16, 32)} >= {layer.stride}
+        assert {8, 16, 32} >= {layer.stride}
 
 
 def test_stages_strides_and_labels(untrained):
     result = probe(untrained, np.zeros((128, 96, 3), np.uint8), imgsz=128)
-    assert [(l.stage, l.groups) for l in result.layers] == [
-        ("P3/8 backbone", 2), ("P3/8 backbone", 2), ("P4/16 backbone", 4), ("P4/16 backbone", 4),
-        ("P5/32 backbone", 8)]
+    assert [(layer.stage, layer.groups) for layer in result.layers] == [
+        ("P3/8 backbone", 2),
+        ("P3/8 backbone", 2),
+        ("P4/16 backbone", 4),
+        ("P4/16 backbone", 4),
+        ("P5/32 backbone", 8),
+    ]
     assert result.layers[0].name == "model.4.m.0.cv2.dcnv3"
     assert "G=2 K=3" in result.layers[0].label
 
@@ -94,8 +98,8 @@ def test_statistics_of_the_regular_grid(untrained):
 
 def test_statistics_follow_their_definitions():
     """Hand-made record: known offsets and weights give known numbers."""
-    from dcnv3.probe import LayerRecord
     from dcnv3 import stats
+    from dcnv3.probe import LayerRecord
 
     offsets = np.zeros((1, 1, 2, 9, 2), np.float32)
     offsets[0, 0, 1] = np.array([[i - 1, j - 1] for i in range(3) for j in range(3)])  # doubles the grid
@@ -242,16 +246,18 @@ def test_batched_probe_of_differently_sized_images(untrained):
     images = [np.zeros((64, 64, 3), np.uint8), np.zeros((40, 64, 3), np.uint8)]
     results = probe_batch(untrained, images, imgsz=64)
     assert [r.image_shape for r in results] == [(64, 64), (40, 64)]
-    assert [r.layers[0].grid for r in results] == [probe(untrained, image, imgsz=64).layers[0].grid
-                                                   for image in images]
+    assert [r.layers[0].grid for r in results] == [probe(untrained, image, imgsz=64).layers[0].grid for image in images]
 
 
-@pytest.mark.parametrize("image,shape", [
-    (np.zeros((10, 12), np.uint8), (10, 12, 3)),
-    (np.zeros((10, 12, 4), np.uint8), (10, 12, 3)),
-    (np.zeros((1, 1, 3), np.uint8), (1, 1, 3)),
-    (np.zeros((5, 6, 3), np.float32), (5, 6, 3)),
-])
+@pytest.mark.parametrize(
+    "image,shape",
+    [
+        (np.zeros((10, 12), np.uint8), (10, 12, 3)),
+        (np.zeros((10, 12, 4), np.uint8), (10, 12, 3)),
+        (np.zeros((1, 1, 3), np.uint8), (1, 1, 3)),
+        (np.zeros((5, 6, 3), np.float32), (5, 6, 3)),
+    ],
+)
 def test_prepare_image_converts(image, shape):
     assert prepare_image(image).shape == shape
 

@@ -12,15 +12,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from repo_paths import ROOT
 from torch import nn
 
 import dcnv3
-from dcnv3.loading import load_model
-from dcnv3.probe import probe
 from dcnv3 import receptive_field as rf
+from dcnv3.loading import load_model
 from dcnv3.module import DCNv3
+from dcnv3.probe import probe
 
-from repo_paths import ROOT
 SHAPES = ROOT / "assets" / "examples" / "shapes_0.jpg"
 
 
@@ -31,7 +31,7 @@ def trinomial_field(n: int, side: int) -> np.ndarray:
         t = np.convolve(t, np.ones(3))
     field = np.zeros((side, side))
     start = side // 2 - n
-    field[start:start + 2 * n + 1, start:start + 2 * n + 1] = np.outer(t, t)
+    field[start : start + 2 * n + 1, start : start + 2 * n + 1] = np.outer(t, t)
     return field
 
 
@@ -75,7 +75,7 @@ def test_mass_regions_are_the_smallest_sets(n):
     values = np.sort(field.ravel())[::-1]
     for fraction, count, mask in zip((0.5, 0.9), *rf.mass_regions(field, (0.5, 0.9))):
         assert field[mask].sum() >= fraction * field.sum()  # holds the fraction...
-        assert values[:count - 1].sum() < fraction * field.sum()  # ...and one pixel fewer cannot
+        assert values[: count - 1].sum() < fraction * field.sum()  # ...and one pixel fewer cannot
 
 
 def test_mass_regions_of_nothing():
@@ -118,7 +118,7 @@ def test_uniform_dcnv3_stack_is_a_box_filter_field(formulation):
         gradient = rf.input_gradient(centre_objective(network, side), x)
     finally:
         dcnv3.set_default_formulation("sparse")
-    np.testing.assert_allclose(gradient, trinomial_field(n, side) / 9.0 ** n, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(gradient, trinomial_field(n, side) / 9.0**n, rtol=1e-12, atol=1e-15)
 
 
 # -- the letterbox mapping, on a network whose receptive field is one known block ------------------
@@ -142,8 +142,7 @@ class _FakeYOLO:
 def test_cell_field_maps_back_through_the_letterbox():
     # 100 x 60 image at imgsz 64: ratio 0.64, resized to 64 x 38, padded 13 px top and bottom.
     image = np.random.default_rng(0).integers(0, 255, (60, 100, 3), dtype=np.uint8)
-    field = rf.receptive_field(_FakeYOLO(_Pool8()), image, xy=(50.0, 30.0), module="pool", imgsz=64,
-                               smooth=0)
+    field = rf.receptive_field(_FakeYOLO(_Pool8()), image, xy=(50.0, 30.0), module="pool", imgsz=64, smooth=0)
     box = field.letterbox
     assert box.input_shape == (64, 64) and box.ratio == pytest.approx(0.64) and box.pad == (0.0, 13.0)
     # (50, 30) -> input (32, 32.2): cell (4, 4), input pixels [32, 40) on both axes.
@@ -153,7 +152,7 @@ def test_cell_field_maps_back_through_the_letterbox():
     np.testing.assert_allclose(field.input_map, expected, rtol=1e-6)
     assert field.target["centre"] == pytest.approx([36 / 0.64, (36 - 13) / 0.64])
     # 50 % of 64 equal pixels is 32 of them, 90 % is 58; in original px^2: / ratio^2.
-    np.testing.assert_allclose(field.areas, [32 / 0.64 ** 2, 58 / 0.64 ** 2])
+    np.testing.assert_allclose(field.areas, [32 / 0.64**2, 58 / 0.64**2])
     assert field.outside_share == 0.0
     # The heat map lies over the block's image position [50, 62.5) x [29.7, 42.2).
     heat = field.heatmap
@@ -176,8 +175,10 @@ def test_points_outside_the_input_and_unknown_layers_are_refused():
 # -- the bundled DCNv3 model and its plain twin ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def models():
-    return (load_model(ROOT / "assets" / "models" / "dcnv3-yolov8n.pt"),
-            load_model(ROOT / "assets" / "models" / "yolov8n.pt"))
+    return (
+        load_model(ROOT / "assets" / "models" / "dcnv3-yolov8n.pt"),
+        load_model(ROOT / "assets" / "models" / "yolov8n.pt"),
+    )
 
 
 def test_twin_mapping(models):
@@ -195,7 +196,7 @@ def test_bundled_models_cell_and_detection_fields(models):
     image = cv2.imread(str(SHAPES))
     x, y = 91.4, 35.1  # the triangle near the top left
     runner, twin = rf.gradient_network(dcn), rf.gradient_network(plain)
-    name, twin_name = rf.twin_modules(runner, twin, "model.6.m.0.cv2.dcnv3")
+    _name, twin_name = rf.twin_modules(runner, twin, "model.6.m.0.cv2.dcnv3")
     a = rf.receptive_field(dcn, image, "model.6.m.0.cv2.dcnv3", (x, y), imgsz=320)
     b = rf.receptive_field(plain, image, xy=(x, y), module=twin_name, imgsz=320)
     for field in (a, b):
@@ -210,8 +211,9 @@ def test_bundled_models_cell_and_detection_fields(models):
 
     probed = probe(dcn, image, imgsz=320)
     best = int(np.argmax(probed.detections.scores))
-    det = rf.receptive_field(dcn, image, detection=(probed.detections.boxes[best], probed.detections.classes[best]),
-                             imgsz=320)
+    det = rf.receptive_field(
+        dcn, image, detection=(probed.detections.boxes[best], probed.detections.classes[best]), imgsz=320
+    )
     assert det.target["kind"] == "detection"
     assert det.target["box"] == pytest.approx(probed.detections.boxes[best].tolist(), abs=0.02)
     assert det.target["value"] == pytest.approx(float(probed.detections.scores[best]), abs=1e-4)

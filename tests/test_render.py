@@ -4,13 +4,13 @@ import numpy as np
 import plotly.io as pio
 import pytest
 import torch
+from test_health import make_layer, make_probe
 from ultralytics import YOLO
 
 from dcnv3 import fields, overlay, trace
-from dcnv3.probe import probe
 from dcnv3.geometry import box_centre, cell_step, kernel_offsets
 from dcnv3.overlay import group_colours
-from test_health import make_layer, make_probe
+from dcnv3.probe import probe
 from viz_app import render
 
 VIRIDIS_LOW, VIRIDIS_HIGH = (84, 1, 68), (37, 231, 253)  # BGR ends of OpenCV's viridis
@@ -31,8 +31,10 @@ def blank(h=100, w=120):
 
 
 # -- canvas --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("shape,expected", [((2000, 1500), (960, 1280)), ((1080, 810), (810, 1080)),
-                                            ((1, 1), (640, 640)), ((100, 50), (350, 700))])
+@pytest.mark.parametrize(
+    "shape,expected",
+    [((2000, 1500), (960, 1280)), ((1080, 810), (810, 1080)), ((1, 1), (640, 640)), ((100, 50), (350, 700))],
+)
 def test_canvas_size(shape, expected):
     canvas, scale = render.make_canvas(np.zeros((*shape, 3), np.uint8))
     assert canvas.dtype == np.uint8 and canvas.shape[2] == 3
@@ -140,7 +142,7 @@ def test_sampling_figure_points_and_hover(untrained_probe):
     assert any(t.type == "image" for t in fig.data)  # the image crop as background
     assert fig.layout.yaxis.range[0] > fig.layout.yaxis.range[1]  # y points down, as in the image
     sent = pio.from_json(spec.to_json())  # what gr.Plot sends the browser: a valid figure, same points
-    np.testing.assert_allclose([t for t in sent.data if t.name == "group 5"][0].x, expected[5, :, 0])
+    np.testing.assert_allclose(next(t for t in sent.data if t.name == "group 5").x, expected[5, :, 0])
 
 
 def test_weight_matrix_layout_follows_dcnv3_point_order():
@@ -182,11 +184,12 @@ def test_trace_multiplies_weights_down_the_stacked_layers(untrained_probe):
     assert all(len(level.xy) <= 60 for level in levels)
     # Every point of a level is a sample of the lower layer at the cell under a parent point.
     lower = probe.layers[2]
-    children = np.concatenate([probe.sampling_locations(lower, probe.cell_at(lower, *parent)).reshape(-1, 2)
-                               for parent in levels[0].xy])
+    children = np.concatenate(
+        [probe.sampling_locations(lower, probe.cell_at(lower, *parent)).reshape(-1, 2) for parent in levels[0].xy]
+    )
     for point in levels[1].xy:
         assert np.isclose(children, point, atol=1e-3).all(axis=1).any()
-    canvas, origin, scale = render.trace_overlay(image, levels, centre)
+    canvas, origin, _scale = render.trace_overlay(image, levels, centre)
     assert canvas.dtype == np.uint8 and max(canvas.shape[:2]) == pytest.approx(720, abs=1)
     assert 0 <= origin[0] < image.shape[1] and 0 <= origin[1] < image.shape[0]
 
@@ -236,8 +239,9 @@ def test_field_values_shapes_and_groups():
 
 def test_field_overlay_colours_each_cell_around_its_centre():
     layer, probe = moved_cell_probe()
-    picture, scale = render.field_overlay(blank(64, 64), probe, layer, "offset magnitude", group=0,
-                                          opacity=1.0, scale=1.0)
+    picture, _scale = render.field_overlay(
+        blank(64, 64), probe, layer, "offset magnitude", group=0, opacity=1.0, scale=1.0
+    )
     assert picture.shape[1] == 64 and picture.shape[0] > 64 and picture.dtype == np.uint8  # + colour bar
     # Cell (2, 5) spans x in [40, 48), y in [16, 24): the maximum colour exactly there.
     assert tuple(picture[20, 44]) == VIRIDIS_HIGH and tuple(picture[16, 40]) == VIRIDIS_HIGH
@@ -305,8 +309,11 @@ def test_annotators_draw_in_place_and_the_draw_functions_on_a_copy(untrained_pro
     assert not canvas.any() and np.array_equal(drawn, scene)  # the same pixels, the canvas untouched
     # The cell is the grid, arrows, points and the cross drawn in that order.
     steps = np.zeros_like(image)
-    locations, regular, weights = (probe.sampling_locations(layer, cell), probe.regular_locations(layer, cell),
-                                   layer.weights[cell])
+    locations, regular, weights = (
+        probe.sampling_locations(layer, cell),
+        probe.regular_locations(layer, cell),
+        layer.weights[cell],
+    )
     overlay.RegularGridAnnotator().annotate(steps, regular)
     overlay.OffsetArrowAnnotator().annotate(steps, regular, locations, weights)
     overlay.SamplingPointAnnotator().annotate(steps, locations, weights)

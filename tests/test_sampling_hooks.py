@@ -1,4 +1,5 @@
 """The deformable-module protocol (dcnv3.sampling_hooks): capture and override on DCNv3 and DCNv4."""
+
 import pytest
 import torch
 
@@ -83,11 +84,12 @@ def test_uniform_weights_keep_each_groups_total():
 def test_uniform_softmax_weights_are_the_plain_average():
     layer = dcnv3_layer()
     x = torch.randn(1, 4, 4, 16, dtype=torch.float64)
-    with override_sampling([layer], offsets_to_grid=False, uniform_weights=True), capture(
-            torch.nn.Sequential(layer)) as records:
+    with (
+        override_sampling([layer], offsets_to_grid=False, uniform_weights=True),
+        capture(torch.nn.Sequential(layer)) as records,
+    ):
         layer(x)
-    assert torch.allclose(next(iter(records.values())).weights, torch.full((1, 4, 4, 2, 9), 1 / 9,
-                                                                           dtype=torch.float64))
+    assert torch.allclose(next(iter(records.values())).weights, torch.full((1, 4, 4, 2, 9), 1 / 9, dtype=torch.float64))
 
 
 def test_deformable_modules_finds_every_operator_and_nothing_else():
@@ -102,6 +104,7 @@ def test_deformable_modules_finds_every_operator_and_nothing_else():
 
 def test_pickling_inside_hooks_drops_them():
     import copy
+
     layer = dcnv4_layer()
     with override_sampling([layer]), capture(torch.nn.Sequential(layer)):
         clone = copy.deepcopy(layer)

@@ -1,18 +1,23 @@
 """The health monitor over a short training run: DCNv3DetectionTrainer writes health.csv / health.json
 for every epoch; a stock trainer takes it through model.add_callback and stops on a flag."""
+
 import json
 
 from child_process import run_python
+
 from dcnv3.training_health import CSV_FIELDS, read_health
 
 
 def test_trainer_writes_health_for_every_epoch(tiny_shapes_data, tmp_path, report):
     runs = tmp_path / "runs"
-    log = run_python("-c", f"""
+    log = run_python(
+        "-c",
+        f"""
 from dcnv3.training import train
 train("dcnv3-yolov8n.yaml", {str(tiny_shapes_data)!r}, epochs=2, imgsz=64, batch=8, workers=0, device="cpu",
       project={str(runs)!r}, name="run", exist_ok=True, plots=False, warmup_epochs=0, save_period=1, seed=0)
-""")
+""",
+    )
     run = runs / "run"
     rows = read_health(run)
     layers = sorted({row["layer"] for row in rows})
@@ -25,20 +30,27 @@ train("dcnv3-yolov8n.yaml", {str(tiny_shapes_data)!r}, epochs=2, imgsz=64, batch
     first, second = ({row["layer"]: row for row in rows if row["epoch"] == epoch} for epoch in (1, 2))
     # The JSON and the CSV hold the same numbers; the offsets start at zero and grow with training.
     layer = layers[0]
-    assert document["epochs"][1]["layers"][0]["mean_offset"] == second[document["epochs"][1]["layers"][0]["name"]][
-        "mean_offset"]
+    assert (
+        document["epochs"][1]["layers"][0]["mean_offset"]
+        == second[document["epochs"][1]["layers"][0]["name"]]["mean_offset"]
+    )
     assert all(second[name]["mean_offset"] > first[name]["mean_offset"] for name in layers), rows
     assert all(0 < row["entropy"] <= 1 for row in rows) and first[layer]["weight_kind"] == "softmax"
     assert sorted(p.name for p in (run / "weights").glob("epoch*.pt")) == ["epoch0.pt", "epoch1.pt"]
-    report("training health: 2-epoch DCNv3-YOLOv8n run on 16 images at 64 px, mean |offset| per layer "
-           + ", ".join(f"{first[n]['mean_offset']:.4f} -> {second[n]['mean_offset']:.4f}" for n in layers) + " cells")
+    report(
+        "training health: 2-epoch DCNv3-YOLOv8n run on 16 images at 64 px, mean |offset| per layer "
+        + ", ".join(f"{first[n]['mean_offset']:.4f} -> {second[n]['mean_offset']:.4f}" for n in layers)
+        + " cells"
+    )
 
 
 def test_stock_trainer_takes_the_callback_and_stops_on_a_flag(tiny_shapes_data, tmp_path):
     # The offsets start at zero, and with batch 8 ultralytics accumulates gradients over 64 images
     # (nbs) before its first optimizer step: after epoch 1 (2 batches) every layer is still on its
     # grid, "collapsed", and the monitor stops the 3-epoch run there.
-    out = run_python("-c", f"""
+    out = run_python(
+        "-c",
+        f"""
 from ultralytics import YOLO
 from dcnv3 import yolo
 from dcnv3.training_health import HealthMonitor, read_health
@@ -51,7 +63,8 @@ model.train(data={str(tiny_shapes_data)!r}, epochs=3, imgsz=64, batch=8, workers
 rows = read_health(model.trainer.save_dir)
 print("TRAINER", type(model.trainer).__name__, "STOPPED", monitor.stopped_at,
       "EPOCHS", sorted({{r["epoch"] for r in rows}}), "FLAGS", sorted({{f for r in rows for f in r["flags"]}}))
-""")
+""",
+    )
     assert "TRAINER DetectionTrainer STOPPED 1 EPOCHS [1] FLAGS ['collapsed']" in out, out[-3000:]
     assert "health monitor: stopping after epoch 1 on collapsed" in out
 
@@ -61,16 +74,36 @@ def test_train_cli_stops_on_a_chosen_flag(tiny_shapes_data, tmp_path):
     offsets are still on the grid after epoch 1, as above); an unknown flag is refused up front."""
     from test_cli import cli
 
-    result = cli("train", "--data", tiny_shapes_data, "--epochs", 3, "--imgsz", 64, "--batch", 8, "--workers", 0,
-                 "--device", "cpu", "--project", tmp_path, "--name", "cli", "--health-stop", "collapsed",
-                 "--set", "plots=False", "warmup_epochs=0")
+    result = cli(
+        "train",
+        "--data",
+        tiny_shapes_data,
+        "--epochs",
+        3,
+        "--imgsz",
+        64,
+        "--batch",
+        8,
+        "--workers",
+        0,
+        "--device",
+        "cpu",
+        "--project",
+        tmp_path,
+        "--name",
+        "cli",
+        "--health-stop",
+        "collapsed",
+        "--set",
+        "plots=False",
+        "warmup_epochs=0",
+    )
     assert "stopped by the health monitor after epoch 1" in result.stdout, result.stdout[-3000:]
     rows = read_health(tmp_path / "cli")
     assert sorted({row["epoch"] for row in rows}) == [1] and all("collapsed" in row["flags"] for row in rows)
     assert (tmp_path / "cli" / "weights" / "best.pt").is_file()
 
-    refused = cli("train", "--data", tiny_shapes_data, "--project", tmp_path, "--health-stop", "wobbly",
-                  check=False)
+    refused = cli("train", "--data", tiny_shapes_data, "--project", tmp_path, "--health-stop", "wobbly", check=False)
     assert refused.returncode == 2 and "unknown flag(s) wobbly" in refused.stderr
     assert not (tmp_path / "train").exists()
 

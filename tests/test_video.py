@@ -1,6 +1,7 @@
 """dcnv3.video: frames streamed through one probe each and ultralytics' tracker, per-track statistics,
 a browser-playable H.264 output, limits, clear refusals of unusable files, no files left behind;
 the CLI's video path. Kept short with max_frames / frame stride (the bundled model at 320 px)."""
+
 import csv
 import math
 import os
@@ -12,12 +13,12 @@ import cv2
 import imageio_ffmpeg
 import numpy as np
 import pytest
+from repo_paths import ROOT
 
+from dcnv3 import video
 from dcnv3.loading import load_model
 from dcnv3.probe import probe
-from dcnv3 import video
 
-from repo_paths import ROOT
 DEMO = ROOT / "assets" / "demo_shapes.mp4"
 MODEL = ROOT / "assets" / "models" / "dcnv3-yolov8n.pt"
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
@@ -97,11 +98,14 @@ def test_frames_are_streamed_in_batched_forwards(model, tmp_path, monkeypatch, b
     ahead), every frame is probed once, and ultralytics' own predict / track never run."""
     calls = []
     real_probe = video.probe_batch
-    monkeypatch.setattr(video, "probe_batch", lambda m, frames, **k: calls.append(len(frames)) or real_probe(m, frames, **k))
+    monkeypatch.setattr(
+        video, "probe_batch", lambda m, frames, **k: calls.append(len(frames)) or real_probe(m, frames, **k)
+    )
     monkeypatch.setattr(type(model), "predict", lambda *a, **k: pytest.fail("predict ran"))
     monkeypatch.setattr(type(model), "track", lambda *a, **k: pytest.fail("track ran"))
-    steps = video.process_video(model, DEMO, tmp_path, stride=4, mode="grid", batch=batch,
-                                limits=video.VideoLimits(max_frames=6))
+    steps = video.process_video(
+        model, DEMO, tmp_path, stride=4, mode="grid", batch=batch, limits=video.VideoLimits(max_frames=6)
+    )
     first = next(steps)
     assert calls == [batch] and first.done == 1 and first.total == 6 and first.preview is not None
     final = list(steps)[-1].result
@@ -134,18 +138,34 @@ def _write_zero_frames(path: Path) -> None:
 
 
 def _write_audio_only(path: Path) -> None:
-    subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                    "sine=frequency=440:duration=1", str(path)], check=True)
+    subprocess.run(
+        [
+            FFMPEG,
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=1",
+            str(path),
+        ],
+        check=True,
+    )
 
 
-@pytest.mark.parametrize("name, make, message", [
-    ("corrupt.mp4", lambda p: p.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(4000)), "corrupt"),
-    ("notes.txt", lambda p: p.write_text("not a video"), "not a video"),
-    ("empty.mp4", lambda p: p.write_bytes(b""), "empty file"),
-    ("zero.avi", _write_zero_frames, "zero frames"),
-    ("sine.m4a", _write_audio_only, "audio-only"),
-    ("unknown.mp4", _write_unsupported_codec, "unsupported video codec zzzz"),
-])
+@pytest.mark.parametrize(
+    "name, make, message",
+    [
+        ("corrupt.mp4", lambda p: p.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(4000)), "corrupt"),
+        ("notes.txt", lambda p: p.write_text("not a video"), "not a video"),
+        ("empty.mp4", lambda p: p.write_bytes(b""), "empty file"),
+        ("zero.avi", _write_zero_frames, "zero frames"),
+        ("sine.m4a", _write_audio_only, "audio-only"),
+        ("unknown.mp4", _write_unsupported_codec, "unsupported video codec zzzz"),
+    ],
+)
 def test_unusable_files_are_refused_with_a_clear_message(model, tmp_path, name, make, message):
     path = tmp_path / name
     make(path)
@@ -170,7 +190,7 @@ def test_missing_and_oversized_files(model, tmp_path):
 def test_truncated_file_ends_early_with_a_note(model, tmp_path):
     data = DEMO.read_bytes()
     truncated = tmp_path / "truncated.mp4"
-    truncated.write_bytes(data[:len(data) // 4])  # faststart: the index survives, most frames do not
+    truncated.write_bytes(data[: len(data) // 4])  # faststart: the index survives, most frames do not
     result = video.run_video(model, truncated, tmp_path / "out", stride=15)
     assert 0 < result.frame_indices[-1] < 170
     assert any("truncated" in n for n in result.notes)
@@ -199,8 +219,9 @@ def test_no_partial_files_after_an_error_or_an_early_stop(model, tmp_path, monke
 
 def test_botsort_tracker_and_fixed_layer(model, tmp_path):
     deepest = model.dcnv3_layers[-1]
-    result = video.run_video(model, DEMO, tmp_path, layer=deepest, tracker="botsort", stride=2,
-                             limits=video.VideoLimits(max_frames=8))
+    result = video.run_video(
+        model, DEMO, tmp_path, layer=deepest, tracker="botsort", stride=2, limits=video.VideoLimits(max_frames=8)
+    )
     assert result.rows and {r["layer"] for r in result.rows} == {deepest}
     assert {r["stride"] for r in result.rows} == {32}
     with pytest.raises(ValueError, match="unknown tracker"):
@@ -219,17 +240,43 @@ def test_dilation_follows_size_on_the_demo_video(model, tmp_path, report):
     assert growing["size_max_px"] > 1.5 * growing["size_min_px"]  # the demo has a shape that grows
     r = growing["size_dilation_r"]
     assert r is not None and -1 <= r <= 1
-    report(f"video: r(size, effective dilation of {deepest}) over track #{growing['track_id']} "
-           f"({growing['name']}, {growing['frames']} frames, {growing['size_min_px']:.0f}-{growing['size_max_px']:.0f} px)"
-           f" = {r:+.3f}; all tracks >= 20 frames: "
-           + ", ".join(f"#{t['track_id']} {t['name']} {t['size_dilation_r']:+.2f}" for t in summary
-                       if t["size_dilation_r"] is not None))
+    report(
+        f"video: r(size, effective dilation of {deepest}) over track #{growing['track_id']} "
+        f"({growing['name']}, {growing['frames']} frames, {growing['size_min_px']:.0f}-{growing['size_max_px']:.0f} px)"
+        f" = {r:+.3f}; all tracks >= 20 frames: "
+        + ", ".join(
+            f"#{t['track_id']} {t['name']} {t['size_dilation_r']:+.2f}"
+            for t in summary
+            if t["size_dilation_r"] is not None
+        )
+    )
 
 
 def test_cli_inspect_writes_the_video_and_csv(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "dcnv3", "inspect", "--model", str(MODEL), "--source", str(DEMO),
-                             "--out", str(tmp_path), "--max-frames", "6", "--stride", "3", "--mode", "grid"],
-                            capture_output=True, text=True, env={**os.environ, "YOLO_OFFLINE": "true"}, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dcnv3",
+            "inspect",
+            "--model",
+            str(MODEL),
+            "--source",
+            str(DEMO),
+            "--out",
+            str(tmp_path),
+            "--max-frames",
+            "6",
+            "--stride",
+            "3",
+            "--mode",
+            "grid",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "YOLO_OFFLINE": "true"},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert {p.name for p in tmp_path.iterdir()} == {"demo_shapes_dcnv3.mp4", "demo_shapes_stats.csv"}
     assert len(decoded_frames(tmp_path / "demo_shapes_dcnv3.mp4")) == 6
@@ -237,9 +284,24 @@ def test_cli_inspect_writes_the_video_and_csv(tmp_path):
         assert list(csv.DictReader(handle).fieldnames) == video.CSV_COLUMNS
     audio = tmp_path / "sine.m4a"
     _write_audio_only(audio)
-    refused = subprocess.run([sys.executable, "-m", "dcnv3", "inspect", "--model", str(MODEL), "--source", str(audio),
-                              "--out", str(tmp_path / "x")], capture_output=True, text=True,
-                             env={**os.environ, "YOLO_OFFLINE": "true"}, timeout=300)
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dcnv3",
+            "inspect",
+            "--model",
+            str(MODEL),
+            "--source",
+            str(audio),
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "YOLO_OFFLINE": "true"},
+        timeout=300,
+    )
     assert refused.returncode == 2 and refused.stderr.strip() == "error: sine.m4a: an audio-only file (no video stream)"
 
 
@@ -250,8 +312,10 @@ def test_time_series_figure_and_track_table(demo_run):
     long_tracks = [t for t in video.track_summary(demo_run.rows) if t["frames"] >= 3]
     assert len(figure.data) == 4 * min(len(long_tracks), 10)
     assert [figure.layout[f"yaxis{a}"].title.text for a in ("", "2", "3", "4")] == [t for _, t in video_render.SERIES]
-    assert all(0 <= figure.layout[f"yaxis{a}"].domain[0] < figure.layout[f"yaxis{a}"].domain[1] <= 1
-               for a in ("", "2", "3", "4"))
+    assert all(
+        0 <= figure.layout[f"yaxis{a}"].domain[0] < figure.layout[f"yaxis{a}"].domain[1] <= 1
+        for a in ("", "2", "3", "4")
+    )
     table = video_render.track_table(demo_run.rows)
     assert len(table) == len({r["track_id"] for r in demo_run.rows}) and "eff. dilation" in table[0]
     empty = video_render.time_series_figure([])

@@ -1,19 +1,20 @@
 """Every view draws and names the weights by their kind (softmax DCNv3, sigmoid DCNv2, free DCNv4):
 hand-made layer records of each kind, the encodings checked against numbers worked out by hand or
 by an independent reference (scipy's entropy), and the legends and payloads naming the kind."""
+
 import dataclasses
 import json
 
 import numpy as np
 import pytest
 from scipy.stats import entropy as scipy_entropy
+from test_health import make_layer, make_probe
 
 from dcnv3 import fields, stats, trace, weight_encoding
 from dcnv3.overlay import group_colours, line_width
 from dcnv3.probe import WEIGHT_KINDS
 from dcnv3.track_stats import AUTO_LAYER
 from dcnv3.video_overlay import draw_frame
-from test_health import make_layer, make_probe
 from viz_app import exports, render, video_render
 
 RNG = np.random.default_rng(14)
@@ -58,8 +59,7 @@ def test_sigmoid_encoding_is_the_absolute_value():
 
 
 def test_free_encoding_is_relative_to_the_group_mean_magnitude_with_negatives_hollow():
-    m = np.array([[-2.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
-                  [0.3, -0.3, 0.3, -0.3, 0.3, -0.3, 0.3, -0.3, 0.3]])
+    m = np.array([[-2.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.3, -0.3, 0.3, -0.3, 0.3, -0.3, 0.3, -0.3, 0.3]])
     encoding = weight_encoding.encode_weights(m, "free")
     mean = 4.0 / 9  # group 0's mean |m|
     np.testing.assert_allclose(encoding.relative[0, :3], [2 / mean, 1 / mean, 1 / mean])
@@ -86,8 +86,11 @@ def test_unknown_kind_is_refused_and_point_style_follows_the_encoding():
 # -- entropy ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", list(WEIGHT_KINDS))
 def test_entropy_of_magnitudes_normalised_per_group_matches_scipy(kind):
-    weights = {"softmax": RNG.dirichlet(np.ones(9), (8, 8, 2)), "sigmoid": RNG.uniform(0, 1, (8, 8, 2, 9)),
-               "free": signed_weights()}[kind].astype(np.float32)
+    weights = {
+        "softmax": RNG.dirichlet(np.ones(9), (8, 8, 2)),
+        "sigmoid": RNG.uniform(0, 1, (8, 8, 2, 9)),
+        "free": signed_weights(),
+    }[kind].astype(np.float32)
     record = record_of(kind, weights)
     got = stats.weight_entropy(record)
     # scipy normalises its input to sum 1: the entropy of |m| / sum |m|, in base P for [0, 1].
@@ -99,7 +102,8 @@ def test_entropy_by_hand_for_each_kind():
     two = np.zeros((1, 1, 1, 9), np.float32)
     two[..., :2] = [-1.0, 1.0]  # free: two points of equal magnitude, opposite signs
     assert stats.weight_entropy(record_of("free", two, grid=(1, 1), groups=1))[0, 0, 0] == pytest.approx(
-        np.log(2) / np.log(9))
+        np.log(2) / np.log(9)
+    )
     one = np.zeros((1, 1, 1, 9), np.float32)
     one[..., 4] = 1.0  # sigmoid: one point fully on, the rest off
     assert stats.weight_entropy(record_of("sigmoid", one, grid=(1, 1), groups=1))[0, 0, 0] == pytest.approx(0.0)
@@ -109,14 +113,17 @@ def test_entropy_by_hand_for_each_kind():
 
 
 def test_entropy_field_and_its_colour_bar_say_what_the_entropy_is_of():
-    for kind, words in (("softmax", "of the softmax weights (DCNv3)"),
-                        ("sigmoid", "of |m| normalised per group (sigmoid weights, DCNv2)"),
-                        ("free", "of |m| normalised per group (free weights, DCNv4)")):
+    for kind, words in (
+        ("softmax", "of the softmax weights (DCNv3)"),
+        ("sigmoid", "of |m| normalised per group (sigmoid weights, DCNv2)"),
+        ("free", "of |m| normalised per group (free weights, DCNv4)"),
+    ):
         record = record_of(kind, None if kind != "free" else signed_weights())
         probe = make_probe([record])
         assert fields.field_title("weight entropy", record) == "weight entropy " + words
-        np.testing.assert_allclose(fields.field_values(probe, record, "weight entropy"),
-                                   stats.weight_entropy(record).mean(axis=-1))
+        np.testing.assert_allclose(
+            fields.field_values(probe, record, "weight entropy"), stats.weight_entropy(record).mean(axis=-1)
+        )
         picture, _ = render.field_overlay(np.zeros((64, 64, 3), np.uint8), probe, record, "weight entropy")
         assert picture.shape[0] > 640  # the canvas (64 px enlarged 10x) plus the colour bar strip
 
@@ -144,9 +151,10 @@ def test_negative_free_weights_are_drawn_as_hollow_rings():
 
 def test_sigmoid_points_are_sized_by_their_value():
     locations = np.array([[[25.0, 30.0], [75.0, 30.0]]])
-    canvas = render.draw_samples(np.zeros((60, 100, 3), np.uint8), locations, np.array([[1.0, 0.25]]),
-                                 weight_kind="sigmoid")
-    widths = [(canvas[30, x - 12:x + 12].max(axis=-1) > 0).sum() for x in (25, 75)]
+    canvas = render.draw_samples(
+        np.zeros((60, 100, 3), np.uint8), locations, np.array([[1.0, 0.25]]), weight_kind="sigmoid"
+    )
+    widths = [(canvas[30, x - 12 : x + 12].max(axis=-1) > 0).sum() for x in (25, 75)]
     # radius 4.5 (w = 1) and 2.25 (w = 0.25, sqrt): disc widths ~9 and ~4.5 px, anti-aliased + outline
     assert 10 <= widths[0] <= 13 and 5 <= widths[1] <= 9 and widths[0] >= widths[1] + 3
 
@@ -169,8 +177,11 @@ def test_cell_annotator_reads_the_record_kind():
 # -- figures ----------------------------------------------------------------------------------------------
 def test_zoom_figure_encodes_and_names_each_kind():
     m = signed_weights()
-    for kind, weights in (("softmax", RNG.dirichlet(np.ones(9), (8, 8, 2))),
-                          ("sigmoid", RNG.uniform(0, 1, (8, 8, 2, 9))), ("free", m)):
+    for kind, weights in (
+        ("softmax", RNG.dirichlet(np.ones(9), (8, 8, 2))),
+        ("sigmoid", RNG.uniform(0, 1, (8, 8, 2, 9))),
+        ("free", m),
+    ):
         record = record_of(kind, weights.astype(np.float32))
         probe = make_probe([record])
         figure = render.sampling_figure(np.zeros((64, 64, 3), np.uint8), probe, record, (3, 4)).to_figure()
@@ -263,8 +274,10 @@ def test_exports_carry_the_kind(tmp_path):
         assert point["relative_weight"] == pytest.approx(float(encoding.relative[g, k]))
     json.dumps(payload)  # JSON-ready
     layers = exports.detections_payload(probe)["dcnv3_layers"]
-    assert [(r["weight_kind"], r["weight_meaning"]) for r in layers] == [("free", WEIGHT_KINDS["free"]),
-                                                                        ("sigmoid", WEIGHT_KINDS["sigmoid"])]
+    assert [(r["weight_kind"], r["weight_meaning"]) for r in layers] == [
+        ("free", WEIGHT_KINDS["free"]),
+        ("sigmoid", WEIGHT_KINDS["sigmoid"]),
+    ]
     rows = exports.stats_rows(probe)
     assert [r["weight_kind"] for r in rows] == ["free", "sigmoid"]
     assert rows[0]["weight_entropy_of"] == weight_encoding.entropy_text("free")

@@ -5,6 +5,7 @@ the models train on the shapes data (CLI, a child process), then validate, predi
 to ONNX (checked in onnxruntime) and load back with ``dcnv3.loading.load_model``, as best.pt, as
 last.pt and as a checkpoint saved mid-training (the network under ``ema``).
 """
+
 import copy
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from child_process import run_python
 from ultralytics import YOLO
 from ultralytics.nn import tasks
 from ultralytics.nn.modules.block import Bottleneck, C3k, C3k2
@@ -22,8 +24,6 @@ from dcnv3.blocks import Bottleneck_DCNv3, C3k2_DCNv3, C3k_DCNv3
 from dcnv3.loading import load_model
 from dcnv3.probe import probe
 from dcnv3.yolo import MODEL_FAMILIES, model_yaml
-
-from child_process import run_python
 
 FAMILIES = ("yolo11", "yolo26")
 DCNV3_LAYERS = {4: 8, 6: 16, 8: 32}  # backbone index: stride of the block's input
@@ -75,14 +75,18 @@ def test_every_scale_parses_like_its_stock_twin(family, report):
         assert inner == ({C3k_DCNv3} if scale in "mlx" else {Bottleneck_DCNv3, C3k_DCNv3})
         layers = dcnv3_modules(ours)
         assert all(module.group >= 2 and module.channels // module.group <= 16 for _, module in layers)
-        report(f"dcnv3-{family}{scale}: {parameter_count(ours):,} parameters ({len(layers)} DCNv3 layers, "
-               f"groups {sorted({m.group for _, m in layers})}); {family}{scale}: {parameter_count(stock):,}")
+        report(
+            f"dcnv3-{family}{scale}: {parameter_count(ours):,} parameters ({len(layers)} DCNv3 layers, "
+            f"groups {sorted({m.group for _, m in layers})}); {family}{scale}: {parameter_count(stock):,}"
+        )
 
 
 def layer_output_shapes(model, size: int = IMGSZ) -> list:
     shapes = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape) if torch.is_tensor(out)
-                                                                       else None)) for m in model.model[:-1]]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape) if torch.is_tensor(out) else None))
+        for m in model.model[:-1]
+    ]
     with torch.no_grad():
         model.eval()(torch.zeros(1, 3, size, size))
     for hook in hooks:
@@ -103,6 +107,7 @@ def test_scale_n_builds_and_runs_like_stock(family):
 
 # Training at scale n on the shapes data, then everything a user does with the checkpoint.
 
+
 @pytest.fixture(scope="module", params=FAMILIES)
 def trained(request, tiny_shapes_data, tmp_path_factory) -> tuple[str, Path]:
     """(family, weights folder) after 2 epochs at 64 px on 16 images (about 20 s on 2 cores).
@@ -113,9 +118,33 @@ def trained(request, tiny_shapes_data, tmp_path_factory) -> tuple[str, Path]:
     offsets would stay at their zero init."""
     family = request.param
     runs = tmp_path_factory.mktemp(f"runs-{family}")
-    log = run_python("-m", "dcnv3", "train", "--model", model_yaml("n", family=family), "--data", tiny_shapes_data,
-              "--epochs", "2", "--imgsz", IMGSZ, "--batch", "8", "--workers", "0", "--project", runs,
-              "--name", family, "--set", "plots=False", "--set", "warmup_epochs=0", "--set", "nbs=8")
+    log = run_python(
+        "-m",
+        "dcnv3",
+        "train",
+        "--model",
+        model_yaml("n", family=family),
+        "--data",
+        tiny_shapes_data,
+        "--epochs",
+        "2",
+        "--imgsz",
+        IMGSZ,
+        "--batch",
+        "8",
+        "--workers",
+        "0",
+        "--project",
+        runs,
+        "--name",
+        family,
+        "--set",
+        "plots=False",
+        "--set",
+        "warmup_epochs=0",
+        "--set",
+        "nbs=8",
+    )
     weights = runs / family / "weights"
     assert (weights / "best.pt").is_file() and (weights / "last.pt").is_file(), log[-2000:]
     return family, weights
@@ -138,16 +167,29 @@ def test_trained_model_loads_validates_predicts_and_probes(trained, tiny_shapes_
     family, weights = trained
     expected_layers = [name for name, _ in dcnv3_modules(YOLO(model_yaml("n", family=family)).model)]
     assert len(expected_layers) == 5
-    loaded = {name: load_model(path) for name, path in
-              [("best.pt", weights / "best.pt"), ("last.pt", weights / "last.pt"),
-               ("mid-training last.pt", mid_training_copy(weights / "last.pt", tmp_path / "running.pt"))]}
+    loaded = {
+        name: load_model(path)
+        for name, path in [
+            ("best.pt", weights / "best.pt"),
+            ("last.pt", weights / "last.pt"),
+            ("mid-training last.pt", mid_training_copy(weights / "last.pt", tmp_path / "running.pt")),
+        ]
+    }
     for name, model in loaded.items():
         assert model.dcnv3_layers == expected_layers, name
         assert type(model.model.model[4]) is C3k2_DCNv3, name
     model = loaded["best.pt"]
 
-    metrics = model.val(data=str(tiny_shapes_data), imgsz=IMGSZ, batch=8, workers=0, plots=False,
-                        project=str(tmp_path), name="val", verbose=False)
+    metrics = model.val(
+        data=str(tiny_shapes_data),
+        imgsz=IMGSZ,
+        batch=8,
+        workers=0,
+        plots=False,
+        project=str(tmp_path),
+        name="val",
+        verbose=False,
+    )
     assert 0.0 <= metrics.box.map50 <= 1.0 and np.isfinite(metrics.fitness)
 
     image = cv2.imread(str(sorted((tiny_shapes_data.parent / "images" / "val").glob("*.jpg"))[0]))
@@ -155,8 +197,7 @@ def test_trained_model_loads_validates_predicts_and_probes(trained, tiny_shapes_
     probed = probe(model, image, imgsz=IMGSZ, conf=0.001)
     # The probe runs ultralytics' own pre- and post-processing: the same detections as predict.
     assert len(probed.detections) == len(result.boxes) > 0
-    np.testing.assert_allclose(sorted_scores(probed.detections.scores), sorted_scores(result.boxes.conf),
-                               atol=1e-4)
+    np.testing.assert_allclose(sorted_scores(probed.detections.scores), sorted_scores(result.boxes.conf), atol=1e-4)
     assert [layer.name for layer in probed.layers] == expected_layers
     modules = dict(dcnv3_modules(model.model))
     for layer in probed.layers:
@@ -175,11 +216,12 @@ def test_trained_model_loads_validates_predicts_and_probes(trained, tiny_shapes_
         probed = probe(one_to_one, image, imgsz=IMGSZ, conf=0.001, nms=False)
         result = one_to_one.predict(image, imgsz=IMGSZ, conf=0.001, nms=False, verbose=False)[0]
         assert len(probed.detections) == len(result.boxes) > 0 and len(probed.layers) == 5
-        np.testing.assert_allclose(sorted_scores(probed.detections.scores), sorted_scores(result.boxes.conf),
-                                   atol=1e-4)
-    report(f"dcnv3-{family}n: trained 2 epochs on 16 shapes images at {IMGSZ} px; best.pt, last.pt and a "
-           f"mid-training last.pt load with {len(expected_layers)} DCNv3 layers; max |offset| {moved:.3g} cells; "
-           f"val mAP50 {metrics.box.map50:.3f}")
+        np.testing.assert_allclose(sorted_scores(probed.detections.scores), sorted_scores(result.boxes.conf), atol=1e-4)
+    report(
+        f"dcnv3-{family}n: trained 2 epochs on 16 shapes images at {IMGSZ} px; best.pt, last.pt and a "
+        f"mid-training last.pt load with {len(expected_layers)} DCNv3 layers; max |offset| {moved:.3g} cells; "
+        f"val mAP50 {metrics.box.map50:.3f}"
+    )
 
 
 def topk_rows_difference(rows: np.ndarray, candidates: np.ndarray, expected_rows: np.ndarray) -> float:
@@ -208,14 +250,21 @@ def test_trained_model_exports_to_onnx_matching_torch(trained, tmp_path, report)
     heads = [False, True] if family == "yolo26" else [False]  # YOLO26: also its NMS-free head
     for one_to_one in heads:
         model = load_model(checkpoint)
-        exported = model.export(format="onnx", imgsz=IMGSZ, opset=17, simplify=False, dynamic=False,
-                                nms=False if one_to_one else None, verbose=False)
+        exported = model.export(
+            format="onnx",
+            imgsz=IMGSZ,
+            opset=17,
+            simplify=False,
+            dynamic=False,
+            nms=False if one_to_one else None,
+            verbose=False,
+        )
         session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
         (actual,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})[:1]
         model.model.end2end = one_to_one
         head = model.model.model[-1]
         candidates = []  # the one-to-one head's decoded (1, anchors, 4 + nc) before its top-k
-        head.postprocess = lambda preds, keep=head.postprocess: candidates.append(preds) or keep(preds)
+        head.postprocess = lambda preds, keep=head.postprocess, seen=candidates: seen.append(preds) or keep(preds)
         with torch.no_grad():
             expected = model.model.eval()(x)
         expected = (expected[0] if isinstance(expected, (list, tuple)) else expected).numpy()
@@ -226,5 +275,7 @@ def test_trained_model_exports_to_onnx_matching_torch(trained, tmp_path, report)
             difference = float(np.abs(actual - expected).max())
         scale = float(np.abs(expected).max())
         assert difference <= 1e-3 * max(scale, 1.0)
-        report(f"dcnv3-{family}n ONNX{' (one-to-one head)' if one_to_one else ''}: output {actual.shape}, "
-               f"onnxruntime vs PyTorch max |diff| {difference:.2g} (range {scale:.3g})")
+        report(
+            f"dcnv3-{family}n ONNX{' (one-to-one head)' if one_to_one else ''}: output {actual.shape}, "
+            f"onnxruntime vs PyTorch max |diff| {difference:.2g} (range {scale:.3g})"
+        )

@@ -21,5 +21,5 @@ Pictures, figures and numbers from a cached ``dcnv3.probe.Probe`` (no gradio): `
 Gradio: ``ui`` (``build_app(ctx)``: the page and its tabs), ``image_tab`` (with ``/detect`` and
 ``/sampling``), ``receptive_tab`` (with ``/erf``), ``video_tab`` (with ``/video``), ``compare_tab``,
 ``learn_tab``, ``inputs`` (file inputs), ``safety`` (no URL is fetched for a client).
-``app.py`` makes the context and launches the Blocks.
+``server`` (``python app.py``, ``deformlens-app``) parses the arguments, makes the context and launches the Blocks.
 """

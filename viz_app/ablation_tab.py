@@ -7,6 +7,7 @@ deformable layer's offsets on the grid, its weights uniform, then all layers), c
 context's ``AblationCache`` per image / model / input size, shared with ``/ablate``. Picking a
 variant only redraws its overlay.
 """
+
 from __future__ import annotations
 
 import gradio as gr
@@ -43,15 +44,21 @@ def build(ctx: AppContext, analysis_state: gr.State) -> gr.Tab:
         gr.Markdown(ablation_view.EXPLANATION)
         with gr.Row(equal_height=True):
             variant = gr.Dropdown([], label="Rerun shown in the picture", scale=3, elem_id="ablation-variant")
-            button = gr.Button("Run the ablations for this image", variant="primary", scale=1,
-                               elem_id="ablation-run")
-        table = gr.Dataframe(label="Reruns against the model's own detections", interactive=False, wrap=True,
-                             elem_id="ablation-table")
+            button = gr.Button("Run the ablations for this image", variant="primary", scale=1, elem_id="ablation-run")
+        table = gr.Dataframe(
+            label="Reruns against the model's own detections", interactive=False, wrap=True, elem_id="ablation-table"
+        )
         info = gr.Markdown(elem_id="ablation-info")
         # No label over the picture: it would hide the legend drawn at its top.
-        picture = image_output(label="Boxes that moved, vanished or appeared", show_label=False, interactive=False,
-                               type="filepath", height=660, elem_id="ablation-image",
-                               buttons=["download", "fullscreen"])
+        picture = image_output(
+            label="Boxes that moved, vanished or appeared",
+            show_label=False,
+            interactive=False,
+            type="filepath",
+            height=660,
+            elem_id="ablation-image",
+            buttons=["download", "fullscreen"],
+        )
 
     def draw(analysis, ablation, name):
         return ctx.files.picture(ablation_view.overlay(analysis.image.bgr, ablation, name))
@@ -62,9 +69,12 @@ def build(ctx: AppContext, analysis_state: gr.State) -> gr.Tab:
             return {table: None, variant: gr.update(choices=[], value=None), picture: None, info: message}
         choices = ablation_view.variant_choices(ablation)
         name = shown if shown in choices else ablation_view.default_variant(ablation)
-        return {table: pd.DataFrame(ablation_view.table_rows(ablation)),
-                variant: gr.update(choices=choices, value=name), picture: draw(analysis, ablation, name),
-                info: ablation_view.summary_markdown(ablation, name)}
+        return {
+            table: pd.DataFrame(ablation_view.table_rows(ablation)),
+            variant: gr.update(choices=choices, value=name),
+            picture: draw(analysis, ablation, name),
+            info: ablation_view.summary_markdown(ablation, name),
+        }
 
     def pick(analysis, name):
         ablation, message = compute(ctx, analysis)  # cached: NMS and matching only
@@ -72,8 +82,13 @@ def build(ctx: AppContext, analysis_state: gr.State) -> gr.Tab:
             return {info: message or "Run the ablations first."}
         return {picture: draw(analysis, ablation, name), info: ablation_view.summary_markdown(ablation, name)}
 
-    gr.on([button.click, tab.select], run, [analysis_state, variant], [table, variant, picture, info],
-          api_visibility="private")
+    gr.on(
+        [button.click, tab.select],
+        run,
+        [analysis_state, variant],
+        [table, variant, picture, info],
+        api_visibility="private",
+    )
     variant.input(pick, [analysis_state, variant], [picture, info], api_visibility="private")
     return tab
 
@@ -90,8 +105,13 @@ def api_ablate(ctx: AppContext, image_path, model_name, imgsz=0, conf=DEFAULT_CO
         raise gr.Error("no image given")
     model_name = model_name or ctx.registry.default_name()
     try:
-        analysis = ctx.analyser.analyse(image_path, model_name, DEFAULT_CONF if conf is None else float(conf),
-                                        DEFAULT_IOU if iou is None else float(iou), imgsz=int(imgsz) if imgsz else None)
+        analysis = ctx.analyser.analyse(
+            image_path,
+            model_name,
+            DEFAULT_CONF if conf is None else float(conf),
+            DEFAULT_IOU if iou is None else float(iou),
+            imgsz=int(imgsz) if imgsz else None,
+        )
     except (ValueError, CheckpointError) as error:
         raise gr.Error(str(error)) from None
     ablation, message = compute(ctx, analysis)
@@ -117,5 +137,4 @@ def build_api(ctx: AppContext) -> None:
     def ablate(image_path, model_name, imgsz, conf, iou, variant):
         return api_ablate(ctx, image_path, model_name, imgsz, conf, iou, variant)
 
-    gr.Button("ablate").click(ablate, [image, model, imgsz, conf, iou, variant], [picture, payload],
-                              api_name="ablate")
+    gr.Button("ablate").click(ablate, [image, model, imgsz, conf, iou, variant], [picture, payload], api_name="ablate")

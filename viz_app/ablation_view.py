@@ -11,6 +11,7 @@ detections at the analysis' confidence / IoU are a query on the cached runs
 green, kept boxes that moved (IoU < ``MOVED_IOU``) as the model's box (white) and the variant's
 (orange) joined centre to centre, lost boxes red, gained boxes cyan; a legend strip on top.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,13 +25,27 @@ from dcnv3.overlay import line_width
 from .cache import LRUCache
 from .render import make_canvas
 
-__all__ = ["AblationCache", "MOVED_IOU", "COLOURS", "table_rows", "variant_choices", "default_variant", "overlay",
-           "summary_markdown", "EXPLANATION"]
+__all__ = [
+    "AblationCache",
+    "MOVED_IOU",
+    "COLOURS",
+    "table_rows",
+    "variant_choices",
+    "default_variant",
+    "overlay",
+    "summary_markdown",
+    "EXPLANATION",
+]
 
 MOVED_IOU = 0.9  # a kept box whose IoU with the model's own is below this is drawn as moved
 # BGR colours of the overlay's classes of boxes.
-COLOURS = {"kept": (80, 200, 80), "baseline": (255, 255, 255), "moved": (0, 150, 255), "lost": (40, 40, 230),
-           "gained": (255, 220, 0)}
+COLOURS = {
+    "kept": (80, 200, 80),
+    "baseline": (255, 255, 255),
+    "moved": (0, 150, 255),
+    "lost": (40, 40, 230),
+    "gained": (255, 220, 0),
+}
 EXPLANATION = (
     "**Does the model rely on its deformation?** The model is rerun with one deformable layer's offsets forced to "
     "its regular K x K grid (**grid**), or its modulation weights forced uniform, each group's mean (**uniform**), "
@@ -38,7 +53,8 @@ EXPLANATION = (
     "IoU >= 0.5, pairs taken greedily, highest IoU first. **kept** / **lost** / **gained** count the matched, the "
     "model's unmatched and the rerun's unmatched boxes; **mean IoU** and **mean score change** (rerun - model) "
     "are over the kept pairs. The picture shows the chosen rerun: "
-    f"green kept in place, white -> orange moved (IoU < {MOVED_IOU}), red lost, cyan gained.")
+    f"green kept in place, white -> orange moved (IoU < {MOVED_IOU}), red lost, cyan gained."
+)
 
 
 class AblationCache:
@@ -79,10 +95,20 @@ def _number(value: float, digits: int, signed: bool = False) -> str:
 
 def table_rows(ablation: ImageAblation) -> list[dict]:
     """The view's table: one row per variant, numbers as text ("-" where nothing was kept)."""
-    return [{"rerun with": row["layer"], "change": row["kind"], "model's boxes": row["baseline"],
-             "rerun's boxes": row["detections"], "kept": row["kept"], "lost": row["lost"], "gained": row["gained"],
-             "mean IoU": _number(row["mean_iou"], 3), "mean score change": _number(row["mean_score_change"], 3, True)}
-            for row in ablation.rows()]
+    return [
+        {
+            "rerun with": row["layer"],
+            "change": row["kind"],
+            "model's boxes": row["baseline"],
+            "rerun's boxes": row["detections"],
+            "kept": row["kept"],
+            "lost": row["lost"],
+            "gained": row["gained"],
+            "mean IoU": _number(row["mean_iou"], 3),
+            "mean score change": _number(row["mean_score_change"], 3, True),
+        }
+        for row in ablation.rows()
+    ]
 
 
 def variant_choices(ablation: ImageAblation) -> list[str]:
@@ -105,10 +131,12 @@ def default_variant(ablation: ImageAblation) -> str | None:
 
 def summary_markdown(ablation: ImageAblation, name: str) -> str:
     result = ablation.result(name)
-    return (f"**{name}**: of the model's {len(ablation.baseline)} detections {result.kept} kept, {result.lost} "
-            f"lost; {result.gained} gained; mean IoU {_number(result.mean_iou, 3)}, mean score change "
-            f"{_number(result.mean_score_change, 3, True)} (conf {ablation.conf}, NMS IoU {ablation.iou}, "
-            f"network input {ablation.imgsz})")
+    return (
+        f"**{name}**: of the model's {len(ablation.baseline)} detections {result.kept} kept, {result.lost} "
+        f"lost; {result.gained} gained; mean IoU {_number(result.mean_iou, 3)}, mean score change "
+        f"{_number(result.mean_score_change, 3, True)} (conf {ablation.conf}, NMS IoU {ablation.iou}, "
+        f"network input {ablation.imgsz})"
+    )
 
 
 def _box(canvas, box, scale, colour, width):
@@ -130,8 +158,13 @@ def _legend(width: int, unit: int) -> np.ndarray:
     """A white strip ``width`` wide with a swatch and a name per box class, wrapped onto more rows
     when they do not fit in one."""
     font, size, thickness = cv2.FONT_HERSHEY_SIMPLEX, 0.45 * unit, max(1, unit // 2)
-    items = (("kept", "kept in place"), ("baseline", "model's box"), ("moved", f"moved (IoU < {MOVED_IOU})"),
-             ("lost", "lost"), ("gained", "gained"))
+    items = (
+        ("kept", "kept in place"),
+        ("baseline", "model's box"),
+        ("moved", f"moved (IoU < {MOVED_IOU})"),
+        ("lost", "lost"),
+        ("gained", "gained"),
+    )
     row_height, swatch = 22 * unit, 16 * unit
     places, x, row = [], 6 * unit, 0
     for key, text in items:
@@ -147,8 +180,9 @@ def _legend(width: int, unit: int) -> np.ndarray:
             cv2.rectangle(strip, corner, far, (90, 90, 90), 1)
         else:
             cv2.rectangle(strip, corner, far, COLOURS[key], -1)
-        cv2.putText(strip, text, (x + swatch + 4 * unit, top + 15 * unit), font, size, (30, 30, 30), thickness,
-                    cv2.LINE_AA)
+        cv2.putText(
+            strip, text, (x + swatch + 4 * unit, top + 15 * unit), font, size, (30, 30, 30), thickness, cv2.LINE_AA
+        )
     return strip
 
 
@@ -168,8 +202,13 @@ def overlay(image: np.ndarray, ablation: ImageAblation, name: str, scale=None) -
         b = _box(canvas, variant.boxes[after], scale, COLOURS["moved"], 2 * unit)
         centre = lambda box: ((box[0] + box[2]) // 2, (box[1] + box[3]) // 2)  # noqa: E731
         cv2.line(canvas, centre(a), centre(b), COLOURS["moved"], unit, cv2.LINE_AA)
-        _label(canvas, f"IoU {iou:.2f} {variant.scores[after] - baseline.scores[before]:+.2f}", (b[0], b[3] + 16 * unit),
-               COLOURS["moved"], unit)
+        _label(
+            canvas,
+            f"IoU {iou:.2f} {variant.scores[after] - baseline.scores[before]:+.2f}",
+            (b[0], b[3] + 16 * unit),
+            COLOURS["moved"],
+            unit,
+        )
     for index in result.matching.lost:
         x1, y1, _, _ = _box(canvas, baseline.boxes[index], scale, COLOURS["lost"], 2 * unit)
         _label(canvas, f"lost {baseline.label(int(index))}", (x1, y1 - 2), COLOURS["lost"], unit)

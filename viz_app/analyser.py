@@ -5,13 +5,15 @@ notices and its ``dcnv3.probe.Probe``).
 an ``LRUCache``, so the UI and the HTTP API never rerun the model for an image they have already
 seen. Detections are a query on the cached forward (segment-anything's predictor pattern):
 ``Analysis.at_thresholds(conf, iou)`` runs NMS on the probe's raw predictions (``Probe.detect``),
-so a confidence or IoU change never runs the model. Its ``model_lock`` is held around every forward the app makes on a registry
+so a confidence or IoU change never runs the model. Its ``model_lock`` is held around every forward
+the app makes on a registry
 model (probe, video batches, the Learn toy): a DCNv3 layer hands what it computed to every
 capture open on it, so two forwards of one model at once would mix their records.
 
 Coordinates: ``Analysis.image.bgr`` is the "processed" image (``viz_app.images``); every probe
 coordinate is in its continuous pixels.
 """
+
 from __future__ import annotations
 
 import threading
@@ -39,6 +41,7 @@ class Analysis:
     ``seconds``: the time of the model run; ``key``: what identifies it for caches of what is
     rendered from it (the image's content hash, the model, imgsz, conf, iou).
     """
+
     image: LoadedImage
     model_name: str
     model_notices: list[str]
@@ -56,7 +59,7 @@ class Analysis:
     def key(self) -> tuple:
         return (self.image.key, self.model_name, self.imgsz, self.conf, self.iou)
 
-    def at_thresholds(self, conf: float, iou: float) -> "Analysis":
+    def at_thresholds(self, conf: float, iou: float) -> Analysis:
         """The same run with its detections at other thresholds: ultralytics' NMS on the probe's
         cached raw predictions (``Probe.detect``, about a millisecond), no forward. The DCNv3
         records are shared, not copied. Raises ValueError for thresholds outside [0, 1]."""
@@ -95,8 +98,15 @@ class Analyser:
             return size
         return train_imgsz(self.registry.load(model_name).yolo)
 
-    def analyse(self, source, model_name: str, conf: float = DEFAULT_CONF, iou: float = DEFAULT_IOU,
-                imgsz: int | None = None, image: LoadedImage | None = None) -> Analysis:
+    def analyse(
+        self,
+        source,
+        model_name: str,
+        conf: float = DEFAULT_CONF,
+        iou: float = DEFAULT_IOU,
+        imgsz: int | None = None,
+        image: LoadedImage | None = None,
+    ) -> Analysis:
         """Load the image (unless given) and the model, and probe, or take the cached run; its
         detections at ``conf`` / ``iou``. ``imgsz``: network input size; None (default) takes the
         model's training size.
@@ -110,13 +120,22 @@ class Analyser:
         key = (image.key, model_name, imgsz)
         cached = self._analyses.get(key)
         if cached is None:
+
             def run() -> Analysis:
                 model = self.registry.load(model_name)
                 start = time.perf_counter()
                 result = probe(model.yolo, image.bgr, imgsz=imgsz, conf=DEFAULT_CONF, iou=DEFAULT_IOU)
                 self.runs += 1
-                return Analysis(image, model_name, model.notices, result, int(imgsz), DEFAULT_CONF, DEFAULT_IOU,
-                                time.perf_counter() - start)
+                return Analysis(
+                    image,
+                    model_name,
+                    model.notices,
+                    result,
+                    int(imgsz),
+                    DEFAULT_CONF,
+                    DEFAULT_IOU,
+                    time.perf_counter() - start,
+                )
 
             with self.model_lock:  # another request may have run it meanwhile: the cache looks again
                 cached = self._analyses.get_or_compute(key, run)

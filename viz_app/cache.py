@@ -12,11 +12,13 @@ Gradio runs event handlers on worker threads, so every operation takes the cache
 meanwhile); a caller that must not compute the same value twice at once (a model run) holds its
 own lock around the call, and the cache looks again once it has it.
 """
+
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Callable, Generic, Hashable, TypeVar
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
 
 __all__ = ["LRUCache"]
 

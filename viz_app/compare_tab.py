@@ -6,6 +6,7 @@ receptive fields of one cell (or of model A's best detection) in both (``viz_app
 Clicking either detections panel moves the receptive-field point there. The tab's view state is a
 ``view_state.CompareView`` in a ``gr.State``; handlers return ``{component: value}`` dicts.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -14,11 +15,11 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
+from dcnv3 import receptive_field as rf
 from dcnv3.checkpoints import CheckpointError
 from dcnv3.geometry import box_centre
 from dcnv3.probe import default_layer
 from dcnv3.sampling_hooks import describe_layers
-from dcnv3 import receptive_field as rf
 
 from . import health, receptive
 from .context import AppContext
@@ -45,7 +46,8 @@ def detections_panels(analyses: list, names: list[str]) -> tuple[np.ndarray, flo
     for analysis, name in zip(analyses, names):
         canvas, pair = make_canvas(image, (scale, scale))
         canvas = draw_detections(canvas, analysis.probe.detections, pair)
-        title = f"{name}: {len(analysis.probe.detections)} detections, {describe_layers(l.weight_kind for l in analysis.probe.layers)}"
+        kinds = describe_layers(layer.weight_kind for layer in analysis.probe.layers)
+        title = f"{name}: {len(analysis.probe.detections)} detections, {kinds}"
         panels.append(np.vstack([receptive.title_strip(canvas.shape[1], [title]), canvas]))
     return receptive.side_by_side(panels, GAP), scale
 
@@ -78,15 +80,23 @@ def compare_fields(ctx: AppContext, analyses, names, layer, xy, detection=None):
     loaded = [ctx.registry.load(n) for n in names]
     if layer and layer not in dict(rf.gradient_network(loaded[0].yolo).named_modules()):
         first, second = 1, 0  # the layer is model B's (A has no DCNv3)
-    fields = receptive.compute_pair(ctx.fields, analyses[first].image, analyses[first].imgsz,
-                                    (names[first], loaded[first]), (names[second], loaded[second]), layer, xy,
-                                    detection)
+    fields = receptive.compute_pair(
+        ctx.fields,
+        analyses[first].image,
+        analyses[first].imgsz,
+        (names[first], loaded[first]),
+        (names[second], loaded[second]),
+        layer,
+        xy,
+        detection,
+    )
     order = [names[first], names[second]]
     if first == 1:  # show A on the left whatever the primary was
         fields, order = fields[::-1], order[::-1]
-    return (receptive.pair_picture(analyses[0].image.bgr, order, fields, GAP),
-            receptive.pair_payload(order, fields, analyses[0].image.scale))
-
+    return (
+        receptive.pair_picture(analyses[0].image.bgr, order, fields, GAP),
+        receptive.pair_payload(order, fields, analyses[0].image.scale),
+    )
 
 
 def _health_frame(analysis):
@@ -105,31 +115,43 @@ def build(ctx: AppContext, image_tab_input) -> None:
         state = gr.State(None)
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300):
-                image = image_file_input(label="Image", height=220, sources=["upload", "clipboard"],
-                                         elem_id="compare-image")
+                image = image_file_input(
+                    label="Image", height=220, sources=["upload", "clipboard"], elem_id="compare-image"
+                )
                 from_image_tab = gr.Button("Use the Image tab's image", size="md", elem_id="compare-from-image")
                 model_a = gr.Dropdown(names, value=registry.default_name(), label="Model A", elem_id="compare-model-a")
                 model_b = gr.Dropdown(names, value=default_b, label="Model B", elem_id="compare-model-b")
                 layer = gr.Dropdown([], label="Layer for the receptive fields", elem_id="compare-layer")
-                target = gr.Radio(["cell at the point", "model A's best detection"], value="cell at the point",
-                                  label="Receptive-field target", elem_id="compare-target")
+                target = gr.Radio(
+                    ["cell at the point", "model A's best detection"],
+                    value="cell at the point",
+                    label="Receptive-field target",
+                    elem_id="compare-target",
+                )
                 run_button = gr.Button("Compare", variant="primary", elem_id="compare-run")
                 status = gr.Markdown(elem_id="compare-status")
             with gr.Column(scale=3):
                 # Labels off: gradio's label badge would cover the panel titles drawn into the pictures.
-                gr.Markdown("**Detections**: model A left, model B right; click either to move the "
-                            "receptive-field point.")
-                detections = image_output(show_label=False, type="numpy", interactive=False, height=440,
-                                          elem_id="compare-detections")
+                gr.Markdown(
+                    "**Detections**: model A left, model B right; click either to move the receptive-field point."
+                )
+                detections = image_output(
+                    show_label=False, type="numpy", interactive=False, height=440, elem_id="compare-detections"
+                )
                 with gr.Row(equal_height=False):
-                    health_a = gr.Dataframe(label="Model A: layer health", interactive=False, wrap=True,
-                                            elem_id="compare-health-a")
-                    health_b = gr.Dataframe(label="Model B: layer health", interactive=False, wrap=True,
-                                            elem_id="compare-health-b")
-                gr.Markdown("**Receptive fields** (|gradient| of the cell's output w.r.t. the input; contours hold "
-                            "50 % (white) and 90 % (cyan) of the mass; see the Image tab's *Receptive field* view).")
-                fields_picture = image_output(show_label=False, type="numpy", interactive=False, height=440,
-                                              elem_id="compare-erf")
+                    health_a = gr.Dataframe(
+                        label="Model A: layer health", interactive=False, wrap=True, elem_id="compare-health-a"
+                    )
+                    health_b = gr.Dataframe(
+                        label="Model B: layer health", interactive=False, wrap=True, elem_id="compare-health-b"
+                    )
+                gr.Markdown(
+                    "**Receptive fields** (|gradient| of the cell's output w.r.t. the input; contours hold "
+                    "50 % (white) and 90 % (cyan) of the mass; see the Image tab's *Receptive field* view)."
+                )
+                fields_picture = image_output(
+                    show_label=False, type="numpy", interactive=False, height=440, elem_id="compare-erf"
+                )
                 fields_info = gr.Markdown(elem_id="compare-erf-info")
 
     def fields_for(view: CompareView, layer_name, target_value) -> dict:
@@ -143,14 +165,19 @@ def build(ctx: AppContext, image_tab_input) -> None:
             best = int(np.argmax(probe.detections.scores))
             detection = (probe.detections.boxes[best], int(probe.detections.classes[best]))
             if layer_name and layer_name not in dict(rf.gradient_network(registry.load(pair[0]).yolo).named_modules()):
-                return {fields_picture: None,
-                        fields_info: "Detection targets read model A's score: pick a model A with a Detect head."}
+                return {
+                    fields_picture: None,
+                    fields_info: "Detection targets read model A's score: pick a model A with a Detect head.",
+                }
         try:
             picture, payload = compare_fields(ctx, analyses, pair, layer_name, view.xy, detection)
         except (ValueError, CheckpointError) as error:
             return {fields_picture: None, fields_info: f"**Could not compute the receptive fields:** {error}"}
-        lines = [f"- **{m['model']}**: 50 % of the mass in **{m['areas_px2']['50%']:,.0f} px²**, "
-                 f"90 % in **{m['areas_px2']['90%']:,.0f} px²**" for m in payload["models"]]
+        lines = [
+            f"- **{m['model']}**: 50 % of the mass in **{m['areas_px2']['50%']:,.0f} px²**, "
+            f"90 % in **{m['areas_px2']['90%']:,.0f} px²**"
+            for m in payload["models"]
+        ]
         if payload.get("area_ratio_50") is not None:
             lines.append(f"- 50 % area ratio A / B: **{payload['area_ratio_50']:.2f}**")
         return {fields_picture: to_rgb(picture), fields_info: "\n".join(lines)}
@@ -173,11 +200,18 @@ def build(ctx: AppContext, image_tab_input) -> None:
         else:
             xy = (probe.image_shape[1] / 2, probe.image_shape[0] / 2)
         view = CompareView(analyses, (name_a, name_b), scale, (float(xy[0]), float(xy[1])))
-        status_text = " · ".join(f"**{n}**: {len(a.probe.detections)} detections in {a.seconds:.2f} s"
-                                 for n, a in zip(view.names, analyses))
-        return {state: view, detections: to_rgb(picture), status: status_text,
-                layer: gr.update(choices=choices, value=layer_name), health_a: _health_frame(analyses[0]),
-                health_b: _health_frame(analyses[1]), **fields_for(view, layer_name, target_value)}
+        status_text = " · ".join(
+            f"**{n}**: {len(a.probe.detections)} detections in {a.seconds:.2f} s" for n, a in zip(view.names, analyses)
+        )
+        return {
+            state: view,
+            detections: to_rgb(picture),
+            status: status_text,
+            layer: gr.update(choices=choices, value=layer_name),
+            health_a: _health_frame(analyses[0]),
+            health_b: _health_frame(analyses[1]),
+            **fields_for(view, layer_name, target_value),
+        }
 
     def click(view: CompareView | None, layer_name, target_value, evt: gr.SelectData):
         if view is None or evt.index is None:

@@ -6,6 +6,7 @@ model runs and the model lock), the ``FileStore`` (where views, exports and vide
 the receptive-field cache (shared by the Image tab's view, the Compare tab and ``/erf``) and the
 detections-canvas cache of the Image tab.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ class AppContext:
     fields; ``canvases``: the Image tab's detections canvases, keyed by (``Analysis.key``,
     highlighted detection) -> (canvas BGR (H, W, 3) uint8, (sx, sy) canvas px per image px);
     ``ablations``: the Ablation view's and /ablate's reruns per image, model and input size."""
+
     registry: ModelRegistry
     analyser: Analyser
     files: FileStore
@@ -39,7 +41,9 @@ class AppContext:
     ablations: AblationCache = field(default_factory=AblationCache)
 
     @classmethod
-    def create(cls, registry: ModelRegistry, analyser: Analyser | None = None,
-               files: FileStore | None = None) -> "AppContext":
-        return cls(registry, analyser or Analyser(registry), files or FileStore(), FieldCache(),
-                   LRUCache(CANVAS_CACHE_SIZE))
+    def create(
+        cls, registry: ModelRegistry, analyser: Analyser | None = None, files: FileStore | None = None
+    ) -> AppContext:
+        return cls(
+            registry, analyser or Analyser(registry), files or FileStore(), FieldCache(), LRUCache(CANVAS_CACHE_SIZE)
+        )

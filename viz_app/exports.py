@@ -19,6 +19,7 @@
 ``pixel_scale`` = (sx, sy) processed px per original px (``LoadedImage.scale``): probe coordinates
 are divided by it so that exported coordinates refer to the file the user gave.
 """
+
 from __future__ import annotations
 
 import csv
@@ -35,8 +36,16 @@ from dcnv3.weight_encoding import encode_weights, entropy_text, legend, legend_l
 from .health import health_report
 from .render import legend_strip
 
-__all__ = ["sampling_payload", "detections_payload", "write_png", "write_npz", "write_json", "write_stats_csv",
-           "stats_rows", "export_all"]
+__all__ = [
+    "sampling_payload",
+    "detections_payload",
+    "write_png",
+    "write_npz",
+    "write_json",
+    "write_stats_csv",
+    "stats_rows",
+    "export_all",
+]
 
 COORDINATES = "original-image pixels, continuous: pixel i spans [i, i+1), its centre is i + 0.5"
 
@@ -53,16 +62,36 @@ def sampling_payload(probe, layer, cell, pixel_scale=(1.0, 1.0), query_xy=None) 
     offsets = record.offsets[row, col]  # (G, P, 2) raw, feature cells
     weights = record.weights[row, col]  # (G, P)
     encoding = encode_weights(weights, record.weight_kind)
-    points = [{"group": g, "k": k, "x": float(locations[g, k, 0]), "y": float(locations[g, k, 1]),
-               "dx": float(offsets[g, k, 0]), "dy": float(offsets[g, k, 1]), "weight": float(weights[g, k]),
-               "relative_weight": float(encoding.relative[g, k]), "negative": bool(encoding.negative[g, k])}
-              for g in range(record.groups) for k in range(record.points)]
-    payload = {"layer": record.name, "stride": int(record.stride), "cell": [row, col], "points": points,
-               "stage": record.stage, "groups": int(record.groups), "kernel": int(record.kernel),
-               "offset_scale": float(record.offset_scale), "weight_kind": record.weight_kind,
-               "weight_meaning": WEIGHT_KINDS[record.weight_kind], "weight_encoding": legend(record.weight_kind),
-               "cell_centre": _unscale(probe.cell_centre(record, (row, col)), pixel_scale).tolist(),
-               "coordinates": COORDINATES}
+    points = [
+        {
+            "group": g,
+            "k": k,
+            "x": float(locations[g, k, 0]),
+            "y": float(locations[g, k, 1]),
+            "dx": float(offsets[g, k, 0]),
+            "dy": float(offsets[g, k, 1]),
+            "weight": float(weights[g, k]),
+            "relative_weight": float(encoding.relative[g, k]),
+            "negative": bool(encoding.negative[g, k]),
+        }
+        for g in range(record.groups)
+        for k in range(record.points)
+    ]
+    payload = {
+        "layer": record.name,
+        "stride": int(record.stride),
+        "cell": [row, col],
+        "points": points,
+        "stage": record.stage,
+        "groups": int(record.groups),
+        "kernel": int(record.kernel),
+        "offset_scale": float(record.offset_scale),
+        "weight_kind": record.weight_kind,
+        "weight_meaning": WEIGHT_KINDS[record.weight_kind],
+        "weight_encoding": legend(record.weight_kind),
+        "cell_centre": _unscale(probe.cell_centre(record, (row, col)), pixel_scale).tolist(),
+        "coordinates": COORDINATES,
+    }
     if query_xy is not None:
         payload["query"] = [float(query_xy[0]), float(query_xy[1])]
     return payload
@@ -78,14 +107,28 @@ def detections_payload(probe, pixel_scale=(1.0, 1.0), model: str | None = None, 
         "model": model,
         "image_size": [round(width / pixel_scale[0]), round(height / pixel_scale[1])],
         "network_input": [int(probe.letterbox.input_shape[1]), int(probe.letterbox.input_shape[0])],
-        "detections": [{"box": boxes[i].reshape(4).tolist(), "score": float(detections.scores[i]),
-                        "class": int(detections.classes[i]),
-                        "name": str(detections.names.get(int(detections.classes[i]), detections.classes[i]))}
-                       for i in range(len(detections))],
-        "dcnv3_layers": [{"name": r.name, "stage": r.stage, "stride": int(r.stride), "groups": int(r.groups),
-                          "kernel": int(r.kernel), "grid": list(map(int, r.grid)), "weight_kind": r.weight_kind,
-                          "weight_meaning": WEIGHT_KINDS[r.weight_kind]}
-                         for r in probe.layers],
+        "detections": [
+            {
+                "box": boxes[i].reshape(4).tolist(),
+                "score": float(detections.scores[i]),
+                "class": int(detections.classes[i]),
+                "name": str(detections.names.get(int(detections.classes[i]), detections.classes[i])),
+            }
+            for i in range(len(detections))
+        ],
+        "dcnv3_layers": [
+            {
+                "name": r.name,
+                "stage": r.stage,
+                "stride": int(r.stride),
+                "groups": int(r.groups),
+                "kernel": int(r.kernel),
+                "grid": list(map(int, r.grid)),
+                "weight_kind": r.weight_kind,
+                "weight_meaning": WEIGHT_KINDS[r.weight_kind],
+            }
+            for r in probe.layers
+        ],
         "notices": list(notices),
         "coordinates": COORDINATES,
     }
@@ -120,10 +163,17 @@ def stats_rows(probe) -> list[dict]:
     """One row per layer: geometry, ``layer_summary`` (means and stds), group cosine and flags."""
     rows = []
     for record, health in zip(probe.layers, health_report(probe)):
-        row = {"layer": record.name, "stage": record.stage, "stride": record.stride,
-               "grid": f"{record.grid[0]}x{record.grid[1]}", "groups": record.groups, "kernel": record.kernel,
-               "dilation": record.dilation, "offset_scale": record.offset_scale,
-               "weight_kind": record.weight_kind}
+        row = {
+            "layer": record.name,
+            "stage": record.stage,
+            "stride": record.stride,
+            "grid": f"{record.grid[0]}x{record.grid[1]}",
+            "groups": record.groups,
+            "kernel": record.kernel,
+            "dilation": record.dilation,
+            "offset_scale": record.offset_scale,
+            "weight_kind": record.weight_kind,
+        }
         row.update(stats.layer_summary(record, probe.letterbox))
         row["weight_entropy_of"] = entropy_text(record.weight_kind)  # what the weight_entropy columns measure
         row["group_cosine"] = "" if health.group_similarity is None else health.group_similarity
@@ -145,8 +195,7 @@ def write_stats_csv(path: str | Path, probe) -> Path:
     return path
 
 
-def export_all(directory: str | Path, stem: str, overlay_bgr: np.ndarray, probe,
-               selection: dict | None) -> list[Path]:
+def export_all(directory: str | Path, stem: str, overlay_bgr: np.ndarray, probe, selection: dict | None) -> list[Path]:
     """Write the four exports into ``directory``; returns their paths (the JSON only with a selection).
 
     With a selection (a ``sampling_payload``), the PNG gets a strip below the overlay with the
@@ -156,8 +205,10 @@ def export_all(directory: str | Path, stem: str, overlay_bgr: np.ndarray, probe,
     if selection is not None and selection.get("weight_kind") in WEIGHT_KINDS:
         strip = legend_strip(overlay_bgr.shape[1], legend_lines(selection["weight_kind"]))
         overlay_bgr = np.vstack([overlay_bgr, strip])
-    files = [write_png(directory / f"{stem}_overlay.png", overlay_bgr),
-             write_npz(directory / f"{stem}_probe.npz", probe)]
+    files = [
+        write_png(directory / f"{stem}_overlay.png", overlay_bgr),
+        write_npz(directory / f"{stem}_probe.npz", probe),
+    ]
     if selection is not None:
         files.append(write_json(directory / f"{stem}_sampling.json", selection))
     files.append(write_stats_csv(directory / f"{stem}_stats.csv", probe))

@@ -7,6 +7,7 @@ the click path hands it a ``FigureSpec`` (the same dicts, serialised directly). 
 builds the validated ``go.Figure`` for anyone who wants one: the tests do, so an invalid
 property still fails there.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ __all__ = ["FigureSpec"]
 @dataclass
 class FigureSpec:
     """``data``: trace dicts as plotly.js takes them (numpy arrays allowed); ``layout``: a dict."""
+
     data: list[dict] = field(default_factory=list)
     layout: dict = field(default_factory=dict)
 

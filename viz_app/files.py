@@ -7,6 +7,7 @@ gradio serves its own cached copies of each file, so the store may prune its fil
 removes anything older than ``--keep-files-minutes``; the sweeper may also remove the (then
 empty) subfolders, so each is made again when next needed.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -49,13 +50,16 @@ class FileStore:
         """
         if image is None:
             return None
-        _, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
-                                                cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
+        _, data = cv2.imencode(
+            ".jpg",
+            image,
+            [cv2.IMWRITE_JPEG_QUALITY, 92, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444],
+        )
         views = self._folder("views")
         path = views / f"{hashlib.blake2b(data.tobytes(), digest_size=12).hexdigest()}.jpg"
         store_once(path, data.tobytes())
         files = sorted(views.glob("*.jpg"), key=_mtime)
-        for old in files[:-self.keep_views]:
+        for old in files[: -self.keep_views]:
             old.unlink(missing_ok=True)
         return str(path)
 
@@ -75,7 +79,7 @@ class FileStore:
         root = self._folder("video")
         with self._runs_lock:
             runs = sorted((p for p in root.iterdir() if p.is_dir()), key=_mtime)
-            for old in runs[:max(0, len(runs) - self.keep_runs + 1)]:
+            for old in runs[: max(0, len(runs) - self.keep_runs + 1)]:
                 shutil.rmtree(old, ignore_errors=True)
             return Path(tempfile.mkdtemp(prefix="run_", dir=root))
 

@@ -11,6 +11,7 @@ convention) and background (cells whose centre lies inside the image but in no d
 each entry is the mean +- std of the effective dilation (feature cells, mean over groups) at the
 cells under the detections' centres, or over the background cells.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,8 +20,18 @@ from dcnv3.analysis import dilation_at_objects
 from dcnv3.layer_health import THRESHOLDS, LayerHealth, layer_health, probe_health, thresholds_markdown
 from dcnv3.stats import group_similarity  # re-exported: the health table's group cosine
 
-__all__ = ["THRESHOLDS", "LayerHealth", "group_similarity", "layer_health", "health_report", "health_rows",
-           "dilation_by_size", "dilation_by_size_rows", "SIZE_CLASSES", "thresholds_markdown"]
+__all__ = [
+    "THRESHOLDS",
+    "LayerHealth",
+    "group_similarity",
+    "layer_health",
+    "health_report",
+    "health_rows",
+    "dilation_by_size",
+    "dilation_by_size_rows",
+    "SIZE_CLASSES",
+    "thresholds_markdown",
+]
 
 SIZE_CLASSES = ("small", "medium", "large")  # sqrt(area) < 32, < 96, >= 96 px (COCO)
 
@@ -36,15 +47,24 @@ def health_rows(probe) -> list[dict]:
     against; "points" is how many of the P points effectively carry the weight."""
     rows = []
     for h in health_report(probe):
-        rows.append({
-            "layer": h.name, "stage": h.stage, "kind": h.weight_kind, "G": h.groups, "K": h.kernel,
-            "grid": f"{h.grid[0]}x{h.grid[1]}",
-            "|offset| cells": round(h.mean_offset, 3), "off image": round(h.outside_share, 3),
-            "grid off image": round(h.outside_share_reference, 3),
-            "entropy": round(h.entropy, 3), "points": f"{h.effective_points:.1f}/{h.points}",
-            "dilation cells": round(h.effective_dilation, 3),
-            "group cos": "n/a" if h.group_similarity is None else round(h.group_similarity, 3),
-            "flags": "; ".join(h.flags.values()) if h.flags else "OK"})
+        rows.append(
+            {
+                "layer": h.name,
+                "stage": h.stage,
+                "kind": h.weight_kind,
+                "G": h.groups,
+                "K": h.kernel,
+                "grid": f"{h.grid[0]}x{h.grid[1]}",
+                "|offset| cells": round(h.mean_offset, 3),
+                "off image": round(h.outside_share, 3),
+                "grid off image": round(h.outside_share_reference, 3),
+                "entropy": round(h.entropy, 3),
+                "points": f"{h.effective_points:.1f}/{h.points}",
+                "dilation cells": round(h.effective_dilation, 3),
+                "group cos": "n/a" if h.group_similarity is None else round(h.group_similarity, 3),
+                "flags": "; ".join(h.flags.values()) if h.flags else "OK",
+            }
+        )
     return rows
 
 
@@ -56,14 +76,20 @@ def dilation_by_size(probe, pixel_scale: float = 1.0) -> dict[str, dict[str, np.
     one background cell (see ``dcnv3.analysis.dilation_at_objects``). ``pixel_scale``: probe px
     per original-image px (for size classes in original pixels when the image was downscaled).
     """
-    return {layer.name: dilation_at_objects(layer, probe.letterbox, probe.detections.boxes, pixel_scale)
-            for layer in probe.layers}
+    return {
+        layer.name: dilation_at_objects(layer, probe.letterbox, probe.detections.boxes, pixel_scale)
+        for layer in probe.layers
+    }
 
 
 def dilation_by_size_rows(probe, pixel_scale: float = 1.0) -> list[dict]:
     """``dilation_by_size`` as table rows: "mean ± std (n=...)" per size class and background."""
-    headers = {"small": "small (<32 px)", "medium": "medium (32-96 px)", "large": "large (>=96 px)",
-               "background": "background"}
+    headers = {
+        "small": "small (<32 px)",
+        "medium": "medium (32-96 px)",
+        "large": "large (>=96 px)",
+        "background": "background",
+    }
     table = dilation_by_size(probe, pixel_scale)
     rows = []
     for layer in probe.layers:

@@ -8,6 +8,7 @@ ValueError with a one-line reason. Coordinates: ``LoadedImage.bgr`` is the "proc
 ``LoadedImage.scale`` = processed px per original px (1.0 unless the file was larger than
 ``MAX_IMAGE_SIDE``), continuous pixels (pixel i spans [i, i+1)).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,6 +31,7 @@ class LoadedImage:
     ((1, 1) unless downscaled; resizing maps pixel edges to edges, so continuous coordinates
     simply scale); ``key``: content hash for the probe cache; ``name``: file stem for exports.
     """
+
     bgr: np.ndarray
     original_shape: tuple[int, int]
     scale: tuple[float, float]
@@ -86,16 +88,19 @@ def load_image(source, max_side: int = MAX_IMAGE_SIDE, name: str | None = None) 
     scale = (bgr.shape[1] / original_shape[1], bgr.shape[0] / original_shape[0])
     notes = []
     if scale != (1.0, 1.0):
-        notes.append(f"the image ({original_shape[1]} x {original_shape[0]} px) was downscaled to "
-                     f"{bgr.shape[1]} x {bgr.shape[0]} px before probing (longest side at most "
-                     f"{max_side} px); the views show and measure the downscaled image")
+        notes.append(
+            f"the image ({original_shape[1]} x {original_shape[0]} px) was downscaled to "
+            f"{bgr.shape[1]} x {bgr.shape[0]} px before probing (longest side at most "
+            f"{max_side} px); the views show and measure the downscaled image"
+        )
     if frames > 1:
         notes.append(f"an animated image ({frames} frames): its first frame is analysed")
     if min(original_shape) < 8:
-        notes.append(f"a tiny image ({original_shape[1]} x {original_shape[0]} px): the network sees "
-                     f"it upsampled, so expect no meaningful detections")
-    return LoadedImage(bgr, tuple(map(int, original_shape)), tuple(map(float, scale)), digest,
-                       name or "image", notes)
+        notes.append(
+            f"a tiny image ({original_shape[1]} x {original_shape[0]} px): the network sees "
+            f"it upsampled, so expect no meaningful detections"
+        )
+    return LoadedImage(bgr, tuple(map(int, original_shape)), tuple(map(float, scale)), digest, name or "image", notes)
 
 
 def _decode_file(path: Path, max_side: int) -> tuple[np.ndarray, tuple[int, int], int]:
@@ -117,8 +122,10 @@ def _decode_file(path: Path, max_side: int) -> tuple[np.ndarray, tuple[int, int]
                 Image.MAX_IMAGE_PIXELS = previous
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
-                raise _ImageRefused(f"{path.name}: {width} x {height} px is too large to decode "
-                                 f"(limit {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels)")
+                raise _ImageRefused(
+                    f"{path.name}: {width} x {height} px is too large to decode "
+                    f"(limit {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels)"
+                )
             frames = _frame_count(image)
             rotated = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF turns it by 90 degrees
             if max(width, height) > max_side:
@@ -134,10 +141,9 @@ def _decode_file(path: Path, max_side: int) -> tuple[np.ndarray, tuple[int, int]
         raise ValueError(f"{path.name}: not an image (the file is not in an image format)") from None
     except MemoryError:
         raise ValueError(f"{path.name}: too large to decode in the memory available") from None
-    except Exception as error:  # noqa: BLE001 - Pillow's decoders fail on broken files with
+    except Exception as error:
         # OSError, SyntaxError, EOFError, but also IndexError, struct.error or ValueError
-        raise ValueError(f"{path.name}: a corrupt or truncated image ({type(error).__name__}: "
-                         f"{error})") from None
+        raise ValueError(f"{path.name}: a corrupt or truncated image ({type(error).__name__}: {error})") from None
     return array, ((width, height) if rotated else (height, width)), frames
 
 
@@ -150,7 +156,7 @@ def _frame_count(image) -> int:
     truncated file, and the first frame may still decode)."""
     try:
         return max(1, int(getattr(image, "n_frames", 1)))
-    except Exception:  # noqa: BLE001 - see _decode_file: broken files fail in many ways
+    except Exception:
         return 1
 
 

@@ -2,6 +2,7 @@
 
 Each refuses URLs (``safety.local_files_only``): the server reads only files a client uploaded.
 """
+
 from __future__ import annotations
 
 import gradio as gr

@@ -8,6 +8,7 @@ whose forward runs under the Analyser's ``model_lock`` as every forward of a reg
 One watch-it-learn run at a time in the whole app: the button's and the endpoint's events share
 one gradio concurrency slot (``WATCH_CONCURRENCY_ID``), so a second session waits in the queue.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,18 @@ from .models import DEFAULT_BUNDLED
 from .outputs import image_output
 from .render import to_rgb
 
-__all__ = ["build", "LESSON", "LESSON_MODEL_TEXT", "WATCH_TEXT", "OPERATORS_TEXT", "YOLO_TEXT", "LATEX_DELIMITERS",
-           "toy_model_name", "snapshot_payload", "WATCH_CONCURRENCY_ID"]
+__all__ = [
+    "build",
+    "LESSON",
+    "LESSON_MODEL_TEXT",
+    "WATCH_TEXT",
+    "OPERATORS_TEXT",
+    "YOLO_TEXT",
+    "LATEX_DELIMITERS",
+    "toy_model_name",
+    "snapshot_payload",
+    "WATCH_CONCURRENCY_ID",
+]
 
 WATCH_CONCURRENCY_ID = "watch_learn"
 
@@ -71,7 +82,8 @@ LESSON_MODEL_TEXT = r"""
 
 Three residual DCNv3 layers ($C = 32$, $G = 2$) on one stride-4 grid, no feature pyramid, trained to
 predict at each shape's centre cell its objectness, class and extent, on generated shapes of 8-150 px
-at every orientation (`python -m dcnv3.lesson_train`, about 13 minutes; its card: `assets/models/lesson/LESSON_CARD.md`). To
+at every orientation (`python -m dcnv3.lesson_train`, about 13 minutes; its card:
+`assets/models/lesson/LESSON_CARD.md`). To
 measure a large shape from its centre the deepest layer must reach its edges, so its samples spread
 as the shape grows. **Scale the shape**: the dots spread and the red diamond climbs the curve.
 """
@@ -114,26 +126,34 @@ def toy_model_name(registry) -> str:
     return DEFAULT_BUNDLED if DEFAULT_BUNDLED in registry.names() else registry.default_name()
 
 
-
 def snapshot_payload(snapshot) -> dict:
     """One ``WatchSnapshot`` as JSON-able numbers (the /watch_learn endpoint's rows)."""
-    return {"iteration": snapshot.iteration, "loss": round(snapshot.loss, 5),
-            "mean_offset": round(snapshot.mean_offset, 5), "cell_offset": round(snapshot.cell_offset, 5),
-            "cell_dilation": round(snapshot.cell_dilation, 5), "seconds": round(snapshot.seconds, 3),
-            "points_xy": snapshot.points.round(3).tolist(), "weights": snapshot.weights.round(5).tolist()}
+    return {
+        "iteration": snapshot.iteration,
+        "loss": round(snapshot.loss, 5),
+        "mean_offset": round(snapshot.mean_offset, 5),
+        "cell_offset": round(snapshot.cell_offset, 5),
+        "cell_dilation": round(snapshot.cell_dilation, 5),
+        "seconds": round(snapshot.seconds, 3),
+        "points_xy": snapshot.points.round(3).tolist(),
+        "weights": snapshot.weights.round(5).tolist(),
+    }
 
 
 def _watch_message(snapshot, iterations: int, first) -> str:
-    return (f"Iteration **{snapshot.iteration}/{iterations}** ({snapshot.seconds:.0f} s): loss {snapshot.loss:.3f} "
-            f"(at the start {first.loss:.3f}); mean |offset| at the watched pixel **{snapshot.cell_offset:.2f} cells**, "
-            f"over the scene {snapshot.mean_offset:.2f}; effective dilation there {snapshot.cell_dilation:.2f} "
-            f"(the regular grid: {first.cell_dilation:.2f}).")
+    return (
+        f"Iteration **{snapshot.iteration}/{iterations}** ({snapshot.seconds:.0f} s): loss {snapshot.loss:.3f} "
+        f"(at the start {first.loss:.3f}); mean |offset| at the watched pixel **{snapshot.cell_offset:.2f} cells**, "
+        f"over the scene {snapshot.mean_offset:.2f}; effective dilation there {snapshot.cell_dilation:.2f} "
+        f"(the regular grid: {first.cell_dilation:.2f})."
+    )
 
 
 def _lesson_controls(prefix: str, scale_range: tuple[int, int, int], side: int):
     """Shape, scale, rotation, x, y and background controls by name, elem ids ``{prefix}-<name>``."""
-    shape_class = gr.Dropdown([(name, n) for n, name in enumerate(CLASS_NAMES)], value=0, label="Shape",
-                              elem_id=f"{prefix}-class")
+    shape_class = gr.Dropdown(
+        [(name, n) for n, name in enumerate(CLASS_NAMES)], value=0, label="Shape", elem_id=f"{prefix}-class"
+    )
     size = gr.Slider(*scale_range[:2], scale_range[2], step=2, label="Scale (px)", elem_id=f"{prefix}-scale")
     angle = gr.Slider(0, 180, 30, step=5, label="Rotation (degrees)", elem_id=f"{prefix}-rotate")
     x = gr.Slider(0, side, side / 2, step=4, label="x (px)", elem_id=f"{prefix}-x")
@@ -154,11 +174,17 @@ def build(ctx: AppContext) -> None:
         gr.Markdown(LESSON_MODEL_TEXT, latex_delimiters=LATEX_DELIMITERS, elem_id="lesson-text")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300):
-                lesson_inputs = _lesson_controls("lesson", (lesson_view.LESSON_MIN_SCALE, lesson_view.LESSON_MAX_SCALE,
-                                                            40), toy.TOY_SIDE)
+                lesson_inputs = _lesson_controls(
+                    "lesson", (lesson_view.LESSON_MIN_SCALE, lesson_view.LESSON_MAX_SCALE, 40), toy.TOY_SIDE
+                )
             with gr.Column(scale=2):
-                lesson_picture = image_output(label="Lesson network: samples of the deepest DCNv3 layer at the centre",
-                                              type="numpy", interactive=False, height=640, elem_id="lesson-toy")
+                lesson_picture = image_output(
+                    label="Lesson network: samples of the deepest DCNv3 layer at the centre",
+                    type="numpy",
+                    interactive=False,
+                    height=640,
+                    elem_id="lesson-toy",
+                )
             with gr.Column(scale=1, min_width=300):
                 lesson_plot = gr.Plot(label="Effective dilation against size", elem_id="lesson-plot")
                 lesson_info = gr.Markdown(elem_id="lesson-info")
@@ -166,13 +192,19 @@ def build(ctx: AppContext) -> None:
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300):
                 watch_seed = gr.Number(0, precision=0, minimum=0, label="Seed", elem_id="watch-seed")
-                watch_iterations = gr.Slider(10, ITERATIONS, ITERATIONS, step=10, label="Iterations",
-                                             elem_id="watch-iterations")
+                watch_iterations = gr.Slider(
+                    10, ITERATIONS, ITERATIONS, step=10, label="Iterations", elem_id="watch-iterations"
+                )
                 start = gr.Button("Watch it learn", variant="primary", elem_id="watch-start")
                 stop = gr.Button("Stop", elem_id="watch-stop")
             with gr.Column(scale=2):
-                watch_picture = image_output(label="Where the layer samples at the bar's centre", type="numpy",
-                                             interactive=False, height=512, elem_id="watch-picture")
+                watch_picture = image_output(
+                    label="Where the layer samples at the bar's centre",
+                    type="numpy",
+                    interactive=False,
+                    height=512,
+                    elem_id="watch-picture",
+                )
             with gr.Column(scale=1, min_width=300):
                 watch_plot = gr.Plot(label="Loss and mean |offset|", elem_id="watch-plot")
                 watch_info = gr.Markdown(elem_id="watch-info")
@@ -180,8 +212,9 @@ def build(ctx: AppContext) -> None:
         gr.Markdown(YOLO_TEXT, latex_delimiters=LATEX_DELIMITERS, elem_id="yolo-text")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300):
-                shape_class = gr.Dropdown([(name, n) for n, name in enumerate(CLASS_NAMES)], value=3,
-                                          label="Shape", elem_id="learn-class")
+                shape_class = gr.Dropdown(
+                    [(name, n) for n, name in enumerate(CLASS_NAMES)], value=3, label="Shape", elem_id="learn-class"
+                )
                 size = gr.Slider(24, 280, 120, step=4, label="Scale (px)", elem_id="learn-scale")
                 angle = gr.Slider(0, 360, 0, step=5, label="Rotation (degrees)", elem_id="learn-rotate")
                 x = gr.Slider(0, toy.TOY_SIDE, toy.TOY_SIDE / 2, step=4, label="x (px)", elem_id="learn-x")
@@ -190,8 +223,13 @@ def build(ctx: AppContext) -> None:
                 seed = gr.Slider(0, 29, 8, step=1, label="Background (generator seed)", elem_id="learn-seed")
                 gr.Markdown(f"Model: **{model_name}**, at the {toy.TOY_SIDE} px it was trained on.")
             with gr.Column(scale=2):
-                picture = image_output(label="Sampling points at the shape's centre", type="numpy", interactive=False,
-                                       height=640, elem_id="learn-toy")
+                picture = image_output(
+                    label="Sampling points at the shape's centre",
+                    type="numpy",
+                    interactive=False,
+                    height=640,
+                    elem_id="learn-toy",
+                )
                 info = gr.Markdown(elem_id="learn-info")
         with gr.Column(visible=False):  # the /watch_learn endpoint's own components
             api_seed = gr.Number(0, precision=0, label="seed")
@@ -218,15 +256,21 @@ def build(ctx: AppContext) -> None:
 
     def lesson_update(class_id, size_value, angle_value, x_value, y_value, seed_value):
         if lesson_model is None:
-            return {lesson_picture: None, lesson_plot: None,
-                    lesson_info: f"The lesson network ({BUNDLED_LESSON.name}) is missing: run "
-                                 "`python -m dcnv3.lesson_train`."}
+            return {
+                lesson_picture: None,
+                lesson_plot: None,
+                lesson_info: f"The lesson network ({BUNDLED_LESSON.name}) is missing: run "
+                "`python -m dcnv3.lesson_train`.",
+            }
         shape = toy.ToyShape(int(class_id), float(size_value), float(angle_value), float(x_value), float(y_value))
         view = lesson_view.lesson_view(lesson_model, shape, int(seed_value))
         sizes, dilations = lesson_view.dilation_sweep(lesson_model, shape, int(seed_value))
         figure = lesson_view.sweep_figure(sizes, dilations, (shape.size, view.dilation))
-        return {lesson_picture: to_rgb(view.picture), lesson_plot: figure,
-                lesson_info: view.message + f" ({view.seconds * 1000:.0f} ms)"}
+        return {
+            lesson_picture: to_rgb(view.picture),
+            lesson_plot: figure,
+            lesson_info: view.message + f" ({view.seconds * 1000:.0f} ms)",
+        }
 
     def watch(seed_value, iterations_value, progress=gr.Progress()):
         if lesson_model is None:
@@ -239,9 +283,11 @@ def build(ctx: AppContext) -> None:
         for snapshot in watch_learn(lesson_model, seed_value, iterations, every=5):
             snapshots.append(snapshot)
             progress(snapshot.iteration / iterations, desc=f"iteration {snapshot.iteration}/{iterations}")
-            yield {watch_picture: to_rgb(lesson_view.watch_picture(image, snapshot, snapshots[0].points)),
-                   watch_plot: lesson_view.watch_figure(snapshots),
-                   watch_info: _watch_message(snapshot, iterations, snapshots[0])}
+            yield {
+                watch_picture: to_rgb(lesson_view.watch_picture(image, snapshot, snapshots[0].points)),
+                watch_plot: lesson_view.watch_figure(snapshots),
+                watch_info: _watch_message(snapshot, iterations, snapshots[0]),
+            }
 
     def api_watch(seed_value, iterations_value):
         """The whole run's snapshots as JSON (``snapshot_payload`` rows) with its wall-clock start
@@ -252,17 +298,41 @@ def build(ctx: AppContext) -> None:
         seed_value = max(int(seed_value or 0), 0)
         started = time.time()
         rows = [snapshot_payload(s) for s in watch_learn(lesson_model, seed_value, iterations, every=5)]
-        return json.loads(json.dumps({"seed": seed_value, "iterations": iterations, "started": started,
-                                      "finished": time.time(), "snapshots": rows}))
+        return json.loads(
+            json.dumps(
+                {
+                    "seed": seed_value,
+                    "iterations": iterations,
+                    "started": started,
+                    "finished": time.time(),
+                    "snapshots": rows,
+                }
+            )
+        )
 
     lesson_controls = list(lesson_inputs.values())
-    gr.on([tab.select, *(c.input for c in lesson_controls)], lesson_update, lesson_controls,
-          [lesson_picture, lesson_plot, lesson_info], **private)
+    gr.on(
+        [tab.select, *(c.input for c in lesson_controls)],
+        lesson_update,
+        lesson_controls,
+        [lesson_picture, lesson_plot, lesson_info],
+        **private,
+    )
     controls = [shape_class, size, angle, x, y, layer, seed]
-    gr.on([tab.select, shape_class.input, layer.input, *(s.input for s in (size, angle, x, y, seed))], update,
-          controls, [picture, info, layer], **private)
+    gr.on(
+        [tab.select, shape_class.input, layer.input, *(s.input for s in (size, angle, x, y, seed))],
+        update,
+        controls,
+        [picture, info, layer],
+        **private,
+    )
     one_run = dict(concurrency_limit=1, concurrency_id=WATCH_CONCURRENCY_ID)
-    run = start.click(watch, [watch_seed, watch_iterations], [watch_picture, watch_plot, watch_info],
-                      api_visibility="private", **one_run)
+    run = start.click(
+        watch,
+        [watch_seed, watch_iterations],
+        [watch_picture, watch_plot, watch_info],
+        api_visibility="private",
+        **one_run,
+    )
     stop.click(None, None, None, cancels=[run])
     api_button.click(api_watch, [api_seed, api_iterations], [api_payload], api_name="watch_learn", **one_run)

@@ -10,6 +10,7 @@ no gradio).
 * ``watch_picture`` / ``watch_figure``: one "watch it learn" snapshot drawn on its probe scene,
   and the loss and mean |offset| over the snapshots so far.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,18 @@ from .cache import LRUCache
 from .render import draw_cell, make_canvas
 from .toy import TOY_SIDE, ToyShape, toy_scene
 
-__all__ = ["LessonView", "lesson_view", "dilation_sweep", "sweep_figure", "watch_picture", "watch_figure",
-           "SWEEP_SIZES", "LESSON_MIN_SCALE", "LESSON_MAX_SCALE", "DISPLAY_FACTOR"]
+__all__ = [
+    "LessonView",
+    "lesson_view",
+    "dilation_sweep",
+    "sweep_figure",
+    "watch_picture",
+    "watch_figure",
+    "SWEEP_SIZES",
+    "LESSON_MIN_SCALE",
+    "LESSON_MAX_SCALE",
+    "DISPLAY_FACTOR",
+]
 
 LESSON_MIN_SCALE, LESSON_MAX_SCALE = 12, 150  # the sizes the lesson network was trained on (8-150 px),
 # from 12 px up: below it the toy's thin strokes (bars, rings) fall under a pixel.
@@ -46,6 +57,7 @@ class LessonView:
     """The picture (BGR, 2x), the message, the deepest layer's effective dilation (feature cells)
     and mean |offset| at the shape's centre cell, the samples' principal axis (degrees in [0, 180))
     and elongation, the cell, and the seconds taken."""
+
     picture: np.ndarray
     message: str
     dilation: float
@@ -82,14 +94,17 @@ def lesson_view(model, shape: ToyShape, seed: int = 0, layer: int = -1) -> Lesso
     magnitude = float(offset_magnitude(one).mean())
     points = probe.sampling_locations(record, cell).reshape(-1, 2)
     axis, elongation = principal_axis(points, record.weights[cell].reshape(-1).astype(np.float64))
-    message = (f"A {shape.size:.0f} px {CLASS_NAMES[shape.class_id]} at {shape.angle % 180:.0f}°. "
-               f"Lesson network, {record.name} (the deepest of {len(records[0])} DCNv3 layers, stride 4), "
-               f"cell (row {cell[0]}, col {cell[1]}): effective dilation **{dilation:.2f} cells** "
-               f"(the regular grid: {record.dilation * record.offset_scale:.2f}), mean |offset| {magnitude:.2f} "
-               f"cells; the samples' principal axis lies at {math.degrees(axis):.0f}° "
-               f"(the shape at {shape.angle % 180:.0f}°), elongation {elongation:.2f}.")
-    return LessonView(canvas, message, dilation, magnitude, math.degrees(axis), elongation, cell,
-                      time.perf_counter() - start)
+    message = (
+        f"A {shape.size:.0f} px {CLASS_NAMES[shape.class_id]} at {shape.angle % 180:.0f}°. "
+        f"Lesson network, {record.name} (the deepest of {len(records[0])} DCNv3 layers, stride 4), "
+        f"cell (row {cell[0]}, col {cell[1]}): effective dilation **{dilation:.2f} cells** "
+        f"(the regular grid: {record.dilation * record.offset_scale:.2f}), mean |offset| {magnitude:.2f} "
+        f"cells; the samples' principal axis lies at {math.degrees(axis):.0f}° "
+        f"(the shape at {shape.angle % 180:.0f}°), elongation {elongation:.2f}."
+    )
+    return LessonView(
+        canvas, message, dilation, magnitude, math.degrees(axis), elongation, cell, time.perf_counter() - start
+    )
 
 
 def dilation_sweep(model, shape: ToyShape, seed: int = 0, model_key: str = "lesson") -> tuple[np.ndarray, np.ndarray]:
@@ -104,8 +119,9 @@ def dilation_sweep(model, shape: ToyShape, seed: int = 0, model_key: str = "less
         values = []
         for per_image in records:
             record = per_image[-1]
-            cell = _probe_of(images[0], per_image).cell_at(record, float(np.clip(shape.x, 0, TOY_SIDE - 1e-3)),
-                                                           float(np.clip(shape.y, 0, TOY_SIDE - 1e-3)))
+            cell = _probe_of(images[0], per_image).cell_at(
+                record, float(np.clip(shape.x, 0, TOY_SIDE - 1e-3)), float(np.clip(shape.y, 0, TOY_SIDE - 1e-3))
+            )
             values.append(float(effective_dilation(one_cell(record, cell)).mean()))
         sizes, dilations = np.array(SWEEP_SIZES, np.float64), np.array(values)
         sizes.setflags(write=False)
@@ -115,22 +131,44 @@ def dilation_sweep(model, shape: ToyShape, seed: int = 0, model_key: str = "less
     return _sweeps.get_or_compute(key, sweep)
 
 
-def sweep_figure(sizes: np.ndarray, dilations: np.ndarray, current: tuple[float, float] | None = None,
-                 height: int = 260) -> go.Figure:
+def sweep_figure(
+    sizes: np.ndarray, dilations: np.ndarray, current: tuple[float, float] | None = None, height: int = 260
+) -> go.Figure:
     """Effective dilation (cells) against shape size (px, log axis), with the current setting."""
-    figure = go.Figure(go.Scatter(x=sizes, y=dilations, mode="lines+markers", name="this shape, all sizes",
-                                  line=dict(color="#1f77b4"), hovertemplate="%{x:.0f} px: %{y:.2f} cells"))
+    figure = go.Figure(
+        go.Scatter(
+            x=sizes,
+            y=dilations,
+            mode="lines+markers",
+            name="this shape, all sizes",
+            line=dict(color="#1f77b4"),
+            hovertemplate="%{x:.0f} px: %{y:.2f} cells",
+        )
+    )
     if current is not None:
-        figure.add_trace(go.Scatter(x=[current[0]], y=[current[1]], mode="markers", name="now",
-                                    marker=dict(size=13, color="#d62728", symbol="diamond"),
-                                    hovertemplate="%{x:.0f} px: %{y:.2f} cells"))
-    figure.add_hline(y=1.0, line=dict(color="#999", dash="dot"), annotation_text="regular grid",
-                     annotation_position="bottom right")
-    figure.update_layout(template=None, height=height, margin=dict(l=50, r=10, t=30, b=80),
-                         title=dict(text="Effective dilation at the centre vs size", font=dict(size=13)),
-                         xaxis=dict(title="shape size (px)", type="log"),
-                         yaxis=dict(title="effective dilation (cells)", rangemode="tozero"),
-                         legend=dict(orientation="h", y=-0.5), paper_bgcolor="white")
+        figure.add_trace(
+            go.Scatter(
+                x=[current[0]],
+                y=[current[1]],
+                mode="markers",
+                name="now",
+                marker=dict(size=13, color="#d62728", symbol="diamond"),
+                hovertemplate="%{x:.0f} px: %{y:.2f} cells",
+            )
+        )
+    figure.add_hline(
+        y=1.0, line=dict(color="#999", dash="dot"), annotation_text="regular grid", annotation_position="bottom right"
+    )
+    figure.update_layout(
+        template=None,
+        height=height,
+        margin=dict(l=50, r=10, t=30, b=80),
+        title=dict(text="Effective dilation at the centre vs size", font=dict(size=13)),
+        xaxis=dict(title="shape size (px)", type="log"),
+        yaxis=dict(title="effective dilation (cells)", rangemode="tozero"),
+        legend=dict(orientation="h", y=-0.5),
+        paper_bgcolor="white",
+    )
     return figure
 
 
@@ -158,14 +196,35 @@ def watch_figure(snapshots: list, height: int = 260) -> go.Figure:
     """Loss and mean |offset| (cells, at the watched cell and over the scene) by iteration."""
     iterations = [s.iteration for s in snapshots]
     figure = go.Figure()
-    figure.add_trace(go.Scatter(x=iterations, y=[s.loss for s in snapshots], name="loss", yaxis="y",
-                                line=dict(color="#d62728")))
-    figure.add_trace(go.Scatter(x=iterations, y=[s.cell_offset for s in snapshots], name="|offset| at the pixel",
-                                yaxis="y2", line=dict(color="#1f77b4")))
-    figure.add_trace(go.Scatter(x=iterations, y=[s.mean_offset for s in snapshots], name="|offset|, whole scene",
-                                yaxis="y2", line=dict(color="#1f77b4", dash="dot")))
-    figure.update_layout(template=None, height=height, margin=dict(l=50, r=50, t=30, b=80), paper_bgcolor="white",
-                         xaxis=dict(title="iteration"), yaxis=dict(title="loss", rangemode="tozero"),
-                         yaxis2=dict(title="mean |offset| (cells)", overlaying="y", side="right", rangemode="tozero"),
-                         legend=dict(orientation="h", y=-0.5))
+    figure.add_trace(
+        go.Scatter(x=iterations, y=[s.loss for s in snapshots], name="loss", yaxis="y", line=dict(color="#d62728"))
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=iterations,
+            y=[s.cell_offset for s in snapshots],
+            name="|offset| at the pixel",
+            yaxis="y2",
+            line=dict(color="#1f77b4"),
+        )
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=iterations,
+            y=[s.mean_offset for s in snapshots],
+            name="|offset|, whole scene",
+            yaxis="y2",
+            line=dict(color="#1f77b4", dash="dot"),
+        )
+    )
+    figure.update_layout(
+        template=None,
+        height=height,
+        margin=dict(l=50, r=50, t=30, b=80),
+        paper_bgcolor="white",
+        xaxis=dict(title="iteration"),
+        yaxis=dict(title="loss", rangemode="tozero"),
+        yaxis2=dict(title="mean |offset| (cells)", overlaying="y", side="right", rangemode="tozero"),
+        legend=dict(orientation="h", y=-0.5),
+    )
     return figure

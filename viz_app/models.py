@@ -7,6 +7,7 @@ uniform weights), so a new family's YAML appears here without a change to the ap
 through ``dcnv3.loading.load_model`` (no code from the file runs); loaded models are kept in an
 ``LRUCache``.
 """
+
 from __future__ import annotations
 
 import threading
@@ -14,15 +15,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dcnv3 import yolo as dcnv3_yolo
+from dcnv3.bundled import bundled_path
 from dcnv3.checkpoints import CheckpointError
 from dcnv3.loading import MAX_CHECKPOINT_BYTES, dcnv3_layer_names, load_model
 
 from .cache import LRUCache
 
-__all__ = ["ModelRegistry", "LoadedModel", "untrained_models", "BUNDLED_DIR", "DEFAULT_BUNDLED", "UNTRAINED_NAME",
-           "UNTRAINED_NOTICE", "NO_DCNV3_NOTICE", "MAX_UPLOAD_BYTES", "UPLOAD_PREFIX"]
+__all__ = [
+    "ModelRegistry",
+    "LoadedModel",
+    "untrained_models",
+    "BUNDLED_DIR",
+    "DEFAULT_BUNDLED",
+    "UNTRAINED_NAME",
+    "UNTRAINED_NOTICE",
+    "NO_DCNV3_NOTICE",
+    "MAX_UPLOAD_BYTES",
+    "UPLOAD_PREFIX",
+]
 
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
+BUNDLED_DIR = bundled_path("models")
 DEFAULT_BUNDLED = "dcnv3-yolov8n.pt"
 UNTRAINED_SUFFIX = " (untrained)"
 UNTRAINED_NAME = "dcnv3-yolov8n" + UNTRAINED_SUFFIX  # the default when no checkpoint is found
@@ -45,6 +57,7 @@ def untrained_models() -> dict[str, str]:
 @dataclass
 class LoadedModel:
     """A loaded detector and what the UI should say about it."""
+
     name: str
     yolo: object  # ultralytics YOLO
     dcnv3_layers: list[str]
@@ -68,9 +81,14 @@ class ModelRegistry:
     ``"upload: <file name>"``; the untrained models are the keys of ``untrained_models()``.
     """
 
-    def __init__(self, models_dir: str | Path | None = None, model: str | Path | None = None,
-                 bundled_dir: str | Path = BUNDLED_DIR, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-                 cache_size: int = 3):
+    def __init__(
+        self,
+        models_dir: str | Path | None = None,
+        model: str | Path | None = None,
+        bundled_dir: str | Path = BUNDLED_DIR,
+        max_upload_bytes: int = MAX_UPLOAD_BYTES,
+        cache_size: int = 3,
+    ):
         self.models_dir = Path(models_dir).resolve() if models_dir else None
         self.bundled_dir = Path(bundled_dir).resolve()
         self.max_upload_bytes = max_upload_bytes
@@ -146,8 +164,10 @@ class ModelRegistry:
             candidate = candidate.resolve()
             if _inside(candidate, folder) and candidate.is_file():
                 return candidate
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(self.names())}"
-                         + (f", or a .pt file inside {self.models_dir}" if self.models_dir else ""))
+        raise ValueError(
+            f"unknown model {name!r}; choose one of: {', '.join(self.names())}"
+            + (f", or a .pt file inside {self.models_dir}" if self.models_dir else "")
+        )
 
     # -- loading -------------------------------------------------------------------------------
     def load(self, name: str) -> LoadedModel:
@@ -155,8 +175,9 @@ class ModelRegistry:
         with a one-line message for unknown names and unusable checkpoints."""
         path = self.resolve(name)
         if path is not None and not path.is_file():  # e.g. an upload removed after --keep-files-minutes
-            raise CheckpointError(f"{name}: the checkpoint file is gone (uploads are kept for a limited "
-                                  f"time); load it again")
+            raise CheckpointError(
+                f"{name}: the checkpoint file is gone (uploads are kept for a limited time); load it again"
+            )
         stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path else None
         key = (name, str(path), stamp)
         cached = self._loaded.get(key)

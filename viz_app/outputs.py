@@ -9,6 +9,7 @@ a shared example) rewrite one file while a client is downloading it, and that do
 name and renames it into place, as ``FileStore`` does and gradio does for files it copies
 (``save_file_to_cache``): a reader sees the whole old file or the whole new one, never a cut one.
 """
+
 from __future__ import annotations
 
 import hashlib

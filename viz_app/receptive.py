@@ -6,6 +6,7 @@ root for visibility) over the dimmed image, with the contours of the smallest re
 50 % (white) and 90 % (cyan) of its mass and a cross at the target. Two fields (a model and its
 comparison) go side by side with their 50 % / 90 % areas in the panel titles.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,9 +20,23 @@ from dcnv3.overlay import draw_marker, line_width
 from .cache import LRUCache
 from .render import make_canvas
 
-__all__ = ["AUTO_TWIN", "NO_COMPARISON", "twin_name", "FieldRequest", "FieldCache", "field_panel",
-           "side_by_side", "pair_picture", "pair_payload", "compute_pair", "field_label", "title_strip", "title_height",
-           "fallback_layers", "CONTOUR_COLOURS"]
+__all__ = [
+    "AUTO_TWIN",
+    "NO_COMPARISON",
+    "twin_name",
+    "FieldRequest",
+    "FieldCache",
+    "field_panel",
+    "side_by_side",
+    "pair_picture",
+    "pair_payload",
+    "compute_pair",
+    "field_label",
+    "title_strip",
+    "title_height",
+    "fallback_layers",
+    "CONTOUR_COLOURS",
+]
 
 AUTO_TWIN = "plain twin (auto)"
 NO_COMPARISON = "none"
@@ -35,7 +50,7 @@ def twin_name(model_name: str, names: list[str]) -> str | None:
     lowered = model_name.lower()
     for prefix in ("dcnv3-", "dcnv3_"):
         if lowered.startswith(prefix):
-            candidate = model_name[len(prefix):]
+            candidate = model_name[len(prefix) :]
             if candidate in names:
                 return candidate
     return None
@@ -55,6 +70,7 @@ class FieldRequest:
     ``kind`` "cell": the output of ``module`` at the cell under processed-image point ``xy``;
     "detection": ``box`` (xyxy processed px) and ``class_id``; "anchor": ``anchor`` and ``class_id``.
     """
+
     image_key: str
     model_name: str
     imgsz: int
@@ -109,8 +125,9 @@ def _requests(image, imgsz, primary, secondary, layer, xy, detection):
     return FieldRequest(image.key, p_name, imgsz, "cell", module=name, xy=tuple(map(float, xy))), second
 
 
-def compute_pair(cache: FieldCache, image, imgsz: int, primary, secondary=None, layer: str | None = None,
-                 xy=None, detection=None) -> list:
+def compute_pair(
+    cache: FieldCache, image, imgsz: int, primary, secondary=None, layer: str | None = None, xy=None, detection=None
+) -> list:
     """[field of the primary model, field of the secondary model or None] for one target.
 
     Args:
@@ -129,8 +146,9 @@ def compute_pair(cache: FieldCache, image, imgsz: int, primary, secondary=None, 
     if secondary is not None:
         if second is None:  # detection target: the secondary's score at the primary's anchor
             anchor = fields[0].target
-            second = FieldRequest(image.key, secondary[0], imgsz, "anchor", anchor=int(anchor["anchor"]),
-                                  class_id=int(anchor["class"]))
+            second = FieldRequest(
+                image.key, secondary[0], imgsz, "anchor", anchor=int(anchor["anchor"]), class_id=int(anchor["class"])
+            )
         fields.append(cache.get(secondary[1].yolo, image.bgr, second))
     else:
         fields.append(None)
@@ -162,8 +180,9 @@ def field_panel(image: np.ndarray, field: rf.ReceptiveField, title: str, side: i
         cv2.drawContours(out, contours, -1, colour, unit + 1, cv2.LINE_AA)
     out = draw_marker(out, field.target["centre"], scale, colour=(80, 255, 80))
     # OpenCV's Hershey fonts are ASCII only: "px^2", "-".
-    areas = "   ".join(f"{int(round(f * 100))}% of the mass in {a:,.0f} px^2"
-                       for f, a in zip(field.fractions, field.areas))
+    areas = "   ".join(
+        f"{int(round(f * 100))}% of the mass in {a:,.0f} px^2" for f, a in zip(field.fractions, field.areas)
+    )
     return np.vstack([title_strip(out.shape[1], [title, areas]), out])
 
 
@@ -180,8 +199,16 @@ def title_strip(width: int, lines: list[str]) -> np.ndarray:
     line_h = _LINE_HEIGHT
     strip = np.full((title_height(len(lines)), width, 3), 255, np.uint8)
     for n, text in enumerate(lines):
-        cv2.putText(strip, text, (8, line_h * (n + 1) - 2), cv2.FONT_HERSHEY_SIMPLEX, 0.55 if n == 0 else 0.5,
-                    (20, 20, 20), 1 if n else 2, cv2.LINE_AA)
+        cv2.putText(
+            strip,
+            text,
+            (8, line_h * (n + 1) - 2),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.55 if n == 0 else 0.5,
+            (20, 20, 20),
+            1 if n else 2,
+            cv2.LINE_AA,
+        )
     return strip
 
 
@@ -192,15 +219,21 @@ def side_by_side(panels: list[np.ndarray], gap: int = 12) -> np.ndarray:
     out = np.full((height, width, 3), 255, np.uint8)
     x = 0
     for panel in panels:
-        out[:panel.shape[0], x:x + panel.shape[1]] = panel
+        out[: panel.shape[0], x : x + panel.shape[1]] = panel
         x += panel.shape[1] + gap
     return out
 
 
 def pair_picture(image: np.ndarray, names: list[str], fields: list, gap: int = 12) -> np.ndarray:
     """The fields of ``names`` (None entries skipped) as titled ``field_panel``s side by side (BGR)."""
-    return side_by_side([field_panel(image, field, field_label(name, field))
-                         for name, field in zip(names, fields) if field is not None], gap)
+    return side_by_side(
+        [
+            field_panel(image, field, field_label(name, field))
+            for name, field in zip(names, fields)
+            if field is not None
+        ],
+        gap,
+    )
 
 
 def field_label(name: str, field: rf.ReceptiveField) -> str:

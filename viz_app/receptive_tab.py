@@ -7,13 +7,14 @@ receptive field of that cell (or of the detection's score) in the current model 
 comparison model: by default the plain twin (``dcnv3-yolov8n.pt`` -> ``yolov8n.pt``). Fields are
 kept in the app context's ``FieldCache`` (``ctx.fields``), shared with the Compare tab and /erf.
 """
+
 from __future__ import annotations
 
 import gradio as gr
 
+from dcnv3 import receptive_field as rf
 from dcnv3.checkpoints import CheckpointError
 from dcnv3.probe import default_layer
-from dcnv3 import receptive_field as rf
 
 from . import receptive
 from .context import AppContext
@@ -34,7 +35,9 @@ EXPLANATION = (
     "produced the highlighted detection; the comparison model is read at the same anchor and class. "
     "Contours: the smallest regions holding **50 %** (white) and **90 %** (cyan) of the mass; areas in "
     "original-image px². The map is smoothed by a Gaussian of 2 network-input px (strided layers make it "
-    "a checkerboard).")
+    "a checkerboard)."
+)
+
 
 def resolve_comparison(registry, model_name: str, choice: str | None) -> tuple[str | None, str | None]:
     """(comparison model name or None, a note for the user or None) for a dropdown choice."""
@@ -43,8 +46,10 @@ def resolve_comparison(registry, model_name: str, choice: str | None) -> tuple[s
     if choice == receptive.AUTO_TWIN or choice == "auto":
         twin = receptive.twin_name(model_name, registry.names())
         if twin is None:
-            return None, (f"no plain twin known for {model_name} (the twin of `dcnv3-X.pt` is `X.pt`): "
-                          f"pick a model under *Compare with*")
+            return None, (
+                f"no plain twin known for {model_name} (the twin of `dcnv3-X.pt` is `X.pt`): "
+                f"pick a model under *Compare with*"
+            )
         return twin, None
     if choice == model_name:
         return None, "the comparison model is the model itself"
@@ -74,8 +79,9 @@ def compute_view(ctx: AppContext, analysis, view: ImageView | None, target: str,
                 return None, "This model has no layer to read: pick a detection target.", None
             layer = default_layer(fallback)
             note = (note + "; " if note else "") + f"no deformable layer: reading the backbone block `{layer}`"
-        fields = receptive.compute_pair(ctx.fields, analysis.image, analysis.imgsz, primary, secondary, layer,
-                                        view.xy, detection)
+        fields = receptive.compute_pair(
+            ctx.fields, analysis.image, analysis.imgsz, primary, secondary, layer, view.xy, detection
+        )
     except (ValueError, CheckpointError) as error:
         return None, f"**Could not compute:** {error}", None
     names = [primary[0]] + ([secondary[0]] if secondary else [])
@@ -86,17 +92,21 @@ def compute_view(ctx: AppContext, analysis, view: ImageView | None, target: str,
 def _message(payload: dict, note: str | None) -> str:
     lines = []
     for entry in payload["models"]:
-        where = (f"cell ({entry['cell'][0]}, {entry['cell'][1]}) of `{entry['module']}`" if entry["kind"] == "cell"
-                 else f"class {entry['class']} score {entry['value']:.2f} at anchor {entry['anchor']}")
+        where = (
+            f"cell ({entry['cell'][0]}, {entry['cell'][1]}) of `{entry['module']}`"
+            if entry["kind"] == "cell"
+            else f"class {entry['class']} score {entry['value']:.2f} at anchor {entry['anchor']}"
+        )
         areas = entry["areas_px2"]
-        lines.append(f"- **{entry['model']}**, {where}: 50 % of the mass in **{areas['50%']:,.0f} px²**, "
-                     f"90 % in **{areas['90%']:,.0f} px²**")
+        lines.append(
+            f"- **{entry['model']}**, {where}: 50 % of the mass in **{areas['50%']:,.0f} px²**, "
+            f"90 % in **{areas['90%']:,.0f} px²**"
+        )
     if payload.get("area_ratio_50") is not None:
         lines.append(f"- 50 % area ratio (first / second): **{payload['area_ratio_50']:.2f}**")
     if note:
         lines.append(f"- *{note}*")
     return "\n".join(lines)
-
 
 
 def build(ctx: AppContext, analysis_state: gr.State, view_state: gr.State) -> gr.Tab:
@@ -106,11 +116,22 @@ def build(ctx: AppContext, analysis_state: gr.State, view_state: gr.State) -> gr
         gr.Markdown(EXPLANATION)
         with gr.Row(equal_height=True):
             target = gr.Radio(list(TARGETS), value=TARGETS[0], label="Target", scale=3, elem_id="erf-target")
-            compare = gr.Dropdown([receptive.AUTO_TWIN, receptive.NO_COMPARISON, *registry.names()],
-                                  value=receptive.AUTO_TWIN, label="Compare with", scale=2, elem_id="erf-compare")
+            compare = gr.Dropdown(
+                [receptive.AUTO_TWIN, receptive.NO_COMPARISON, *registry.names()],
+                value=receptive.AUTO_TWIN,
+                label="Compare with",
+                scale=2,
+                elem_id="erf-compare",
+            )
             button = gr.Button("Compute for the current point", variant="primary", scale=1, elem_id="erf-compute")
-        picture = image_output(label="Receptive field: this model (left) and the comparison (right)", interactive=False,
-                               type="numpy", height=620, elem_id="erf-image", buttons=["download", "fullscreen"])
+        picture = image_output(
+            label="Receptive field: this model (left) and the comparison (right)",
+            interactive=False,
+            type="numpy",
+            height=620,
+            elem_id="erf-image",
+            buttons=["download", "fullscreen"],
+        )
         info = gr.Markdown(elem_id="erf-info")
 
     def run(analysis, view, target_value, compare_value):
@@ -118,8 +139,9 @@ def build(ctx: AppContext, analysis_state: gr.State, view_state: gr.State) -> gr
         return to_rgb(canvas), message
 
     inputs = [analysis_state, view_state, target, compare]
-    gr.on([button.click, tab.select, target.input, compare.input], run, inputs, [picture, info],
-          api_visibility="private")
+    gr.on(
+        [button.click, tab.select, target.input, compare.input], run, inputs, [picture, info], api_visibility="private"
+    )
     return tab
 
 
@@ -151,13 +173,22 @@ def api_erf(ctx: AppContext, image_path, model_name, layer, x, y, compare_model)
     try:
         primary = (model_name, registry.load(model_name))
         secondary = (other, registry.load(other)) if other else None
-        fields = receptive.compute_pair(ctx.fields, analysis.image, analysis.imgsz, primary, secondary, layer,
-                                        analysis.image.to_processed(float(x), float(y)))
+        fields = receptive.compute_pair(
+            ctx.fields,
+            analysis.image,
+            analysis.imgsz,
+            primary,
+            secondary,
+            layer,
+            analysis.image.to_processed(float(x), float(y)),
+        )
     except (ValueError, CheckpointError) as error:
         raise gr.Error(str(error)) from None
     names = [primary[0]] + ([other] if other else [])
-    return (to_rgb(receptive.pair_picture(analysis.image.bgr, names, fields)),
-            receptive.pair_payload(names, fields, analysis.image.scale))
+    return (
+        to_rgb(receptive.pair_picture(analysis.image.bgr, names, fields)),
+        receptive.pair_payload(names, fields, analysis.image.scale),
+    )
 
 
 def build_api(ctx: AppContext) -> None:

@@ -17,6 +17,7 @@ Weights are drawn by their kind (``LayerRecord.weight_kind``: softmax DCNv3, sig
 DCNv4) through ``dcnv3.weight_encoding``, the one rule for sizes, opacities and hollow (negative)
 marks; every view's legend or message states the kind (``weight_encoding.legend``).
 """
+
 from __future__ import annotations
 
 import base64
@@ -29,22 +30,66 @@ import plotly.graph_objects as go
 
 from dcnv3.fields import FIELDS, field_range, field_title, field_values
 from dcnv3.geometry import box_centre, cell_step
-from dcnv3.overlay import (CaptionAnnotator, FieldAnnotator, MarkerAnnotator, TraceAnnotator, draw_cell,
-                           draw_detections, draw_marker, draw_samples, field_colours, group_colours, hollow_ring_width,
-                           image_to_canvas, point_style, scale_pair)
+from dcnv3.overlay import (
+    CaptionAnnotator,
+    FieldAnnotator,
+    MarkerAnnotator,
+    TraceAnnotator,
+    draw_cell,
+    draw_detections,
+    draw_marker,
+    draw_samples,
+    field_colours,
+    group_colours,
+    hollow_ring_width,
+    image_to_canvas,
+    point_style,
+    scale_pair,
+)
 from dcnv3.probe import default_layer
 from dcnv3.trace import TraceLevel, trace_through_layers
-from dcnv3.weight_encoding import (KIND_NAMES, weight_meaning, encode_weights, entropy_text, legend, legend_lines,
-                                   path_weight_text)
+from dcnv3.weight_encoding import (
+    KIND_NAMES,
+    encode_weights,
+    legend,
+    legend_lines,
+    path_weight_text,
+    weight_meaning,
+)
 
 from .figure_spec import FigureSpec
 
-__all__ = ["display_scale", "make_canvas", "to_rgb", "draw_detections", "draw_samples", "draw_marker",
-           "sampling_overlay", "sampling_figure", "weight_matrix", "weight_matrices_figure",
-           "TraceLevel", "trace_through_layers", "trace_overlay", "FIELDS", "field_values",
-           "field_overlay", "colour_bar", "legend_strip", "trace_caption", "health_histograms", "layer_choice_label",
-           "image_to_canvas", "canvas_to_image", "SamplingView", "initial_query", "query_for_detection",
-           "sampling_view", "point_style", "SIGNED_COLOURS"]
+__all__ = [
+    "display_scale",
+    "make_canvas",
+    "to_rgb",
+    "draw_detections",
+    "draw_samples",
+    "draw_marker",
+    "sampling_overlay",
+    "sampling_figure",
+    "weight_matrix",
+    "weight_matrices_figure",
+    "TraceLevel",
+    "trace_through_layers",
+    "trace_overlay",
+    "FIELDS",
+    "field_values",
+    "field_overlay",
+    "colour_bar",
+    "legend_strip",
+    "trace_caption",
+    "health_histograms",
+    "layer_choice_label",
+    "image_to_canvas",
+    "canvas_to_image",
+    "SamplingView",
+    "initial_query",
+    "query_for_detection",
+    "sampling_view",
+    "point_style",
+    "SIGNED_COLOURS",
+]
 
 DISPLAY_MIN_SIDE = 640  # small images are enlarged (whole pixels) so points stay legible
 DISPLAY_MAX_SIDE = 1280  # large ones shrunk: clicks re-render faster and the browser gets less
@@ -92,8 +137,9 @@ def canvas_to_image(xy, scale) -> np.ndarray:
 
 
 # -- sampling view (drawing primitives live in dcnv3.overlay) -----------------
-def sampling_overlay(image: np.ndarray, probe, layer, cell, groups=None, highlight: int | None = None,
-                     scale=None, max_labels: int = 20) -> tuple[np.ndarray, tuple[float, float]]:
+def sampling_overlay(
+    image: np.ndarray, probe, layer, cell, groups=None, highlight: int | None = None, scale=None, max_labels: int = 20
+) -> tuple[np.ndarray, tuple[float, float]]:
     """The sampling view's picture: detections, the cell's samples in every chosen group, the
     regular grid ghosted, and a cross on the cell centre. Returns (canvas BGR, scale).
 
@@ -115,12 +161,17 @@ def _jpeg_data_uri(image: np.ndarray, quality: int = 88) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
 
 
-_FIGURE_STYLE = dict(template=None, paper_bgcolor="white", font=dict(family="sans-serif", size=12, color="#222"),
-                     hoverlabel=dict(bgcolor="white", font=dict(size=12)))
+_FIGURE_STYLE = dict(
+    template=None,
+    paper_bgcolor="white",
+    font=dict(family="sans-serif", size=12, color="#222"),
+    hoverlabel=dict(bgcolor="white", font=dict(size=12)),
+)
 
 
-def sampling_figure(image: np.ndarray, probe, layer, cell, groups=None, max_background: int = 640,
-                    height: int = 520) -> FigureSpec:
+def sampling_figure(
+    image: np.ndarray, probe, layer, cell, groups=None, max_background: int = 640, height: int = 520
+) -> FigureSpec:
     """Interactive plotly view of one cell's samples, zoomed on the region they cover.
 
     The image crop is the background (axes in image px, y down); per group a marker trace (size
@@ -150,17 +201,38 @@ def sampling_figure(image: np.ndarray, probe, layer, cell, groups=None, max_back
         crop = image[y0:y1, x0:x1]
         factor = min(1.0, max_background / max(crop.shape[:2]))
         if factor < 1:
-            crop = cv2.resize(crop, (max(1, round(crop.shape[1] * factor)), max(1, round(crop.shape[0] * factor))),
-                              interpolation=cv2.INTER_AREA)
+            crop = cv2.resize(
+                crop,
+                (max(1, round(crop.shape[1] * factor)), max(1, round(crop.shape[0] * factor))),
+                interpolation=cv2.INTER_AREA,
+            )
         dx, dy = (x1 - x0) / crop.shape[1], (y1 - y0) / crop.shape[0]
         # go.Image puts the centre of its first pixel at (x0, y0): crop pixel k spans [x0 + k*dx, +dx).
-        traces.append(dict(type="image", source=_jpeg_data_uri(crop), x0=x0 + dx / 2, y0=y0 + dy / 2, dx=dx,
-                           dy=dy, hoverinfo="skip", name="image"))
+        traces.append(
+            dict(
+                type="image",
+                source=_jpeg_data_uri(crop),
+                x0=x0 + dx / 2,
+                y0=y0 + dy / 2,
+                dx=dx,
+                dy=dy,
+                hoverinfo="skip",
+                name="image",
+            )
+        )
     colours = group_colours(num_groups)
     if chosen:
-        traces.append(dict(type="scatter", x=regular[chosen, :, 0].ravel(), y=regular[chosen, :, 1].ravel(),
-                           mode="markers", name="regular grid", hoverinfo="skip",
-                           marker=dict(symbol="circle-open", size=9, color="rgb(215,215,215)", line=dict(width=2))))
+        traces.append(
+            dict(
+                type="scatter",
+                x=regular[chosen, :, 0].ravel(),
+                y=regular[chosen, :, 1].ravel(),
+                mode="markers",
+                name="regular grid",
+                hoverinfo="skip",
+                marker=dict(symbol="circle-open", size=9, color="rgb(215,215,215)", line=dict(width=2)),
+            )
+        )
     encoding = encode_weights(weights, record.weight_kind)
     radius, opacity = 8.0 * encoding.size, encoding.opacity
     kernel = record.kernel
@@ -170,48 +242,103 @@ def sampling_figure(image: np.ndarray, probe, layer, cell, groups=None, max_back
     for g in chosen:
         segments = np.full((points, 3, 2), np.nan)
         segments[:, 0], segments[:, 1] = regular[g], locations[g]
-        traces.append(dict(type="scatter", x=segments[..., 0].ravel(), y=segments[..., 1].ravel(), mode="lines",
-                           line=dict(color=_css_colour(colours[g]), width=1.5), hoverinfo="skip", showlegend=False,
-                           legendgroup=f"g{g}", connectgaps=False))
-        custom = np.stack([np.full(points, g), np.arange(points), index // kernel, index % kernel,
-                           offsets[g, :, 0], offsets[g, :, 1], weights[g], encoding.relative[g]], axis=1)
+        traces.append(
+            dict(
+                type="scatter",
+                x=segments[..., 0].ravel(),
+                y=segments[..., 1].ravel(),
+                mode="lines",
+                line=dict(color=_css_colour(colours[g]), width=1.5),
+                hoverinfo="skip",
+                showlegend=False,
+                legendgroup=f"g{g}",
+                connectgaps=False,
+            )
+        )
+        custom = np.stack(
+            [
+                np.full(points, g),
+                np.arange(points),
+                index // kernel,
+                index % kernel,
+                offsets[g, :, 0],
+                offsets[g, :, 1],
+                weights[g],
+                encoding.relative[g],
+            ],
+            axis=1,
+        )
         negative = encoding.negative[g]
         # Open circles are drawn with the marker colour at the line width: a ring a third of the radius thick.
         ring = np.array([hollow_ring_width(r) for r in radius[g]], dtype=np.float64)
-        traces.append(dict(
-            type="scatter", x=locations[g, :, 0], y=locations[g, :, 1], mode="markers", name=f"group {g}",
-            legendgroup=f"g{g}", customdata=custom,
-            text=[weight_meaning(float(w), float(r), record.weight_kind)
-                  for w, r in zip(weights[g], encoding.relative[g])],
-            marker=dict(size=2 * radius[g], color=_css_colour(colours[g]), opacity=opacity[g],
-                        symbol=np.where(negative, "circle-open", "circle").tolist(),
-                        line=dict(color="black", width=np.where(negative, ring, 1.0))),
-            hovertemplate=("group %{customdata[0]:d}, point %{customdata[1]:d} (i=%{customdata[2]:d}, "
-                           "j=%{customdata[3]:d})<br>x=%{x:.1f} px, y=%{y:.1f} px<br>"
-                           "dx=%{customdata[4]:.3f}, dy=%{customdata[5]:.3f} cells<br>"
-                           "weight=%{customdata[6]:.3f} %{text}<extra></extra>")))
+        traces.append(
+            dict(
+                type="scatter",
+                x=locations[g, :, 0],
+                y=locations[g, :, 1],
+                mode="markers",
+                name=f"group {g}",
+                legendgroup=f"g{g}",
+                customdata=custom,
+                text=[
+                    weight_meaning(float(w), float(r), record.weight_kind)
+                    for w, r in zip(weights[g], encoding.relative[g])
+                ],
+                marker=dict(
+                    size=2 * radius[g],
+                    color=_css_colour(colours[g]),
+                    opacity=opacity[g],
+                    symbol=np.where(negative, "circle-open", "circle").tolist(),
+                    line=dict(color="black", width=np.where(negative, ring, 1.0)),
+                ),
+                hovertemplate=(
+                    "group %{customdata[0]:d}, point %{customdata[1]:d} (i=%{customdata[2]:d}, "
+                    "j=%{customdata[3]:d})<br>x=%{x:.1f} px, y=%{y:.1f} px<br>"
+                    "dx=%{customdata[4]:.3f}, dy=%{customdata[5]:.3f} cells<br>"
+                    "weight=%{customdata[6]:.3f} %{text}<extra></extra>"
+                ),
+            )
+        )
     if record.weight_kind == "free":  # the legend explains the hollow marks even where none is negative
-        traces.append(dict(type="scatter", x=[None], y=[None], mode="markers", name="hollow: negative weight",
-                           hoverinfo="skip", marker=dict(symbol="circle-open", size=12, color="rgb(60,60,60)",
-                                                         line=dict(width=3))))
-    traces.append(dict(type="scatter", x=[centre[0]], y=[centre[1]], mode="markers", name="cell centre",
-                       marker=dict(symbol="cross", size=13, color="white", line=dict(width=1.5, color="black")),
-                       hovertemplate=f"cell {tuple(int(v) for v in cell)} centre<br>x=%{{x:.1f}}, y=%{{y:.1f}} px"
-                                     "<extra></extra>"))
+        traces.append(
+            dict(
+                type="scatter",
+                x=[None],
+                y=[None],
+                mode="markers",
+                name="hollow: negative weight",
+                hoverinfo="skip",
+                marker=dict(symbol="circle-open", size=12, color="rgb(60,60,60)", line=dict(width=3)),
+            )
+        )
+    traces.append(
+        dict(
+            type="scatter",
+            x=[centre[0]],
+            y=[centre[1]],
+            mode="markers",
+            name="cell centre",
+            marker=dict(symbol="cross", size=13, color="white", line=dict(width=1.5, color="black")),
+            hovertemplate=f"cell {tuple(int(v) for v in cell)} centre<br>x=%{{x:.1f}}, y=%{{y:.1f}} px<extra></extra>",
+        )
+    )
     axis = dict(showgrid=False, zeroline=False, ticks="outside")
     lines = legend_lines(record.weight_kind)
     # The legend as the title, below the ~40 px the app's plot label takes at the top left.
     extra_legend_row = 24 * (record.weight_kind == "free")  # the "hollow" entry wraps the legend
-    layout = dict(_FIGURE_STYLE, height=height,
-                  margin=dict(l=55, r=10, t=52 + 15 * len(lines), b=80 + extra_legend_row),
-                  plot_bgcolor="rgb(45,45,45)",
-                  title=dict(text="<br>".join(lines), font=dict(size=11), x=0.01, xanchor="left",
-                             y=1 - 44 / height, yanchor="top"),
-                  xaxis=dict(axis, range=[lo[0], hi[0]], title=dict(text="x (image px)")),
-                  yaxis=dict(axis, range=[hi[1], lo[1]], title=dict(text="y (image px)"), scaleanchor="x",
-                             scaleratio=1),
-                  # the free kind's extra "hollow" entry wraps the legend to two rows: lower, below the axis title
-                  legend=dict(orientation="h", yanchor="top", y=-0.14 - 0.04 * (record.weight_kind == "free"), x=0))
+    layout = dict(
+        _FIGURE_STYLE,
+        height=height,
+        margin=dict(l=55, r=10, t=52 + 15 * len(lines), b=80 + extra_legend_row),
+        plot_bgcolor="rgb(45,45,45)",
+        title=dict(
+            text="<br>".join(lines), font=dict(size=11), x=0.01, xanchor="left", y=1 - 44 / height, yanchor="top"
+        ),
+        xaxis=dict(axis, range=[lo[0], hi[0]], title=dict(text="x (image px)")),
+        yaxis=dict(axis, range=[hi[1], lo[1]], title=dict(text="y (image px)"), scaleanchor="x", scaleratio=1),
+        # the free kind's extra "hollow" entry wraps the legend to two rows: lower, below the axis title
+        legend=dict(orientation="h", yanchor="top", y=-0.14 - 0.04 * (record.weight_kind == "free"), x=0),
+    )
     return FigureSpec(traces, layout)
 
 
@@ -240,15 +367,24 @@ def _matrix_scale(kind: str, weights: np.ndarray) -> tuple[dict, str]:
     points = weights.shape[-1]
     top = float(np.nanmax(np.abs(weights))) if weights.size else 0.0
     if kind == "free":
-        return (dict(colorscale=SIGNED_COLOURS, cmin=-max(top, 1e-6), cmax=max(top, 1e-6),
-                     colorbar=dict(title=dict(text="m"), thickness=12)),
-                "free (DCNv4), signed: blue < 0 < red; hover: |m| x the group's mean |m|")
+        return (
+            dict(
+                colorscale=SIGNED_COLOURS,
+                cmin=-max(top, 1e-6),
+                cmax=max(top, 1e-6),
+                colorbar=dict(title=dict(text="m"), thickness=12),
+            ),
+            "free (DCNv4), signed: blue < 0 < red; hover: |m| x the group's mean |m|",
+        )
     if kind == "sigmoid":
-        return (dict(colorscale="Viridis", cmin=0, cmax=1, colorbar=dict(title=dict(text="weight"), thickness=12)),
-                "sigmoid (DCNv2): each weight in [0, 1] on its own, 1 = fully on")
-    return (dict(colorscale="Viridis", cmin=0, cmax=max(top, 1e-6), colorbar=dict(title=dict(text="weight"),
-                                                                                  thickness=12)),
-            f"softmax (DCNv3): uniform = 1/{points} = {1 / points:.3f}")
+        return (
+            dict(colorscale="Viridis", cmin=0, cmax=1, colorbar=dict(title=dict(text="weight"), thickness=12)),
+            "sigmoid (DCNv2): each weight in [0, 1] on its own, 1 = fully on",
+        )
+    return (
+        dict(colorscale="Viridis", cmin=0, cmax=max(top, 1e-6), colorbar=dict(title=dict(text="weight"), thickness=12)),
+        f"softmax (DCNv3): uniform = 1/{points} = {1 / points:.3f}",
+    )
 
 
 def weight_matrices_figure(layer, cell, groups=None, columns: int = 4, height_per_row: int = 200) -> FigureSpec:
@@ -259,7 +395,7 @@ def weight_matrices_figure(layer, cell, groups=None, columns: int = 4, height_pe
     weights = layer.weights[tuple(cell)]
     kind = layer.weight_kind
     encoding = encode_weights(weights, kind)
-    num_groups, points = weights.shape
+    num_groups, _points = weights.shape
     chosen = list(range(num_groups)) if groups is None else [g for g in groups if 0 <= g < num_groups]
     chosen = chosen or list(range(num_groups))
     cols = min(columns, len(chosen))
@@ -273,30 +409,67 @@ def weight_matrices_figure(layer, cell, groups=None, columns: int = 4, height_pe
         row, col = divmod(n, cols)
         suffix = "" if n == 0 else str(n + 1)
         matrix = weight_matrix(weights[g], k, layer.remove_center)
-        meaning = weight_matrix([weight_meaning(float(w), float(r), kind)
-                                 for w, r in zip(weights[g], encoding.relative[g])], k, layer.remove_center, "")
-        traces.append(dict(type="heatmap", z=matrix, x=[f"i={i}" for i in range(k)], y=[f"j={j}" for j in range(k)],
-                           xaxis=f"x{suffix}", yaxis=f"y{suffix}", coloraxis="coloraxis",
-                           customdata=point_index, text=meaning, texttemplate="%{z:.2f}",
-                           hovertemplate=(f"group {g}, point %{{customdata:d}}<br>%{{x}}, %{{y}}<br>"
-                                          "weight=%{z:.3f} %{text}<extra></extra>")))
+        meaning = weight_matrix(
+            [weight_meaning(float(w), float(r), kind) for w, r in zip(weights[g], encoding.relative[g])],
+            k,
+            layer.remove_center,
+            "",
+        )
+        traces.append(
+            dict(
+                type="heatmap",
+                z=matrix,
+                x=[f"i={i}" for i in range(k)],
+                y=[f"j={j}" for j in range(k)],
+                xaxis=f"x{suffix}",
+                yaxis=f"y{suffix}",
+                coloraxis="coloraxis",
+                customdata=point_index,
+                text=meaning,
+                texttemplate="%{z:.2f}",
+                hovertemplate=(
+                    f"group {g}, point %{{customdata:d}}<br>%{{x}}, %{{y}}<br>"
+                    "weight=%{z:.3f} %{text}<extra></extra>"
+                ),
+            )
+        )
         x_domain = [max(0.0, col * (width + gap_x)), min(1.0, col * (width + gap_x) + width)]
         y_top = 1 - row * (height + gap_y)
         layout[f"xaxis{suffix}"] = dict(domain=x_domain, anchor=f"y{suffix}", side="bottom", ticks="")
-        layout[f"yaxis{suffix}"] = dict(domain=[max(0.0, y_top - height), min(1.0, y_top)], anchor=f"x{suffix}",
-                                        autorange="reversed", scaleanchor=f"x{suffix}", ticks="")
-        layout["annotations"].append(dict(text=f"group {g}", x=sum(x_domain) / 2, y=y_top, xref="paper",
-                                          yref="paper", xanchor="center", yanchor="bottom", showarrow=False))
+        layout[f"yaxis{suffix}"] = dict(
+            domain=[max(0.0, y_top - height), min(1.0, y_top)],
+            anchor=f"x{suffix}",
+            autorange="reversed",
+            scaleanchor=f"x{suffix}",
+            ticks="",
+        )
+        layout["annotations"].append(
+            dict(
+                text=f"group {g}",
+                x=sum(x_domain) / 2,
+                y=y_top,
+                xref="paper",
+                yref="paper",
+                xanchor="center",
+                yanchor="bottom",
+                showarrow=False,
+            )
+        )
     coloraxis, title = _matrix_scale(kind, weights[chosen])
-    layout.update(height=max(230, rows * height_per_row + 70), margin=dict(l=40, r=10, t=55, b=25),
-                  plot_bgcolor="white", coloraxis=coloraxis,
-                  title=dict(text=f"weights {title}", font=dict(size=12), x=0.99, xanchor="right"))
+    layout.update(
+        height=max(230, rows * height_per_row + 70),
+        margin=dict(l=40, r=10, t=55, b=25),
+        plot_bgcolor="white",
+        coloraxis=coloraxis,
+        title=dict(text=f"weights {title}", font=dict(size=12), x=0.99, xanchor="right"),
+    )
     return FigureSpec(traces, layout)
 
 
 # -- trace through the stacked DCNv3 layers (the search is dcnv3.trace's) -----------------------------
-def trace_overlay(image: np.ndarray, levels: list[TraceLevel], start_xy, size: int = 720,
-                  min_extent: float = 96.0) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
+def trace_overlay(
+    image: np.ndarray, levels: list[TraceLevel], start_xy, size: int = 720, min_extent: float = 96.0
+) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
     """Draw a trace, zoomed on the region it covers: the deepest level's points coloured and
     sized by |path weight| (inferno: dark = weak, yellow = strong; negative paths of signed DCNv4
     weights hollow), the intermediate levels as small white rings, the start as a cross, on the
@@ -315,9 +488,12 @@ def trace_overlay(image: np.ndarray, levels: list[TraceLevel], start_xy, size: i
     x1, y1 = (int(np.clip(math.ceil(v), start + 1, lim)) for v, lim, start in zip(hi + pad, (width, height), (x0, y0)))
     s = size / max(x1 - x0, y1 - y0)
     crop = cv2.convertScaleAbs(image[y0:y1, x0:x1], alpha=0.55)  # dim the photo so the trace stands out
-    canvas = cv2.resize(crop, (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))),
-                        # INTER_AREA at a non-integer factor costs ~2 ms; above half size bilinear barely aliases
-                        interpolation=cv2.INTER_LINEAR if s > 0.5 else cv2.INTER_AREA)
+    canvas = cv2.resize(
+        crop,
+        (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))),
+        # INTER_AREA at a non-integer factor costs ~2 ms; above half size bilinear barely aliases
+        interpolation=cv2.INTER_LINEAR if s > 0.5 else cv2.INTER_AREA,
+    )
     scale = (canvas.shape[1] / (x1 - x0), canvas.shape[0] / (y1 - y0))
 
     TraceAnnotator().annotate(canvas, levels, (x0, y0), scale)
@@ -341,6 +517,7 @@ def trace_caption(levels: list[TraceLevel]) -> str:
 @dataclass
 class SamplingView:
     """Everything the sampling view shows for one query: canvases are BGR."""
+
     overlay: np.ndarray  # canvas: detections, samples, grid, arrows, cell cross
     scale: tuple[float, float]  # canvas px per image px
     figure: FigureSpec | None  # interactive zoom (None without a DCNv3 layer)
@@ -369,8 +546,17 @@ def query_for_detection(probe, index: int) -> tuple[float, float, str | None]:
     return (*box_centre(box), layer.name if layer is not None else None)
 
 
-def sampling_view(image: np.ndarray, probe, layer: str | None, xy, groups=None, highlight: int | None = None,
-                  scale=None, base: np.ndarray | None = None, trace_top: int = 60) -> SamplingView:
+def sampling_view(
+    image: np.ndarray,
+    probe,
+    layer: str | None,
+    xy,
+    groups=None,
+    highlight: int | None = None,
+    scale=None,
+    base: np.ndarray | None = None,
+    trace_top: int = 60,
+) -> SamplingView:
     """Render the sampling view for image point ``xy`` (continuous image px) in ``layer``.
 
     ``base``: the canvas with detections already drawn (``draw_detections`` on ``make_canvas``),
@@ -387,18 +573,28 @@ def sampling_view(image: np.ndarray, probe, layer: str | None, xy, groups=None, 
     record = probe.record(layer)
     cell = probe.cell_at(record, x, y) if (0 <= x < width and 0 <= y < height) else None
     if cell is None:
-        return SamplingView(base, scale, None, None, None, None,
-                            f"({x:.1f}, {y:.1f}) is outside the image: click on the picture")
+        return SamplingView(
+            base, scale, None, None, None, None, f"({x:.1f}, {y:.1f}) is outside the image: click on the picture"
+        )
     overlay = draw_cell(base, probe, record, cell, groups, scale)  # a copy: ``base`` stays cached clean
     centre = probe.cell_centre(record, cell)
     levels = trace_through_layers(probe, record, cell, groups, top=trace_top)
     trace, _, _ = trace_overlay(image, levels, centre)
-    message = (f"{record.stage}, {record.name}: cell (row {cell[0]}, col {cell[1]}) centred at "
-               f"({centre[0]:.1f}, {centre[1]:.1f}) px; {record.groups} group(s) x {record.points} points; "
-               f"trace through {len(levels)} deformable layer(s)  \n**{legend(record.weight_kind)}**.  \n"
-               f"Trace: {path_weight_text(level.weight_kind for level in levels)}.")
-    return SamplingView(overlay, scale, sampling_figure(image, probe, record, cell, groups),
-                        weight_matrices_figure(record, cell, groups), trace, cell, message)
+    message = (
+        f"{record.stage}, {record.name}: cell (row {cell[0]}, col {cell[1]}) centred at "
+        f"({centre[0]:.1f}, {centre[1]:.1f}) px; {record.groups} group(s) x {record.points} points; "
+        f"trace through {len(levels)} deformable layer(s)  \n**{legend(record.weight_kind)}**.  \n"
+        f"Trace: {path_weight_text(level.weight_kind for level in levels)}."
+    )
+    return SamplingView(
+        overlay,
+        scale,
+        sampling_figure(image, probe, record, cell, groups),
+        weight_matrices_figure(record, cell, groups),
+        trace,
+        cell,
+        message,
+    )
 
 
 # -- fields view ----------------------------------------------------------------------------------------
@@ -416,13 +612,13 @@ def colour_bar(width: int, field: str, value_range, unit: int = 1, title: str | 
         hsv = np.stack([angles / 2, np.full(bar_w, 255), np.full(bar_w, 255)], axis=-1)[None].astype(np.uint8)
         row = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0]
         ticks = [(0.0, "-180 left"), (0.25, "-90 up"), (0.5, "0 right"), (0.75, "90 down"), (1.0, "180 left")]
-        title = "offset direction (deg); brightness = length, max %.2f cells" % value_range[1]
+        title = f"offset direction (deg); brightness = length, max {value_range[1]:.2f} cells"
     else:
         row = cv2.applyColorMap((ramp * 255).astype(np.uint8)[None], cv2.COLORMAP_VIRIDIS)[0]
         lo, hi = value_range
         ticks = [(t, f"{lo + t * (hi - lo):.3g}") for t in (0.0, 0.25, 0.5, 0.75, 1.0)]
         title = title or field + {"offset magnitude": " (cells)", "effective dilation": " (cells)"}.get(field, "")
-    strip[18 * unit:30 * unit, margin:margin + bar_w] = row[None]
+    strip[18 * unit : 30 * unit, margin : margin + bar_w] = row[None]
     font = 0.4 * unit
     cv2.putText(strip, title, (margin, 13 * unit), cv2.FONT_HERSHEY_SIMPLEX, font, (30, 30, 30), unit, cv2.LINE_AA)
     for t, text in ticks:
@@ -451,13 +647,22 @@ def legend_strip(width: int, lines: list[str], unit: int | None = None) -> np.nd
     step = 16 * unit
     strip = np.full((step * len(wrapped) + 8 * unit, width, 3), 255, np.uint8)
     for n, text in enumerate(wrapped):
-        cv2.putText(strip, text, (8 * unit, step * (n + 1)), cv2.FONT_HERSHEY_SIMPLEX, font, (30, 30, 30), unit,
-                    cv2.LINE_AA)
+        cv2.putText(
+            strip, text, (8 * unit, step * (n + 1)), cv2.FONT_HERSHEY_SIMPLEX, font, (30, 30, 30), unit, cv2.LINE_AA
+        )
     return strip
 
 
-def field_overlay(image: np.ndarray, probe, layer, field: str, group: int | None = None,
-                  opacity: float = 0.6, scale=None, smooth: bool = False) -> tuple[np.ndarray, tuple[float, float]]:
+def field_overlay(
+    image: np.ndarray,
+    probe,
+    layer,
+    field: str,
+    group: int | None = None,
+    opacity: float = 0.6,
+    scale=None,
+    smooth: bool = False,
+) -> tuple[np.ndarray, tuple[float, float]]:
     """A field blended over the image (``opacity`` of the colour), with a colour bar strip below.
 
     Each cell's colour is centred on its cell centre (``Probe.cell_centre``); ``smooth`` blends
@@ -469,18 +674,31 @@ def field_overlay(image: np.ndarray, probe, layer, field: str, group: int | None
     values = field_values(probe, record, field, group)
     magnitude = np.linalg.norm(values, axis=-1) if field == "offset direction" else values
     value_range = field_range(field, magnitude)
-    blended = FieldAnnotator(opacity, smooth).annotate(canvas, probe, record, field_colours(field, values, value_range),
-                                                       scale)  # ``canvas`` is make_canvas' own: drawn on in place
+    blended = FieldAnnotator(opacity, smooth).annotate(
+        canvas, probe, record, field_colours(field, values, value_range), scale
+    )  # ``canvas`` is make_canvas' own: drawn on in place
     unit = max(1, round(canvas.shape[1] / 640))  # the strip's text stays legible but modest
-    return np.vstack([blended, colour_bar(canvas.shape[1], field, value_range, unit,
-                                          None if field == "offset direction" else field_title(field, record))]), scale
+    return np.vstack(
+        [
+            blended,
+            colour_bar(
+                canvas.shape[1],
+                field,
+                value_range,
+                unit,
+                None if field == "offset direction" else field_title(field, record),
+            ),
+        ]
+    ), scale
 
 
 # -- health view ------------------------------------------------------------------------------------------
 def layer_choice_label(layer) -> str:
     """Dropdown text of a layer: stage, stride, groups and kernel, weight kind, then its module name."""
-    return (f"{layer.stage} · stride {layer.stride} · G={layer.groups} K={layer.kernel} · {layer.weight_kind} "
-            f"weights · {layer.name}")
+    return (
+        f"{layer.stage} · stride {layer.stride} · G={layer.groups} K={layer.kernel} · {layer.weight_kind} "
+        f"weights · {layer.name}"
+    )
 
 
 def health_histograms(probe, bins: int = 40, height: int = 400) -> go.Figure:
@@ -493,19 +711,42 @@ def health_histograms(probe, bins: int = 40, height: int = 400) -> go.Figure:
     for n, (record, magnitude) in enumerate(zip(probe.layers, magnitudes)):
         colour = palette[n % len(palette)]
         name = f"{record.stage.split()[0]} {record.name} ({record.weight_kind})"
-        for axis, values, edges in (("", magnitude, np.linspace(0, top * 1.0001, bins + 1)),
-                                    ("2", probe.weight_entropy(record).ravel(), np.linspace(0, 1.0001, bins + 1))):
+        for axis, values, edges in (
+            ("", magnitude, np.linspace(0, top * 1.0001, bins + 1)),
+            ("2", probe.weight_entropy(record).ravel(), np.linspace(0, 1.0001, bins + 1)),
+        ):
             counts, _ = np.histogram(values, edges)
-            traces.append(dict(type="scatter", x=(edges[:-1] + edges[1:]) / 2, y=counts / max(values.size, 1),
-                               mode="lines", line_shape="hvh", line=dict(color=colour, width=2), name=name,
-                               legendgroup=record.name, showlegend=axis == "", xaxis=f"x{axis}", yaxis=f"y{axis}",
-                               hovertemplate=name + "<br>%{x:.3f}: %{y:.1%} of cells<extra></extra>"))
+            traces.append(
+                dict(
+                    type="scatter",
+                    x=(edges[:-1] + edges[1:]) / 2,
+                    y=counts / max(values.size, 1),
+                    mode="lines",
+                    line_shape="hvh",
+                    line=dict(color=colour, width=2),
+                    name=name,
+                    legendgroup=record.name,
+                    showlegend=axis == "",
+                    xaxis=f"x{axis}",
+                    yaxis=f"y{axis}",
+                    hovertemplate=name + "<br>%{x:.3f}: %{y:.1%} of cells<extra></extra>",
+                )
+            )
     grid = dict(gridcolor="#e5e5e5", zeroline=False)
-    layout = dict(_FIGURE_STYLE, height=height, margin=dict(l=60, r=10, t=36, b=110), plot_bgcolor="white",
-                  xaxis=dict(grid, domain=[0, 0.45], title=dict(text="offset magnitude (feature cells)")),
-                  yaxis=dict(grid, title=dict(text="share of cells x groups"), tickformat=".0%"),
-                  xaxis2=dict(grid, domain=[0.55, 1], anchor="y2",
-                              title=dict(text="normalised weight entropy (of |m| / sum |m| per group)")),
-                  yaxis2=dict(grid, anchor="x2", tickformat=".0%"),
-                  legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, font=dict(size=11)))
+    layout = dict(
+        _FIGURE_STYLE,
+        height=height,
+        margin=dict(l=60, r=10, t=36, b=110),
+        plot_bgcolor="white",
+        xaxis=dict(grid, domain=[0, 0.45], title=dict(text="offset magnitude (feature cells)")),
+        yaxis=dict(grid, title=dict(text="share of cells x groups"), tickformat=".0%"),
+        xaxis2=dict(
+            grid,
+            domain=[0.55, 1],
+            anchor="y2",
+            title=dict(text="normalised weight entropy (of |m| / sum |m| per group)"),
+        ),
+        yaxis2=dict(grid, anchor="x2", tickformat=".0%"),
+        legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, font=dict(size=11)),
+    )
     return go.Figure(data=traces, layout=layout)

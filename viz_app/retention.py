@@ -6,6 +6,7 @@ for every request. ``python app.py --keep-files-minutes N`` bounds how long they
 the age from the folders this process owns, so a long-running server neither fills its disk nor
 keeps one user's images around for the next.
 """
+
 from __future__ import annotations
 
 import os

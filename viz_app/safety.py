@@ -5,6 +5,7 @@ in the cache folder", checked before any handler runs). It does, however, fetch 
 "path" from the web on the client's behalf. DeformLens works offline and never fetches anything
 for a client, so its file inputs refuse URLs outright.
 """
+
 from __future__ import annotations
 
 import gradio as gr

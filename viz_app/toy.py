@@ -6,6 +6,7 @@ rotates and moves the shape; the bundled DCNv3 model runs once per move at its t
 (``imgsz`` 320, one forward of about 30 ms on a laptop CPU) and the picture shows where the chosen
 layer's groups sample around the shape's centre, with the detections.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,11 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dcnv3.probe import probe as run_probe
 from dcnv3.data import CLASS_NAMES
 from dcnv3.data.backgrounds import luma, make_background
-from dcnv3.data.generator import contrasting_colour, paint_object, Appearance
+from dcnv3.data.generator import Appearance, contrasting_colour, paint_object
 from dcnv3.data.shapes import place, rasterise, sample_geometry
+from dcnv3.probe import probe as run_probe
 
 from .cache import LRUCache
 from .render import sampling_overlay
@@ -34,6 +35,7 @@ DEFAULT_LAYER_PREFIX = "model.6."  # P4: the level where mid-sized shapes are de
 class ToyShape:
     """The toy's one object: class, size (longest extent, px), rotation (degrees, clockwise on
     screen) and centre (x, y) in continuous image px of the 320 x 320 scene."""
+
     class_id: int = 3
     size: float = 120.0
     angle: float = 0.0
@@ -48,6 +50,7 @@ _shapes: LRUCache[tuple[int, int], tuple] = LRUCache(32)
 
 def background(seed: int) -> np.ndarray:
     """(320, 320, 3) BGR uint8: a calm training-style background (cached, so read-only)."""
+
     def draw():
         array = make_background(np.random.default_rng(seed), TOY_SIDE, TOY_SIDE)
         array.setflags(write=False)
@@ -59,6 +62,7 @@ def background(seed: int) -> np.ndarray:
 def _geometry_and_colour(class_id: int, seed: int):
     """The shape's canonical geometry and a fill colour that stands out from the background.
     Drawn once per (class, seed), so scaling or rotating changes nothing else."""
+
     def draw():
         rng = np.random.default_rng([seed, class_id])
         geometry = sample_geometry(rng, class_id, 24.0)  # thin parts stay >= 2 px down to 24 px
@@ -110,9 +114,11 @@ def toy_view(model, layer: str, shape: ToyShape, seed: int = 0, groups=None) -> 
         return ToyView(canvas, "the shape's centre is off the image", time.perf_counter() - start, None)
     spread = _spread(probe, record, cell)
     found = ", ".join(probe.detections.label(i) for i in np.argsort(-probe.detections.scores)[:3]) or "nothing"
-    message = (f"**{record.stage}**, {record.name}, cell (row {cell[0]}, col {cell[1]}): the samples spread "
-               f"{spread:.1f} px from the cell centre on average (the regular grid: "
-               f"{_spread(probe, record, cell, regular=True):.1f} px). Detected: {found}.")
+    message = (
+        f"**{record.stage}**, {record.name}, cell (row {cell[0]}, col {cell[1]}): the samples spread "
+        f"{spread:.1f} px from the cell centre on average (the regular grid: "
+        f"{_spread(probe, record, cell, regular=True):.1f} px). Detected: {found}."
+    )
     return ToyView(canvas, message, time.perf_counter() - start, cell)
 
 

@@ -6,12 +6,14 @@ The run folder is one written by a DeformLens trainer (``health.csv`` from the h
 demo run (``assets/training_demo/run``) opens by default. Checkpoints load through
 ``dcnv3.loading.load_model`` (nothing in them runs) and each forward takes the analyser's model lock.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import gradio as gr
 
+from dcnv3.bundled import bundled_path
 from dcnv3.loading import load_model, train_imgsz
 from dcnv3.probe import prepare_image, probe
 
@@ -22,14 +24,15 @@ from .outputs import image_output
 
 __all__ = ["build", "DEMO_RUN", "DEMO_IMAGE", "INTRO"]
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-DEMO_RUN = ASSETS / "training_demo" / "run"
-DEMO_IMAGE = ASSETS / "training_demo" / "scene.jpg"
-INTRO = ("**Offsets over training.** Open a run folder: the health the trainer's monitor wrote after every "
-         "epoch (`health.csv`, see `dcnv3.training_health`) is plotted per layer, flagged epochs as red crosses. "
-         "With epoch checkpoints (`save_period=1`), click the image to see where the chosen layer samples at "
-         "that pixel after each saved epoch, side by side: the points grow out of the regular grid as the "
-         "offsets learn. A folder of `epoch*.pt` alone works too (its health is then computed on the image).")
+DEMO_RUN = bundled_path("training_demo", "run")
+DEMO_IMAGE = bundled_path("training_demo", "scene.jpg")
+INTRO = (
+    "**Offsets over training.** Open a run folder: the health the trainer's monitor wrote after every "
+    "epoch (`health.csv`, see `dcnv3.training_health`) is plotted per layer, flagged epochs as red crosses. "
+    "With epoch checkpoints (`save_period=1`), click the image to see where the chosen layer samples at "
+    "that pixel after each saved epoch, side by side: the points grow out of the regular grid as the "
+    "offsets learn. A folder of `epoch*.pt` alone works too (its health is then computed on the image)."
+)
 CHECKPOINT_CACHE = 6  # loaded epoch checkpoints kept (a few MB each)
 
 
@@ -45,17 +48,27 @@ def build(ctx: AppContext) -> None:
         gr.Markdown(INTRO)
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300):
-                folder = gr.Textbox(str(DEMO_RUN) if DEMO_RUN.is_dir() else "", label="Run folder",
-                                    elem_id="training-folder")
+                folder = gr.Textbox(
+                    str(DEMO_RUN) if DEMO_RUN.is_dir() else "", label="Run folder", elem_id="training-folder"
+                )
                 open_button = gr.Button("Open run", variant="primary", elem_id="training-open")
                 info = gr.Markdown(elem_id="training-info")
                 layer = gr.Dropdown([], label="Layer (sampling strip)", elem_id="training-layer")
-                image = gr.Image(str(DEMO_IMAGE) if DEMO_IMAGE.is_file() else None, type="numpy",
-                                 label="Image: click a pixel", elem_id="training-image", sources=["upload"])
+                image = gr.Image(
+                    str(DEMO_IMAGE) if DEMO_IMAGE.is_file() else None,
+                    type="numpy",
+                    label="Image: click a pixel",
+                    elem_id="training-image",
+                    sources=["upload"],
+                )
             with gr.Column(scale=2):
                 plot = gr.Plot(label="Per-layer health over the epochs", elem_id="training-plot")
-                strip = image_output(label="Sampling points at the clicked pixel, one panel per saved epoch",
-                                     type="numpy", interactive=False, elem_id="training-strip")
+                strip = image_output(
+                    label="Sampling points at the clicked pixel, one panel per saved epoch",
+                    type="numpy",
+                    interactive=False,
+                    elem_id="training-strip",
+                )
                 strip_info = gr.Markdown(elem_id="training-strip-info")
         state = gr.State(None)  # the open TrainingRun
 
@@ -70,12 +83,20 @@ def build(ctx: AppContext) -> None:
                         rows = training_view.checkpoint_health_rows(loaded, bgr, train_imgsz(loaded[-1][1]))
                     run.rows = rows
             except (ValueError, OSError) as error:
-                return {info: f"**Cannot open the run:** {error}", state: None, plot: None,
-                        layer: gr.update(choices=[], value=None)}
+                return {
+                    info: f"**Cannot open the run:** {error}",
+                    state: None,
+                    plot: None,
+                    layer: gr.update(choices=[], value=None),
+                }
             layers = run.layers
             default = layers[len(layers) // 2] if layers else None
-            return {info: run.describe(), state: run, plot: training_view.health_figure(run.rows) if run.rows else None,
-                    layer: gr.update(choices=layers, value=default)}
+            return {
+                info: run.describe(),
+                state: run,
+                plot: training_view.health_figure(run.rows) if run.rows else None,
+                layer: gr.update(choices=layers, value=default),
+            }
 
         open_outputs = [info, state, plot, layer]
         open_button.click(opened, [folder, image], open_outputs, api_visibility="private")

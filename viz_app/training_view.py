@@ -7,6 +7,7 @@ with ``save_period``), or just a folder of ``epoch{k}.pt`` checkpoints: then the
 epochs is computed from the checkpoints on the image the user gives. ``epoch{k}.pt`` holds the
 model after epoch k + 1 (ultralytics counts saved epochs from 0, results.csv from 1).
 """
+
 from __future__ import annotations
 
 import re
@@ -22,13 +23,24 @@ from dcnv3 import layer_health
 from dcnv3.overlay import draw_cell
 from dcnv3.training_health import read_health
 
-__all__ = ["METRICS", "TrainingRun", "open_run", "epoch_checkpoints", "health_figure", "checkpoint_health_rows",
-           "sampling_strip", "STRIP_PANEL"]
+__all__ = [
+    "METRICS",
+    "TrainingRun",
+    "open_run",
+    "epoch_checkpoints",
+    "health_figure",
+    "checkpoint_health_rows",
+    "sampling_strip",
+    "STRIP_PANEL",
+]
 
 # The four panels of the health figure: (title, health.csv column).
-METRICS = (("mean |offset| (point spacings)", "offset_ratio"), ("normalised weight entropy", "entropy"),
-           ("effective dilation (cells)", "effective_dilation"),
-           ("samples pushed off the image (share beyond the grid's)", "outside_excess"))
+METRICS = (
+    ("mean |offset| (point spacings)", "offset_ratio"),
+    ("normalised weight entropy", "entropy"),
+    ("effective dilation (cells)", "effective_dilation"),
+    ("samples pushed off the image (share beyond the grid's)", "outside_excess"),
+)
 STRIP_PANEL = 220  # px, side of one epoch's square panel in the strip
 _EPOCH_FILE = re.compile(r"epoch(\d+)\.pt$")
 
@@ -37,6 +49,7 @@ _EPOCH_FILE = re.compile(r"epoch(\d+)\.pt$")
 class TrainingRun:
     """``rows``: health.csv rows (``read_health``; [] when the run has none); ``checkpoints``:
     [(epoch counted from 1, path)] sorted by epoch."""
+
     folder: Path
     rows: list[dict]
     checkpoints: list[tuple[int, Path]]
@@ -49,11 +62,16 @@ class TrainingRun:
     def describe(self) -> str:
         epochs = sorted({row["epoch"] for row in self.rows})
         parts = [f"**{self.folder.name}**"]
-        parts.append(f"health of {len(self.layers)} layers over epochs {epochs[0]}-{epochs[-1]}" if epochs
-                     else "no health.csv (health computed from the checkpoints)")
-        parts.append(f"{len(self.checkpoints)} epoch checkpoints ("
-                     + ", ".join(f"epoch {e}" for e, _ in self.checkpoints) + ")" if self.checkpoints
-                     else "no epoch checkpoints (train with save_period=1 for the sampling strip)")
+        parts.append(
+            f"health of {len(self.layers)} layers over epochs {epochs[0]}-{epochs[-1]}"
+            if epochs
+            else "no health.csv (health computed from the checkpoints)"
+        )
+        parts.append(
+            f"{len(self.checkpoints)} epoch checkpoints (" + ", ".join(f"epoch {e}" for e, _ in self.checkpoints) + ")"
+            if self.checkpoints
+            else "no epoch checkpoints (train with save_period=1 for the sampling strip)"
+        )
         return "; ".join(parts)
 
 
@@ -94,8 +112,9 @@ def checkpoint_health_rows(checkpoints: list[tuple[int, object]], image: np.ndar
 def health_figure(rows: list[dict], height: int = 560) -> go.Figure:
     """Per-layer health over the epochs: four panels (``METRICS``), one line per layer in the same
     colour in every panel; an epoch where the layer raised a flag is a red cross, its flags on hover."""
-    figure = make_subplots(rows=2, cols=2, subplot_titles=[title for title, _ in METRICS],
-                           horizontal_spacing=0.08, vertical_spacing=0.16)
+    figure = make_subplots(
+        rows=2, cols=2, subplot_titles=[title for title, _ in METRICS], horizontal_spacing=0.08, vertical_spacing=0.16
+    )
     layers = list(dict.fromkeys(row["layer"] for row in rows))
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
     for index, layer in enumerate(layers):
@@ -105,17 +124,34 @@ def health_figure(rows: list[dict], height: int = 560) -> go.Figure:
         for panel, (title, column) in enumerate(METRICS):
             values = [row.get(column) for row in mine]
             position = dict(row=panel // 2 + 1, col=panel % 2 + 1)
-            figure.add_trace(go.Scatter(
-                x=epochs, y=values, mode="lines+markers", name=layer, legendgroup=layer, showlegend=panel == 0,
-                line=dict(color=colour), hovertemplate=f"{layer}<br>epoch %{{x}}<br>{title}: %{{y:.3f}}<extra></extra>"),
-                **position)
+            figure.add_trace(
+                go.Scatter(
+                    x=epochs,
+                    y=values,
+                    mode="lines+markers",
+                    name=layer,
+                    legendgroup=layer,
+                    showlegend=panel == 0,
+                    line=dict(color=colour),
+                    hovertemplate=f"{layer}<br>epoch %{{x}}<br>{title}: %{{y:.3f}}<extra></extra>",
+                ),
+                **position,
+            )
             flagged = [(row["epoch"], row.get(column), ", ".join(row["flags"])) for row in mine if row["flags"]]
             if flagged:
-                figure.add_trace(go.Scatter(
-                    x=[f[0] for f in flagged], y=[f[1] for f in flagged], mode="markers", legendgroup=layer,
-                    showlegend=False, marker=dict(symbol="x", size=11, color="#d62728"),
-                    customdata=[f[2] for f in flagged],
-                    hovertemplate=f"{layer}<br>epoch %{{x}}: flagged %{{customdata}}<extra></extra>"), **position)
+                figure.add_trace(
+                    go.Scatter(
+                        x=[f[0] for f in flagged],
+                        y=[f[1] for f in flagged],
+                        mode="markers",
+                        legendgroup=layer,
+                        showlegend=False,
+                        marker=dict(symbol="x", size=11, color="#d62728"),
+                        customdata=[f[2] for f in flagged],
+                        hovertemplate=f"{layer}<br>epoch %{{x}}: flagged %{{customdata}}<extra></extra>",
+                    ),
+                    **position,
+                )
     figure.update_xaxes(title_text="epoch", dtick=1)
     figure.update_layout(height=height, margin=dict(l=40, r=10, t=50, b=40), legend=dict(orientation="h", y=-0.12))
     return figure

@@ -5,6 +5,7 @@ tab module's ``build`` makes its own components and events from the context, and
 endpoints (``/detect``, ``/sampling``, ``/erf``, ``/ablate``, ``/video``) get hidden components of their own,
 so they need no browser session. ``app.py`` makes the context and launches the Blocks.
 """
+
 from __future__ import annotations
 
 import gradio as gr
@@ -20,12 +21,14 @@ CSS = """
 .gradio-container { max-width: 1600px !important; }
 """
 THEME = gr.themes.Default(primary_hue="orange", secondary_hue="blue", neutral_hue="slate")
-USAGE = ("Upload an image (or pick an example). **Click** anywhere on the picture, or pick a detection, to "
-         "see where every group of the chosen deformable layer samples: grey rings are the regular KxK grid, "
-         "arrows lead to the learned sampling points, a point's size and opacity grow with its weight, read "
-         "by the layer's weight kind (DCNv3 softmax: relative to the uniform 1/P; DCNv2 sigmoid: the value in "
-         "[0, 1]; DCNv4 free: |m| relative to the group's mean, hollow = negative), as the text under the "
-         "picture says.")
+USAGE = (
+    "Upload an image (or pick an example). **Click** anywhere on the picture, or pick a detection, to "
+    "see where every group of the chosen deformable layer samples: grey rings are the regular KxK grid, "
+    "arrows lead to the learned sampling points, a point's size and opacity grow with its weight, read "
+    "by the layer's weight kind (DCNv3 softmax: relative to the uniform 1/P; DCNv2 sigmoid: the value in "
+    "[0, 1]; DCNv4 free: |m| relative to the group's mean, hollow = negative), as the text under the "
+    "picture says."
+)
 
 
 def build_app(ctx: AppContext) -> gr.Blocks:
@@ -33,7 +36,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     # delete_cache: every hour, drop cached files (uploads, views, exports) older than a day
     # (app.py sets it from --keep-files-minutes).
     with gr.Blocks(title="DeformLens", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
-        gr.Markdown("## DeformLens: what the deformable layers (DCNv2, DCNv3, DCNv4) of a YOLO detector learned\n" + USAGE)
+        gr.Markdown(
+            "## DeformLens: what the deformable layers (DCNv2, DCNv3, DCNv4) of a YOLO detector learned\n" + USAGE
+        )
         with gr.Tabs(elem_id="main-tabs") as main_tabs:
             with gr.Tab("Image", id="image", elem_id="tab-image"):
                 image = image_tab.build(ctx)

@@ -11,6 +11,7 @@ Files live in the app context's ``FileStore`` (one folder per run, the oldest re
 ``model_lock``, as every forward of the app. Handlers return ``{component: value}`` dicts; the
 last processed video is a ``view_state.VideoRun`` in a ``gr.State``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,8 +20,9 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from dcnv3.checkpoints import CheckpointError
 from dcnv3 import video as dvideo
+from dcnv3.bundled import bundled_path
+from dcnv3.checkpoints import CheckpointError
 
 from . import video_render
 from .context import AppContext
@@ -31,17 +33,21 @@ from .view_state import VideoRun
 
 __all__ = ["build", "build_api", "DEMO_VIDEO", "LIMITS"]
 
-DEMO_VIDEO = Path(__file__).resolve().parent.parent / "assets" / "demo_shapes.mp4"
+DEMO_VIDEO = bundled_path("demo_shapes.mp4")
 LIMITS = dvideo.VideoLimits(max_bytes=500 * 2**20)  # the package's frame, duration and size caps; uploads to 500 MB
 AUTO_CHOICE = ("per object: the layer whose stride matches its size", dvideo.AUTO_LAYER)
-MODE_CHOICES = [("sampling points at each tracked object's centre", "samples"),
-                ("a fixed grid of query points", "grid"), ("effective-dilation field map", "field")]
+MODE_CHOICES = [
+    ("sampling points at each tracked object's centre", "samples"),
+    ("a fixed grid of query points", "grid"),
+    ("effective-dilation field map", "field"),
+]
 
 
 @dataclass
 class _Components:
     """The Video tab's components that its handlers write, and the Image tab's that the frame
     inspector sets (``image_in``, ``image_model``, ``main_tabs``)."""
+
     preview: gr.Image
     video_out: gr.Video
     plot: gr.Plot
@@ -81,11 +87,21 @@ class _VideoEvents:
         tracking, drawing) under the Analyser's ``model_lock``: concurrent forwards on one model
         would mix their captured layers."""
         loaded = self._model(model_name)
-        limits = dvideo.VideoLimits(max_frames=int(max_frames or LIMITS.max_frames),
-                                    max_seconds=min(float(max_seconds or LIMITS.max_seconds), LIMITS.max_seconds),
-                                    max_side=LIMITS.max_side, max_bytes=LIMITS.max_bytes)
-        steps = dvideo.process_video(loaded.yolo, source, self.ctx.files.run_dir(), layer=layer or dvideo.AUTO_LAYER,
-                                     mode=mode or "samples", stride=int(stride or 1), limits=limits)
+        limits = dvideo.VideoLimits(
+            max_frames=int(max_frames or LIMITS.max_frames),
+            max_seconds=min(float(max_seconds or LIMITS.max_seconds), LIMITS.max_seconds),
+            max_side=LIMITS.max_side,
+            max_bytes=LIMITS.max_bytes,
+        )
+        steps = dvideo.process_video(
+            loaded.yolo,
+            source,
+            self.ctx.files.run_dir(),
+            layer=layer or dvideo.AUTO_LAYER,
+            mode=mode or "samples",
+            stride=int(stride or 1),
+            limits=limits,
+        )
         while True:
             with self.ctx.analyser.model_lock:
                 try:
@@ -106,8 +122,10 @@ class _VideoEvents:
                 progress((step.done, step.total), desc="frames", unit="frames")
                 if step.result is None:
                     if step.preview is not None:
-                        yield {c.preview: to_rgb(step.preview),
-                               c.status: f"Processing: frame {step.frame} ({step.done} of ~{step.total})…"}
+                        yield {
+                            c.preview: to_rgb(step.preview),
+                            c.status: f"Processing: frame {step.frame} ({step.done} of ~{step.total})…",
+                        }
                     continue
                 yield self._finished(step.result, source, model_name)
         except ValueError as error:  # VideoError and bad settings: one line for the user
@@ -118,20 +136,34 @@ class _VideoEvents:
         c = self.c
         rows = result.rows
         first, last = result.frame_indices[0], result.frame_indices[-1]
-        status = [f"- {result.processed_frames} frames processed in {result.seconds:.1f} s "
-                  f"({result.processed_frames / max(result.seconds, 1e-9):.1f} fps) with **{model_name}** at "
-                  f"imgsz {result.imgsz}; output {result.output_size[0]} x {result.output_size[1]} at "
-                  f"{result.output_fps:g} fps ({result.output_duration:.1f} s)",
-                  f"- {len({r['track_id'] for r in rows})} tracks, {len(rows)} track-frames"]
+        status = [
+            f"- {result.processed_frames} frames processed in {result.seconds:.1f} s "
+            f"({result.processed_frames / max(result.seconds, 1e-9):.1f} fps) with **{model_name}** at "
+            f"imgsz {result.imgsz}; output {result.output_size[0]} x {result.output_size[1]} at "
+            f"{result.output_fps:g} fps ({result.output_duration:.1f} s)",
+            f"- {len({r['track_id'] for r in rows})} tracks, {len(rows)} track-frames",
+        ]
         status += [f"- **{note}**" for note in result.notes]
-        run = VideoRun(str(source), tuple(int(f) for f in result.frame_indices), int(result.stride),
-                       LIMITS.max_side, model_name, Path(source).stem)
+        run = VideoRun(
+            str(source),
+            tuple(int(f) for f in result.frame_indices),
+            int(result.stride),
+            LIMITS.max_side,
+            model_name,
+            Path(source).stem,
+        )
         table = video_render.track_table(rows)
-        return {c.video_out: str(result.video_path), c.plot: video_render.time_series_figure(rows),
-                c.table: pd.DataFrame(table) if table else None,
-                c.csv_file: gr.update(value=str(result.csv_path), visible=True), c.status: "\n".join(status),
-                c.state: run, c.frame: gr.update(minimum=first, maximum=max(last, first + 1), step=result.stride,
-                                                 value=first, interactive=True)}
+        return {
+            c.video_out: str(result.video_path),
+            c.plot: video_render.time_series_figure(rows),
+            c.table: pd.DataFrame(table) if table else None,
+            c.csv_file: gr.update(value=str(result.csv_path), visible=True),
+            c.status: "\n".join(status),
+            c.state: run,
+            c.frame: gr.update(
+                minimum=first, maximum=max(last, first + 1), step=result.stride, value=first, interactive=True
+            ),
+        }
 
     def inspect(self, run: VideoRun | None, frame):
         """The chosen frame as a PNG in the Image tab (its model too), and that tab selected."""
@@ -155,8 +187,9 @@ class _VideoEvents:
         if max_frames is not None and not 1 <= int(max_frames) <= LIMITS.max_frames:
             raise gr.Error(f"max_frames must lie in 1..{LIMITS.max_frames}, got {max_frames}")
         try:
-            for step in self._steps(source, model_name, layer or dvideo.AUTO_LAYER, "samples", 1,
-                                    LIMITS.max_seconds, max_frames):
+            for step in self._steps(
+                source, model_name, layer or dvideo.AUTO_LAYER, "samples", 1, LIMITS.max_seconds, max_frames
+            ):
                 if step.result is not None:
                     payload = step.result.stats_json()
                     payload["model"] = model_name or self.registry.default_name()
@@ -186,32 +219,49 @@ def build(ctx: AppContext, image_in, image_model, main_tabs, tab=None) -> None:
             mode = gr.Radio(MODE_CHOICES, value="samples", label="Overlay", elem_id="video-mode")
             with gr.Row():
                 stride = gr.Slider(1, 10, 1, step=1, label="Frame stride (every n-th frame)", elem_id="video-stride")
-                max_seconds = gr.Slider(1, LIMITS.max_seconds, 12, step=1, label="Maximum duration (s)",
-                                        elem_id="video-seconds")
+                max_seconds = gr.Slider(
+                    1, LIMITS.max_seconds, 12, step=1, label="Maximum duration (s)", elem_id="video-seconds"
+                )
             run = gr.Button("Process video", variant="primary", elem_id="video-run")
-            status = gr.Markdown(f"Limits: {LIMITS.max_frames} processed frames, {LIMITS.max_seconds:g} s, frames "
-                                 f"over {LIMITS.max_side} px are downscaled, files up to "
-                                 f"{LIMITS.max_bytes >> 20} MB.", elem_id="video-status")
+            status = gr.Markdown(
+                f"Limits: {LIMITS.max_frames} processed frames, {LIMITS.max_seconds:g} s, frames "
+                f"over {LIMITS.max_side} px are downscaled, files up to "
+                f"{LIMITS.max_bytes >> 20} MB.",
+                elem_id="video-status",
+            )
             preview = image_output(label="Live preview", interactive=False, height=220, elem_id="video-preview")
             with gr.Accordion("Frame inspector", open=True):
                 frame = gr.Slider(0, 1, 0, step=1, label="Source frame", interactive=False, elem_id="video-frame")
                 inspect = gr.Button("Open this frame in the image views", elem_id="video-inspect")
         with gr.Column(scale=2):
-            video_out = gr.Video(label="Processed video (H.264 MP4)", interactive=False, height=420,
-                                 elem_id="video-out", autoplay=False)
-            plot = gr.Plot(label="Per track over time: size, effective dilation and mean |offset| of the layer at "
-                                 "its centre, weight entropy", elem_id="video-plot")
+            video_out = gr.Video(
+                label="Processed video (H.264 MP4)", interactive=False, height=420, elem_id="video-out", autoplay=False
+            )
+            plot = gr.Plot(
+                label="Per track over time: size, effective dilation and mean |offset| of the layer at "
+                "its centre, weight entropy",
+                elem_id="video-plot",
+            )
             table = gr.Dataframe(label="Tracks", interactive=False, wrap=True, elem_id="video-tracks")
-            csv_file = gr.File(label="Statistics CSV (one row per track and frame)", interactive=False,
-                               visible=False, elem_id="video-csv")
+            csv_file = gr.File(
+                label="Statistics CSV (one row per track and frame)",
+                interactive=False,
+                visible=False,
+                elem_id="video-csv",
+            )
     c = _Components(preview, video_out, plot, table, csv_file, status, state, frame, image_in, image_model, main_tabs)
     events = _VideoEvents(ctx, c)
     model.change(events.layer_choices, model, layer, **private)
     if tab is not None:
         tab.select(events.layer_choices, model, layer, **private)
-    run.click(events.process, [video_in, model, layer, mode, stride, max_seconds],
-              [preview, video_out, plot, table, csv_file, status, state, frame],
-              show_progress="full", show_progress_on=[video_out], **private)
+    run.click(
+        events.process,
+        [video_in, model, layer, mode, stride, max_seconds],
+        [preview, video_out, plot, table, csv_file, status, state, frame],
+        show_progress="full",
+        show_progress_on=[video_out],
+        **private,
+    )
     inspect.click(events.inspect, [state, frame], [image_in, image_model, main_tabs], **private)
 
 

@@ -9,6 +9,7 @@ Each lives in a ``gr.State`` and is immutable: a handler that changes the view r
 outputs, and a view that reads another's state (the receptive field reads ``ImageView``) always
 sees the view shown.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -22,12 +23,13 @@ class ImageView:
     ``layer``: the DCNv3 layer shown (qualified name; None for a model without DCNv3);
     ``highlight``: index of the highlighted detection in the analysis' detections, or None;
     ``cell``: (row, col) of ``layer``'s cell under ``xy`` as last rendered, None off the image."""
+
     xy: tuple[float, float]
     layer: str | None = None
     highlight: int | None = None
     cell: tuple[int, int] | None = None
 
-    def rendered(self, cell) -> "ImageView":
+    def rendered(self, cell) -> ImageView:
         """The view with the cell its render found under ``xy``."""
         cell = None if cell is None else (int(cell[0]), int(cell[1]))
         return self if cell == self.cell else replace(self, cell=cell)
@@ -38,6 +40,7 @@ class CompareView:
     """``analyses``: (model A's, model B's) ``analyser.Analysis`` of one image; ``names``: the two
     model names; ``scale``: detections-panel px per image px; ``xy``: the receptive fields' point,
     continuous processed-image px."""
+
     analyses: tuple
     names: tuple[str, str]
     scale: float
@@ -49,6 +52,7 @@ class VideoRun:
     """A processed video: ``source`` file, the processed source ``frames`` (indices), the frame
     ``stride``, the ``max_side`` its frames were downscaled to, the ``model`` name and the file
     stem ``name`` (for the inspected frames' file names)."""
+
     source: str
     frames: tuple[int, ...]
     stride: int

@@ -5,6 +5,7 @@ textured backgrounds, for training and comparing DCNv3-YOLOv8 against a plain YO
 * :func:`write_dataset` - an ultralytics-layout dataset with ``data.yaml`` and ``recipe.json``.
 * :func:`video_frames` - a short deterministic demo sequence of moving shapes.
 """
+
 from .generator import GENERATOR_VERSION, image_rng, render_scene, video_frames, write_dataset
 from .shapes import CLASS_NAMES
 

@@ -8,6 +8,7 @@ looks like one of the object classes (no sharp-edged filled shape, no straight 2
 Images are BGR uint8 (H, W, 3); coverage masks are float32 (H, W) in [0, 1]; colours are float32
 (3,) BGR in [0, 255]. All randomness comes from the ``numpy.random.Generator`` passed in.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -22,6 +23,7 @@ _GLYPHS = "aBdEfGhkmNpRsuwzQ3579"
 
 
 # ----------------------------------------------------------------------------- colours
+
 
 def luma(bgr) -> np.ndarray:
     """Rec. 601 luma of BGR colour(s) in [0, 255]; works on (..., 3) arrays."""
@@ -66,14 +68,16 @@ def colourise(t: np.ndarray, colours: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- scalar fields
 
+
 def _stretch(x: np.ndarray) -> np.ndarray:
     """Rescale to [0, 1] (float32); a constant field becomes all zeros."""
     lo, hi = float(x.min()), float(x.max())
     return ((x - lo) / max(hi - lo, 1e-6)).astype(np.float32)
 
 
-def value_noise(rng: np.random.Generator, h: int, w: int, octaves: int = 4,
-                cell: float | None = None, persistence: float = 0.5) -> np.ndarray:
+def value_noise(
+    rng: np.random.Generator, h: int, w: int, octaves: int = 4, cell: float | None = None, persistence: float = 0.5
+) -> np.ndarray:
     """(h, w) float32 multi-octave value noise in [0, 1].
 
     Each octave is a grid of uniform random values, one per ``cell`` pixels, upsampled bicubically
@@ -88,7 +92,7 @@ def value_noise(rng: np.random.Generator, h: int, w: int, octaves: int = 4,
         grid = rng.random((gh, gw), dtype=np.float32)
         up = cv2.resize(grid, (int(round(gw * cell)), int(round(gh * cell))), interpolation=cv2.INTER_CUBIC)
         oy, ox = rng.integers(0, int(cell) + 1, 2)
-        total += amplitude * up[oy:oy + h, ox:ox + w]
+        total += amplitude * up[oy : oy + h, ox : ox + w]
         amplitude *= persistence
         cell = max(cell / 2.0, 2.0)
     return _stretch(total)
@@ -129,6 +133,7 @@ def checker_field(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- photos
 
+
 @functools.lru_cache(maxsize=1)
 def load_photos() -> tuple:
     """The photos shipped with ultralytics, as BGR uint8 arrays; an empty tuple if unavailable.
@@ -151,11 +156,11 @@ def photo_crop(rng: np.random.Generator, h: int, w: int, photo: np.ndarray) -> n
     """(h, w, 3) float32 BGR: a random crop of ``photo`` with the target's aspect ratio, rescaled to
     (h, w) and randomly flipped."""
     ph, pw = photo.shape[:2]
-    max_ch = min(ph, pw * h / w)                     # tallest crop with the target aspect that fits
+    max_ch = min(ph, pw * h / w)  # tallest crop with the target aspect that fits
     ch = max_ch * rng.uniform(0.25, 1.0)
     cw = ch * w / h
     y0, x0 = rng.uniform(0, ph - ch), rng.uniform(0, pw - cw)
-    crop = photo[int(y0):int(y0 + ch), int(x0):int(x0 + cw)]
+    crop = photo[int(y0) : int(y0 + ch), int(x0) : int(x0 + cw)]
     shrink = crop.shape[0] > h
     img = cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     if rng.random() < 0.5:
@@ -166,6 +171,7 @@ def photo_crop(rng: np.random.Generator, h: int, w: int, photo: np.ndarray) -> n
 
 
 # ----------------------------------------------------------------------------- backgrounds
+
 
 def _kinds(photos: tuple) -> tuple:
     """(names, probabilities) of the background kinds available in this environment."""
@@ -191,10 +197,12 @@ def make_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     if kind == "photo":
         img = photo_crop(rng, h, w, photos[rng.integers(len(photos))])
     else:
-        field = {"noise": lambda: value_noise(rng, h, w, octaves=int(rng.integers(2, 6))),
-                 "gradient": lambda: gradient_field(rng, h, w),
-                 "stripes": lambda: stripes_field(rng, h, w),
-                 "checker": lambda: checker_field(rng, h, w)}[kind]()
+        field = {
+            "noise": lambda: value_noise(rng, h, w, octaves=int(rng.integers(2, 6))),
+            "gradient": lambda: gradient_field(rng, h, w),
+            "stripes": lambda: stripes_field(rng, h, w),
+            "checker": lambda: checker_field(rng, h, w),
+        }[kind]()
         img = colourise(field, palette(rng, int(rng.integers(2, 4))))
     if rng.random() < 0.35:
         shade = value_noise(rng, h, w, octaves=2, cell=rng.uniform(64.0, 200.0))
@@ -203,6 +211,7 @@ def make_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- clutter
+
 
 def _fixed(pts: np.ndarray) -> np.ndarray:
     """Float pixel-centre coordinates -> int32 fixed-point coordinates for cv2 drawing (shift=_SHIFT).
@@ -239,15 +248,15 @@ def _blob(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A soft-edged, irregular, semi-transparent blob (thresholded noise, blurred)."""
     r = int(rng.uniform(6, 0.2 * min(h, w)))
     field = value_noise(rng, 2 * r, 2 * r, octaves=2, cell=max(r / 2.0, 3.0))
-    y, x = np.mgrid[0:2 * r, 0:2 * r].astype(np.float32) + 0.5
-    falloff = 1.0 - np.hypot(x - r, y - r) / r         # > 0 inside the blob's disc
+    y, x = np.mgrid[0 : 2 * r, 0 : 2 * r].astype(np.float32) + 0.5
+    falloff = 1.0 - np.hypot(x - r, y - r) / r  # > 0 inside the blob's disc
     blob = np.clip((field + falloff - 0.9) * 4.0, 0, 1)
     blob = cv2.GaussianBlur(blob, (0, 0), rng.uniform(1.5, 4.0)) * rng.uniform(0.35, 0.8)
     canvas = np.zeros((h, w), np.float32)
     cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
     ys, xs = max(cy - r, 0), max(cx - r, 0)
     ye, xe = min(cy + r, h), min(cx + r, w)
-    canvas[ys:ye, xs:xe] = blob[ys - (cy - r):ye - (cy - r), xs - (cx - r):xe - (cx - r)]
+    canvas[ys:ye, xs:xe] = blob[ys - (cy - r) : ye - (cy - r), xs - (cx - r) : xe - (cx - r)]
     return (canvas * 255).astype(np.uint8)
 
 
@@ -272,8 +281,7 @@ def _glyphs(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return canvas
 
 
-_CLUTTER = {"scribble": _scribble, "hairline": _hairline, "blob": _blob, "speckle": _speckle,
-            "glyphs": _glyphs}
+_CLUTTER = {"scribble": _scribble, "hairline": _hairline, "blob": _blob, "speckle": _speckle, "glyphs": _glyphs}
 THIN_CLUTTER = ("scribble", "hairline", "speckle")  # may be drawn over objects: they barely hide them
 
 

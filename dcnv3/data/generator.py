@@ -13,6 +13,7 @@ Determinism: every image draws all of its randomness from its own ``numpy.random
 from ``(seed, split, index)`` (see :func:`image_rng`); nothing touches global random state, so the
 output is byte-identical for any number of worker processes.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,22 +29,34 @@ import numpy as np
 import yaml
 
 from .backgrounds import THIN_CLUTTER, clutter, hsv_colour, luma, make_background, value_noise
-from .shapes import (CLASS_NAMES, Geometry, Patch, extent, frame_window, outline_band, perspective_jitter, place,
-                     rasterise, sample_geometry, to_frame)
+from .shapes import (
+    CLASS_NAMES,
+    Geometry,
+    Patch,
+    extent,
+    frame_window,
+    outline_band,
+    perspective_jitter,
+    place,
+    rasterise,
+    sample_geometry,
+    to_frame,
+)
 
-GENERATOR_VERSION = "1"        # bump whenever the same seed would produce different images
-MIN_OBJECT_PX = 12.0           # smallest object size (longest canonical extent, pixels)
-MAX_OBJECT_FRACTION = 0.6      # largest object size, as a fraction of the image side
+GENERATOR_VERSION = "1"  # bump whenever the same seed would produce different images
+MIN_OBJECT_PX = 12.0  # smallest object size (longest canonical extent, pixels)
+MAX_OBJECT_FRACTION = 0.6  # largest object size, as a fraction of the image side
 MAX_OBJECTS = 8
-MIN_VISIBLE_FRACTION = 0.35    # objects hidden (occluded or out of frame) beyond this go unlabelled
-MIN_BOX_PX = 6                 # ... as do objects whose visible box has its longer side below this
-MIN_BOX_SIDE_PX = 2            # ... or its shorter side below this
-MAX_OVERHANG = 0.4             # at most this fraction of an object's extent may leave the image
-_COVERED = 0.5                 # a pixel belongs to an object's visible mask at >= 50 % coverage
-_JPEG_QUALITY = 95             # of the written dataset images (distinct from the JPEG augmentation)
+MIN_VISIBLE_FRACTION = 0.35  # objects hidden (occluded or out of frame) beyond this go unlabelled
+MIN_BOX_PX = 6  # ... as do objects whose visible box has its longer side below this
+MIN_BOX_SIDE_PX = 2  # ... or its shorter side below this
+MAX_OVERHANG = 0.4  # at most this fraction of an object's extent may leave the image
+_COVERED = 0.5  # a pixel belongs to an object's visible mask at >= 50 % coverage
+_JPEG_QUALITY = 95  # of the written dataset images (distinct from the JPEG augmentation)
 
 
 # ----------------------------------------------------------------------------- randomness
+
 
 def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """The random generator of image ``index`` of ``split``: a pure function of its arguments.
@@ -65,6 +78,7 @@ def sample_size(rng: np.random.Generator, image_side: int) -> float:
 
 # ----------------------------------------------------------------------------- appearance
 
+
 @dataclass(frozen=True)
 class Appearance:
     """How an object is painted.
@@ -85,8 +99,9 @@ class Appearance:
     outline_width: int
 
 
-def contrasting_colour(rng: np.random.Generator, reference_luma: float, min_contrast: float = 60.0,
-                       tries: int = 16) -> np.ndarray:
+def contrasting_colour(
+    rng: np.random.Generator, reference_luma: float, min_contrast: float = 60.0, tries: int = 16
+) -> np.ndarray:
     """(3,) float32 BGR random colour whose luma differs from ``reference_luma`` by >= min_contrast.
 
     Rejection sampling keeps the hue free; after ``tries`` misses it falls back to black or white,
@@ -99,8 +114,9 @@ def contrasting_colour(rng: np.random.Generator, reference_luma: float, min_cont
     return np.full(3, 0.0 if reference_luma > 127.5 else 255.0, np.float32)
 
 
-def sample_appearance(rng: np.random.Generator, background_luma: float, size: float,
-                      texture: bool = True, outline_p: float = 0.3) -> Appearance:
+def sample_appearance(
+    rng: np.random.Generator, background_luma: float, size: float, texture: bool = True, outline_p: float = 0.3
+) -> Appearance:
     """A random :class:`Appearance` that stands out against a background of the given mean luma."""
     fill = contrasting_colour(rng, background_luma)
     shade = rng.uniform(-0.4, 0.4, 2).astype(np.float32) if rng.random() < 0.35 else np.zeros(2, np.float32)
@@ -133,6 +149,7 @@ def _fill_field(rng, appearance: Appearance, region: tuple, centre: tuple, size:
 
 
 # ----------------------------------------------------------------------------- compositing
+
 
 @dataclass
 class _SceneObject:
@@ -172,8 +189,9 @@ def occlude(objects: list, alpha: np.ndarray) -> None:
         obj.visible *= 1.0 - alpha
 
 
-def paint_object(rng, canvas: np.ndarray, patch: Patch, appearance: Appearance, centre: tuple,
-                 size: float) -> np.ndarray:
+def paint_object(
+    rng, canvas: np.ndarray, patch: Patch, appearance: Appearance, centre: tuple, size: float
+) -> np.ndarray:
     """Paint a rasterised object (fill, then optional rim) onto ``canvas`` in place.
 
     Only the image region under the patch is touched, which keeps small objects cheap.
@@ -265,11 +283,15 @@ def visible_labels(objects: list) -> tuple:
         classes.append(obj.class_id)
         masks.append(mask)
     shape = objects[0].visible.shape if objects else (0, 0)
-    return (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(classes, np.int64),
-            np.asarray(masks, bool).reshape(-1, *shape))
+    return (
+        np.asarray(boxes, np.float32).reshape(-1, 4),
+        np.asarray(classes, np.int64),
+        np.asarray(masks, bool).reshape(-1, *shape),
+    )
 
 
 # ----------------------------------------------------------------------------- augmentation
+
 
 def augment_image(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     """Photometric augmentation of a float32 (H, W, 3) BGR image in [0, 255] -> uint8.
@@ -291,12 +313,13 @@ def augment_image(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
         img = img + rng.standard_normal(img.shape, dtype=np.float32) * rng.uniform(1.0, 8.0)
     out = np.clip(np.round(img), 0, 255).astype(np.uint8)
     if rng.random() < 0.15:
-        ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(25, 70))])
+        _ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(25, 70))])
         out = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     return out
 
 
 # ----------------------------------------------------------------------------- scenes
+
 
 def render_scene(rng: np.random.Generator, size: int = 320, return_masks: bool = False) -> tuple:
     """One random training image and its labels.
@@ -334,8 +357,10 @@ def yolo_label_text(boxes: np.ndarray, classes: np.ndarray, width: int, height: 
     """YOLO label file contents: one ``cls cx cy w h`` line per box, normalised, 6 decimals."""
     lines = []
     for (x1, y1, x2, y2), c in zip(boxes.tolist(), classes.tolist()):
-        lines.append(f"{c} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} "
-                     f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f}")
+        lines.append(
+            f"{c} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} "
+            f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f}"
+        )
     return "".join(line + "\n" for line in lines)
 
 
@@ -354,8 +379,7 @@ def _write_one(task: tuple) -> None:
         raise RuntimeError(f"JPEG encoding failed for {split} image {index}")
     stem = f"{index:06d}"
     (Path(out_dir) / "images" / split / f"{stem}.jpg").write_bytes(buf.tobytes())
-    (Path(out_dir) / "labels" / split / f"{stem}.txt").write_text(
-        yolo_label_text(boxes, classes, imgsz, imgsz))
+    (Path(out_dir) / "labels" / split / f"{stem}.txt").write_text(yolo_label_text(boxes, classes, imgsz, imgsz))
 
 
 def _prepare_output(out: Path, overwrite: bool) -> None:
@@ -363,8 +387,9 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
     dataset. Stale images or ultralytics ``*.cache`` files would otherwise silently survive."""
     existing = [out / name for name in _OUTPUTS if (out / name).exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{out} already holds a dataset ({', '.join(p.name for p in existing)}); "
-                              "pass overwrite=True to replace it")
+        raise FileExistsError(
+            f"{out} already holds a dataset ({', '.join(p.name for p in existing)}); pass overwrite=True to replace it"
+        )
     for path in existing:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     for kind in ("images", "labels"):
@@ -398,8 +423,16 @@ def _run_tasks(tasks: list, workers: int) -> None:
             pass
 
 
-def write_dataset(out_dir, n_train: int, n_val: int, seed: int = 0, imgsz: int = 320,
-                  workers: int | None = None, *, overwrite: bool = False) -> Path:
+def write_dataset(
+    out_dir,
+    n_train: int,
+    n_val: int,
+    seed: int = 0,
+    imgsz: int = 320,
+    workers: int | None = None,
+    *,
+    overwrite: bool = False,
+) -> Path:
     """Generate a procedural detection dataset in the standard ultralytics layout.
 
     Writes ``out_dir/images/{train,val}/NNNNNN.jpg`` (JPEG quality 95), ``out_dir/labels/{train,val}/
@@ -430,23 +463,31 @@ def write_dataset(out_dir, n_train: int, n_val: int, seed: int = 0, imgsz: int =
         raise ValueError(f"imgsz must be >= 32, got {imgsz}")
     out = Path(out_dir).expanduser().resolve()
     _prepare_output(out, overwrite)
-    tasks = [(str(out), split, i, int(seed), int(imgsz))
-             for split, n in zip(_SPLITS, (n_train, n_val)) for i in range(n)]
+    tasks = [
+        (str(out), split, i, int(seed), int(imgsz)) for split, n in zip(_SPLITS, (n_train, n_val)) for i in range(n)
+    ]
     workers = _default_workers() if workers is None else int(workers)
     _run_tasks(tasks, max(1, min(workers, len(tasks))))
 
-    data = {"path": str(out), "train": "images/train", "val": "images/val",
-            "names": dict(enumerate(CLASS_NAMES))}
+    data = {"path": str(out), "train": "images/train", "val": "images/val", "names": dict(enumerate(CLASS_NAMES))}
     data_yaml = out / "data.yaml"
     data_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
-    recipe = {"generator": "dcnv3.data", "version": GENERATOR_VERSION, "seed": int(seed),
-              "n_train": int(n_train), "n_val": int(n_val), "imgsz": int(imgsz),
-              "class_names": list(CLASS_NAMES), "image_format": "jpg"}
+    recipe = {
+        "generator": "dcnv3.data",
+        "version": GENERATOR_VERSION,
+        "seed": int(seed),
+        "n_train": int(n_train),
+        "n_val": int(n_val),
+        "imgsz": int(imgsz),
+        "class_names": list(CLASS_NAMES),
+        "image_format": "jpg",
+    }
     (out / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
     return data_yaml
 
 
 # ----------------------------------------------------------------------------- video
+
 
 @dataclass(frozen=True)
 class _Track:
@@ -477,8 +518,7 @@ class _Track:
         return float(cx), float(cy), float(size), self.angle + self.spin * t
 
 
-def _sample_track(rng: np.random.Generator, class_id: int, width: int, height: int,
-                  background_luma: float) -> _Track:
+def _sample_track(rng: np.random.Generator, class_id: int, width: int, height: int, background_luma: float) -> _Track:
     """A random :class:`_Track` of class ``class_id`` whose centre stays inside the frame and whose
     speed stays below ~6 px per frame at 15 fps."""
     dims = np.array([width, height], np.float64)
@@ -488,16 +528,24 @@ def _sample_track(rng: np.random.Generator, class_id: int, width: int, height: i
     amplitude = rng.uniform(0.05, 0.25, 2) * dims
     centre = rng.uniform(amplitude + 0.05 * dims, dims - amplitude - 0.05 * dims)
     appearance = sample_appearance(rng, background_luma, size, texture=False, outline_p=0.6)
-    return _Track(geometry=geometry, homography=perspective_jitter(rng), appearance=appearance,
-                  centre=centre, amplitude=amplitude, freq=rng.uniform(0.03, 0.1, 2),
-                  phase=rng.uniform(0, 2 * np.pi, 2), size=size, zoom=zoom,
-                  zoom_freq=float(rng.uniform(0.04, 0.12)), zoom_phase=float(rng.uniform(0, 2 * np.pi)),
-                  angle=float(rng.uniform(0, 2 * np.pi)),
-                  spin=float(rng.choice([-1, 1]) * rng.uniform(0.15, 0.9)))
+    return _Track(
+        geometry=geometry,
+        homography=perspective_jitter(rng),
+        appearance=appearance,
+        centre=centre,
+        amplitude=amplitude,
+        freq=rng.uniform(0.03, 0.1, 2),
+        phase=rng.uniform(0, 2 * np.pi, 2),
+        size=size,
+        zoom=zoom,
+        zoom_freq=float(rng.uniform(0.04, 0.12)),
+        zoom_phase=float(rng.uniform(0, 2 * np.pi)),
+        angle=float(rng.uniform(0, 2 * np.pi)),
+        spin=float(rng.choice([-1, 1]) * rng.uniform(0.15, 0.9)),
+    )
 
 
-def video_frames(seed: int = 0, size: tuple = (480, 320), seconds: float = 12.0, fps: float = 15,
-                 n_objects: int = 5):
+def video_frames(seed: int = 0, size: tuple = (480, 320), seconds: float = 12.0, fps: float = 15, n_objects: int = 5):
     """A short deterministic demo sequence: shapes drifting, growing, shrinking and spinning over a
     slowly panning textured background.
 
@@ -523,8 +571,10 @@ def video_frames(seed: int = 0, size: tuple = (480, 320), seconds: float = 12.0,
     background = make_background(rng, height + margin, width + margin).astype(np.float32)
     pan_phase, pan_period = rng.uniform(0, 2 * np.pi, 2), seconds * rng.uniform(1.0, 2.0, 2)
     bg_luma = float(luma(background).mean())
-    tracks = [_sample_track(rng, int(c), width, height, bg_luma)
-              for c in rng.choice(len(CLASS_NAMES), n_objects, replace=False)]
+    tracks = [
+        _sample_track(rng, int(c), width, height, bg_luma)
+        for c in rng.choice(len(CLASS_NAMES), n_objects, replace=False)
+    ]
     for f in range(int(round(seconds * fps))):
         t = f / fps
         # Sub-pixel pan along a slow sinusoid; warpAffine interpolates, so the motion is smooth.

@@ -15,6 +15,7 @@ Conventions used throughout ``dcnv3.data``:
 * Rasterised shapes are anti-aliased *coverage* masks: float32 in ``[0, 1]``, the fraction of each
   pixel the shape covers, estimated on a ``SUPERSAMPLE x SUPERSAMPLE`` grid of sub-pixel samples.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,10 +25,10 @@ import numpy as np
 
 CLASS_NAMES = ("bar", "ring", "disc", "triangle", "cross", "crescent", "star")
 
-SUPERSAMPLE = 4          # sub-pixel samples per pixel side; 16 samples give smooth, cheap edges
-_SHIFT = 4               # fixed-point fraction bits for cv2.fillPoly vertices (1/16 of a sample)
-MIN_STROKE_PX = 2.0      # thinnest part (bar width, ring wall, cross arm) at the smallest rendered size
-_CIRCLE_VERTICES = 96    # polygon approximation of ellipses: < 0.1 px error at 200 px radius
+SUPERSAMPLE = 4  # sub-pixel samples per pixel side; 16 samples give smooth, cheap edges
+_SHIFT = 4  # fixed-point fraction bits for cv2.fillPoly vertices (1/16 of a sample)
+MIN_STROKE_PX = 2.0  # thinnest part (bar width, ring wall, cross arm) at the smallest rendered size
+_CIRCLE_VERTICES = 96  # polygon approximation of ellipses: < 0.1 px error at 200 px radius
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class Patch:
 
 # ----------------------------------------------------------------------------- canonical polygons
 
+
 def ellipse(cx: float, cy: float, rx: float, ry: float, n: int = _CIRCLE_VERTICES) -> np.ndarray:
     """(n, 2) float64 vertices of an axis-aligned ellipse centred on (cx, cy)."""
     t = np.linspace(0.0, 2.0 * np.pi, n, endpoint=False)
@@ -70,8 +72,9 @@ def ellipse(cx: float, cy: float, rx: float, ry: float, n: int = _CIRCLE_VERTICE
 
 def rectangle(cx: float, cy: float, w: float, h: float) -> np.ndarray:
     """(4, 2) float64 vertices of an axis-aligned w x h rectangle centred on (cx, cy)."""
-    return np.array([[cx - w / 2, cy - h / 2], [cx + w / 2, cy - h / 2],
-                     [cx + w / 2, cy + h / 2], [cx - w / 2, cy + h / 2]])
+    return np.array(
+        [[cx - w / 2, cy - h / 2], [cx + w / 2, cy - h / 2], [cx + w / 2, cy + h / 2], [cx - w / 2, cy + h / 2]]
+    )
 
 
 def _normalise(polygons: list) -> list:
@@ -95,8 +98,7 @@ def _ring(rng: np.random.Generator, size_px: float) -> list:
     # Wall thickness 0.5 * squash * (1 - inner) * size_px must stay >= MIN_STROKE_PX.
     inner = min(inner, 1.0 - MIN_STROKE_PX / (0.5 * squash * size_px))
     inner = max(inner, 0.3)  # keep a visible hole even when the wall would want to be thicker
-    return [(ellipse(0, 0, 0.5, 0.5 * squash), True),
-            (ellipse(0, 0, 0.5 * inner, 0.5 * squash * inner), False)]
+    return [(ellipse(0, 0, 0.5, 0.5 * squash), True), (ellipse(0, 0, 0.5 * inner, 0.5 * squash * inner), False)]
 
 
 def _disc(rng: np.random.Generator, size_px: float) -> list:
@@ -117,8 +119,10 @@ def _cross(rng: np.random.Generator, size_px: float) -> list:
     thick_h, thick_v = np.maximum(rng.uniform(0.15, 0.4, 2), MIN_STROKE_PX / size_px)
     # The arms meet near, not always exactly at, their middles: still a plus sign.
     off_x, off_y = rng.uniform(-0.08, 0.08, 2)
-    return [(rectangle(0, off_y * vertical_len, 1.0, thick_h), True),
-            (rectangle(off_x, 0, thick_v, vertical_len), True)]
+    return [
+        (rectangle(0, off_y * vertical_len, 1.0, thick_h), True),
+        (rectangle(off_x, 0, thick_v, vertical_len), True),
+    ]
 
 
 def _crescent(rng: np.random.Generator, size_px: float) -> list:
@@ -128,8 +132,7 @@ def _crescent(rng: np.random.Generator, size_px: float) -> list:
     widest = rng.uniform(max(1.0 - 2.0 * r_in + 0.06, MIN_STROKE_PX / size_px), 1.0 - 2.0 * r_in + 0.3)
     d = widest - 0.5 + r_in
     squash = rng.uniform(0.8, 1.0)
-    return [(ellipse(0, 0, 0.5, 0.5 * squash), True),
-            (ellipse(d, 0, r_in, r_in * squash), False)]
+    return [(ellipse(0, 0, 0.5, 0.5 * squash), True), (ellipse(d, 0, r_in, r_in * squash), False)]
 
 
 def _star(rng: np.random.Generator, size_px: float) -> list:
@@ -160,6 +163,7 @@ def sample_geometry(rng: np.random.Generator, class_id: int, size_px: float) -> 
 
 # ----------------------------------------------------------------------------- placement
 
+
 def perspective_jitter(rng: np.random.Generator, strength: float = 0.08) -> np.ndarray:
     """(3, 3) float64 homography of the canonical frame: the unit square's corners moved by up to
     ``strength`` (in canonical units) each; a mild out-of-plane tilt."""
@@ -168,8 +172,9 @@ def perspective_jitter(rng: np.random.Generator, strength: float = 0.08) -> np.n
     return cv2.getPerspectiveTransform(src, dst).astype(np.float64)
 
 
-def place(geometry: Geometry, cx: float, cy: float, size: float, angle: float,
-          homography: np.ndarray | None = None) -> list:
+def place(
+    geometry: Geometry, cx: float, cy: float, size: float, angle: float, homography: np.ndarray | None = None
+) -> list:
     """Map a canonical shape into image coordinates.
 
     Order: homography (canonical frame) -> scale by ``size`` pixels -> rotate by ``angle`` radians
@@ -197,6 +202,7 @@ def extent(placed: list) -> tuple:
 
 
 # ----------------------------------------------------------------------------- rasterisation
+
 
 def inset(poly: np.ndarray, d: float) -> np.ndarray:
     """(N, 2) polygon with every edge moved ``d`` inward (mitred corners), either orientation.
@@ -261,8 +267,7 @@ def frame_window(patch: Patch, height: int, width: int) -> tuple | None:
     xs, xe = max(patch.x0, 0), min(patch.x0 + patch.alpha.shape[1], width)
     if ys >= ye or xs >= xe:
         return None
-    return ((slice(ys, ye), slice(xs, xe)),
-            (slice(ys - patch.y0, ye - patch.y0), slice(xs - patch.x0, xe - patch.x0)))
+    return ((slice(ys, ye), slice(xs, xe)), (slice(ys - patch.y0, ye - patch.y0), slice(xs - patch.x0, xe - patch.x0)))
 
 
 def to_frame(patch: Patch, height: int, width: int) -> np.ndarray:

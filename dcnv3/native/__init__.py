@@ -1,7 +1,8 @@
 """The compiled CPU kernel of the DCNv3 core: built on first use, cached, loaded through ctypes.
 
 ``dcnv3_cpu.cpp`` holds a forward and a backward that each walk the samples once, in parallel
-with OpenMP, and the inference-time softmax over each group's P points. It includes no PyTorch header, so g++ builds it in about a second; the library goes
+with OpenMP, and the inference-time softmax over each group's P points. It includes no PyTorch header,
+so g++ builds it in about a second; the library goes
 to ``$DEFORMLENS_CACHE_DIR`` (default ``$XDG_CACHE_HOME/deformlens``, i.e. ``~/.cache/deformlens``)
 under a name that hashes the source, the flags, the compiler and this CPU's instruction sets, so
 an edited source, another compiler or another machine sharing the home directory gets its own
@@ -11,6 +12,7 @@ None and the operator keeps its pure-PyTorch formulations.
 The OpenMP runtime is the one PyTorch already loaded (libgomp.so.1 is resolved by soname), so the
 kernel runs on ``torch.get_num_threads()`` threads and shares PyTorch's thread pool.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -29,16 +31,15 @@ SOURCE = Path(__file__).with_name("dcnv3_cpu.cpp")
 # The forward keeps one group's channel sums on the stack: dcnv3_cpu.cpp refuses wider groups.
 MAX_GROUP_CHANNELS = 1024
 # -ffp-contract=off: no FMA contraction, so locations round exactly as PyTorch's separate ops do.
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17",
-         "-ffp-contract=off", "-fno-math-errno"]
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17", "-ffp-contract=off", "-fno-math-errno"]
 
 
 class Dcnv3Shape(ctypes.Structure):
     """The ``Dcnv3Shape`` struct of ``dcnv3_cpu.cpp``."""
-    _fields_ = [(name, ctypes.c_int64) for name in
-                ("n", "in_h", "in_w", "out_h", "out_w", "group", "group_channels", "points")] + \
-               [(name, ctypes.c_double) for name in
-                ("offset_scale", "size_w", "size_h", "pad_w", "pad_h")]
+
+    _fields_ = [
+        (name, ctypes.c_int64) for name in ("n", "in_h", "in_w", "out_h", "out_w", "group", "group_channels", "points")
+    ] + [(name, ctypes.c_double) for name in ("offset_scale", "size_w", "size_h", "pad_w", "pad_h")]
 
 
 class NativeBuildError(RuntimeError):
@@ -73,8 +74,9 @@ def _cpu_signature() -> str:
 
 def _library_path(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version,
-                                    _cpu_signature()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        "\0".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_signature()]).encode()
+    ).hexdigest()[:16]
     return cache_dir() / f"dcnv3_cpu-{key}.so"
 
 
@@ -91,8 +93,7 @@ def build() -> Path:
     handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(handle)
     try:
-        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", partial],
-                                capture_output=True, text=True)
+        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", partial], capture_output=True, text=True)
         if result.returncode != 0:
             raise NativeBuildError(f"{compiler} failed:\n{result.stderr.strip()}")
         os.replace(partial, target)

@@ -28,6 +28,7 @@ For each layout this script
    ``pred`` and, per DCNv2, its offset head's output split as the family splits it (``.offset``
    (N, 2*G*K*K, H, W) in torchvision's layout, ``.mask_logits`` (N, G*K*K, H, W)).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,14 +46,13 @@ import torchvision  # noqa: F401 - registers torch.ops.torchvision, as the famil
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import make_fork_fixtures as common  # noqa: E402  (the DCNv3 fixtures' public helpers)
-
-from ultralytics.utils.torch_utils import initialize_weights  # noqa: E402
-
+import make_fork_fixtures as common
+from ultralytics.utils.torch_utils import initialize_weights
 
 
 class Family(NamedTuple):
     """One published checkout of the family: the classes its block.py gives, the layouts built."""
+
     source: str
     model: str  # "yolov8" or "yolo11"
     classes: tuple[str, ...]
@@ -60,14 +60,36 @@ class Family(NamedTuple):
 
 
 FAMILIES = {
-    "v8": Family("xiaosanmeng/Lightweight-Vehicle-Detection-Network-Based-on-Improved-YOLOv8", "yolov8",
-                 ("DCNv2", "Bottleneck_DCNV2", "C2f_DCNv2", "DCNv2_Offset_Attention", "DCNv2_Dynamic",
-                  "Bottleneck_DCNV2_Dynamic", "C2f_DCNv2_Dynamic"),
-                 {"extra_dcnv2_v8": "C2f_DCNv2", "extra_dcnv2_dynamic_v8": "C2f_DCNv2_Dynamic"}),
-    "v11": Family("Ascom-stack/yolo11", "yolo11",
-                  ("DCNv2", "Bottleneck_DCNV2", "C3k_DCNv2", "C3k2_DCNv2", "DCNv2_Offset_Attention",
-                   "DCNv2_Dynamic", "Bottleneck_DCNV2_Dynamic", "C3k_DCNv2_Dynamic", "C3k2_DCNv2_Dynamic"),
-                  {"extra_dcnv2_v11": "C3k2_DCNv2", "extra_dcnv2_dynamic_v11": "C3k2_DCNv2_Dynamic"}),
+    "v8": Family(
+        "xiaosanmeng/Lightweight-Vehicle-Detection-Network-Based-on-Improved-YOLOv8",
+        "yolov8",
+        (
+            "DCNv2",
+            "Bottleneck_DCNV2",
+            "C2f_DCNv2",
+            "DCNv2_Offset_Attention",
+            "DCNv2_Dynamic",
+            "Bottleneck_DCNV2_Dynamic",
+            "C2f_DCNv2_Dynamic",
+        ),
+        {"extra_dcnv2_v8": "C2f_DCNv2", "extra_dcnv2_dynamic_v8": "C2f_DCNv2_Dynamic"},
+    ),
+    "v11": Family(
+        "Ascom-stack/yolo11",
+        "yolo11",
+        (
+            "DCNv2",
+            "Bottleneck_DCNV2",
+            "C3k_DCNv2",
+            "C3k2_DCNv2",
+            "DCNv2_Offset_Attention",
+            "DCNv2_Dynamic",
+            "Bottleneck_DCNV2_Dynamic",
+            "C3k_DCNv2_Dynamic",
+            "C3k2_DCNv2_Dynamic",
+        ),
+        {"extra_dcnv2_v11": "C3k2_DCNv2", "extra_dcnv2_dynamic_v11": "C3k2_DCNv2_Dynamic"},
+    ),
 }
 
 
@@ -115,8 +137,11 @@ def load_family(checkout: Path, family: Family) -> dict:
 
 def dcnv2_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The family's DCNv2 blocks: those holding ``weight``, ``conv_offset_mask`` and ``deformable_groups``."""
-    return [(name, m) for name, m in model.named_modules()
-            if "conv_offset_mask" in m._modules and "weight" in m._parameters and hasattr(m, "deformable_groups")]
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if "conv_offset_mask" in m._modules and "weight" in m._parameters and hasattr(m, "deformable_groups")
+    ]
 
 
 def offset_conv(layer: nn.Module) -> nn.Conv2d:
@@ -149,8 +174,8 @@ def randomise(model: nn.Module, seed: int) -> None:
         conv = offset_conv(layer)
         points = layer.deformable_groups * layer.kernel_size[0] * layer.kernel_size[1]
         fan_in = conv.weight[0].numel()
-        conv.weight[:2 * points].normal_(0, OFFSET_GAIN / fan_in ** 0.5, generator=generator)
-        conv.weight[2 * points:].normal_(0, MASK_GAIN / fan_in ** 0.5, generator=generator)
+        conv.weight[: 2 * points].normal_(0, OFFSET_GAIN / fan_in**0.5, generator=generator)
+        conv.weight[2 * points :].normal_(0, MASK_GAIN / fan_in**0.5, generator=generator)
         conv.bias.normal_(0, 1.0, generator=generator)
         layer.bias.normal_(0, 0.1, generator=generator)
         if not isinstance(layer.conv_offset_mask, nn.Conv2d):
@@ -171,6 +196,7 @@ def record_forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dic
             o1, o2, mask = torch.chunk(out, 3, dim=1)  # the family's own split
             layers[name + ".offset"] = torch.cat((o1, o2), dim=1).clone()
             layers[name + ".mask_logits"] = mask.clone()
+
         hooks.append(layer.conv_offset_mask.register_forward_hook(keep))
     try:
         pred = model(x)[0]
@@ -190,18 +216,24 @@ def sensitivity(model: nn.Module, x: torch.Tensor, pred: torch.Tensor) -> dict:
             points = layer.deformable_groups * layer.kernel_size[0] * layer.kernel_size[1]
 
             def edit(_m, _i, out, label=label, points=points):
-                offset, mask = out[:, :2 * points], out[:, 2 * points:]
-                offset = torch.zeros_like(offset) if label == "zero offsets" else \
-                    offset.unflatten(1, (-1, 2)).flip(2).flatten(1, 2)
+                offset, mask = out[:, : 2 * points], out[:, 2 * points :]
+                offset = (
+                    torch.zeros_like(offset)
+                    if label == "zero offsets"
+                    else offset.unflatten(1, (-1, 2)).flip(2).flatten(1, 2)
+                )
                 return torch.cat([offset, mask], 1)
+
             hooks.append(layer.conv_offset_mask.register_forward_hook(edit))
         try:
             other = model(x)[0]
         finally:
             for hook in hooks:
                 hook.remove()
-        moves[label] = (round((other[:, :4] - pred[:, :4]).abs().max().item(), 2),
-                        round((other[:, 4:] - pred[:, 4:]).abs().max().item(), 4))
+        moves[label] = (
+            round((other[:, :4] - pred[:, :4]).abs().max().item(), 2),
+            round((other[:, 4:] - pred[:, 4:]).abs().max().item(), 4),
+        )
     return moves
 
 
@@ -240,26 +272,40 @@ def build(layout: str, container, family: Family, out: Path, seed: int) -> None:
         raise SystemExit(f"{layout}: no seed within {common.ROUNDING_BOUNDS}")
     common.save_layouts(model, out, layout, f"{layout}.yaml")
     pred, layers = record_forward(reference, x)
-    expected = {"input_shape": list(x.shape), "input_sum": x.double().sum().item(), "pred": pred,
-                "layers": layers, "image": "assets/examples/bus.jpg", "source": family.source, "seed": attempt,
-                "fp32_vs_fp64": rounding,
-                "note": f"{layout}: raw DetectionModel output and every DCNv2's offset head output (split "
-                        f"as the family splits it: offset = cat(o1, o2), mask logits) on the letterboxed "
-                        f"image (LetterBox((640, 640), auto=True, stride=32)), eval mode, fp32 from the "
-                        f"fp16 weights, computed by the family's own code"}
+    expected = {
+        "input_shape": list(x.shape),
+        "input_sum": x.double().sum().item(),
+        "pred": pred,
+        "layers": layers,
+        "image": "assets/examples/bus.jpg",
+        "source": family.source,
+        "seed": attempt,
+        "fp32_vs_fp64": rounding,
+        "note": f"{layout}: raw DetectionModel output and every DCNv2's offset head output (split "
+        f"as the family splits it: offset = cat(o1, o2), mask logits) on the letterboxed "
+        f"image (LetterBox((640, 640), auto=True, stride=32)), eval mode, fp32 from the "
+        f"fp16 weights, computed by the family's own code",
+    }
     torch.save(expected, out / f"{layout}_expected.pt")
     offsets = torch.cat([v.flatten() for k, v in layers.items() if k.endswith(".offset")])
-    print(f"{layout}: seed {attempt}, {sum(p.numel() for p in model.parameters())} parameters, "
-          f"{len(dcnv2_layers(model))} DCNv2 layers, mean |offset| {offsets.abs().mean():.2f} cells, pred "
-          f"{tuple(pred.shape)}; fp32 vs fp64 {rounding}; moved by {sensitivity(reference, x, pred)}")
+    print(
+        f"{layout}: seed {attempt}, {sum(p.numel() for p in model.parameters())} parameters, "
+        f"{len(dcnv2_layers(model))} DCNv2 layers, mean |offset| {offsets.abs().mean():.2f} cells, pred "
+        f"{tuple(pred.shape)}; fp32 vs fp64 {rounding}; moved by {sensitivity(reference, x, pred)}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--extra-v8", type=Path, default=None,
-                        help="the extra_modules family's YOLOv8 checkout (xiaosanmeng/Lightweight-Vehicle-...)")
-    parser.add_argument("--extra-v11", type=Path, default=None,
-                        help="the extra_modules family's YOLO11 checkout (Ascom-stack/yolo11)")
+    parser.add_argument(
+        "--extra-v8",
+        type=Path,
+        default=None,
+        help="the extra_modules family's YOLOv8 checkout (xiaosanmeng/Lightweight-Vehicle-...)",
+    )
+    parser.add_argument(
+        "--extra-v11", type=Path, default=None, help="the extra_modules family's YOLO11 checkout (Ascom-stack/yolo11)"
+    )
     parser.add_argument("--out", type=Path, default=common.ROOT / "tests" / "data" / "forks" / "dcnv2")
     args = parser.parse_args()
     checkouts = {"v8": args.extra_v8, "v11": args.extra_v11}

@@ -32,6 +32,7 @@ package ``DCNv4`` (``from DCNv4.modules.dcnv4 import DCNv4``), so its checkpoint
    ``pred`` and, per DCNv4 module, its ``offset_mask`` Linear output as (N, H, W, C_om).
 It prints how far the prediction moves when the offsets are zeroed or read as (dy, dx).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,6 +62,7 @@ SOURCE = "Ascom-stack/yolo11"
 # 1. The fork's code at the fork's module paths
 # ---------------------------------------------------------------------------------------------
 
+
 def internimage_fp32_core(checkout: Path):
     """InternImage's ``dcnv3_core_pytorch`` as InternImage ships it. ``golden.internimage_core``
     makes its sampling grids float64 for the float64 golden vectors; the fork's forward runs in
@@ -80,9 +82,18 @@ def load_fork(checkout: Path, internimage: Path) -> dict:
     sys.modules[block.__name__] = block
     sys.modules["ultralytics.nn.extra_modules"].block = block
     # What the fork's block.py gives these classes (its star imports of the stock modules).
-    block.__dict__.update({"torch": torch, "nn": nn, "Conv": stock_conv.Conv, "autopad": stock_conv.autopad,
-                           "Bottleneck": stock_block.Bottleneck, "C3k": stock_block.C3k,
-                           "C3k2": stock_block.C3k2, "DCNv4": dcnv4_class})
+    block.__dict__.update(
+        {
+            "torch": torch,
+            "nn": nn,
+            "Conv": stock_conv.Conv,
+            "autopad": stock_conv.autopad,
+            "Bottleneck": stock_block.Bottleneck,
+            "C3k": stock_block.C3k,
+            "C3k2": stock_block.C3k2,
+            "DCNv4": dcnv4_class,
+        }
+    )
     forks.exec_fork_classes(fork / "block.py", list(FORK_BLOCKS), block)
     return {name: getattr(block, name) for name in FORK_BLOCKS}
 
@@ -90,6 +101,7 @@ def load_fork(checkout: Path, internimage: Path) -> dict:
 # ---------------------------------------------------------------------------------------------
 # 2. A small YOLO11 with the fork's C3k2_DCNv4
 # ---------------------------------------------------------------------------------------------
+
 
 def with_fork_blocks(c3k2_dcnv4: type):
     model = forks.small_model("yolo11")
@@ -102,8 +114,11 @@ def with_fork_blocks(c3k2_dcnv4: type):
 
 def dcnv4_operators(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The fork's DCNv4 modules: those holding offset_mask, value_proj and output_proj."""
-    return [(name, m) for name, m in model.named_modules()
-            if all(hasattr(m, a) for a in ("offset_mask", "value_proj", "output_proj"))]
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if all(hasattr(m, a) for a in ("offset_mask", "value_proj", "output_proj"))
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,7 +136,7 @@ def randomise(model: nn.Module, seed: int) -> None:
     forks.randomise(model, seed)  # the Detect head and the BatchNorms (no DCNv3 here)
     generator = torch.Generator().manual_seed(10_000 + seed)
     for _, op in dcnv4_operators(model):
-        points = op.kernel_size ** 2 - op.remove_center
+        points = op.kernel_size**2 - op.remove_center
         weight, bias = op.offset_mask.weight, op.offset_mask.bias
         weight.normal_(0, 1.0 / math.sqrt(op.channels), generator=generator)  # the padding: noise
         bias.normal_(0, 1.0, generator=generator)
@@ -136,6 +151,7 @@ def randomise(model: nn.Module, seed: int) -> None:
 # 5. The fork's own forward
 # ---------------------------------------------------------------------------------------------
 
+
 def _hooks(model: nn.Module, edit=None, record: dict | None = None) -> list:
     """Forward hooks on every DCNv4's offset_mask Linear (output (N, L, C_om); the DCNv4's NCHW
     input gives H, W): record it as (N, H, W, C_om), or replace it by ``edit(output, op)``."""
@@ -148,6 +164,7 @@ def _hooks(model: nn.Module, edit=None, record: dict | None = None) -> list:
             if record is not None:
                 record[name + ".offset_mask"] = out.detach().reshape(out.shape[0], *shape["hw"], -1).clone()
             return edit(out, op) if edit is not None else None
+
         hooks.append(op.offset_mask.register_forward_hook(on_output))
     return hooks
 
@@ -165,13 +182,16 @@ def record_forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dic
 
 
 def _edited_offsets(out: torch.Tensor, op: nn.Module, label: str) -> torch.Tensor:
-    points = op.kernel_size ** 2 - op.remove_center
+    points = op.kernel_size**2 - op.remove_center
     used = op.group * 3 * points
     blocks = out[..., :used].unflatten(-1, (op.group, 3 * points))
-    offsets = blocks[..., :2 * points]
-    offsets = torch.zeros_like(offsets) if label == "zero offsets" else \
-        offsets.unflatten(-1, (points, 2)).flip(-1).flatten(-2)
-    edited = torch.cat([offsets, blocks[..., 2 * points:]], dim=-1).flatten(-2)
+    offsets = blocks[..., : 2 * points]
+    offsets = (
+        torch.zeros_like(offsets)
+        if label == "zero offsets"
+        else offsets.unflatten(-1, (points, 2)).flip(-1).flatten(-2)
+    )
+    edited = torch.cat([offsets, blocks[..., 2 * points :]], dim=-1).flatten(-2)
     return torch.cat([edited, out[..., used:]], dim=-1)
 
 
@@ -186,8 +206,10 @@ def sensitivity(model: nn.Module, x: torch.Tensor, pred: torch.Tensor) -> dict:
         finally:
             for hook in hooks:
                 hook.remove()
-        moves[label] = (round((other[:, :4] - pred[:, :4]).abs().max().item(), 2),
-                        round((other[:, 4:] - pred[:, 4:]).abs().max().item(), 4))
+        moves[label] = (
+            round((other[:, :4] - pred[:, :4]).abs().max().item(), 2),
+            round((other[:, 4:] - pred[:, 4:]).abs().max().item(), 4),
+        )
     return moves
 
 
@@ -206,26 +228,39 @@ def build(classes: dict, out: Path, layout: str, seed: int) -> None:
         raise SystemExit(f"{layout}: no seed within {forks.ROUNDING_BOUNDS}")
     forks.save_layouts(model, out, layout, f"{layout}.yaml")
     pred, layers = record_forward(reference, x)
-    expected = {"input_shape": list(x.shape), "input_sum": x.double().sum().item(), "pred": pred,
-                "layers": layers, "image": "assets/examples/bus.jpg", "source": SOURCE, "seed": attempt,
-                "fp32_vs_fp64": rounding,
-                "note": f"{layout}: raw DetectionModel output and every DCNv4's offset_mask Linear output "
-                        f"(N, H, W, C_om) on the letterboxed image (LetterBox((640, 640), auto=True, stride=32)), "
-                        f"eval mode, fp32 from the fp16 weights, computed by the fork's own code with "
-                        f"InternImage's dcnv3_core_pytorch on the per-group split (scalars not normalised)"}
+    expected = {
+        "input_shape": list(x.shape),
+        "input_sum": x.double().sum().item(),
+        "pred": pred,
+        "layers": layers,
+        "image": "assets/examples/bus.jpg",
+        "source": SOURCE,
+        "seed": attempt,
+        "fp32_vs_fp64": rounding,
+        "note": f"{layout}: raw DetectionModel output and every DCNv4's offset_mask Linear output "
+        f"(N, H, W, C_om) on the letterboxed image (LetterBox((640, 640), auto=True, stride=32)), "
+        f"eval mode, fp32 from the fp16 weights, computed by the fork's own code with "
+        f"InternImage's dcnv3_core_pytorch on the per-group split (scalars not normalised)",
+    }
     torch.save(expected, out / f"{layout}_expected.pt")
     ops = dcnv4_operators(model)
-    print(f"{layout}: seed {attempt}, {sum(p.numel() for p in model.parameters())} parameters, "
-          f"{len(ops)} DCNv4 layers ({', '.join(f'{n}: C {m.channels} G {m.group}' for n, m in ops)}), "
-          f"pred {tuple(pred.shape)} boxes in [{pred[0, :4].min():.1f}, {pred[0, :4].max():.1f}] scores in "
-          f"[{pred[0, 4:].min():.3f}, {pred[0, 4:].max():.3f}]; fp32 vs fp64 {rounding}; "
-          f"moved by {sensitivity(reference, x, pred)}")
+    print(
+        f"{layout}: seed {attempt}, {sum(p.numel() for p in model.parameters())} parameters, "
+        f"{len(ops)} DCNv4 layers ({', '.join(f'{n}: C {m.channels} G {m.group}' for n, m in ops)}), "
+        f"pred {tuple(pred.shape)} boxes in [{pred[0, :4].min():.1f}, {pred[0, :4].max():.1f}] scores in "
+        f"[{pred[0, 4:].min():.3f}, {pred[0, 4:].max():.3f}]; fp32 vs fp64 {rounding}; "
+        f"moved by {sensitivity(reference, x, pred)}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--fork", type=Path, required=True,
-                        help="Ascom-stack/yolo11 checkout (ultralytics/nn/extra_modules/{block.py,DCNv4_op})")
+    parser.add_argument(
+        "--fork",
+        type=Path,
+        required=True,
+        help="Ascom-stack/yolo11 checkout (ultralytics/nn/extra_modules/{block.py,DCNv4_op})",
+    )
     parser.add_argument("--internimage", type=Path, required=True, help="OpenGVLab/InternImage checkout")
     parser.add_argument("--out", type=Path, default=forks.ROOT / "tests" / "data" / "forks" / "extra_v11_dcnv4")
     args = parser.parse_args()

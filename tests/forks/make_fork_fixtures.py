@@ -36,6 +36,7 @@ For each layout this script
 It also prints how far the prediction moves when the offsets are zeroed or read as (dy, dx),
 which shows the fixtures are sensitive to a wrong reading.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,9 +67,8 @@ if "--inside-fork" in sys.argv:  # the fork's ultralytics imports its CUDA op at
 
 import cv2  # noqa: E402
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
 import ultralytics  # noqa: E402
+from torch import nn  # noqa: E402
 from ultralytics.data.augment import LetterBox  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load  # noqa: E402
 from ultralytics.utils.torch_utils import initialize_weights  # noqa: E402
@@ -82,6 +82,7 @@ CFG = Path(ultralytics.__file__).parent / "cfg" / "models"
 # ---------------------------------------------------------------------------------------------
 # 1. The forks' code at the forks' module paths
 # ---------------------------------------------------------------------------------------------
+
 
 def package_module(name: str, directory: Path) -> types.ModuleType:
     """A package module ``name`` whose submodules are imported from ``directory``, without
@@ -101,11 +102,41 @@ def _pure_pytorch_core(functions_module) -> None:
 
     class ReferenceFunction:
         @staticmethod
-        def apply(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                  dilation_h, dilation_w, group, group_channels, offset_scale, im2col_step,
-                  remove_center=0):
-            return core(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                        dilation_h, dilation_w, group, group_channels, offset_scale, remove_center)
+        def apply(
+            input,
+            offset,
+            mask,
+            kernel_h,
+            kernel_w,
+            stride_h,
+            stride_w,
+            pad_h,
+            pad_w,
+            dilation_h,
+            dilation_w,
+            group,
+            group_channels,
+            offset_scale,
+            im2col_step,
+            remove_center=0,
+        ):
+            return core(
+                input,
+                offset,
+                mask,
+                kernel_h,
+                kernel_w,
+                stride_h,
+                stride_w,
+                pad_h,
+                pad_w,
+                dilation_h,
+                dilation_w,
+                group,
+                group_channels,
+                offset_scale,
+                remove_center,
+            )
 
     return ReferenceFunction
 
@@ -152,13 +183,24 @@ def load_extra_modules(checkout: Path) -> dict:
     # What the fork's block.py imports for these classes (``from ..modules.block import *`` etc.).
     stock_block = importlib.import_module("ultralytics.nn.modules.block")
     stock_conv = importlib.import_module("ultralytics.nn.modules.conv")
-    block.__dict__.update({"torch": torch, "nn": nn, "Conv": stock_conv.Conv, "autopad": stock_conv.autopad,
-                           "Bottleneck": stock_block.Bottleneck, "C2f": stock_block.C2f,
-                           "C3": stock_block.C3, "C3k": stock_block.C3k, "C3k2": stock_block.C3k2,
-                           "DCNv3": dcnv3_module.DCNv3})
+    block.__dict__.update(
+        {
+            "torch": torch,
+            "nn": nn,
+            "Conv": stock_conv.Conv,
+            "autopad": stock_conv.autopad,
+            "Bottleneck": stock_block.Bottleneck,
+            "C2f": stock_block.C2f,
+            "C3": stock_block.C3,
+            "C3k": stock_block.C3k,
+            "C3k2": stock_block.C3k2,
+            "DCNv3": dcnv3_module.DCNv3,
+        }
+    )
     source = (fork / "block.py").read_text(encoding="utf-8")
-    names = [n for n in ("DCNV3_YOLO", "Bottleneck_DCNV3", "C2f_DCNv3", "C3k_DCNv3", "C3k2_DCNv3")
-             if f"class {n}(" in source]
+    names = [
+        n for n in ("DCNV3_YOLO", "Bottleneck_DCNV3", "C2f_DCNv3", "C3k_DCNv3", "C3k2_DCNv3") if f"class {n}(" in source
+    ]
     exec_fork_classes(fork / "block.py", names, block)
     return {name: getattr(block, name) for name in names}
 
@@ -218,6 +260,7 @@ def with_fork_blocks(family: str, classes: dict, container: str) -> DetectionMod
 # 3. Non-trivial weights
 # ---------------------------------------------------------------------------------------------
 
+
 def letterboxed(path: Path, size: int = 640) -> torch.Tensor:
     """(1, 3, H, W) float32 in [0, 1], RGB: ultralytics' LetterBox(auto=True, stride=32)."""
     image = cv2.imread(str(path))
@@ -227,8 +270,11 @@ def letterboxed(path: Path, size: int = 640) -> torch.Tensor:
 
 def dcnv3_operators(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The fork's DCNv3 operator modules: those holding offset, mask, input_proj and output_proj."""
-    return [(name, m) for name, m in model.named_modules()
-            if all(hasattr(m, a) for a in ("offset", "mask", "input_proj", "output_proj"))]
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if all(hasattr(m, a) for a in ("offset", "mask", "input_proj", "output_proj"))
+    ]
 
 
 # Weight scales (std * sqrt(fan-in)) of the heads made non-trivial. Random convolutions give
@@ -247,18 +293,18 @@ def randomise(model: DetectionModel, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     for _, op in dcnv3_operators(model):
         # Offsets of about a cell (bias) varying with the features, peaked softmax weights.
-        op.offset.weight.normal_(0, OFFSET_GAIN / op.channels ** 0.5, generator=generator)
+        op.offset.weight.normal_(0, OFFSET_GAIN / op.channels**0.5, generator=generator)
         op.offset.bias.normal_(0, 1.0, generator=generator)
-        op.mask.weight.normal_(0, MASK_GAIN / op.channels ** 0.5, generator=generator)
+        op.mask.weight.normal_(0, MASK_GAIN / op.channels**0.5, generator=generator)
         op.mask.bias.normal_(0, 1.0, generator=generator)
     head = model.model[-1]
     for branch in head.cv3:  # class logits of a few units: scores depend on the features
         last = branch[-1]
-        last.weight.normal_(0, CLASS_GAIN / last.in_channels ** 0.5, generator=generator)
+        last.weight.normal_(0, CLASS_GAIN / last.in_channels**0.5, generator=generator)
         last.bias.fill_(-1.0)
     for branch in head.cv2:  # box distributions that depend on the features
         last = branch[-1]
-        last.weight.normal_(0, BOX_GAIN / last.in_channels ** 0.5, generator=generator)
+        last.weight.normal_(0, BOX_GAIN / last.in_channels**0.5, generator=generator)
     for module in model.modules():  # BN affine away from (1, 0)
         if isinstance(module, nn.BatchNorm2d):
             module.weight.uniform_(0.7, 1.3, generator=generator)
@@ -287,6 +333,7 @@ def calibrate_batchnorm(model: DetectionModel) -> None:
 # 4. Saving as ultralytics does
 # ---------------------------------------------------------------------------------------------
 
+
 def train_args(yaml_name: str) -> dict:
     from ultralytics.cfg import get_cfg
 
@@ -301,14 +348,26 @@ def save_layouts(model: DetectionModel, out: Path, stem: str, yaml_name: str) ->
         p.requires_grad_(False)
     optimizer = torch.optim.SGD(copy.deepcopy(model).parameters(), lr=0.01, momentum=0.937)
     groups = optimizer.state_dict()["param_groups"]
-    common = {"best_fitness": 0.512, "train_args": train_args(yaml_name),
-              "train_metrics": {"metrics/mAP50(B)": 0.61, "metrics/mAP50-95(B)": 0.41},
-              "train_results": {}, "date": datetime.datetime(2026, 11, 30, 12, 0).isoformat(),
-              "version": ultralytics.__version__, "license": "AGPL-3.0 License (https://ultralytics.com/license)",
-              "docs": "https://docs.ultralytics.com", "git": {}}
+    common = {
+        "best_fitness": 0.512,
+        "train_args": train_args(yaml_name),
+        "train_metrics": {"metrics/mAP50(B)": 0.61, "metrics/mAP50-95(B)": 0.41},
+        "train_results": {},
+        "date": datetime.datetime(2026, 11, 30, 12, 0).isoformat(),
+        "version": ultralytics.__version__,
+        "license": "AGPL-3.0 License (https://ultralytics.com/license)",
+        "docs": "https://docs.ultralytics.com",
+        "git": {},
+    }
     # last.pt while training runs: BaseTrainer.save_model's dict.
-    last = {"epoch": 41, "model": None, "ema": network, "updates": 1234,
-            "optimizer": {"state": {}, "param_groups": groups}, **common}
+    last = {
+        "epoch": 41,
+        "model": None,
+        "ema": network,
+        "updates": 1234,
+        "optimizer": {"state": {}, "param_groups": groups},
+        **common,
+    }
     torch.save(last, out / f"{stem}_last.pt")
     # best.pt after training: strip_optimizer puts the EMA network under "model".
     best = {**last, "epoch": -1, "model": network, "ema": None, "updates": None, "optimizer": None}
@@ -319,13 +378,17 @@ def save_layouts(model: DetectionModel, out: Path, stem: str, yaml_name: str) ->
 # 5. The fork's own forward
 # ---------------------------------------------------------------------------------------------
 
+
 @torch.no_grad()
 def record_forward(model: DetectionModel, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
     layers, hooks = {}, []
     for name, op in dcnv3_operators(model):
         for head, key in ((op.offset, ".offset"), (op.mask, ".mask_logits")):
-            hooks.append(head.register_forward_hook(
-                lambda _m, _i, out, k=name + key: layers.__setitem__(k, out.detach().clone())))
+            hooks.append(
+                head.register_forward_hook(
+                    lambda _m, _i, out, k=name + key: layers.__setitem__(k, out.detach().clone())
+                )
+            )
     try:
         pred = model(x)[0]
     finally:
@@ -341,18 +404,22 @@ def sensitivity(model: DetectionModel, x: torch.Tensor, pred: torch.Tensor) -> d
     for label in ("zero offsets", "(dy, dx)"):
         hooks = []
         for _, op in dcnv3_operators(model):
+
             def edit(_m, _i, out, label=label):
                 if label == "zero offsets":
                     return torch.zeros_like(out)
                 return out.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+
             hooks.append(op.offset.register_forward_hook(edit))
         try:
             other = model(x)[0]
         finally:
             for hook in hooks:
                 hook.remove()
-        moves[label] = (round((other[:, :4] - pred[:, :4]).abs().max().item(), 2),
-                        round((other[:, 4:] - pred[:, 4:]).abs().max().item(), 4))
+        moves[label] = (
+            round((other[:, :4] - pred[:, :4]).abs().max().item(), 2),
+            round((other[:, 4:] - pred[:, 4:]).abs().max().item(), 4),
+        )
     return moves
 
 
@@ -381,27 +448,48 @@ def build(layout: str, family: str, classes: dict, container: str, out: Path, se
     yaml_name = f"{layout}.yaml"
     save_layouts(model, out, layout, yaml_name)
     pred, layers = record_forward(reference, x)
-    expected = {"input_shape": list(x.shape), "input_sum": x.double().sum().item(), "pred": pred,
-                "layers": layers, "image": "assets/examples/bus.jpg", "source": source, "seed": attempt,
-                "fp32_vs_fp64": rounding,
-                "note": f"{layout}: raw DetectionModel output and every DCNv3's offset / mask Linear "
-                        f"outputs on the letterboxed image (LetterBox((640, 640), auto=True, stride=32)), "
-                        f"eval mode, fp32 from the fp16 weights, computed by the fork's own code"}
+    expected = {
+        "input_shape": list(x.shape),
+        "input_sum": x.double().sum().item(),
+        "pred": pred,
+        "layers": layers,
+        "image": "assets/examples/bus.jpg",
+        "source": source,
+        "seed": attempt,
+        "fp32_vs_fp64": rounding,
+        "note": f"{layout}: raw DetectionModel output and every DCNv3's offset / mask Linear "
+        f"outputs on the letterboxed image (LetterBox((640, 640), auto=True, stride=32)), "
+        f"eval mode, fp32 from the fp16 weights, computed by the fork's own code",
+    }
     torch.save(expected, out / f"{layout}_expected.pt")
-    print(f"{layout}: seed {attempt}, {sum(p.numel() for p in model.parameters())} parameters, "
-          f"{len(dcnv3_operators(model))} DCNv3 layers, pred {tuple(pred.shape)} boxes in "
-          f"[{pred[0, :4].min():.1f}, {pred[0, :4].max():.1f}] scores in [{pred[0, 4:].min():.3f}, "
-          f"{pred[0, 4:].max():.3f}]; fp32 vs fp64 {rounding}; moved by {sensitivity(reference, x, pred)}")
+    print(
+        f"{layout}: seed {attempt}, {sum(p.numel() for p in model.parameters())} parameters, "
+        f"{len(dcnv3_operators(model))} DCNv3 layers, pred {tuple(pred.shape)} boxes in "
+        f"[{pred[0, :4].min():.1f}, {pred[0, :4].max():.1f}] scores in [{pred[0, 4:].min():.3f}, "
+        f"{pred[0, 4:].max():.3f}]; fp32 vs fp64 {rounding}; moved by {sensitivity(reference, x, pred)}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--jiangjh", type=Path, required=True,
-                        help="jiangjh0908/Yolov8_with_DCNv3 checkout (its whole ultralytics/ folder)")
-    parser.add_argument("--extra-v8", type=Path, required=True,
-                        help="a YOLOv8 extra_modules checkout (xiaosanmeng/Lightweight-Vehicle-Detection-...)")
-    parser.add_argument("--extra-v11", type=Path, required=True,
-                        help="a YOLO11 extra_modules checkout with C3k2_DCNv3 (Ascom-stack/yolo11)")
+    parser.add_argument(
+        "--jiangjh",
+        type=Path,
+        required=True,
+        help="jiangjh0908/Yolov8_with_DCNv3 checkout (its whole ultralytics/ folder)",
+    )
+    parser.add_argument(
+        "--extra-v8",
+        type=Path,
+        required=True,
+        help="a YOLOv8 extra_modules checkout (xiaosanmeng/Lightweight-Vehicle-Detection-...)",
+    )
+    parser.add_argument(
+        "--extra-v11",
+        type=Path,
+        required=True,
+        help="a YOLO11 extra_modules checkout with C3k2_DCNv3 (Ascom-stack/yolo11)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "data" / "forks")
     parser.add_argument("--inside-fork", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -421,8 +509,15 @@ def main() -> None:
     # extra_modules package imports einops, timm and dozens of unrelated modules). Both checkouts
     # define classes at the same module paths: build one, then the other.
     extra_v8 = load_extra_modules(args.extra_v8)
-    build("extra_v8", "yolov8", {"C2f": extra_v8["C2f_DCNv3"]}, "C2f", args.out, 2,
-          "xiaosanmeng/Lightweight-Vehicle-Detection-Network-Based-on-Improved-YOLOv8")
+    build(
+        "extra_v8",
+        "yolov8",
+        {"C2f": extra_v8["C2f_DCNv3"]},
+        "C2f",
+        args.out,
+        2,
+        "xiaosanmeng/Lightweight-Vehicle-Detection-Network-Based-on-Improved-YOLOv8",
+    )
     for name in [n for n in sys.modules if n.startswith("ultralytics.nn.extra_modules")]:
         del sys.modules[name]
     build("extra_v11", "yolo11", load_extra_modules(args.extra_v11), "C3k2", args.out, 3, "Ascom-stack/yolo11")

@@ -27,6 +27,7 @@ InternImage builds its sampling grid in float32 even for float64 inputs; here it
 otherwise unchanged), so that the vectors test the formula rather than float32 rounding (as
 tests/data/golden_dcnv3 was made).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,9 @@ def internimage_core(checkout: Path):
         stub = types.ModuleType("pkg_resources")
         stub.get_distribution = lambda name: types.SimpleNamespace(version="1.1")
         sys.modules["pkg_resources"] = stub
-    module = load_module("internimage_dcnv3_func",
-                         checkout / "classification" / "ops_dcnv3" / "functions" / "dcnv3_func.py")
+    module = load_module(
+        "internimage_dcnv3_func", checkout / "classification" / "ops_dcnv3" / "functions" / "dcnv3_func.py"
+    )
     module.torch = Float64Grids(torch)
     return module.dcnv3_core_pytorch
 
@@ -83,8 +85,9 @@ def padded_width(used: int) -> int:
 def pack(offset, mask, group, points, padding):
     """DCNv4's test's packing: cat([offset (.., G, 2P), mask (.., G, P)], -1).flatten(-2), then
     the padding channels appended."""
-    packed = torch.cat([offset.unflatten(-1, (group, 2 * points)), mask.unflatten(-1, (group, points))],
-                       dim=-1).flatten(-2)
+    packed = torch.cat(
+        [offset.unflatten(-1, (group, 2 * points)), mask.unflatten(-1, (group, points))], dim=-1
+    ).flatten(-2)
     return torch.cat([packed, padding], dim=-1)
 
 
@@ -96,8 +99,7 @@ CORE_CASES = {
     "c_rmc_s2_g3": dict(kernel=3, stride=2, pad=1, dilation=1, group=3, d=2, n=1, hw=(9, 10), remove_center=1),
     "c_dil2_g1": dict(kernel=3, stride=1, pad=2, dilation=2, group=1, d=5, n=1, hw=(8, 8)),
     "c_scale2_g4": dict(kernel=3, stride=1, pad=1, dilation=1, group=4, d=2, n=1, hw=(6, 6), offset_scale=2.0),
-    "c_scale05_k5_g2": dict(kernel=5, stride=1, pad=2, dilation=1, group=2, d=3, n=1, hw=(6, 6),
-                            offset_scale=0.5),
+    "c_scale05_k5_g2": dict(kernel=5, stride=1, pad=2, dilation=1, group=2, d=3, n=1, hw=(6, 6), offset_scale=0.5),
     "c_k1_g3": dict(kernel=1, stride=1, pad=0, dilation=1, group=3, d=2, n=2, hw=(5, 6)),
     "c_softmax_g2": dict(kernel=3, stride=1, pad=1, dilation=1, group=2, d=4, n=1, hw=(6, 6), softmax=True),
 }
@@ -105,11 +107,13 @@ CORE_CASES = {
 MODULE_CASES = {
     # name: constructor kwargs, input (n, h, w), whether the (h, w) shape is passed
     "m_c32_g2": (dict(channels=32, group=2), (1, 5, 8), True),
-    "m_c32_g2_dw_cfs": (dict(channels=32, group=2, dw_kernel_size=3, center_feature_scale=True,
-                             offset_scale=0.5), (1, 7, 7), False),
+    "m_c32_g2_dw_cfs": (
+        dict(channels=32, group=2, dw_kernel_size=3, center_feature_scale=True, offset_scale=0.5),
+        (1, 7, 7),
+        False,
+    ),
     "m_c32_g2_rmc_nobias": (dict(channels=32, group=2, remove_center=True, output_bias=False), (2, 5, 6), True),
-    "m_c16_g1_dil2_nopw": (dict(channels=16, group=1, dilation=2, pad=2, without_pointwise=True),
-                           (1, 8, 6), True),
+    "m_c16_g1_dil2_nopw": (dict(channels=16, group=1, dilation=2, pad=2, without_pointwise=True), (1, 8, 6), True),
     "m_c16_g1_k5": (dict(channels=16, group=1, kernel_size=5, pad=2), (1, 6, 7), True),
 }
 
@@ -128,9 +132,21 @@ def core_case(core, spec: dict, seed: int) -> dict:
     scalars = 0.7 * torch.randn(n, out_h, out_w, g * points, **f64)  # signed, unbounded
     used = 3 * g * points
     padding = torch.randn(n, out_h, out_w, padded_width(used) - used, **f64)  # must be ignored
-    config = dict(kernel_h=k, kernel_w=k, stride_h=s, stride_w=s, pad_h=p, pad_w=p, dilation_h=dil,
-                  dilation_w=dil, group=g, group_channels=d, offset_scale=spec.get("offset_scale", 1.0),
-                  remove_center=remove_center, softmax=bool(spec.get("softmax", False)))
+    config = dict(
+        kernel_h=k,
+        kernel_w=k,
+        stride_h=s,
+        stride_w=s,
+        pad_h=p,
+        pad_w=p,
+        dilation_h=dil,
+        dilation_w=dil,
+        group=g,
+        group_channels=d,
+        offset_scale=spec.get("offset_scale", 1.0),
+        remove_center=remove_center,
+        softmax=bool(spec.get("softmax", False)),
+    )
 
     leaves = [t.clone().requires_grad_() for t in (inputs, offset, scalars)]
     mask = leaves[2]
@@ -141,9 +157,16 @@ def core_case(core, spec: dict, seed: int) -> dict:
     grad_output = torch.randn(output.shape, **f64)
     output.backward(grad_output)
     grad_input, grad_offset, grad_scalars = (t.grad for t in leaves)
-    return dict(kind="core", config=config, input=inputs, offset_mask=pack(offset, scalars, g, points, padding),
-                output=output.detach(), grad_output=grad_output, grad_input=grad_input,
-                grad_offset_mask=pack(grad_offset, grad_scalars, g, points, torch.zeros_like(padding)))
+    return dict(
+        kind="core",
+        config=config,
+        input=inputs,
+        offset_mask=pack(offset, scalars, g, points, padding),
+        output=output.detach(),
+        grad_output=grad_output,
+        grad_input=grad_input,
+        grad_offset_mask=pack(grad_offset, grad_scalars, g, points, torch.zeros_like(padding)),
+    )
 
 
 def dcnv4_module_class(checkout: Path, core):
@@ -154,14 +177,44 @@ def dcnv4_module_class(checkout: Path, core):
         """DCNv4Function.apply's arguments; the per-group split as DCNv4's kernel reads it."""
 
         @staticmethod
-        def apply(input, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                  dilation_h, dilation_w, group, group_channels, offset_scale, im2col_step, remove_center):
+        def apply(
+            input,
+            offset_mask,
+            kernel_h,
+            kernel_w,
+            stride_h,
+            stride_w,
+            pad_h,
+            pad_w,
+            dilation_h,
+            dilation_w,
+            group,
+            group_channels,
+            offset_scale,
+            im2col_step,
+            remove_center,
+        ):
             points = kernel_h * kernel_w - remove_center
-            blocks = offset_mask[..., :group * 3 * points].unflatten(-1, (group, 3 * points))
-            offset = blocks[..., :2 * points].flatten(-2)
-            mask = blocks[..., 2 * points:].flatten(-2)
-            return core(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                        dilation_h, dilation_w, group, group_channels, offset_scale, remove_center)
+            blocks = offset_mask[..., : group * 3 * points].unflatten(-1, (group, 3 * points))
+            offset = blocks[..., : 2 * points].flatten(-2)
+            mask = blocks[..., 2 * points :].flatten(-2)
+            return core(
+                input,
+                offset,
+                mask,
+                kernel_h,
+                kernel_w,
+                stride_h,
+                stride_w,
+                pad_h,
+                pad_w,
+                dilation_h,
+                dilation_w,
+                group,
+                group_channels,
+                offset_scale,
+                remove_center,
+            )
 
     for name, path in (("DCNv4", root), ("DCNv4.modules", root / "modules")):
         package = types.ModuleType(name)  # packages without their __init__ (which loads the extension)
@@ -195,10 +248,18 @@ def module_case(module_class, kwargs: dict, size: tuple, pass_shape: bool, seed:
     output = module(inputs, (h, w) if pass_shape else None)
     grad_output = torch.randn(output.shape, generator=gen, dtype=torch.float64)
     output.backward(grad_output)
-    return dict(kind="module", config=kwargs, hw=[h, w], pass_shape=pass_shape, input=inputs.detach(),
-                output=output.detach(), grad_output=grad_output, grad_input=inputs.grad,
-                state_dict={k: v.detach().clone() for k, v in module.state_dict().items()},
-                grad_params={k: v.grad for k, v in module.named_parameters()})
+    return dict(
+        kind="module",
+        config=kwargs,
+        hw=[h, w],
+        pass_shape=pass_shape,
+        input=inputs.detach(),
+        output=output.detach(),
+        grad_output=grad_output,
+        grad_input=inputs.grad,
+        state_dict={k: v.detach().clone() for k, v in module.state_dict().items()},
+        grad_params={k: v.grad for k, v in module.named_parameters()},
+    )
 
 
 def main() -> None:
@@ -213,16 +274,30 @@ def main() -> None:
     for seed, (name, spec) in enumerate(CORE_CASES.items()):
         case = core_case(core, spec, seed)
         torch.save(case, args.out / f"{name}.pt")
-        index.append(dict(file=f"{name}.pt", kind="core", config=case["config"],
-                          input_shape=list(case["input"].shape),
-                          offset_mask_shape=list(case["offset_mask"].shape)))
+        index.append(
+            dict(
+                file=f"{name}.pt",
+                kind="core",
+                config=case["config"],
+                input_shape=list(case["input"].shape),
+                offset_mask_shape=list(case["offset_mask"].shape),
+            )
+        )
     if args.dcnv4 is not None:
         module_class = dcnv4_module_class(args.dcnv4, core)
         for seed, (name, (kwargs, size, pass_shape)) in enumerate(MODULE_CASES.items(), start=100):
             case = module_case(module_class, kwargs, size, pass_shape, seed)
             torch.save(case, args.out / f"{name}.pt")
-            index.append(dict(file=f"{name}.pt", kind="module", config=kwargs, hw=case["hw"],
-                              pass_shape=pass_shape, input_shape=list(case["input"].shape)))
+            index.append(
+                dict(
+                    file=f"{name}.pt",
+                    kind="module",
+                    config=kwargs,
+                    hw=case["hw"],
+                    pass_shape=pass_shape,
+                    input_shape=list(case["input"].shape),
+                )
+            )
     (args.out / "index.json").write_text(json.dumps(index, indent=1) + "\n")
     for entry in index:
         print(entry["file"], entry["config"])

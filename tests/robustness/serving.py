@@ -5,6 +5,7 @@ The suite's servers run as separate processes where it matters what the *server*
 its sockets, its files); in-process servers (``viz_app.ui.build_app``) elsewhere, as in
 tests/test_app_api.py. The network guard of tests/conftest.py applies here too.
 """
+
 from app_server import OFFLINE_ENV, ROOT, app_process  # noqa: F401 - re-exported
 
 FORK_A = ROOT / "tests" / "data" / "fork_fixture" / "fork_A.pt"

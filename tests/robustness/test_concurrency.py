@@ -6,6 +6,7 @@ The server is ``python app.py`` itself (its queue settings, its process: the RSS
 server's alone). Answers are compared on their JSON payloads (detections, sampling points, video
 statistics), which are exact functions of (input, model, arguments).
 """
+
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,7 +15,6 @@ import numpy as np
 import psutil
 import pytest
 from gradio_client import Client, handle_file
-
 from serving import EXAMPLES, ROOT, app_process
 
 USERS = 8
@@ -99,13 +99,18 @@ def test_eight_sessions_get_exactly_their_single_user_answers(server, inputs, re
     stop.set()
     watcher.join(timeout=5)
     rss_after = process.memory_info().rss
-    mismatched = [(calls[i], sorted(k for k in payload if payload[k] != expected[i].get(k)))
-                  for i, payload in answers if payload != expected[i]]
+    mismatched = [
+        (calls[i], sorted(k for k in payload if payload[k] != expected[i].get(k)))
+        for i, payload in answers
+        if payload != expected[i]
+    ]
     assert not mismatched, mismatched
     assert len(answers) >= USERS * 6
     # Requests queue (one model run at a time), so eight users cost little more than one: the
     # caches (a few probes, models) grow, the per-request working set does not multiply by eight.
     growth = (peak[0] - rss_before) / 2**20
-    report(f"concurrency: {len(answers)} calls from {USERS} sessions, server RSS {rss_before / 2**20:.0f} MiB "
-           f"before, peak {peak[0] / 2**20:.0f} MiB, after {rss_after / 2**20:.0f} MiB")
+    report(
+        f"concurrency: {len(answers)} calls from {USERS} sessions, server RSS {rss_before / 2**20:.0f} MiB "
+        f"before, peak {peak[0] / 2**20:.0f} MiB, after {rss_after / 2**20:.0f} MiB"
+    )
     assert growth < 1500, f"server RSS grew by {growth:.0f} MiB under {USERS} users"

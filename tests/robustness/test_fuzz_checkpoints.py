@@ -6,6 +6,7 @@ file, in the package, through an upload and through the running server, which ke
 The pickles are written opcode by opcode (GLOBAL, MARK ... TUPLE, REDUCE), as an attacker would:
 no object in this process has to be picklable for them to exist.
 """
+
 import io
 import struct
 import sys
@@ -15,14 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from app_server import served_app
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-
-from dcnv3.checkpoints import CheckpointError, UnsafeCheckpointError
-from dcnv3.loading import load_model
-from dcnv3.checkpoints import safe_load
-from app_server import served_app
 from serving import EXAMPLES, FORK_A
+
+from dcnv3.checkpoints import CheckpointError, UnsafeCheckpointError, safe_load
+from dcnv3.loading import load_model
 from viz_app.analyser import Analyser
 from viz_app.models import ModelRegistry
 
@@ -58,29 +58,46 @@ def hostile_pickles(marker: Path) -> dict[str, tuple[bytes, str]]:
     return {
         "os_system": (as_checkpoint(call(glob("os", "system"), text(touch))), "os.system"),
         "posix_system": (as_checkpoint(call(glob("posix", "system"), text(touch))), "posix.system"),
-        "subprocess": (as_checkpoint(call(glob("subprocess", "Popen"), b"(" + text("touch") + text(str(marker))
-                                          + b"l")), "subprocess.Popen"),
+        "subprocess": (
+            as_checkpoint(call(glob("subprocess", "Popen"), b"(" + text("touch") + text(str(marker)) + b"l")),
+            "subprocess.Popen",
+        ),
         "eval": (as_checkpoint(call(glob("builtins", "eval"), text(f"open({str(marker)!r}, 'w')"))), "builtins.eval"),
-        "exec_py2_name": (as_checkpoint(call(glob("__builtin__", "exec"), text(f"open({str(marker)!r}, 'w')"))),
-                          "builtins.exec"),
+        "exec_py2_name": (
+            as_checkpoint(call(glob("__builtin__", "exec"), text(f"open({str(marker)!r}, 'w')"))),
+            "builtins.exec",
+        ),
         "importlib": (as_checkpoint(call(glob("importlib", "import_module"), text("os"))), "importlib.import_module"),
-        "getattr_chain": (as_checkpoint(call(glob("builtins", "getattr"), call(glob("importlib", "import_module"),
-                                                                          text("os")), text("system"))),
-                          "builtins.getattr"),
+        "getattr_chain": (
+            as_checkpoint(
+                call(glob("builtins", "getattr"), call(glob("importlib", "import_module"), text("os")), text("system"))
+            ),
+            "builtins.getattr",
+        ),
         # an allowed container rebuilder wrapping a forbidden call: refused at the inner global
-        "nested_reduce": (as_checkpoint(call(glob("collections", "OrderedDict"),
-                                             call(glob("os", "system"), text(touch)))), "os.system"),
+        "nested_reduce": (
+            as_checkpoint(call(glob("collections", "OrderedDict"), call(glob("os", "system"), text(touch)))),
+            "os.system",
+        ),
         # a module inside an allowed package whose import runs code (python -m dcnv3's CLI)
         "import_side_effect": (as_checkpoint(glob("dcnv3.__main__", "main")), "dcnv3.__main__.main"),
-        "package_function": (as_checkpoint(call(glob("ultralytics.nn.tasks", "torch_safe_load"), text("x.pt"))),
-                             "ultralytics.nn.tasks.torch_safe_load"),
-        "module_constructor": (as_checkpoint(call(glob("ultralytics.nn.tasks", "DetectionModel"), text("x.yaml"))),
-                               "DetectionModel"),
+        "package_function": (
+            as_checkpoint(call(glob("ultralytics.nn.tasks", "torch_safe_load"), text("x.pt"))),
+            "ultralytics.nn.tasks.torch_safe_load",
+        ),
+        "module_constructor": (
+            as_checkpoint(call(glob("ultralytics.nn.tasks", "DetectionModel"), text("x.yaml"))),
+            "DetectionModel",
+        ),
         # allowed callables asked for more than any file holds: refused before memory is touched
-        "list_of_huge_range": (as_checkpoint(call(glob("builtins", "list"), call(glob("builtins", "range"),
-                                                                                integer(10**12)))), "a range"),
-        "set_of_huge_range": (as_checkpoint(call(glob("__builtin__", "set"), call(glob("__builtin__", "xrange"),
-                                                                                 integer(10**10)))), "a range"),
+        "list_of_huge_range": (
+            as_checkpoint(call(glob("builtins", "list"), call(glob("builtins", "range"), integer(10**12)))),
+            "a range",
+        ),
+        "set_of_huge_range": (
+            as_checkpoint(call(glob("__builtin__", "set"), call(glob("__builtin__", "xrange"), integer(10**10)))),
+            "a range",
+        ),
         "huge_bytes": (as_checkpoint(call(glob("builtins", "bytes"), integer(8 * 2**30))), "a bytes"),
         "huge_bytearray": (as_checkpoint(call(glob("builtins", "bytearray"), integer(10**12))), "a bytearray"),
     }
@@ -136,7 +153,7 @@ def test_package_refuses_in_one_line_fast_and_runs_nothing(checkpoints, name):
 
 def test_the_refusals_name_the_global_before_anything_is_called(checkpoints):
     folder, _ = checkpoints
-    with pytest.raises(UnsafeCheckpointError, match="refused: the checkpoint references the global 'os.system'"):
+    with pytest.raises(UnsafeCheckpointError, match=r"refused: the checkpoint references the global 'os\.system'"):
         safe_load(folder / "nested_reduce.pt")
 
 

@@ -4,17 +4,18 @@ and through the running server, and the server keeps answering afterwards.
 Random bytes, truncated JPEG / PNG / GIF, wrong extensions, an empty file, 1 x 4000 and 4000 x 1,
 16-bit RGB PNG, CMYK JPEG, animated GIF, bilevel / palette / float TIFF images.
 """
+
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from app_server import served_app
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
-
-from app_server import served_app
 from serving import EXAMPLES
+
 from viz_app.analyser import Analyser
 from viz_app.images import load_image
 from viz_app.models import ModelRegistry
@@ -142,7 +143,8 @@ def test_server_probes_unusual_files_everywhere(server, reference, fuzzed, name)
     # The far corner of even a 1-pixel-wide image is answered with a cell of the deepest layer.
     layers = [layer["name"] for layer in payload["dcnv3_layers"]]
     if layers:
-        _, points = server.predict(handle_file(str(fuzzed / name)), "", layers[-1], width - 0.5, height - 0.5,
-                                   api_name="/sampling")
+        _, points = server.predict(
+            handle_file(str(fuzzed / name)), "", layers[-1], width - 0.5, height - 0.5, api_name="/sampling"
+        )
         assert len(points["points"]) > 0
     _still_serving(server, reference)

@@ -4,16 +4,17 @@ refused with a one-line reason, in the package and through /video, and the serve
 
 The files are made here with the ffmpeg that imageio-ffmpeg ships (lavfi test sources, offline).
 """
+
 import subprocess
 from pathlib import Path
 
 import pytest
+from app_server import served_app
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from serving import ROOT
 
 from dcnv3.loading import load_model
-from app_server import served_app
-from serving import ROOT
 from viz_app.analyser import Analyser
 from viz_app.models import ModelRegistry
 
@@ -38,8 +39,9 @@ CASES = {
 def ffmpeg(*args: str) -> None:
     import imageio_ffmpeg
 
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-nostdin", *args], check=True,
-                   timeout=120)
+    subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-nostdin", *args], check=True, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +53,20 @@ def videos(tmp_path_factory) -> Path:
     ffmpeg(*source, "-frames:v", "1", *h264, str(folder / "one_frame.mp4"))
     ffmpeg(*source, "-frames:v", "0", *h264, str(folder / "zero_frames.mp4"))
     # 30 fps for a second, then every third frame: timestamps 1/30 s apart, then 1/10 s apart
-    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=30", "-t", "3", "-vf", "select='lt(n,30)+not(mod(n,3))'",
-           "-fps_mode", "vfr", *h264, str(folder / "variable_rate.mp4"))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=160x120:rate=30",
+        "-t",
+        "3",
+        "-vf",
+        "select='lt(n,30)+not(mod(n,3))'",
+        "-fps_mode",
+        "vfr",
+        *h264,
+        str(folder / "variable_rate.mp4"),
+    )
     ffmpeg("-display_rotation", "90", "-i", str(folder / "base.mp4"), "-c", "copy", str(folder / "rotated_90.mp4"))
     base, demo = (folder / "base.mp4").read_bytes(), DEMO.read_bytes()
     (folder / "truncated_moov_at_end.mp4").write_bytes(base[: len(base) // 2])
@@ -84,8 +98,7 @@ def test_package_processes_or_refuses_in_one_line(videos, model, tmp_path, name)
 
 
 def test_variable_frame_rate_keeps_frames_in_order(videos, model, tmp_path):
-    result = video.run_video(model, videos / "variable_rate.mp4", tmp_path,
-                             limits=video.VideoLimits(max_frames=40))
+    result = video.run_video(model, videos / "variable_rate.mp4", tmp_path, limits=video.VideoLimits(max_frames=40))
     assert result.frame_indices == sorted(result.frame_indices) and len(set(result.frame_indices)) == 40
 
 
@@ -105,6 +118,7 @@ def test_server_answers_each_and_keeps_serving(server, videos, name):
     else:
         path, stats = server.predict(handle_file(str(videos / name)), "", "auto", FRAMES, api_name="/video")
         assert Path(path).stat().st_size > 0 and stats["output"]["frames"] == expected[1]
-    _, payload = server.predict(handle_file(str(ROOT / "assets" / "examples" / "shapes_0.jpg")), "", 0.25, 0.7,
-                                api_name="/detect")
+    _, payload = server.predict(
+        handle_file(str(ROOT / "assets" / "examples" / "shapes_0.jpg")), "", 0.25, 0.7, api_name="/detect"
+    )
     assert payload["image_size"] == [416, 416]

@@ -6,6 +6,7 @@ there fails with "network unreachable" whatever library makes it.
 Where no namespace can be made (no ``unshare``, no privileges, a seccomp profile that forbids it),
 the tests skip and say why.
 """
+
 import os
 import shutil
 import subprocess
@@ -13,7 +14,6 @@ import sys
 import textwrap
 
 import pytest
-
 from serving import EXAMPLES, OFFLINE_ENV, ROOT
 
 # Brings the namespace's loopback up (it starts down) with the SIOCSIFFLAGS ioctl, so neither
@@ -70,9 +70,20 @@ def offline():
 def test_test_suite_passes_without_a_network(offline):
     """The app API, checkpoint and fuzzed-checkpoint tests, inside the namespace."""
     env = {**os.environ, **OFFLINE_ENV}
-    command = [*offline, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-               "tests/test_app_api.py", "tests/test_checkpoints.py", "tests/robustness/test_fuzz_checkpoints.py",
-               "-k", "not fork_a_matches and not other_fork_layouts"]  # fresh-interpreter fork builds: slow, covered outside
+    command = [
+        *offline,
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_app_api.py",
+        "tests/test_checkpoints.py",
+        "tests/robustness/test_fuzz_checkpoints.py",
+        "-k",
+        "not fork_a_matches and not other_fork_layouts",
+    ]  # fresh-interpreter fork builds: slow, covered outside
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     tail = (result.stdout + result.stderr)[-3000:]
     assert result.returncode == 0, tail
@@ -105,8 +116,9 @@ SESSION = textwrap.dedent("""
 def test_app_session_works_without_a_network(offline):
     env = {**os.environ, **OFFLINE_ENV}
     code = SESSION.replace("__IMAGE__", repr(str(EXAMPLES / "shapes_0.jpg")))
-    result = subprocess.run([*offline, sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [*offline, sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "session: dcnv3-yolov8n.pt" in output and " points" in output, output[-3000:]

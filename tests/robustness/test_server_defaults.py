@@ -4,6 +4,7 @@ after ``--keep-files-minutes``, and a path or URL sent by a client never read.
 One server for the module, started as users start it (a subprocess, TMPDIR pointed at a test folder
 so its private upload folder and work folder can be watched).
 """
+
 import json
 import signal
 import time
@@ -13,9 +14,9 @@ import httpx
 import psutil
 import pytest
 from gradio_client import Client, handle_file
+from serving import EXAMPLES, ROOT, app_process
 
 import app as app_module
-from serving import EXAMPLES, ROOT, app_process
 from viz_app.retention import delete_cache_setting, sweep
 
 KEEP_MINUTES = 0.1  # 6 s: files older than that are removed, checked every second
@@ -48,8 +49,9 @@ def test_sweep_removes_only_old_files_and_empty_folders(tmp_path):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     temp = tmp_path_factory.mktemp("server_tmp")
-    with app_process("--max-upload-mb", "1", "--keep-files-minutes", str(KEEP_MINUTES),
-                     cwd=temp, env={"TMPDIR": str(temp)}) as (process, url, lines):
+    with app_process(
+        "--max-upload-mb", "1", "--keep-files-minutes", str(KEEP_MINUTES), cwd=temp, env={"TMPDIR": str(temp)}
+    ) as (process, url, lines):
         yield process, url, temp, lines
 
 
@@ -63,9 +65,10 @@ def _detect(url, image=IMAGE):
 
 
 def test_listens_on_loopback_only(server):
-    process, url, _, _ = server
-    listening = [c.laddr for c in psutil.Process(process.pid).net_connections(kind="inet")
-                 if c.status == psutil.CONN_LISTEN]
+    process, _url, _, _ = server
+    listening = [
+        c.laddr for c in psutil.Process(process.pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN
+    ]
     assert listening and all(address.ip == "127.0.0.1" for address in listening), listening
 
 
@@ -93,11 +96,13 @@ def test_paths_sent_by_a_client_are_never_read(server, tmp_path, kind):
     _, url, temp, _ = server
     secret = temp / "not_uploaded.png"  # in the server's own temp folder, but never uploaded
     secret.write_bytes(IMAGE.read_bytes())
-    path = {"etc_passwd": "/etc/passwd",
-            "relative_escape": "../../../../../../etc/passwd",
-            "repo_file": str(ROOT / "tests" / "data" / "fork_fixture" / "fork_A.pt"),
-            "temp_file": str(secret),
-            "url": "http://192.0.2.1/image.jpg"}[kind]  # TEST-NET-1: never routed
+    path = {
+        "etc_passwd": "/etc/passwd",
+        "relative_escape": "../../../../../../etc/passwd",
+        "repo_file": str(ROOT / "tests" / "data" / "fork_fixture" / "fork_A.pt"),
+        "temp_file": str(secret),
+        "url": "http://192.0.2.1/image.jpg",
+    }[kind]  # TEST-NET-1: never routed
     stream = _call_with_raw_file(url, {"path": path, "meta": {"_type": "gradio.FileData"}})
     assert "event: error" in stream and "event: complete" not in stream, stream
     # gradio's own check (before any handler runs), or ours for URLs
@@ -111,7 +116,7 @@ def test_paths_sent_by_a_client_are_never_read(server, tmp_path, kind):
 
 def test_uploads_and_outputs_are_removed_after_the_keep_time(server):
     _, url, temp, _ = server
-    picture, _ = _detect(url, EXAMPLES / "shapes_1.jpg")
+    _picture, _ = _detect(url, EXAMPLES / "shapes_1.jpg")
     uploads = _uploads(temp)
     stored = [p for p in uploads.rglob("*") if p.is_file()]
     assert any(p.name == "shapes_1.jpg" for p in stored)
