@@ -57,6 +57,7 @@ off by 3e-7 to 6e-7 (core) and 1e-6 to 1e-5 (module), gradients by up to 7e-6 (c
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import tempfile
@@ -97,8 +98,9 @@ def internimage_dcnv3(checkout: Path, float64_grid: bool = True):
     sys.path.insert(0, str(root))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.cuda.amp.custom_fwd's deprecation
-        from ops_dcnv3.functions import dcnv3_func
-        from ops_dcnv3.modules import dcnv3 as dcnv3_modules
+        # By name: InternImage's package comes from the checkout given, not from a dependency.
+        dcnv3_func = importlib.import_module("ops_dcnv3.functions.dcnv3_func")
+        dcnv3_modules = importlib.import_module("ops_dcnv3.modules.dcnv3")
     for module in (dcnv3_func, dcnv3_modules):
         if not Path(module.__file__).resolve().is_relative_to(root):
             raise SystemExit(f"imported {module.__name__} from {module.__file__}, not from {root}")
