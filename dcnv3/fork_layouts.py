@@ -72,11 +72,11 @@ __all__ = [
     "fork_placeholder",
     "adopt_fork_modules",
     "UnknownLayoutError",
-    "README_SECTION",
+    "DOCS_SECTION",
     "KNOWN_LAYERS",
 ]
 
-README_SECTION = "README, 'Checkpoint layouts that load'"
+DOCS_SECTION = "docs/checkpoints.md, 'Checkpoint layouts that load'"
 KNOWN_LAYERS = (
     "InternImage's DCNv3 / DCNv3_pytorch (ops v1.0 and v1.1), the extra_modules "
     "family's DCNv3 with a Conv depthwise branch, the DCNv3 blocks around them "
@@ -760,7 +760,7 @@ def adopt_fork_modules(networks: list[nn.Module]) -> int:
         needs = "; ".join(f"`{name.rsplit('.', 1)[-1]}` ({name}): {reason}" for name, reason in unknown.items())
         raise UnknownLayoutError(
             f"the checkpoint needs classes DeformLens does not know: {needs}. DeformLens knows "
-            f"{KNOWN_LAYERS}, recognised by what they hold (see the {README_SECTION}); nothing "
+            f"{KNOWN_LAYERS}, recognised by what they hold (see {DOCS_SECTION}); nothing "
             f"from the file was run"
         )
     return adopted

@@ -2,7 +2,7 @@
 
 Coordinates are continuous: pixel i spans [i, i+1), so its centre is i + 0.5. A feature-map
 index x of a layer whose input has stride s (feature index centres at integers, as in
-DCNV3_SPEC.md) lies at network-input coordinate (x + 0.5) * s, and in the original image at
+docs/spec.md) lies at network-input coordinate (x + 0.5) * s, and in the original image at
 ((x + 0.5) * s - pad_left) / ratio, with the letterbox ``ratio`` and ``pad`` that ultralytics
 used (the same convention as its ``scale_boxes``).
 """

@@ -1,4 +1,4 @@
-"""A plain, obviously-correct DCNv3 core written straight from DCNV3_SPEC.md: the tests' oracle.
+"""A plain, obviously-correct DCNv3 core written straight from docs/spec.md: the tests' oracle.
 
 Loops over groups, kernel points and the four bilinear taps; every tap is read with explicit
 bounds checks. Slow, differentiable by autograd, and independent of dcnv3/ops.py.

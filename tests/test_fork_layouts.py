@@ -166,7 +166,7 @@ def test_unknown_deformable_class_is_refused_saying_what_it_holds(tmp_path):
         "offset_conv (Conv2d)",
         f"weight ({channels}, {channels}, 3, 3)",
         "InternImage's DCNv3",
-        "Checkpoint layouts that load",
+        "docs/checkpoints.md, 'Checkpoint layouts that load'",
         "nothing from the file was run",
     ):
         assert needed in message, (needed, message)
