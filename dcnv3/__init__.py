@@ -9,7 +9,8 @@ side, in the style of ``torchvision.ops``:
 * ``dcnv4_core(input, offset_mask, ...)`` / ``DCNv4``: DCNv4 (OpenGVLab) on the same core, any device;
 * ``DCNv2``: modulated deformable convolution on ``torchvision.ops.deform_conv2d`` (``dcnv3.dcnv2``;
   imported on first access, so that ``import dcnv3`` does not import torchvision);
-* ``set_default_formulation(name)`` / ``with formulation(name):``: which formulation the op runs;
+* ``set_default_formulation(name)`` / ``with formulation(name):``: which formulation the op runs
+  (process-wide / inside the block, in its own thread only);
 * ``health(model, source)``: every deformable layer's numbers and calibrated flags over images
   (``dcnv3.layer_health``; imported on first access, as it runs ultralytics);
 * ``capture(model)``: what every deformable module (DCNv3, DCNv4, DCNv2) of a model sampled with in

@@ -88,15 +88,15 @@ class LayerTally:
 def _split_images(data_yaml: str | Path, split: str) -> list[Path]:
     from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
 
+    from .layer_health import image_files
+
     data = check_det_dataset(str(data_yaml))
     source = data.get(split)
     if not source:
         raise ValueError(f"{data_yaml}: no '{split}' split")
     folders = source if isinstance(source, list) else [source]
-    images = []
-    for folder in map(Path, folders):
-        images += sorted(p for p in folder.rglob("*") if p.suffix.lower().lstrip(".") in IMG_FORMATS)
-    return images
+    suffixes = {f".{name}" for name in IMG_FORMATS}  # ultralytics' own image formats, as its loaders read
+    return [path for folder in folders for path in image_files(folder, recursive=True, suffixes=suffixes)]
 
 
 def _ground_truth(image_path: Path, shape: tuple) -> np.ndarray:

@@ -108,7 +108,7 @@ class DCNv2OffsetAttention(nn.Module):
     """The ``_Dynamic`` variant's offset head (the family's ``DCNv2_Offset_Attention``):
     ``conv_offset_mask`` Conv2d(C_in, 3*G*K*K, K, stride, pad) then ``attention`` = MPCA over its
     3*G*K*K channels. Forward: (N, C_in, H, W) -> (N, 3*G*K*K, H_out, W_out), in the layout that
-    ``dcnv3.dcnv2.split_offset_mask`` reads.
+    ``dcnv3.dcnv2.split_chunked_offset_mask`` reads.
 
     The family builds the Conv2d with autopad(K) and no dilation; ``padding`` and ``dilation``
     (the layer's) keep it on the deformable conv's grid, and equal those for the family's layers.

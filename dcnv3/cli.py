@@ -12,7 +12,6 @@ import os
 import sys
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 MAX_QUERIED_DETECTIONS = 8  # sampling points of more boxes than this stop being legible
 
 
@@ -104,14 +103,6 @@ def cmd_predict(args) -> None:
     print(f"saved to {args.out}")
 
 
-def _images(source: Path) -> list[Path]:
-    if source.is_dir():
-        return sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if source.is_file():
-        return [source]
-    raise ValueError(f"{source}: no such file or folder")
-
-
 def inspect_image(model, image_path: Path, out_dir: Path, imgsz: int, conf: float, iou: float) -> list[dict]:
     """Probe one image, write its overlay PNG and raw NPZ; return one statistics row per layer."""
     import cv2
@@ -193,6 +184,7 @@ def inspect_video(model, args) -> None:
 
 
 def cmd_inspect(args) -> None:
+    from .layer_health import IMAGE_SUFFIXES, image_paths
     from .loading import load_model, train_imgsz
 
     model = load_model(args.model)
@@ -204,7 +196,7 @@ def cmd_inspect(args) -> None:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for image_path in _images(Path(args.source)):
+    for image_path in image_paths(args.source, required=False):
         try:
             rows += inspect_image(model, image_path, out_dir, args.imgsz, args.conf, args.iou)
             print(f"{image_path.name}: done")
@@ -225,11 +217,12 @@ def cmd_ablate(args) -> None:
     import math
 
     from .ablation import ablate_folder
+    from .layer_health import image_paths
     from .loading import load_model, train_imgsz
 
     model = load_model(args.model)
     imgsz = args.imgsz or train_imgsz(model)  # as inspect and the app: the size the model was trained at
-    images = _images(Path(args.source))
+    images = image_paths(args.source, required=False)
     if not images:
         raise ValueError(f"{args.source}: no images in it")
     print(

@@ -32,9 +32,9 @@ import torch
 from torch import nn
 from torchvision.ops import deform_conv2d
 
-from .sampling_hooks import CAPTURE_SLOT, OVERRIDE_SLOT, hand_over, hooked
+from .sampling_hooks import HookFreeState, hand_over, hooked
 
-__all__ = ["DCNv2", "same_padding", "split_offset_mask", "torchvision_to_record", "record_to_torchvision"]
+__all__ = ["DCNv2", "same_padding", "split_chunked_offset_mask", "torchvision_to_record", "record_to_torchvision"]
 
 
 def same_padding(kernel_size: int, dilation: int = 1) -> int:
@@ -42,8 +42,10 @@ def same_padding(kernel_size: int, dilation: int = 1) -> int:
     return (dilation * (kernel_size - 1) + 1) // 2
 
 
-def split_offset_mask(offset_mask: torch.Tensor, points: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fork's ``chunk(offset_mask, 3, dim=1)`` -> ``(cat(o1, o2), mask)``.
+def split_chunked_offset_mask(offset_mask: torch.Tensor, points: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fork's ``chunk(offset_mask, 3, dim=1)`` -> ``(cat(o1, o2), mask)``: channels-first, every
+    group's offsets in the first two chunks and every group's mask logits in the third (DCNv4's
+    channels-last per-group blocks: ``dcnv3.dcnv4.split_per_group_offset_mask``).
 
     Args:
         offset_mask: (N, 3*G*KK, H, W), the ``conv_offset_mask`` output.
@@ -57,6 +59,9 @@ def split_offset_mask(offset_mask: torch.Tensor, points: int) -> tuple[torch.Ten
     if offset_mask.shape[1] != 3 * points:
         raise ValueError(f"DCNv2 offset_mask has {offset_mask.shape[1]} channels, 3*G*K*K = {3 * points} expected")
     return offset_mask[:, : 2 * points], offset_mask[:, 2 * points :]
+
+
+split_offset_mask = split_chunked_offset_mask  # the earlier name
 
 
 def torchvision_to_record(
@@ -98,7 +103,7 @@ def record_to_torchvision(
     return offset.reshape(n, 2 * group * k * k, h, w).contiguous(), mask.reshape(n, group * k * k, h, w).contiguous()
 
 
-class DCNv2(nn.Module):
+class DCNv2(HookFreeState, nn.Module):
     """DCNv2 conv block with the ``extra_modules`` family's constructor, parameter names and forward.
 
     Args (the fork's ``DCNv2(in_channels, out_channels, kernel_size, stride=1, padding=None,
@@ -191,7 +196,7 @@ class DCNv2(nn.Module):
     def offset_and_mask(self, input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(N, C_in, H, W) -> torchvision's ``offset`` (N, 2*G*K*K, H_out, W_out), the sigmoid
         ``mask`` (N, G*K*K, H_out, W_out) and the mask logits before it, as the fork computes them."""
-        offset, logits = split_offset_mask(self.conv_offset_mask(input), self.group * self.points)
+        offset, logits = split_chunked_offset_mask(self.conv_offset_mask(input), self.group * self.points)
         return offset, logits.sigmoid(), logits
 
     def bounded(self, offset: torch.Tensor, input_hw) -> torch.Tensor:
@@ -224,13 +229,6 @@ class DCNv2(nn.Module):
         )
         bn = getattr(self, "bn", None)
         return self.act(out if bn is None else bn(out))
-
-    def __getstate__(self) -> dict:
-        # A model pickled or deep-copied inside ``dcnv3.capture`` must not carry the records.
-        state = dict(super().__getstate__())
-        state.pop(CAPTURE_SLOT, None)
-        state.pop(OVERRIDE_SLOT, None)
-        return state
 
     def extra_repr(self) -> str:
         return (

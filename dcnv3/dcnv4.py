@@ -4,7 +4,7 @@ DCNv4 computes DCNv3's core without the softmax. One ``offset_mask`` projection 
 output cell, per group g the block ``[2P offsets as (dx, dy) pairs | P modulation scalars]``
 (channels ``[g*3P, (g+1)*3P)``), and the row is zero-padded up to a multiple of 8 channels
 (``offset_mask_channels``). The scalars are used as they are: signed, unbounded, not normalised.
-Split per group, they are exactly DCNv3's ``offset`` and ``mask`` (``split_offset_mask``), so
+Split per group, they are exactly DCNv3's ``offset`` and ``mask`` (``split_per_group_offset_mask``), so
 ``dcnv4_core`` runs DCNv3's core formulations (``dcnv3.ops.dcnv3_core``: the compiled CPU kernel by
 default, ``with dcnv3.formulation(name):`` to choose), forward and backward, on any device.
 DCNv4's own extension is CUDA-only ("Not implemented on the CPU"); nothing of it is needed here.
@@ -26,10 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import dcnv3_core, output_size
-from .sampling_hooks import CAPTURE_SLOT, OVERRIDE_SLOT, hand_over, hooked
+# CenterFeatureScaleModule: also importable from here, the path DCNv4 checkpoints pickle.
+from .module import CenterFeatureScaleModule, init_geometry
+from .ops import dcnv3_core, output_size, square_geometry
+from .sampling_hooks import HookFreeState, hand_over, hooked
 
-__all__ = ["DCNv4", "dcnv4_core", "split_offset_mask", "offset_mask_channels"]
+__all__ = ["DCNv4", "dcnv4_core", "split_per_group_offset_mask", "offset_mask_channels"]
 
 
 def offset_mask_channels(group: int, kernel_size: int, remove_center: bool | int = False) -> int:
@@ -38,8 +40,12 @@ def offset_mask_channels(group: int, kernel_size: int, remove_center: bool | int
     return int(math.ceil(group * points * 3 / 8) * 8)
 
 
-def split_offset_mask(offset_mask: torch.Tensor, group: int, points: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """DCNv4's packed ``offset_mask`` as DCNv3's ``offset`` and ``mask`` tensors.
+def split_per_group_offset_mask(
+    offset_mask: torch.Tensor, group: int, points: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DCNv4's packed ``offset_mask`` as DCNv3's ``offset`` and ``mask`` tensors: channels-last, one
+    block of offsets and scalars per group, padded (DCNv2's channels-first chunks of all groups'
+    offsets, then all masks: ``dcnv3.dcnv2.split_chunked_offset_mask``).
 
     Args:
         offset_mask: (..., C_om) with C_om >= group*3*points; per group g, channels
@@ -63,6 +69,9 @@ def split_offset_mask(offset_mask: torch.Tensor, group: int, points: int) -> tup
     offset = blocks[..., : 2 * points].flatten(-2)
     mask = blocks[..., 2 * points :].flatten(-2)
     return offset.contiguous(), mask.contiguous()
+
+
+split_offset_mask = split_per_group_offset_mask  # the earlier name
 
 
 def dcnv4_core(
@@ -121,7 +130,7 @@ def dcnv4_core(
             f"pad ({pad_h}, {pad_w}), dilation ({dilation_h}, {dilation_w}) on a "
             f"{input.shape[1]}x{input.shape[2]} input"
         )
-    offset, mask = split_offset_mask(offset_mask, group, points)
+    offset, mask = split_per_group_offset_mask(offset_mask, group, points)
     if softmax:
         mask = F.softmax(mask.unflatten(-1, (group, points)), -1).flatten(-2)
     return dcnv3_core(
@@ -143,14 +152,7 @@ def dcnv4_core(
     )
 
 
-class CenterFeatureScaleModule(nn.Module):
-    """sigmoid(x @ weight^T + bias): DCNv4's per-group blend between its output and the values."""
-
-    def forward(self, query, center_feature_scale_proj_weight, center_feature_scale_proj_bias):
-        return F.linear(query, center_feature_scale_proj_weight, center_feature_scale_proj_bias).sigmoid()
-
-
-class DCNv4(nn.Module):
+class DCNv4(HookFreeState, nn.Module):
     """DCNv4 with OpenGVLab/DCNv4's constructor, parameter names, init and forward, on any device.
 
     Args follow ``DCNv4.modules.dcnv4.DCNv4``: ``channels`` C (divisible by ``group`` G; D = C // G;
@@ -201,21 +203,10 @@ class DCNv4(nn.Module):
         **kwargs,
     ):
         super().__init__()
-        if channels % group != 0:
-            raise ValueError(f"channels must be divisible by group, but got {channels} and {group}")
-        if remove_center and kernel_size % 2 == 0:
-            raise ValueError(f"remove_center needs an odd kernel_size, got {kernel_size}")
-        self.offset_scale = offset_scale
-        self.channels = channels
-        self.kernel_size = kernel_size
-        self.stride = stride
-        self.dilation = dilation
-        self.pad = pad
-        self.group = group
-        self.group_channels = channels // group
+        init_geometry(
+            self, channels, kernel_size, stride, pad, dilation, group, offset_scale, center_feature_scale, remove_center
+        )
         self.dw_kernel_size = dw_kernel_size
-        self.center_feature_scale = center_feature_scale
-        self.remove_center = int(remove_center)
         self.without_pointwise = without_pointwise
         self.K = group * (kernel_size * kernel_size - self.remove_center)  # DCNv4's name: G*P
         if dw_kernel_size is not None:
@@ -228,9 +219,7 @@ class DCNv4(nn.Module):
             self.output_proj = nn.Linear(channels, channels, bias=output_bias)
         self._reset_parameters()
         if center_feature_scale:
-            self.center_feature_scale_proj_weight = nn.Parameter(torch.zeros((group, channels)))
-            self.center_feature_scale_proj_bias = nn.Parameter(torch.zeros(group))
-            self.center_feature_scale_module = CenterFeatureScaleModule()
+            CenterFeatureScaleModule.attach(self, group, channels)
 
     def _reset_parameters(self) -> None:
         # Zero offset_mask: an untrained layer samples the regular grid with all scalars 0, so its
@@ -251,18 +240,11 @@ class DCNv4(nn.Module):
 
     def output_hw(self, in_h: int, in_w: int) -> tuple[int, int]:
         """(H_out, W_out) for an (in_h, in_w) input."""
-        return output_size(
-            in_h,
-            in_w,
-            self.kernel_size,
-            self.kernel_size,
-            self.stride,
-            self.stride,
-            self.pad,
-            self.pad,
-            self.dilation,
-            self.dilation,
-        )
+        return output_size(in_h, in_w, *self.square_geometry())
+
+    def square_geometry(self) -> tuple[int, ...]:
+        """The core's eight geometry arguments (``dcnv3.ops.square_geometry``)."""
+        return square_geometry(self.kernel_size, self.stride, self.pad, self.dilation)
 
     def _at_kernel_centres(self, features: torch.Tensor) -> torch.Tensor:
         """(N, H, W, C) input-grid features -> (N, H_out, W_out, C) at each output cell's kernel
@@ -321,7 +303,7 @@ class DCNv4(nn.Module):
     def _sample_hooked(self, x: torch.Tensor, offset_mask: torch.Tensor, input_hw: tuple[int, int]) -> torch.Tensor:
         """``dcnv4_core`` with its split made here, so that the (dx, dy) offsets and free scalars
         pass through ``hand_over`` (capture, override) in the record layout on the way."""
-        offset, mask = split_offset_mask(offset_mask, self.group, self.points)
+        offset, mask = split_per_group_offset_mask(offset_mask, self.group, self.points)
         grid = offset.shape[:3]
         offsets, weights = hand_over(
             self,
@@ -334,26 +316,12 @@ class DCNv4(nn.Module):
             x,
             offsets.reshape(offset.shape),
             weights.reshape(mask.shape),
-            self.kernel_size,
-            self.kernel_size,
-            self.stride,
-            self.stride,
-            self.pad,
-            self.pad,
-            self.dilation,
-            self.dilation,
+            *self.square_geometry(),
             self.group,
             self.group_channels,
             self.offset_scale,
             self.remove_center,
         )
-
-    def __getstate__(self) -> dict:
-        # A model pickled or deep-copied inside ``dcnv3.capture`` must not carry the records.
-        state = dict(super().__getstate__())
-        state.pop(CAPTURE_SLOT, None)
-        state.pop(OVERRIDE_SLOT, None)
-        return state
 
     def forward(self, input: torch.Tensor, shape: tuple[int, int] | None = None) -> torch.Tensor:
         x_in, channels_first = self._channels_last(input, shape)
@@ -366,14 +334,7 @@ class DCNv4(nn.Module):
             out = dcnv4_core(
                 x,
                 offset_mask,
-                self.kernel_size,
-                self.kernel_size,
-                self.stride,
-                self.stride,
-                self.pad,
-                self.pad,
-                self.dilation,
-                self.dilation,
+                *self.square_geometry(),
                 self.group,
                 self.group_channels,
                 self.offset_scale,

@@ -60,9 +60,10 @@ __all__ = [
     "evaluate",
     "aggregate",
     "health",
+    "image_files",
     "image_paths",
-    "thresholds_markdown",
     "IMAGE_SUFFIXES",
+    "NEAR_BOUND",
 ]
 
 THRESHOLDS = {
@@ -84,8 +85,9 @@ FLAG_NAMES = {
     "untrained": "untrained",
     "same_groups": "groups learned the same thing",
 }
+# The image files the CLI, the health report and the health monitor read (``image_files``).
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-_NEAR_BOUND = 0.01  # a sigmoid within this of 0 or 1 has slope < 0.01: it no longer learns
+NEAR_BOUND = 0.01  # a sigmoid within this of 0 or 1 has slope < 0.01: it no longer learns
 
 
 @dataclass
@@ -188,7 +190,7 @@ def evaluate(numbers: LayerHealth) -> dict[str, str]:
         )
     if not vanished and numbers.binary_share is not None and numbers.binary_share > t["binary_share"]:
         reasons.append(
-            f"at 0 or 1: {numbers.binary_share:.0%} of the sigmoid weights within {_NEAR_BOUND} "
+            f"at 0 or 1: {numbers.binary_share:.0%} of the sigmoid weights within {NEAR_BOUND} "
             f"of a bound > {t['binary_share']:.0%}"
         )
     if reasons:
@@ -207,7 +209,7 @@ def layer_health(layer, letterbox) -> LayerHealth:
     weights = layer.weights.astype(np.float64)
     binary = None
     if layer.weight_kind == "sigmoid":
-        binary = float(((weights < _NEAR_BOUND) | (weights > 1.0 - _NEAR_BOUND)).mean())
+        binary = float(((weights < NEAR_BOUND) | (weights > 1.0 - NEAR_BOUND)).mean())
     numbers = LayerHealth(
         name=layer.name,
         stage=layer.stage,
@@ -299,12 +301,23 @@ class HealthReport:
         }
 
 
-def image_paths(source) -> list[Path]:
-    """An image file, or a folder's images (sorted) -> their paths; ValueError if there are none."""
+def image_files(folder, recursive: bool = False, suffixes=IMAGE_SUFFIXES) -> list[Path]:
+    """The images in a folder, sorted by path: the files whose suffix (any case) is one of
+    ``suffixes`` (lower case, with the dot), in the folder itself or, ``recursive``, in it and
+    every folder below. The one folder walker of the package (the CLI, the health report, the
+    trainer's health monitor and the dataset analysis list images with it)."""
+    folder = Path(folder)
+    entries = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in entries if p.suffix.lower() in suffixes)
+
+
+def image_paths(source, required: bool = True) -> list[Path]:
+    """An image file, or a folder's images (sorted) -> their paths; ValueError if there are none
+    (for a folder without images only when ``required``) or ``source`` does not exist."""
     source = Path(source)
     if source.is_dir():
-        paths = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not paths:
+        paths = image_files(source)
+        if not paths and required:
             raise ValueError(f"{source}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
         return paths
     if source.is_file():
@@ -350,25 +363,3 @@ def health(model, source, imgsz: int | None = None) -> HealthReport:
     names = [h.name for h in per_image[0][1]]
     layers = [aggregate([next(h for h in layers if h.name == name) for _, layers in per_image]) for name in names]
     return HealthReport(label, imgsz, per_image, layers, skipped)
-
-
-def thresholds_markdown() -> str:
-    """The flags and their thresholds in a few lines of markdown (the app's Health view)."""
-    t = THRESHOLDS
-    return "\n".join(
-        [
-            "**Flags**: each number is an image-wide mean over cells and groups, measured against the same "
-            "layer with zero offsets and uniform weights on the same image (*the grid*):",
-            f"- *collapsed to the grid*: mean |offset| < {t['collapsed_offset']:g} of the grid's point spacing",
-            f"- *exploding off the image*: more than {t['exploding_excess']:.0%} of the samples the grid keeps inside "
-            f"the image pushed off it, or mean |offset| > {t['exploding_offset']:g} point spacings",
-            f"- *weights saturated*: fewer than {t['saturated_points']:g} of the P points effectively carry the "
-            f"weight (P ** normalised entropy); for a sigmoid (DCNv2) also more than {t['binary_share']:.0%} of "
-            f"the weights within {_NEAR_BOUND} of 0 or 1",
-            f"- *weights vanished* (DCNv2, DCNv4): mean |m| < {t['vanished_sigmoid']:g} (sigmoid) or "
-            f"{t['vanished_free']:g} (free) while the offsets move",
-            "- *untrained* (DCNv4): offsets and scalars all about 0, its initial state",
-            f"- *groups learned the same thing*: mean pairwise cosine of the groups' offset fields > "
-            f"{t['same_groups_cosine']:g} (G >= 2)",
-        ]
-    )

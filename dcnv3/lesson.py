@@ -190,26 +190,10 @@ def lesson_records(model: LessonNet, images: list[np.ndarray]) -> tuple[np.ndarr
 def record_from_capture(name: str, captured, index: int, stride: int = LESSON_STRIDE, depth: int = 3) -> LayerRecord:
     """Image ``index`` of a ``dcnv3.capture`` record of a lesson DCNv3 layer as a ``LayerRecord``:
     ``stride`` of the layer's input in image pixels, no letterbox (own copies of the arrays)."""
-    module = captured.module
     offsets = captured.offsets[index].float().numpy().copy()
     weights = captured.weights[index].float().numpy().copy()
-    return LayerRecord(
-        name=name,
-        stage=f"lesson layer {name.split('.')[1] if '.' in name else name}/{depth} (stride {stride})",
-        stride=stride,
-        layer_stride=int(module.stride),
-        grid=tuple(offsets.shape[:2]),
-        kernel=int(module.kernel_size),
-        dilation=int(module.dilation),
-        pad=int(module.pad),
-        offset_scale=float(module.offset_scale),
-        groups=int(module.group),
-        points=int(module.points),
-        remove_center=bool(module.remove_center),
-        offsets=offsets,
-        weights=weights,
-        weight_kind=captured.weight_kind,
-    )
+    stage = f"lesson layer {name.split('.')[1] if '.' in name else name}/{depth} (stride {stride})"
+    return LayerRecord.from_capture(name, captured, offsets, weights, stride, stage)
 
 
 def one_cell(record: LayerRecord, cell: tuple[int, int]) -> LayerRecord:

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import native
-from .ops import dcnv3_core, output_size
-from .sampling_hooks import CAPTURE_SLOT, OVERRIDE_SLOT, hand_over, hooked
+from .ops import dcnv3_core, output_size, square_geometry
+from .sampling_hooks import HookFreeState, hand_over, hooked
 
 __all__ = [
     "DCNv3",
@@ -21,6 +21,7 @@ __all__ = [
     "to_channels_first",
     "to_channels_last",
     "CenterFeatureScaleModule",
+    "init_geometry",
     "build_norm_layer",
     "build_act_layer",
 ]
@@ -96,14 +97,56 @@ def softmax_over_points(logits: torch.Tensor, points: int) -> torch.Tensor:
     return F.softmax(rows.t(), 0).t().reshape(logits.shape)
 
 
+def init_geometry(
+    layer: nn.Module,
+    channels: int,
+    kernel_size: int,
+    stride: int,
+    pad: int,
+    dilation: int,
+    group: int,
+    offset_scale: float,
+    center_feature_scale: bool,
+    remove_center: bool | int,
+) -> None:
+    """The constructor arguments DCNv3 and DCNv4 share, checked and set on ``layer`` under
+    InternImage's attribute names (``group_channels`` = channels // group, ``remove_center`` an
+    int). Raises ValueError for channels not divisible by group, or remove_center with an even kernel."""
+    if channels % group != 0:
+        raise ValueError(f"channels must be divisible by group, but got {channels} and {group}")
+    if remove_center and kernel_size % 2 == 0:
+        raise ValueError(f"remove_center needs an odd kernel_size, got {kernel_size}")
+    layer.offset_scale = offset_scale
+    layer.channels = channels
+    layer.kernel_size = kernel_size
+    layer.stride = stride
+    layer.dilation = dilation
+    layer.pad = pad
+    layer.group = group
+    layer.group_channels = channels // group
+    layer.center_feature_scale = center_feature_scale
+    layer.remove_center = int(remove_center)
+
+
 class CenterFeatureScaleModule(nn.Module):
-    """sigmoid(query @ weight^T + bias): the per-group blend between DCNv3 output and input_proj."""
+    """sigmoid(query @ weight^T + bias): the per-group blend of DCNv3 (between its output and
+    ``input_proj``) and of DCNv4 (between its output and the values). The one class of both:
+    ``dcnv3.dcnv4.CenterFeatureScaleModule``, the path DCNv4 checkpoints pickle, is this one."""
 
     def forward(self, query, center_feature_scale_proj_weight, center_feature_scale_proj_bias):
         return F.linear(query, center_feature_scale_proj_weight, center_feature_scale_proj_bias).sigmoid()
 
+    @classmethod
+    def attach(cls, layer: nn.Module, group: int, channels: int) -> None:
+        """Give ``layer`` InternImage's center_feature_scale parts, in DCNv3's and DCNv4's names and
+        order: ``center_feature_scale_proj_weight`` (G, C) and ``_bias`` (G,), both zero, then the
+        ``center_feature_scale_module``."""
+        layer.center_feature_scale_proj_weight = nn.Parameter(torch.zeros((group, channels)))
+        layer.center_feature_scale_proj_bias = nn.Parameter(torch.zeros(group))
+        layer.center_feature_scale_module = cls()
 
-class DCNv3(nn.Module):
+
+class DCNv3(HookFreeState, nn.Module):
     """DCNv3 (InternImage, CVPR 2023) on channels-last tensors.
 
     Args follow ``DCNv3_pytorch``: ``channels`` C (divisible by ``group`` G, D = C // G channels
@@ -146,22 +189,11 @@ class DCNv3(nn.Module):
         remove_center: bool = False,
     ):
         super().__init__()
-        if channels % group != 0:
-            raise ValueError(f"channels must be divisible by group, but got {channels} and {group}")
-        if remove_center and kernel_size % 2 == 0:
-            raise ValueError(f"remove_center needs an odd kernel_size, got {kernel_size}")
+        init_geometry(
+            self, channels, kernel_size, stride, pad, dilation, group, offset_scale, center_feature_scale, remove_center
+        )
         dw_kernel_size = dw_kernel_size if dw_kernel_size is not None else kernel_size
-        self.offset_scale = offset_scale
-        self.channels = channels
-        self.kernel_size = kernel_size
         self.dw_kernel_size = dw_kernel_size
-        self.stride = stride
-        self.dilation = dilation
-        self.pad = pad
-        self.group = group
-        self.group_channels = channels // group
-        self.center_feature_scale = center_feature_scale
-        self.remove_center = int(remove_center)
         points = kernel_size * kernel_size - self.remove_center
 
         self.dw_conv = nn.Sequential(
@@ -182,9 +214,7 @@ class DCNv3(nn.Module):
         self.output_proj = nn.Linear(channels, channels)
         self._reset_parameters()
         if center_feature_scale:
-            self.center_feature_scale_proj_weight = nn.Parameter(torch.zeros((group, channels)))
-            self.center_feature_scale_proj_bias = nn.Parameter(torch.zeros(group))
-            self.center_feature_scale_module = CenterFeatureScaleModule()
+            CenterFeatureScaleModule.attach(self, group, channels)
 
     def _reset_parameters(self) -> None:
         # Zero offset and mask heads: an untrained layer samples the regular grid, weights 1/P.
@@ -226,18 +256,8 @@ class DCNv3(nn.Module):
         x = self.input_proj(input)
         x_proj = x
         x1 = self.offset_features(input)  # NHWC, on the strided output grid
-        out_h, out_w = output_size(
-            in_h,
-            in_w,
-            self.kernel_size,
-            self.kernel_size,
-            self.stride,
-            self.stride,
-            self.pad,
-            self.pad,
-            self.dilation,
-            self.dilation,
-        )
+        geometry = square_geometry(self.kernel_size, self.stride, self.pad, self.dilation)
+        out_h, out_w = output_size(in_h, in_w, *geometry)
         if x1.shape[1:3] != (out_h, out_w):
             raise ValueError(
                 f"DCNv3 geometry mismatch: the offset branch (dw_kernel_size={self.dw_kernel_size}, "
@@ -258,23 +278,7 @@ class DCNv3(nn.Module):
                 mask_logits=logits,
             )
             offset, mask = offsets.reshape(offset.shape), weights.reshape(mask.shape)
-        x = dcnv3_core(
-            x,
-            offset,
-            mask,
-            self.kernel_size,
-            self.kernel_size,
-            self.stride,
-            self.stride,
-            self.pad,
-            self.pad,
-            self.dilation,
-            self.dilation,
-            self.group,
-            self.group_channels,
-            self.offset_scale,
-            remove_center,
-        )
+        x = dcnv3_core(x, offset, mask, *geometry, self.group, self.group_channels, self.offset_scale, remove_center)
         if self.center_feature_scale:
             scale = self.center_feature_scale_module(
                 x1, self.center_feature_scale_proj_weight, self.center_feature_scale_proj_bias
@@ -284,13 +288,6 @@ class DCNv3(nn.Module):
                 x_proj = x_proj[:, :: self.stride, :: self.stride][:, :out_h, :out_w]
             x = x * (1 - scale) + x_proj * scale
         return self.output_proj(x)
-
-    def __getstate__(self) -> dict:
-        # A model pickled or deep-copied inside ``dcnv3.capture`` must not carry the records.
-        state = dict(super().__getstate__())
-        state.pop(CAPTURE_SLOT, None)
-        state.pop(OVERRIDE_SLOT, None)
-        return state
 
     def extra_repr(self) -> str:
         return (

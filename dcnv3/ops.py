@@ -35,6 +35,7 @@ grid_sample's unnormalisation), compute in at least float32 and return the input
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import functools
 import warnings
@@ -52,6 +53,7 @@ __all__ = [
     "dcnv3_core_sparse",
     "dcnv3_core_native",
     "output_size",
+    "square_geometry",
     "set_default_formulation",
     "default_formulation",
     "formulation",
@@ -97,6 +99,12 @@ def output_size(
     out_h = (in_h + 2 * pad_h - (dilation_h * (kernel_h - 1) + 1)) // stride_h + 1
     out_w = (in_w + 2 * pad_w - (dilation_w * (kernel_w - 1) + 1)) // stride_w + 1
     return out_h, out_w
+
+
+def square_geometry(kernel_size: int, stride: int, pad: int, dilation: int) -> tuple[int, ...]:
+    """The eight geometry arguments of ``output_size`` and the cores (kernel_h, kernel_w, stride_h,
+    stride_w, pad_h, pad_w, dilation_h, dilation_w) of a square geometry, as the modules have it."""
+    return kernel_size, kernel_size, stride, stride, pad, pad, dilation, dilation
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -633,37 +641,51 @@ FORMULATIONS = {
     "grid_sample": dcnv3_core_grid_sample,
 }
 _RUNNERS = {"native": _run_native, "sparse": _run_sparse, "gather": _run_gather, "grid_sample": _run_grid_sample}
-_default = "native"
+# The process default (``set_default_formulation``) and the choice of the innermost ``with
+# formulation(name):`` block of this thread or asyncio task (a context variable: a block in one gradio
+# worker thread leaves every other thread on the process default). Unset: the process default.
+_process_default = "native"
+_block_choice: contextvars.ContextVar[str | None] = contextvars.ContextVar("dcnv3_formulation", default=None)
+
+
+def _checked(name: str) -> str:
+    if name not in FORMULATIONS:
+        raise ValueError(f"unknown DCNv3 formulation {name!r}; choose from {sorted(FORMULATIONS)}")
+    return name
 
 
 def set_default_formulation(name: str) -> str:
-    """Choose the formulation ``dcnv3_core`` uses, process-wide; returns the previous one.
+    """Choose the formulation ``dcnv3_core`` uses, process-wide; returns the previous process default.
 
     ``"native"`` (default; the sparse formulation where the kernel is unavailable), ``"sparse"``,
     ``"gather"`` or ``"grid_sample"``. To change it for a block of code only, use
-    ``with formulation(name):``.
+    ``with formulation(name):``, whose choice holds in its own thread (or asyncio task) only and
+    takes precedence there over the process default.
     """
-    global _default
-    if name not in FORMULATIONS:
-        raise ValueError(f"unknown DCNv3 formulation {name!r}; choose from {sorted(FORMULATIONS)}")
-    previous, _default = _default, name
+    global _process_default
+    previous, _process_default = _process_default, _checked(name)
     return previous
 
 
 def default_formulation() -> str:
-    """The formulation ``dcnv3_core`` uses now."""
-    return _default
+    """The formulation ``dcnv3_core`` uses now, here: the innermost ``with formulation(name):``
+    block's choice of this thread or task, else the process default."""
+    chosen = _block_choice.get()
+    return _process_default if chosen is None else chosen
 
 
 @contextlib.contextmanager
 def formulation(name: str):
     """Context manager: ``dcnv3_core`` uses ``name`` inside the block, and the previous
-    formulation again after it (also on an exception), like timm's ``set_layer_config``."""
-    previous = set_default_formulation(name)
+    formulation again after it (also on an exception), like timm's ``set_layer_config``.
+
+    The choice is local to the current thread (or asyncio task, a ``contextvars`` context): other
+    threads, e.g. the app's other gradio workers, keep the process default meanwhile."""
+    token = _block_choice.set(_checked(name))
     try:
         yield
     finally:
-        set_default_formulation(previous)
+        _block_choice.reset(token)
 
 
 def dcnv3_core(
@@ -716,4 +738,4 @@ def dcnv3_core(
             remove_center,
         ),
     )
-    return _RUNNERS[_default](*tensors, geo).to(input.dtype)
+    return _RUNNERS[default_formulation()](*tensors, geo).to(input.dtype)

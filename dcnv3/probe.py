@@ -46,6 +46,7 @@ __all__ = [
     "prepare_image",
     "network_input",
     "inference_model",
+    "INFERENCE_ROLES",
 ]
 
 
@@ -108,6 +109,35 @@ class LayerRecord:
     def label(self) -> str:
         """E.g. "P4/16 backbone · model.6.m.0.cv2.dcnv3 · G=4 K=3"."""
         return f"{self.stage} · {self.name} · G={self.groups} K={self.kernel}"
+
+    @classmethod
+    def from_capture(
+        cls, name: str, captured, offsets: np.ndarray, weights: np.ndarray, stride: int, stage: str
+    ) -> LayerRecord:
+        """The one place where what a deformable module captured (a ``dcnv3.capture.CapturedLayer``)
+        becomes a ``LayerRecord``: one image's ``offsets`` (H, W, G, P, 2) and ``weights``
+        (H, W, G, P), already in the record's layout (every deformable module hands them over in
+        it: ``dcnv3.sampling_hooks``), kept as given; the module's geometry and weight kind;
+        ``stride`` of the layer's input map in input pixels and the ``stage`` label, which the
+        caller knows (the probe from the YOLO's layout, the lesson network from its own)."""
+        module = captured.module
+        return cls(
+            name=name,
+            stage=stage,
+            stride=stride,
+            layer_stride=int(module.stride),
+            grid=tuple(offsets.shape[:2]),
+            kernel=int(module.kernel_size),
+            dilation=int(module.dilation),
+            pad=int(module.pad),
+            offset_scale=float(module.offset_scale),
+            groups=int(module.group),
+            points=int(module.points),
+            remove_center=bool(getattr(module, "remove_center", 0)),
+            offsets=offsets,
+            weights=weights,
+            weight_kind=captured.weight_kind,
+        )
 
 
 @dataclass
@@ -283,22 +313,32 @@ def _stage(name: str, stride: int, backbone_layers: int) -> str:
     return f"P{level}/{stride} {part}"
 
 
+# The one cache of fused inference copies: per YOLO object, {(one_to_one, role): (the model.model it
+# was made from, the copy, its deformable_modules)}; a copy is made again when model.model changes.
 _runners: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Who runs a copy: "probe" (the probe, ablations, benchmarks) or "gradient" (dcnv3.receptive_field,
+# whose forward hooks and gradient passes must not meet a probe running in another thread).
+INFERENCE_ROLES = ("probe", "gradient")
 
 
-def inference_model(model, one_to_one: bool = False) -> torch.nn.Module:
+def inference_model(model, one_to_one: bool = False, role: str = "probe") -> torch.nn.Module:
     """A fused (Conv+BN), eval, fp32 copy of a YOLO's DetectionModel, cached per YOLO object.
 
     The probe hooks this copy rather than the predictor's: ultralytics' predictor deep-copies
     the model when it is set up, so hooks on ``model.model`` would never see its forward.
+    ``role``: one of ``INFERENCE_ROLES``; each role has its own copy of the same network, so that
+    the receptive field's hooked forwards (``"gradient"``) never run on the probe's copy.
     """
-    return _inference_copy(model, one_to_one)[0]
+    return _inference_copy(model, one_to_one, role)[0]
 
 
-def _inference_copy(model, one_to_one: bool = False) -> tuple[torch.nn.Module, list]:
-    """(``inference_model(model, one_to_one)``, its ``deformable_modules``), cached per YOLO object
-    and head choice."""
-    cached = _runners.setdefault(model, {}).get(one_to_one)
+def _inference_copy(model, one_to_one: bool = False, role: str = "probe") -> tuple[torch.nn.Module, list]:
+    """(``inference_model(model, one_to_one, role)``, its ``deformable_modules``), cached per YOLO
+    object, head choice and role."""
+    if role not in INFERENCE_ROLES:
+        raise ValueError(f"unknown inference copy role {role!r}; choose from {INFERENCE_ROLES}")
+    key = (one_to_one, role)
+    cached = _runners.setdefault(model, {}).get(key)
     if cached is not None and cached[0] is model.model:
         return cached[1], cached[2]
     runner = copy.deepcopy(model.model).float().eval()
@@ -315,7 +355,7 @@ def _inference_copy(model, one_to_one: bool = False) -> tuple[torch.nn.Module, l
     for parameter in runner.parameters():
         parameter.requires_grad_(False)
     modules = deformable_modules(runner)
-    _runners[model][one_to_one] = (model.model, runner, modules)
+    _runners[model][key] = (model.model, runner, modules)
     return runner, modules
 
 
@@ -403,30 +443,10 @@ def probe_batch(
 def _layer_record(
     name: str, captured, offsets: np.ndarray, weights: np.ndarray, input_shape: tuple[int, int], backbone_layers: int
 ) -> LayerRecord:
-    """The one place where what a deformable module captured becomes a ``LayerRecord``: one
-    image's ``offsets`` (H, W, G, P, 2) and ``weights`` (H, W, G, P), already in the record's
-    layout (every deformable module hands them over in it: ``dcnv3.sampling_hooks``), the
-    module's geometry and its weight kind."""
-    module = captured.module
-    out_h, out_w = offsets.shape[:2]
+    """A probed YOLO's ``LayerRecord``: its input stride from the network input's ``input_shape``
+    and its stage (P level, backbone or neck) from its name."""
     stride = int(round(input_shape[0] / captured.input_hw[0]))  # of the layer's input map
-    return LayerRecord(
-        name=name,
-        stage=_stage(name, stride, backbone_layers),
-        stride=stride,
-        layer_stride=int(module.stride),
-        grid=(out_h, out_w),
-        kernel=int(module.kernel_size),
-        dilation=int(module.dilation),
-        pad=int(module.pad),
-        offset_scale=float(module.offset_scale),
-        groups=int(module.group),
-        points=int(module.points),
-        remove_center=bool(getattr(module, "remove_center", 0)),
-        offsets=offsets,
-        weights=weights,
-        weight_kind=captured.weight_kind,
-    )
+    return LayerRecord.from_capture(name, captured, offsets, weights, stride, _stage(name, stride, backbone_layers))
 
 
 def _probe_prepared(model, runner, modules, prepared: list, conf: float, iou: float, max_det: int) -> list[Probe]:

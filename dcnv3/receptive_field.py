@@ -32,9 +32,7 @@ and input size, so anchors coincide.
 
 from __future__ import annotations
 
-import copy
 import threading
-import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -151,20 +149,14 @@ def mass_regions(weights: np.ndarray, fractions=FRACTIONS) -> tuple[np.ndarray, 
 
 
 # -- YOLO plumbing --------------------------------------------------------------------------------
-_runners: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _lock = threading.Lock()  # one gradient forward at a time: the hooks live on a shared copy
 
 
 def gradient_network(model) -> nn.Module:
-    """A private copy of the probe's fused fp32 eval network (the probe's own stays hook-free,
-    so a probe in another thread never sees this module's hooks)."""
-    base = inference_model(model)
-    cached = _runners.get(model)
-    if cached is not None and cached[0] is base:
-        return cached[1]
-    runner = copy.deepcopy(base)
-    _runners[model] = (base, runner)
-    return runner
+    """The probe's fused fp32 eval network in its own copy (``inference_model``'s ``"gradient"``
+    role, from the one cache of inference copies): the probe's copy stays hook-free, so a probe in
+    another thread never sees this module's hooks."""
+    return inference_model(model, role="gradient")
 
 
 def target_module(runner: nn.Module, layer: str) -> str:

@@ -13,7 +13,9 @@ Each follows one small protocol, so that capture, the probe and ablations treat 
   its offsets and weights and sampling, with both in the **record layout** below, and samples with
   the tensors it gets back (they differ only inside ``override_sampling``). A module whose own
   layout differs (DCNv2's channels-first, (dy, dx), row-major points) converts only when
-  ``hooked(self)`` says a hook is attached, so a plain forward pays one dictionary lookup.
+  ``hooked(self)`` says a hook is attached, so a plain forward pays one dictionary lookup;
+* it derives from ``HookFreeState``, so that a copy or pickle made inside a capture or an
+  override carries neither along.
 
 Record layout, for every operator:
 
@@ -38,6 +40,7 @@ __all__ = [
     "OVERRIDE_SLOT",
     "OPERATOR_OF_KIND",
     "WEIGHT_KINDS",
+    "HookFreeState",
     "describe_layers",
     "SamplingOverride",
     "hand_over",
@@ -84,6 +87,18 @@ def hooked(module: nn.Module) -> bool:
     """Whether a capture or an override is attached to ``module`` (its forward must hand over)."""
     state = module.__dict__
     return CAPTURE_SLOT in state or OVERRIDE_SLOT in state
+
+
+class HookFreeState:
+    """Mixin of every deformable module (before ``nn.Module`` in its bases): its pickled or
+    deep-copied state leaves out the capture records and the override attached to it, so a model
+    saved or copied inside ``dcnv3.capture`` or ``override_sampling`` carries neither."""
+
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__())
+        state.pop(CAPTURE_SLOT, None)
+        state.pop(OVERRIDE_SLOT, None)
+        return state
 
 
 def hand_over(

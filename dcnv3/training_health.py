@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 
 from . import layer_health
-from .layer_health import IMAGE_SUFFIXES
+from .layer_health import image_files
 
 __all__ = ["HealthMonitor", "stop_rule", "CSV_NAME", "JSON_NAME", "CSV_FIELDS", "validation_images", "read_health"]
 
@@ -67,7 +67,7 @@ def validation_images(data: dict, count: int) -> list[Path]:
     for entry in entries:
         path = Path(entry)
         if path.is_dir():
-            found += [p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+            found += image_files(path, recursive=True)
         elif path.suffix == ".txt" and path.is_file():
             base = Path(data.get("path", path.parent))
             for line in path.read_text().splitlines():

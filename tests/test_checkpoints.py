@@ -290,3 +290,41 @@ def test_other_fork_layouts_load(tmp_path, layout):
         cwd=tmp_path,
     )
     assert out.split()[0] == "5"
+
+
+@pytest.mark.parametrize("centre_scale_path", ["dcnv3.module", "dcnv3.dcnv4"])
+def test_operator_class_paths_resolve_for_the_restricted_unpickler(tmp_path, monkeypatch, centre_scale_path):
+    """Checkpoints pickle our operators by class path; the shared ``CenterFeatureScaleModule`` lives
+    in dcnv3.module and an older file names it ``dcnv3.dcnv4.CenterFeatureScaleModule``: both load,
+    and compute what was saved."""
+    import zipfile
+
+    from dcnv3 import dcnv4, module
+    from dcnv3.checkpoints import safe_load
+    from dcnv3.dcnv2 import DCNv2
+
+    assert dcnv4.CenterFeatureScaleModule is module.CenterFeatureScaleModule
+    torch.manual_seed(0)
+    layers = torch.nn.ModuleList(
+        [module.DCNv3(16, group=2, center_feature_scale=True), dcnv4.DCNv4(16, group=2, center_feature_scale=True)]
+    )
+    for layer in layers:  # the blend's projection away from zero, so the test sees it
+        torch.nn.init.normal_(layer.center_feature_scale_proj_weight)
+    plain = DCNv2(16, 16)
+    path = tmp_path / "operators.pt"
+    monkeypatch.setattr(module.CenterFeatureScaleModule, "__module__", centre_scale_path)
+    torch.save({"model": layers, "dcnv2": plain}, path)
+    monkeypatch.undo()
+    with zipfile.ZipFile(path) as archive:
+        pickled = next(archive.read(n) for n in archive.namelist() if n.endswith("data.pkl"))
+    for name in (b"dcnv3.module\nDCNv3", b"dcnv3.dcnv4\nDCNv4", b"dcnv3.dcnv2\nDCNv2"):
+        assert name in pickled
+    assert f"{centre_scale_path}\nCenterFeatureScaleModule".encode() in pickled
+    loaded = safe_load(path)
+    image = torch.randn(1, 16, 6, 6)
+    inputs = (image.permute(0, 2, 3, 1), image)  # DCNv3 channels-last, DCNv4 (N, C, H, W)
+    with torch.no_grad():
+        for ours, theirs, x in zip(layers, loaded["model"], inputs):
+            assert type(theirs.center_feature_scale_module) is module.CenterFeatureScaleModule
+            torch.testing.assert_close(theirs(x), ours(x), rtol=0, atol=0)
+        torch.testing.assert_close(loaded["dcnv2"].eval()(image), plain.eval()(image), rtol=0, atol=0)

@@ -16,7 +16,7 @@ from torchvision.ops import deform_conv2d
 
 import dcnv3
 from dcnv3 import geometry
-from dcnv3.dcnv2 import DCNv2, record_to_torchvision, same_padding, split_offset_mask, torchvision_to_record
+from dcnv3.dcnv2 import DCNv2, record_to_torchvision, same_padding, split_chunked_offset_mask, torchvision_to_record
 from dcnv3.probe import LayerRecord
 from dcnv3.sampling_hooks import is_deformable, override_sampling
 
@@ -182,7 +182,7 @@ def test_hooked_forward_equals_the_plain_one_and_keeps_the_raw_tensors():
     captured = layers[""]
     assert captured.weight_kind == "sigmoid" and captured.input_hw == (9, 10)
     assert captured.offsets.shape == (2, 9, 10, 2, 9, 2) and captured.weights.shape == (2, 9, 10, 2, 9)
-    offset, logits = split_offset_mask(head, 18)
+    offset, logits = split_chunked_offset_mask(head, 18)
     assert torch.equal(captured.raw["offset"], offset) and torch.equal(captured.raw["mask_logits"], logits)
     assert torch.equal(captured.weights, torchvision_to_record(offset, logits.sigmoid(), 2, 3)[1])
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from repo_paths import ROOT
 
 from dcnv3 import DCNv4, dcnv4_core, formulation
-from dcnv3.dcnv4 import offset_mask_channels, split_offset_mask
+from dcnv3.dcnv4 import offset_mask_channels, split_per_group_offset_mask
 from dcnv3.ops import output_size
 
 GOLDEN = Path(__file__).parent / "data" / "golden_dcnv4"
@@ -212,7 +212,7 @@ def test_split_is_dcnv3s_layout():
     """Group g's block [2P offsets | P scalars] becomes DCNv3's offset[g*2P:(g+1)*2P] and mask[g*P:(g+1)*P]."""
     group, points = 3, 4
     offset_mask = torch.arange(2 * 40, dtype=torch.float64).view(2, 1, 1, 40)  # 36 used + 4 padding
-    offset, mask = split_offset_mask(offset_mask, group, points)
+    offset, mask = split_per_group_offset_mask(offset_mask, group, points)
     assert offset.shape == (2, 1, 1, 24) and mask.shape == (2, 1, 1, 12)
     for g in range(group):
         start = g * 12  # group g's block of 3P = 12 channels

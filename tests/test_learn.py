@@ -37,6 +37,30 @@ def test_toy_scene_moves_scales_and_rotates_only_the_shape():
         toy.toy_scene(toy.ToyShape(class_id=7))
 
 
+def test_the_toy_caches_belong_to_their_owner_not_to_the_module():
+    """The scene pieces and the dilation sweeps are kept by the object the app hands over
+    (``AppContext.toy_scenes`` / ``.sweeps``), one per app; without one nothing is kept."""
+    from dcnv3.lesson import LessonConfig, LessonNet
+    from viz_app import lesson_view
+    from viz_app.context import AppContext
+    from viz_app.models import ModelRegistry
+
+    shape = toy.ToyShape(class_id=0, size=100, angle=0, x=160, y=160)
+    scenes = toy.ToyScenes()
+    assert scenes.background(8) is scenes.background(8) and not scenes.background(8).flags.writeable
+    assert np.array_equal(scenes.scene(shape, 8), toy.toy_scene(shape, seed=8))
+    assert np.array_equal(toy.background(8), scenes.background(8))
+    assert toy.background(8) is not toy.background(8)  # no module-level cache
+    first, second = AppContext.create(ModelRegistry()), AppContext.create(ModelRegistry())
+    assert first.toy_scenes is not second.toy_scenes and first.sweeps is not second.sweeps
+    net = LessonNet(LessonConfig(channels=8, groups=2, depth=1)).eval()
+    cache = lesson_view.sweep_cache()
+    kept = lesson_view.dilation_sweep(net, shape, 8, cache=cache, scenes=scenes)
+    assert lesson_view.dilation_sweep(net, shape, 8, cache=cache, scenes=scenes) is kept and len(cache) == 1
+    fresh = lesson_view.dilation_sweep(net, shape, 8)
+    assert fresh is not kept and np.array_equal(fresh[1], kept[1])
+
+
 def test_toy_view_draws_the_layer_at_the_shape_centre(bundled):
     shape = toy.ToyShape(class_id=3, size=120, angle=0, x=100, y=180)
     view = toy.toy_view(bundled, "model.6.m.1.cv2.dcnv3", shape, seed=8)

@@ -9,7 +9,7 @@ import torch
 
 import dcnv3
 from dcnv3 import DCNv3, DCNv3_pytorch, capture
-from dcnv3.module import CAPTURE_SLOT
+from dcnv3.sampling_hooks import CAPTURE_SLOT
 
 GOLDEN = Path(__file__).parent / "data" / "golden_dcnv3"
 MODULE_CASES = [c for c in json.loads((GOLDEN / "index.json").read_text()) if c["kind"] == "module"]

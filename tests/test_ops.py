@@ -310,6 +310,73 @@ def test_formulation_context_manager_restores_the_previous_choice():
     assert default_formulation() == start
 
 
+def test_a_formulation_block_stays_in_its_own_thread(monkeypatch):
+    """``with formulation(name):`` in one thread (a gradio worker) does not leak: while that thread
+    waits inside its block, another thread sees the process default and ``dcnv3_core`` runs it
+    there; the block's own thread runs the block's choice, and the default after the block."""
+    import threading
+
+    from dcnv3 import default_formulation, formulation, ops
+
+    ran = []  # (thread name, formulation) of every dcnv3_core call
+
+    def spy(name, runner):
+        def run(*args):
+            ran.append((threading.current_thread().name, name))
+            return runner(*args)
+
+        return run
+
+    for name, runner in list(ops._RUNNERS.items()):
+        monkeypatch.setitem(ops._RUNNERS, name, spy(name, runner))
+    start = default_formulation()
+    assert start != "grid_sample"
+    *tensors, config = random_case(5)
+    expected = FORMULATIONS[start](*tensors, **config)
+    entered, release = threading.Event(), threading.Event()
+    seen, outputs, errors = {}, {}, []
+
+    def inside():
+        try:
+            with formulation("grid_sample"):
+                seen["inside"] = default_formulation()
+                outputs["inside"] = dcnv3_core(*tensors, **config)
+                entered.set()
+                assert release.wait(30), "the other thread never finished"
+                seen["inside, after the other thread"] = default_formulation()
+            seen["inside, after the block"] = default_formulation()
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+            entered.set()
+
+    def outside():
+        try:
+            assert entered.wait(30), "the block never opened"
+            seen["outside"] = default_formulation()
+            outputs["outside"] = dcnv3_core(*tensors, **config)
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            release.set()
+
+    threads = [threading.Thread(target=inside, name="inside"), threading.Thread(target=outside, name="outside")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert seen == {
+        "inside": "grid_sample",
+        "outside": start,
+        "inside, after the other thread": "grid_sample",
+        "inside, after the block": start,
+    }
+    assert ran == [("inside", "grid_sample"), ("outside", start)]
+    torch.testing.assert_close(outputs["outside"], expected, rtol=0, atol=0)
+    torch.testing.assert_close(outputs["inside"], expected, rtol=1e-10, atol=1e-10)
+    assert default_formulation() == start
+
+
 @pytest.mark.parametrize("core", [dcnv3_core_native, dcnv3_core_sparse, dcnv3_core_gather, dcnv3_core_grid_sample])
 def test_a_retained_graph_gives_the_same_gradients_twice(core):
     """backward(retain_graph=True) and a second backward, as gradcheck and double passes do."""

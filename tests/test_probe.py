@@ -1,5 +1,7 @@
 """The probe: geometry in original-image pixels, statistics, detections as ultralytics predicts."""
 
+import copy
+
 import cv2
 import numpy as np
 import pytest
@@ -215,6 +217,28 @@ def test_probe_runs_the_model_once(untrained):
     finally:
         handle.remove()
     assert calls == [1]
+
+
+def test_one_cache_holds_every_inference_copy(untrained):
+    """The probe's and the receptive field's fused copies come from the one cache: one copy per
+    (head, role), each made once, the gradient one apart from the probe's (its hooks stay off it),
+    both made again when the YOLO's network is replaced."""
+    from dcnv3 import receptive_field as rf
+
+    runner = inference_model(untrained)
+    gradient = rf.gradient_network(untrained)
+    assert gradient is inference_model(untrained, role="gradient") is rf.gradient_network(untrained)
+    assert gradient is not runner and runner is inference_model(untrained)
+    for a, b in zip(runner.state_dict().values(), gradient.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="unknown inference copy role"):
+        inference_model(untrained, role="training")
+    original = untrained.model
+    try:
+        untrained.model = copy.deepcopy(original)
+        assert inference_model(untrained) is not runner and rf.gradient_network(untrained) is not gradient
+    finally:
+        untrained.model = original
 
 
 def test_batched_probe_equals_one_image_at_a_time():

@@ -5,7 +5,7 @@ import torch
 
 import dcnv3
 from dcnv3 import DCNv3, DCNv4, capture, deformable_modules, override_sampling
-from dcnv3.dcnv4 import split_offset_mask
+from dcnv3.dcnv4 import split_per_group_offset_mask
 from dcnv3.sampling_hooks import SamplingOverride, is_deformable
 
 
@@ -46,7 +46,7 @@ def test_capture_gives_the_record_layout_and_kind(make):
         assert torch.equal(record.offsets.flatten(-3), record.offset_raw)
     else:
         assert record.weight_kind == "free"
-        offset, mask = split_offset_mask(layer.predict_offset_mask(x), 2, 9)
+        offset, mask = split_per_group_offset_mask(layer.predict_offset_mask(x), 2, 9)
         assert torch.equal(record.offsets.flatten(-3), offset) and torch.equal(record.weights.flatten(-2), mask)
         assert (record.weights < 0).any()  # signed: no softmax
     # The hooked path computes exactly what the plain path does.

@@ -3,8 +3,8 @@
 
 ``AppContext.create(registry)`` builds the parts that are not given: the ``Analyser`` (cached
 model runs and the model lock), the ``FileStore`` (where views, exports and videos are written),
-the receptive-field cache (shared by the Image tab's view, the Compare tab and ``/erf``) and the
-detections-canvas cache of the Image tab.
+the receptive-field cache (shared by the Image tab's view, the Compare tab and ``/erf``), the
+detections-canvas cache of the Image tab, and the Learn tab's toy-scene pieces and dilation sweeps.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from .ablation_view import AblationCache
 from .analyser import Analyser
 from .cache import LRUCache
 from .files import FileStore
+from .lesson_view import sweep_cache
 from .models import ModelRegistry
 from .receptive import FieldCache
+from .toy import ToyScenes
 
 __all__ = ["AppContext", "CANVAS_CACHE_SIZE"]
 
@@ -31,7 +33,9 @@ class AppContext:
     serialises forwards); ``files``: this app's output folder; ``fields``: computed receptive
     fields; ``canvases``: the Image tab's detections canvases, keyed by (``Analysis.key``,
     highlighted detection) -> (canvas BGR (H, W, 3) uint8, (sx, sy) canvas px per image px);
-    ``ablations``: the Ablation view's and /ablate's reruns per image, model and input size."""
+    ``ablations``: the Ablation view's and /ablate's reruns per image, model and input size;
+    ``toy_scenes``: the Learn tab's scene backgrounds and shapes (``viz_app.toy.ToyScenes``);
+    ``sweeps``: the Learn tab's dilation-by-size curves (``viz_app.lesson_view.dilation_sweep``)."""
 
     registry: ModelRegistry
     analyser: Analyser
@@ -39,6 +43,8 @@ class AppContext:
     fields: FieldCache
     canvases: LRUCache[tuple, tuple[np.ndarray, tuple[float, float]]]
     ablations: AblationCache = field(default_factory=AblationCache)
+    toy_scenes: ToyScenes = field(default_factory=ToyScenes)
+    sweeps: LRUCache[tuple, tuple[np.ndarray, np.ndarray]] = field(default_factory=sweep_cache)
 
     @classmethod
     def create(

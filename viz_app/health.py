@@ -3,7 +3,8 @@
 The numbers and the calibrated flags themselves are computed in the package, ``dcnv3.layer_health``
 (the same ones ``dcnv3.health(...)`` and ``python -m dcnv3 health`` report): each flag is measured
 against the same layer with zero offsets and uniform weights on the same image. This module turns
-them into the table the app shows (``health_rows``) and re-exports what the views read.
+them into the table the app shows (``health_rows``) and the flags' legend (``thresholds_markdown``),
+and re-exports what the views read.
 
 ``dilation_by_size`` gives the DCNv1 paper's Table 2 for one image: rows = layers, columns =
 small / medium / large detections (sqrt(box area) < 32, < 96, >= 96 original-image px, the COCO
@@ -17,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from dcnv3.analysis import dilation_at_objects
-from dcnv3.layer_health import THRESHOLDS, LayerHealth, layer_health, probe_health, thresholds_markdown
+from dcnv3.layer_health import NEAR_BOUND, THRESHOLDS, LayerHealth, layer_health, probe_health
 from dcnv3.stats import group_similarity  # re-exported: the health table's group cosine
 
 __all__ = [
@@ -39,6 +40,29 @@ SIZE_CLASSES = ("small", "medium", "large")  # sqrt(area) < 32, < 96, >= 96 px (
 def health_report(probe) -> list[LayerHealth]:
     """Every layer's ``dcnv3.layer_health.LayerHealth`` on the probed image, in forward order."""
     return probe_health(probe)
+
+
+def thresholds_markdown() -> str:
+    """The flags and their thresholds (``dcnv3.layer_health.THRESHOLDS``) in a few lines of
+    markdown: the legend of the Health view."""
+    t = THRESHOLDS
+    return "\n".join(
+        [
+            "**Flags**: each number is an image-wide mean over cells and groups, measured against the same "
+            "layer with zero offsets and uniform weights on the same image (*the grid*):",
+            f"- *collapsed to the grid*: mean |offset| < {t['collapsed_offset']:g} of the grid's point spacing",
+            f"- *exploding off the image*: more than {t['exploding_excess']:.0%} of the samples the grid keeps inside "
+            f"the image pushed off it, or mean |offset| > {t['exploding_offset']:g} point spacings",
+            f"- *weights saturated*: fewer than {t['saturated_points']:g} of the P points effectively carry the "
+            f"weight (P ** normalised entropy); for a sigmoid (DCNv2) also more than {t['binary_share']:.0%} of "
+            f"the weights within {NEAR_BOUND} of 0 or 1",
+            f"- *weights vanished* (DCNv2, DCNv4): mean |m| < {t['vanished_sigmoid']:g} (sigmoid) or "
+            f"{t['vanished_free']:g} (free) while the offsets move",
+            "- *untrained* (DCNv4): offsets and scalars all about 0, its initial state",
+            f"- *groups learned the same thing*: mean pairwise cosine of the groups' offset fields > "
+            f"{t['same_groups_cosine']:g} (G >= 2)",
+        ]
+    )
 
 
 def health_rows(probe) -> list[dict]:

@@ -247,7 +247,7 @@ def build(ctx: AppContext) -> None:
             layer_name = preferred[-1] if preferred else default_layer(layers)
         shape = toy.ToyShape(int(class_id), float(size_value), float(angle_value), float(x_value), float(y_value))
         with ctx.analyser.model_lock:
-            view = toy.toy_view(loaded.yolo, layer_name, shape, int(seed_value))
+            view = toy.toy_view(loaded.yolo, layer_name, shape, int(seed_value), scenes=ctx.toy_scenes)
         notes = loaded.notices
         message = view.message + (f" ({view.seconds * 1000:.0f} ms)" if view.seconds else "")
         if notes:
@@ -263,8 +263,10 @@ def build(ctx: AppContext) -> None:
                 "`python -m dcnv3.lesson_train`.",
             }
         shape = toy.ToyShape(int(class_id), float(size_value), float(angle_value), float(x_value), float(y_value))
-        view = lesson_view.lesson_view(lesson_model, shape, int(seed_value))
-        sizes, dilations = lesson_view.dilation_sweep(lesson_model, shape, int(seed_value))
+        view = lesson_view.lesson_view(lesson_model, shape, int(seed_value), scenes=ctx.toy_scenes)
+        sizes, dilations = lesson_view.dilation_sweep(
+            lesson_model, shape, int(seed_value), cache=ctx.sweeps, scenes=ctx.toy_scenes
+        )
         figure = lesson_view.sweep_figure(sizes, dilations, (shape.size, view.dilation))
         return {
             lesson_picture: to_rgb(view.picture),

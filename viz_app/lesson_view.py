@@ -6,7 +6,8 @@ no gradio).
   layer's samples at the shape's centre cell drawn as the Image tab draws them, and the numbers
   (effective dilation, mean |offset|, principal axis) at that cell.
 * ``dilation_sweep``: the same shape at every size of ``SWEEP_SIZES`` in one batched forward:
-  the curve of the Learn tab's live plot (``sweep_figure``), cached per shape pose.
+  the curve of the Learn tab's live plot (``sweep_figure``), kept per shape pose in the cache the
+  caller owns (the app's ``AppContext.sweeps``, ``sweep_cache()``).
 * ``watch_picture`` / ``watch_figure``: one "watch it learn" snapshot drawn on its probe scene,
   and the loss and mean |offset| over the snapshots so far.
 """
@@ -29,7 +30,7 @@ from dcnv3.stats import effective_dilation, offset_magnitude
 
 from .cache import LRUCache
 from .render import draw_cell, make_canvas
-from .toy import TOY_SIDE, ToyShape, toy_scene
+from .toy import TOY_SIDE, ToyScenes, ToyShape, toy_scene
 
 __all__ = [
     "LessonView",
@@ -42,6 +43,8 @@ __all__ = [
     "LESSON_MIN_SCALE",
     "LESSON_MAX_SCALE",
     "DISPLAY_FACTOR",
+    "SWEEP_CACHE_SIZE",
+    "sweep_cache",
 ]
 
 LESSON_MIN_SCALE, LESSON_MAX_SCALE = 12, 150  # the sizes the lesson network was trained on (8-150 px),
@@ -49,7 +52,12 @@ LESSON_MIN_SCALE, LESSON_MAX_SCALE = 12, 150  # the sizes the lesson network was
 SWEEP_SIZES = tuple(int(s) for s in np.round(np.geomspace(LESSON_MIN_SCALE, LESSON_MAX_SCALE, 12)))
 DISPLAY_FACTOR = 2
 
-_sweeps: LRUCache[tuple, tuple[np.ndarray, np.ndarray]] = LRUCache(32)
+SWEEP_CACHE_SIZE = 32  # shape poses whose sweeps the app keeps
+
+
+def sweep_cache(size: int = SWEEP_CACHE_SIZE) -> LRUCache[tuple, tuple[np.ndarray, np.ndarray]]:
+    """A cache for ``dilation_sweep``'s curves, by (model key, class, angle, x, y, seed)."""
+    return LRUCache(size)
 
 
 @dataclass
@@ -76,11 +84,11 @@ def _probe_of(image: np.ndarray, records) -> Probe:
     return Probe((side, side), lesson_letterbox(side), empty, list(records))
 
 
-def lesson_view(model, shape: ToyShape, seed: int = 0, layer: int = -1) -> LessonView:
+def lesson_view(model, shape: ToyShape, seed: int = 0, layer: int = -1, scenes: ToyScenes | None = None) -> LessonView:
     """Draw DCNv3 layer ``layer`` (default the deepest) of the lesson ``model`` at ``shape``'s
-    centre cell in the toy scene of background ``seed``."""
+    centre cell in the toy scene of background ``seed`` (its pieces kept in ``scenes``)."""
     start = time.perf_counter()
-    image = toy_scene(shape, seed)
+    image = toy_scene(shape, seed, scenes)
     _, records = lesson_records(model, [image])
     record = records[0][layer]
     probe = _probe_of(image, records[0])
@@ -107,14 +115,23 @@ def lesson_view(model, shape: ToyShape, seed: int = 0, layer: int = -1) -> Lesso
     )
 
 
-def dilation_sweep(model, shape: ToyShape, seed: int = 0, model_key: str = "lesson") -> tuple[np.ndarray, np.ndarray]:
+def dilation_sweep(
+    model,
+    shape: ToyShape,
+    seed: int = 0,
+    model_key: str = "lesson",
+    cache: LRUCache | None = None,
+    scenes: ToyScenes | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(sizes (S,), effective dilation (S,) cells) of the deepest layer at the shape's centre cell
-    for every size of ``SWEEP_SIZES``, the pose otherwise ``shape``'s: one batched forward,
-    cached per (``model_key``, class, angle, x, y, seed)."""
+    for every size of ``SWEEP_SIZES``, the pose otherwise ``shape``'s: one batched forward, kept
+    in ``cache`` (a ``sweep_cache()``; the app's ``AppContext.sweeps``) per (``model_key``, class,
+    angle, x, y, seed); without one it is computed each call. ``scenes``: as ``lesson_view``."""
     key = (model_key, shape.class_id, round(shape.angle, 3), round(shape.x, 3), round(shape.y, 3), seed)
 
     def sweep():
-        images = [toy_scene(replace(shape, size=float(size)), seed) for size in SWEEP_SIZES]
+        pieces = scenes or ToyScenes()  # one background and geometry for every size
+        images = [pieces.scene(replace(shape, size=float(size)), seed) for size in SWEEP_SIZES]
         _, records = lesson_records(model, images)
         values = []
         for per_image in records:
@@ -128,7 +145,7 @@ def dilation_sweep(model, shape: ToyShape, seed: int = 0, model_key: str = "less
         dilations.setflags(write=False)
         return sizes, dilations
 
-    return _sweeps.get_or_compute(key, sweep)
+    return sweep() if cache is None else cache.get_or_compute(key, sweep)
 
 
 def sweep_figure(

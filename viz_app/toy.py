@@ -24,7 +24,16 @@ from dcnv3.probe import probe as run_probe
 from .cache import LRUCache
 from .render import sampling_overlay
 
-__all__ = ["TOY_SIDE", "ToyShape", "toy_scene", "toy_view", "ToyView", "background", "DEFAULT_LAYER_PREFIX"]
+__all__ = [
+    "TOY_SIDE",
+    "ToyShape",
+    "ToyScenes",
+    "toy_scene",
+    "toy_view",
+    "ToyView",
+    "background",
+    "DEFAULT_LAYER_PREFIX",
+]
 
 TOY_SIDE = 320  # the bundled models' training size: the scene is shown to the model unscaled
 DISPLAY_FACTOR = 2  # the picture is drawn at 2x so the 3x3 grids stay legible
@@ -43,45 +52,60 @@ class ToyShape:
     y: float = 160.0
 
 
-# Both are pure functions of small integers, drawn once: they do not move with the sliders.
-_backgrounds: LRUCache[int, np.ndarray] = LRUCache(8)
-_shapes: LRUCache[tuple[int, int], tuple] = LRUCache(32)
+class ToyScenes:
+    """The scenes' pieces that do not move with the sliders, each drawn once and kept: the
+    backgrounds by seed and each shape's canonical geometry and fill colour by (class, seed). Both
+    are pure functions of small integers. The app keeps one (``AppContext.toy_scenes``) and hands it
+    to ``toy_view`` and ``viz_app.lesson_view``; a call given none draws its pieces afresh.
+    Thread-safe (``LRUCache``); the arrays it returns are read-only."""
+
+    def __init__(self, backgrounds: int = 8, shapes: int = 32):
+        self._backgrounds: LRUCache[int, np.ndarray] = LRUCache(backgrounds)
+        self._shapes: LRUCache[tuple[int, int], tuple] = LRUCache(shapes)
+
+    def background(self, seed: int) -> np.ndarray:
+        """(320, 320, 3) BGR uint8: a calm training-style background (read-only)."""
+
+        def draw():
+            array = make_background(np.random.default_rng(seed), TOY_SIDE, TOY_SIDE)
+            array.setflags(write=False)
+            return array
+
+        return self._backgrounds.get_or_compute(seed, draw)
+
+    def geometry_and_colour(self, class_id: int, seed: int):
+        """The shape's canonical geometry and a fill colour that stands out from the background.
+        Drawn once per (class, seed), so scaling or rotating changes nothing else."""
+
+        def draw():
+            rng = np.random.default_rng([seed, class_id])
+            geometry = sample_geometry(rng, class_id, 24.0)  # thin parts stay >= 2 px down to 24 px
+            colour = contrasting_colour(rng, float(luma(self.background(seed)).mean()), min_contrast=90.0)
+            return geometry, colour
+
+        return self._shapes.get_or_compute((class_id, seed), draw)
+
+    def scene(self, shape: ToyShape, seed: int = 0) -> np.ndarray:
+        """(320, 320, 3) BGR uint8: the background of ``seed`` with the shape painted on it."""
+        if not 0 <= shape.class_id < len(CLASS_NAMES):
+            raise ValueError(f"class_id must lie in [0, {len(CLASS_NAMES)}), got {shape.class_id}")
+        canvas = self.background(seed).astype(np.float32)
+        geometry, colour = self.geometry_and_colour(shape.class_id, seed)
+        patch = rasterise(place(geometry, shape.x, shape.y, shape.size, math.radians(shape.angle)))
+        appearance = Appearance(colour, np.zeros(2, np.float32), 0.0, None, 0)  # flat fill: no randomness
+        paint_object(np.random.default_rng(0), canvas, patch, appearance, (shape.x, shape.y), shape.size)
+        return np.clip(np.round(canvas), 0, 255).astype(np.uint8)
 
 
-def background(seed: int) -> np.ndarray:
-    """(320, 320, 3) BGR uint8: a calm training-style background (cached, so read-only)."""
-
-    def draw():
-        array = make_background(np.random.default_rng(seed), TOY_SIDE, TOY_SIDE)
-        array.setflags(write=False)
-        return array
-
-    return _backgrounds.get_or_compute(seed, draw)
+def background(seed: int, scenes: ToyScenes | None = None) -> np.ndarray:
+    """(320, 320, 3) BGR uint8: a calm training-style background (read-only; kept in ``scenes``)."""
+    return (scenes or ToyScenes()).background(seed)
 
 
-def _geometry_and_colour(class_id: int, seed: int):
-    """The shape's canonical geometry and a fill colour that stands out from the background.
-    Drawn once per (class, seed), so scaling or rotating changes nothing else."""
-
-    def draw():
-        rng = np.random.default_rng([seed, class_id])
-        geometry = sample_geometry(rng, class_id, 24.0)  # thin parts stay >= 2 px down to 24 px
-        colour = contrasting_colour(rng, float(luma(background(seed)).mean()), min_contrast=90.0)
-        return geometry, colour
-
-    return _shapes.get_or_compute((class_id, seed), draw)
-
-
-def toy_scene(shape: ToyShape, seed: int = 0) -> np.ndarray:
-    """(320, 320, 3) BGR uint8: the background of ``seed`` with the shape painted on it."""
-    if not 0 <= shape.class_id < len(CLASS_NAMES):
-        raise ValueError(f"class_id must lie in [0, {len(CLASS_NAMES)}), got {shape.class_id}")
-    canvas = background(seed).astype(np.float32)
-    geometry, colour = _geometry_and_colour(shape.class_id, seed)
-    patch = rasterise(place(geometry, shape.x, shape.y, shape.size, math.radians(shape.angle)))
-    appearance = Appearance(colour, np.zeros(2, np.float32), 0.0, None, 0)  # flat fill: no randomness
-    paint_object(np.random.default_rng(0), canvas, patch, appearance, (shape.x, shape.y), shape.size)
-    return np.clip(np.round(canvas), 0, 255).astype(np.uint8)
+def toy_scene(shape: ToyShape, seed: int = 0, scenes: ToyScenes | None = None) -> np.ndarray:
+    """(320, 320, 3) BGR uint8: the background of ``seed`` with the shape painted on it (its pieces
+    kept in ``scenes``)."""
+    return (scenes or ToyScenes()).scene(shape, seed)
 
 
 @dataclass
@@ -92,7 +116,9 @@ class ToyView:
     cell: tuple[int, int] | None
 
 
-def toy_view(model, layer: str, shape: ToyShape, seed: int = 0, groups=None) -> ToyView:
+def toy_view(
+    model, layer: str, shape: ToyShape, seed: int = 0, groups=None, scenes: ToyScenes | None = None
+) -> ToyView:
     """Render the scene, run ``model`` once (imgsz 320) and draw ``layer``'s sampling points at the
     cell under the shape's centre, the regular grid and the detections.
 
@@ -100,9 +126,10 @@ def toy_view(model, layer: str, shape: ToyShape, seed: int = 0, groups=None) -> 
         model: ultralytics YOLO with DCNv3 layers (the bundled ``dcnv3-yolov8n.pt``).
         layer: one of ``model.dcnv3_layers``.
         shape: the ``ToyShape``; seed: the background.
+        scenes: where the scene's pieces are kept (the app's ``AppContext.toy_scenes``).
     """
     start = time.perf_counter()
-    image = toy_scene(shape, seed)
+    image = toy_scene(shape, seed, scenes)
     probe = run_probe(model, image, imgsz=TOY_SIDE, conf=0.25, iou=0.7)
     record = probe.layer(layer)
     x = float(np.clip(shape.x, 0, TOY_SIDE - 1e-3))
