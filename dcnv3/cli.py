@@ -150,7 +150,7 @@ def inspect_image(model, image_path: Path, out_dir: Path, imgsz: int, conf: floa
 
 
 def inspect_video(model, args) -> None:
-    """Process a video as the app's Video tab does: ``<stem>_dcnv3.mp4`` and ``<stem>_stats.csv``."""
+    """Process a video as the app's Video tab does: ``<stem>_deformable.mp4`` and ``<stem>_stats.csv``."""
     from . import video
 
     limits = video.VideoLimits(max_frames=args.max_frames, max_seconds=args.max_seconds, max_side=args.max_side)
@@ -191,7 +191,7 @@ def cmd_inspect(args) -> None:
     if Path(args.source).is_file() and Path(args.source).suffix.lower() not in IMAGE_SUFFIXES:
         return inspect_video(model, args)  # any other file is taken for a video (and refused if it is not one)
     args.imgsz = args.imgsz or train_imgsz(model)  # as the app: the size the model was trained at
-    if not model.dcnv3_layers:
+    if not model.deformable_layers:
         print(f"note: {Path(args.model).name} has no deformable layer; writing detections only")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -328,7 +328,7 @@ def cmd_analyze(args) -> None:
     from .loading import load_model
 
     model = load_model(args.model)
-    if not model.dcnv3_layers:
+    if not model.deformable_layers:
         raise ValueError(f"{Path(args.model).name} has no deformable layer to analyze")
     rows = analyze_dataset(model, args.data, split=args.split, imgsz=args.imgsz, max_images=args.max_images)
     table = format_table(rows)

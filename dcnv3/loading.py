@@ -5,6 +5,7 @@ ready-to-predict ultralytics ``YOLO`` on CPU in fp32, loaded without running cod
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 from torch import nn
@@ -13,7 +14,7 @@ from .bundled import resolve_bundled_model
 from .capture import deformable_modules
 from .checkpoints import CheckpointError, preloaded, safe_load
 
-__all__ = ["load_model", "dcnv3_layer_names", "train_imgsz", "DEFAULT_IMGSZ", "MAX_CHECKPOINT_BYTES"]
+__all__ = ["load_model", "deformable_layer_names", "train_imgsz", "DEFAULT_IMGSZ", "MAX_CHECKPOINT_BYTES"]
 
 MAX_CHECKPOINT_BYTES = 1 << 30  # 1 GiB: far above any YOLOv8-x checkpoint
 
@@ -61,15 +62,16 @@ def _detector_from(checkpoint, path: Path) -> nn.Module:
 
 
 def load_model(path: str | Path, max_bytes: int = MAX_CHECKPOINT_BYTES):
-    """Load a YOLOv8 detection checkpoint as an ultralytics ``YOLO`` (CPU, fp32, eval).
+    """Load a YOLO detection checkpoint (YOLOv8, YOLO11, YOLO26) as an ultralytics ``YOLO`` (CPU, fp32, eval).
 
     ``path`` is a file, or the bare name of a bundled checkpoint (``"dcnv3-yolov8n.pt"``,
     ``"yolov8n.pt"``) when no such file exists here. Loads DeformLens checkpoints, community-fork
     checkpoints (their modules recognised by what they hold, ``dcnv3.fork_layouts``; no fork code
     needed) and plain detectors, as best.pt or last.pt. Nothing in the file is
     executed (see ``dcnv3.checkpoints``). Registers the ultralytics integration
-    (``dcnv3.yolo.register()``, idempotent) if it is not yet. ``model.dcnv3_layers`` lists the qualified names of its
-    DCNv3 modules; it is empty for a detector without DCNv3.
+    (``dcnv3.yolo.register()``, idempotent) if it is not yet. ``model.deformable_layers`` lists the
+    qualified names of its deformable modules (DCNv2, DCNv3, DCNv4); it is empty for a plain detector.
+    ``model.dcnv3_layers`` is the same list under its old name, deprecated (kept until 0.3).
 
     Raises:
         CheckpointError: the file is missing, too large, not a checkpoint, not a detector, or
@@ -94,17 +96,34 @@ def load_model(path: str | Path, max_bytes: int = MAX_CHECKPOINT_BYTES):
     with preloaded(pt_path, checkpoint):
         model = YOLO(str(pt_path), task="detect")
     model.model.float().eval()
-    model.dcnv3_layers = dcnv3_layer_names(model)
+    model.deformable_layers = deformable_layer_names(model)
+    model.dcnv3_layers = model.deformable_layers  # deprecated alias (until 0.3): it lists every operator
     return model
 
 
-def dcnv3_layer_names(model) -> list[str]:
+def deformable_layer_names(model) -> list[str]:
     """Qualified names (in the DetectionModel) of the deformable modules (DCNv3, DCNv4, DCNv2) of a
-    YOLO or DetectionModel."""
+    YOLO or DetectionModel, in forward order; [] for a plain detector."""
     detection_model = getattr(model, "model", model)
     if not isinstance(detection_model, nn.Module):
         return []
     return [name for name, _ in deformable_modules(detection_model)]
+
+
+# Names that said DCNv3 for things that hold any operator: kept for one version, with a warning.
+_DEPRECATED = {"dcnv3_layer_names": ("deformable_layer_names", deformable_layer_names)}
+
+
+def __getattr__(name: str):
+    if name in _DEPRECATED:
+        new_name, value = _DEPRECATED[name]
+        warnings.warn(
+            f"dcnv3.loading.{name} is deprecated (it covers DCNv2, DCNv3 and DCNv4); use {new_name}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 DEFAULT_IMGSZ = 640  # ultralytics' default inference size, for a checkpoint that records none

@@ -1,10 +1,10 @@
-"""Training DCNv3-YOLOv8 with ultralytics' own trainer.
+"""Training YOLO detectors with deformable layers (DCNv2, DCNv3, DCNv4) with ultralytics' own trainer.
 
-``DCNv3DetectionTrainer`` is ultralytics' ``DetectionTrainer`` living in this package: for
+``DeformableDetectionTrainer`` is ultralytics' ``DetectionTrainer`` living in this package: for
 multi-GPU training ultralytics pickles the trainer class into a generated script that each DDP
 worker runs; the trainer registers the ultralytics integration (``dcnv3.yolo.register()``) and
 prepares the runtime (offline, plot fonts, all cores) when it is constructed, so each worker has
-the DCNv3 blocks before the model is rebuilt. It also registers a ``HealthMonitor``
+the deformable blocks before the model is rebuilt. It also registers a ``HealthMonitor``
 (``dcnv3.training_health``): after every epoch, the deformable layers' health on a few validation
 images goes to ``health.csv`` / ``health.json`` in the run folder. Importing this module changes nothing.
 """
@@ -18,10 +18,10 @@ from . import yolo
 from .sampling_hooks import is_deformable
 from .training_health import HealthMonitor, stop_rule
 
-__all__ = ["DCNv3DetectionTrainer", "configured_trainer", "train"]
+__all__ = ["DeformableDetectionTrainer", "configured_trainer", "train"]
 
 
-class DCNv3DetectionTrainer(DetectionTrainer):
+class DeformableDetectionTrainer(DetectionTrainer):
     """ultralytics' DetectionTrainer, importable from ``dcnv3`` (see the module docstring).
 
     ``offset_lr_scale`` multiplies the learning rate of every deformable layer's offset and
@@ -77,13 +77,13 @@ class DCNv3DetectionTrainer(DetectionTrainer):
 def configured_trainer(
     offset_lr_scale: float = 1.0, offset_weight_decay: bool = True, health_stop_on_flag=False
 ) -> type:
-    """A DCNv3DetectionTrainer subclass with these settings (a class, as ultralytics wants).
+    """A DeformableDetectionTrainer subclass with these settings (a class, as ultralytics wants).
     ``health_stop_on_flag``: False, True (stop on any flag) or flag names (stop only on those)."""
     if offset_lr_scale == 1.0 and offset_weight_decay and not health_stop_on_flag:
-        return DCNv3DetectionTrainer
+        return DeformableDetectionTrainer
     return type(
-        "ConfiguredDCNv3Trainer",
-        (DCNv3DetectionTrainer,),
+        "ConfiguredDeformableTrainer",
+        (DeformableDetectionTrainer,),
         {
             "offset_lr_scale": float(offset_lr_scale),
             "offset_weight_decay": bool(offset_weight_decay),
@@ -114,3 +114,18 @@ def train(
         data=data, trainer=configured_trainer(offset_lr_scale, offset_weight_decay, health_stop_on_flag), **overrides
     )
     return detector
+
+
+# The trainer's old name, from when it served DCNv3 alone: kept for one version, with a warning.
+def __getattr__(name: str):
+    if name == "DCNv3DetectionTrainer":
+        import warnings
+
+        warnings.warn(
+            "dcnv3.training.DCNv3DetectionTrainer is deprecated (it trains DCNv2, DCNv3 and DCNv4 models); "
+            "use DeformableDetectionTrainer",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return DeformableDetectionTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,7 @@
 handful of validation images and appends each deformable layer's health to ``health.csv`` and
 ``health.json`` in the run folder; optionally it stops the run when a layer is flagged.
 
-``DCNv3DetectionTrainer`` (``dcnv3.training``) registers one; with a stock trainer::
+``DeformableDetectionTrainer`` (``dcnv3.training``) registers one; with a stock trainer::
 
     from dcnv3.training_health import HealthMonitor
     model = YOLO("dcnv3-yolov8n.yaml")

@@ -117,7 +117,8 @@ class VideoResult:
             },
             "frame_indices": self.frame_indices,
             "layer": self.layer,
-            "dcnv3_layers": self.layers,
+            "deformable_layers": self.layers,
+            "dcnv3_layers": self.layers,  # deprecated alias of deformable_layers (until 0.3)
             "mode": self.mode,
             "frame_stride": self.stride,
             "imgsz": self.imgsz,
@@ -133,9 +134,9 @@ class VideoResult:
 
 # -- the pipeline ----------------------------------------------------------------------------------------
 def _layer_names(model) -> list[str]:
-    from .loading import dcnv3_layer_names
+    from .loading import deformable_layer_names
 
-    return list(getattr(model, "dcnv3_layers", None) or dcnv3_layer_names(model))
+    return deformable_layer_names(model)
 
 
 def process_video(
@@ -162,7 +163,7 @@ def process_video(
     Args:
         model: ultralytics YOLO detection model (``dcnv3.loading.load_model``); one forward per ``batch``
             processed frames.
-        source: video file. out_dir: where ``<stem>_dcnv3.mp4`` and ``<stem>_stats.csv`` go.
+        source: video file. out_dir: where ``<stem>_deformable.mp4`` and ``<stem>_stats.csv`` go.
         layer: a DCNv3 layer name, or ``AUTO_LAYER`` (per object: the layer of its scale; the
             middle layer for the grid and field modes).
         mode: one of ``MODES``. stride: process every ``stride``-th frame (the output runs at
@@ -213,7 +214,7 @@ def process_video(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = stem or Path(source).stem
-    video_path, csv_path = out_dir / f"{stem}_dcnv3.mp4", out_dir / f"{stem}_stats.csv"
+    video_path, csv_path = out_dir / f"{stem}_deformable.mp4", out_dir / f"{stem}_stats.csv"
     output_fps = info.fps / stride
     rows: list[dict] = []
     frame_indices: list[int] = []

@@ -122,12 +122,12 @@ def bundled_result(bundled_dcnv3):
     variants = [
         Variant((names[0],), "grid"),
         Variant((names[1],), "uniform"),
-        Variant(tuple(name for name, _ in _dcnv3_layers(bundled_dcnv3)), "grid", all_layers=True),
+        Variant(tuple(name for name, _ in _deformable_layers(bundled_dcnv3)), "grid", all_layers=True),
     ]
     return ablate(bundled_dcnv3, SHAPES, imgsz=IMGSZ, variants=variants)
 
 
-def _dcnv3_layers(model):
+def _deformable_layers(model):
     from dcnv3 import dcnv3_modules
 
     return dcnv3_modules(model.model)

@@ -114,7 +114,7 @@ def test_network_input_defaults_to_the_checkpoint_training_size_and_can_be_set(c
     _, default = detect(client, BUS)
     _, small = client.predict(handle_file(str(BUS)), "fork_A.pt", 0.25, 0.7, 320, api_name="/detect")
     assert default["network_input"] == [480, 640] and small["network_input"] == [256, 320]
-    assert default["dcnv3_layers"][0]["grid"] == [80, 60] and small["dcnv3_layers"][0]["grid"] == [40, 32]
+    assert default["deformable_layers"][0]["grid"] == [80, 60] and small["deformable_layers"][0]["grid"] == [40, 32]
     with pytest.raises(Exception, match="network input size"):
         client.predict(handle_file(str(BUS)), "fork_A.pt", 0.25, 0.7, 5000, api_name="/detect")
 
@@ -128,13 +128,14 @@ def test_detect_returns_annotated_image_and_detections(client):
     boxes = np.array([d["box"] for d in payload["detections"]])
     assert (boxes[:, [0, 2]] >= 0).all() and (boxes[:, [0, 2]] <= 810).all() and (boxes[:, 2] > boxes[:, 0]).all()
     assert all(0.25 <= d["score"] <= 1 for d in payload["detections"])
-    assert [layer["name"] for layer in payload["dcnv3_layers"]] == [
+    assert [layer["name"] for layer in payload["deformable_layers"]] == [
         "model.4.m.0.cv2.dcnv3",
         "model.4.m.1.cv2.dcnv3",
         "model.6.m.0.cv2.dcnv3",
         "model.6.m.1.cv2.dcnv3",
         "model.8.m.0.cv2.dcnv3",
     ]
+    assert payload["dcnv3_layers"] == payload["deformable_layers"]  # the key's old name, deprecated until 0.3
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +251,7 @@ def test_untrained_model_samples_the_regular_grid(client):
 
 def test_plain_detector_still_shows_its_detections(client):
     picture, payload = detect(client, BUS, model="plain.pt")
-    assert cv2.imread(picture) is not None and payload["dcnv3_layers"] == []
+    assert cv2.imread(picture) is not None and payload["deformable_layers"] == []
     assert any("no deformable layer" in note for note in payload["notices"])
     with pytest.raises(AppError, match="has no deformable layer"):
         sampling(client, BUS, "model.4.m.0.cv2.dcnv3", 10, 10, model="plain.pt")
@@ -369,7 +370,7 @@ def test_uploads_are_size_limited_and_named_uniquely(tmp_path):
     shutil.copy(FORK_A, copy)
     assert registry.add_upload(FORK_A) == "upload: fork_A.pt"
     assert registry.add_upload(copy) == "upload: fork_A.pt (2)"
-    assert registry.load("upload: fork_A.pt (2)").dcnv3_layers[0] == "model.4.m.0.cv2.dcnv3"
+    assert registry.load("upload: fork_A.pt (2)").deformable_layers[0] == "model.4.m.0.cv2.dcnv3"
 
 
 def test_untrained_choices_follow_the_shipped_yamls():
@@ -384,7 +385,7 @@ def test_untrained_choices_follow_the_shipped_yamls():
     assert registry.names()[-len(choices) :] == list(choices)
     for name in choices:
         loaded = registry.load(name)
-        assert loaded.untrained and loaded.dcnv3_layers, name
+        assert loaded.untrained and loaded.deformable_layers, name
         assert any("offsets are zero" in note for note in loaded.notices)
         assert registry.resolve(name) is None
 

@@ -18,7 +18,7 @@ from dcnv3.probe import probe
 from dcnv3.data import render_scene, CLASS_NAMES
 from dcnv3.data.generator import image_rng
 model = load_model({str(MODELS / name)!r})
-assert len(model.dcnv3_layers) == {layers}, model.dcnv3_layers
+assert len(model.deformable_layers) == {layers}, model.deformable_layers
 assert [model.names[i] for i in range(len(model.names))] == list(CLASS_NAMES)
 hits = 0
 for index in range(6):

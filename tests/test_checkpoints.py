@@ -73,10 +73,10 @@ def test_fork_a_matches_what_the_fork_computed_in_a_clean_process():
     assert "layers 5 True" in out
 
 
-def test_load_model_reports_dcnv3_layers_and_predicts():
+def test_load_model_reports_deformable_layers_and_predicts():
     model = load_model(FORK_A)
     assert model.task == "detect"
-    assert model.dcnv3_layers == [
+    assert model.deformable_layers == [
         "model.4.m.0.cv2.dcnv3",
         "model.4.m.1.cv2.dcnv3",
         "model.6.m.0.cv2.dcnv3",
@@ -91,7 +91,7 @@ def test_load_model_reports_dcnv3_layers_and_predicts():
 def test_plain_yolov8_detector_loads_without_dcnv3(tmp_path):
     YOLO("yolov8n.yaml").save(tmp_path / "plain.pt")
     model = load_model(tmp_path / "plain.pt")
-    assert model.dcnv3_layers == []
+    assert model.deformable_layers == []
     assert model.predict(torch.rand(1, 3, 64, 64), verbose=False)
 
 
@@ -284,7 +284,7 @@ def test_other_fork_layouts_load(tmp_path, layout):
             pred = model.model(data["x"])[0]
         # fp16 storage of the weights moves the raw output a little
         error = ((pred - data["expected"]).abs() / (1 + data["expected"].abs())).max().item()
-        print(len(model.dcnv3_layers), error)
+        print(len(model.deformable_layers), error)
         assert error < 2e-2, error
     """,
         cwd=tmp_path,

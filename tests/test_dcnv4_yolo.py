@@ -100,7 +100,7 @@ def excess(actual, reference):  # largest |diff| / bound (<= 1 passes)
 names = sorted(k.rsplit(".", 1)[0] for k in expected["layers"])
 for kind in ("best", "last"):
     model = load_model({str(FIXTURE)!r} + f"/{LAYOUT}_{{kind}}.pt")
-    assert sorted(model.dcnv3_layers) == names, model.dcnv3_layers
+    assert sorted(model.deformable_layers) == names, model.deformable_layers
     # grid_sample: InternImage's core's own formulation (best.pt only: last.pt holds the same network)
     for formulation in ("native", "grid_sample") if kind == "best" else ("native",):
         dcnv3.set_default_formulation(formulation)
@@ -121,7 +121,7 @@ for kind in ("best", "last"):
 # "free", with the fork's offsets and scalars in the record layout (per group: 2P offsets as
 # (dx, dy) pairs, then P scalars, of the offset_mask row).
 result = probe(model, {str(ROOT / "assets" / "examples" / "bus.jpg")!r}, imgsz=640)
-assert [layer.name for layer in result.layers] == model.dcnv3_layers
+assert [layer.name for layer in result.layers] == model.deformable_layers
 for layer in result.layers:
     assert layer.weight_kind == "free", (layer.name, layer.weight_kind)
     g, p = layer.groups, layer.points
@@ -168,7 +168,7 @@ def test_dcnv4_layouts_that_do_not_compute_a_dcnv4_are_refused(tmp_path):
         path = tmp_path / f"{label}.pt"
         _save_as_fork(checkpoint, path)
         if reason is None:  # the re-saved fork file itself loads: the refusals below are the edits'
-            assert len(load_model(path).dcnv3_layers) == 5
+            assert len(load_model(path).deformable_layers) == 5
             continue
         with pytest.raises(CheckpointError) as error:
             load_model(path)

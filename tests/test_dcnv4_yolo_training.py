@@ -69,7 +69,7 @@ def test_dcnv4_yaml_trains_one_epoch_and_loads_back(family, tiny_shapes_data, tm
 
     image = sorted((tiny_shapes_data.parent / "images" / "val").glob("*.jpg"))[0]
     result = probe(model, str(image), imgsz=IMGSZ, conf=0.001)
-    assert [layer.name for layer in result.layers] == model.dcnv3_layers
+    assert [layer.name for layer in result.layers] == model.deformable_layers
     assert {layer.weight_kind for layer in result.layers} == {"free"}
     report(
         f"{yaml_name}: 1 epoch at {IMGSZ} px trained and loaded; max |scalar| / |offset| weight per layer "

@@ -62,7 +62,7 @@ def test_every_layout_reproduces_its_fork_as_best_and_last_in_a_clean_process():
             assert abs(x.double().sum().item() - expected["input_sum"]) < 1e-3
             for kind in ("best", "last"):
                 model = load_model(f"{FORKS}/{{layout}}_{{kind}}.pt")
-                assert sorted(model.dcnv3_layers) == sorted({{k.rsplit(".", 1)[0] for k in expected["layers"]}})
+                assert sorted(model.deformable_layers) == sorted({{k.rsplit(".", 1)[0] for k in expected["layers"]}})
                 # grid_sample: the reference's own formulation (best.pt only: last.pt holds the same network)
                 for formulation in ("native", "grid_sample") if kind == "best" else ("native",):
                     dcnv3.set_default_formulation(formulation)
@@ -83,7 +83,7 @@ def test_every_layout_reproduces_its_fork_as_best_and_last_in_a_clean_process():
             # The probe (the app's path: letterbox, inference copy, NMS) lists every layer with the
             # fork's offsets.
             result = probe(model, {str(ROOT / "assets" / "examples" / "bus.jpg")!r}, imgsz=640)
-            assert [layer.name for layer in result.layers] == model.dcnv3_layers
+            assert [layer.name for layer in result.layers] == model.deformable_layers
             for layer in result.layers:
                 reference = expected["layers"][layer.name + ".offset"][0].reshape(layer.offsets.shape)
                 offsets = torch.from_numpy(layer.offsets).float()
@@ -208,7 +208,7 @@ def test_fields_health_and_receptive_field_work_on_every_layout(layout):
     bus = str(ROOT / "assets" / "examples" / "bus.jpg")
     model = load_model(FORKS / f"{layout}_best.pt")
     result = probe(model, bus, imgsz=320)
-    assert [layer.name for layer in result.layers] == model.dcnv3_layers and len(result.layers) == 5
+    assert [layer.name for layer in result.layers] == model.deformable_layers and len(result.layers) == 5
     for layer in result.layers:
         for field in render.FIELDS:
             values = render.field_values(result, layer, field)
@@ -216,7 +216,7 @@ def test_fields_health_and_receptive_field_work_on_every_layout(layout):
     picture, _ = render.field_overlay(cv2.imread(bus), result, result.layers[0], "effective dilation")
     assert picture.ndim == 3 and picture.std() > 0
     rows = health_rows(result)
-    assert [row["layer"] for row in rows] == model.dcnv3_layers
+    assert [row["layer"] for row in rows] == model.deformable_layers
     # The fixtures' offsets are far from their zero init: no layer reads as collapsed to the grid.
     assert all(row["|offset| cells"] > 0.05 for row in rows), rows
     deepest = result.layers[-1]

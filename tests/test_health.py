@@ -220,4 +220,4 @@ def test_exported_payloads_carry_the_weight_kind():
     payload = exports.sampling_payload(probe, layer.name, (2, 3))
     assert payload["weight_kind"] == "softmax" and len(payload["points"]) == 2 * 9
     assert sum(p["weight"] for p in payload["points"] if p["group"] == 1) == pytest.approx(1.0)
-    assert exports.detections_payload(probe)["dcnv3_layers"][0]["weight_kind"] == "softmax"
+    assert exports.detections_payload(probe)["deformable_layers"][0]["weight_kind"] == "softmax"

@@ -40,7 +40,7 @@ def blown_up_checkpoint(bundled_dcnv3, tmp_path_factory):
     back through dcnv3.loading as any user's would be."""
     path = tmp_path_factory.mktemp("broken") / "blown_up.pt"
     broken_copy(bundled_dcnv3, "blown_up", [BROKEN_LAYER]).save(path)
-    assert load_model(path).dcnv3_layers == bundled_dcnv3.dcnv3_layers
+    assert load_model(path).deformable_layers == bundled_dcnv3.deformable_layers
     return path
 
 
@@ -52,7 +52,7 @@ def test_healthy_model_exits_0_and_writes_the_schema(images, tmp_path):
     report = json.loads(out.read_text())
     assert report["schema"] == "deformlens.health/1" and report["healthy"] is True and report["imgsz"] == 320
     assert report["images"] == ["bus.jpg", "shapes_0.jpg"] and report["skipped"] == []
-    assert [layer["name"] for layer in report["layers"]] == load_model(BUNDLED_DCNV3).dcnv3_layers
+    assert [layer["name"] for layer in report["layers"]] == load_model(BUNDLED_DCNV3).deformable_layers
     layer = report["layers"][0]
     assert layer["flags"] == {} and layer["images"] == 2 and layer["weight_kind"] == "softmax"
     assert set(report["thresholds"]) >= {"collapsed_offset", "exploding_excess", "saturated_points"}

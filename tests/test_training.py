@@ -43,7 +43,7 @@ from dcnv3.probe import probe
 model = load_model({str(best)!r})
 result = model.predict(np.zeros((64, 80, 3), np.uint8), imgsz=64, verbose=False)[0]
 probed = probe(model, np.zeros((64, 80, 3), np.uint8), imgsz=64)
-print("layers", len(model.dcnv3_layers), len(probed.layers), "boxes", len(result.boxes))
+print("layers", len(model.deformable_layers), len(probed.layers), "boxes", len(result.boxes))
 """,
     )
     assert "layers 5 5" in out
@@ -83,9 +83,9 @@ def test_ddp_worker_script_registers_the_blocks(tiny_shapes_data, tmp_path):
     out = run_python(
         "-c",
         f"""
-from dcnv3.training import DCNv3DetectionTrainer
+from dcnv3.training import DeformableDetectionTrainer
 from ultralytics.utils.dist import generate_ddp_file
-trainer = DCNv3DetectionTrainer(overrides=dict(model="dcnv3-yolov8n.yaml", data={str(tiny_shapes_data)!r},
+trainer = DeformableDetectionTrainer(overrides=dict(model="dcnv3-yolov8n.yaml", data={str(tiny_shapes_data)!r},
                                                imgsz=64, epochs=1, device="cpu", project={str(tmp_path)!r}))
 trainer.model = trainer.get_model(cfg="dcnv3-yolov8n.yaml", verbose=False)
 print("SCRIPT", generate_ddp_file(trainer))

@@ -1,4 +1,4 @@
-"""The health monitor over a short training run: DCNv3DetectionTrainer writes health.csv / health.json
+"""The health monitor over a short training run: DeformableDetectionTrainer writes health.csv / health.json
 for every epoch; a stock trainer takes it through model.add_callback and stops on a flag."""
 
 import json

@@ -218,7 +218,7 @@ def test_no_partial_files_after_an_error_or_an_early_stop(model, tmp_path, monke
 
 
 def test_botsort_tracker_and_fixed_layer(model, tmp_path):
-    deepest = model.dcnv3_layers[-1]
+    deepest = model.deformable_layers[-1]
     result = video.run_video(
         model, DEMO, tmp_path, layer=deepest, tracker="botsort", stride=2, limits=video.VideoLimits(max_frames=8)
     )
@@ -232,7 +232,7 @@ def test_dilation_follows_size_on_the_demo_video(model, tmp_path, report):
     """The acceptance measurement: the correlation, over time, between a growing shape's size and
     the effective dilation of the deepest DCNv3 layer at its centre (reported, not asserted: it
     is a property of the trained model, not of this code)."""
-    deepest = model.dcnv3_layers[-1]
+    deepest = model.deformable_layers[-1]
     result = video.run_video(model, DEMO, tmp_path, layer=deepest, stride=3, limits=video.VideoLimits(max_frames=60))
     summary = [t for t in video.track_summary(result.rows) if t["frames"] >= 20]
     assert summary
@@ -278,8 +278,8 @@ def test_cli_inspect_writes_the_video_and_csv(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert {p.name for p in tmp_path.iterdir()} == {"demo_shapes_dcnv3.mp4", "demo_shapes_stats.csv"}
-    assert len(decoded_frames(tmp_path / "demo_shapes_dcnv3.mp4")) == 6
+    assert {p.name for p in tmp_path.iterdir()} == {"demo_shapes_deformable.mp4", "demo_shapes_stats.csv"}
+    assert len(decoded_frames(tmp_path / "demo_shapes_deformable.mp4")) == 6
     with open(tmp_path / "demo_shapes_stats.csv", newline="") as handle:
         assert list(csv.DictReader(handle).fieldnames) == video.CSV_COLUMNS
     audio = tmp_path / "sine.m4a"

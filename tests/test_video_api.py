@@ -37,7 +37,7 @@ def test_video_endpoint_returns_playable_video_and_statistics(client):
         "width": 480,
         "height": 320,
     }
-    assert stats["model"] == "dcnv3-yolov8n.pt" and stats["layer"] == "auto" and len(stats["dcnv3_layers"]) == 5
+    assert stats["model"] == "dcnv3-yolov8n.pt" and stats["layer"] == "auto" and len(stats["deformable_layers"]) == 5
     assert stats["rows"] and {"track_id", "size_px", "effective_dilation", "weight_entropy"} <= set(stats["rows"][0])
     assert {t["track_id"] for t in stats["tracks"]} == {r["track_id"] for r in stats["rows"]}
 

@@ -273,7 +273,7 @@ def test_exports_carry_the_kind(tmp_path):
         assert point["negative"] == (m[2, 3, g, k] < 0)
         assert point["relative_weight"] == pytest.approx(float(encoding.relative[g, k]))
     json.dumps(payload)  # JSON-ready
-    layers = exports.detections_payload(probe)["dcnv3_layers"]
+    layers = exports.detections_payload(probe)["deformable_layers"]
     assert [(r["weight_kind"], r["weight_meaning"]) for r in layers] == [
         ("free", WEIGHT_KINDS["free"]),
         ("sigmoid", WEIGHT_KINDS["sigmoid"]),

@@ -117,7 +117,7 @@ def test_a_bundled_name_loads_the_bundled_checkpoint_from_site_packages(installe
         "model = load_model('dcnv3-yolov8n.pt')\n"
         "print(pathlib.Path(dcnv3.__file__).resolve().parent)\n"
         "print(assets_root())\n"
-        "print(len(model.dcnv3_layers))\n"
+        "print(len(model.deformable_layers))\n"
     )
     result = run([bin_dir / "python", "-c", script], cwd=elsewhere)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -142,5 +142,5 @@ def test_the_installed_app_serves_with_the_bundled_model_and_examples(installed)
             handle_file(str(EXAMPLES / "shapes_0.jpg")), "", 0.25, 0.7, api_name="/detect"
         )
         assert payload["model"] == "dcnv3-yolov8n.pt" and payload["detections"], payload
-        assert len(payload["dcnv3_layers"]) == 5 and Path(picture).is_file()
+        assert len(payload["deformable_layers"]) == 5 and Path(picture).is_file()
     assert any("is running at" in line for line in lines)

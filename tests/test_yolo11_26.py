@@ -176,7 +176,7 @@ def test_trained_model_loads_validates_predicts_and_probes(trained, tiny_shapes_
         ]
     }
     for name, model in loaded.items():
-        assert model.dcnv3_layers == expected_layers, name
+        assert model.deformable_layers == expected_layers, name
         assert type(model.model.model[4]) is C3k2_DCNv3, name
     model = loaded["best.pt"]
 

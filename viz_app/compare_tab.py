@@ -67,10 +67,10 @@ def panel_point(click_xy, scale: float, image_shape) -> tuple[float, float] | No
 def layer_choices(model_a, model_b) -> list[str]:
     """Layers the receptive fields can read: model A's DCNv3 layers, else model B's (then B is the
     primary of the comparison), else the backbone blocks at P3-P5 (``model.4/6/8``)."""
-    if model_a.dcnv3_layers:
-        return list(model_a.dcnv3_layers)
-    if model_b.dcnv3_layers:
-        return list(model_b.dcnv3_layers)
+    if model_a.deformable_layers:
+        return list(model_a.deformable_layers)
+    if model_b.deformable_layers:
+        return list(model_b.deformable_layers)
     return receptive.fallback_layers(rf.gradient_network(model_a.yolo))
 
 

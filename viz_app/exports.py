@@ -99,10 +99,25 @@ def sampling_payload(probe, layer, cell, pixel_scale=(1.0, 1.0), query_xy=None) 
 
 def detections_payload(probe, pixel_scale=(1.0, 1.0), model: str | None = None, notices=()) -> dict:
     """Detections (boxes xyxy in original-image px), the image size, the network input size
-    (letterboxed, [width, height]), the model's DCNv3 layers."""
+    (letterboxed, [width, height]), the model's deformable layers (DCNv2, DCNv3, DCNv4) under
+    ``deformable_layers``, and the same list under ``dcnv3_layers``: the key's old name, deprecated
+    (kept until 0.3)."""
     boxes = _unscale(np.asarray(probe.detections.boxes, dtype=np.float64).reshape(-1, 2, 2), pixel_scale)
     detections = probe.detections
     height, width = probe.image_shape
+    layers = [
+        {
+            "name": r.name,
+            "stage": r.stage,
+            "stride": int(r.stride),
+            "groups": int(r.groups),
+            "kernel": int(r.kernel),
+            "grid": list(map(int, r.grid)),
+            "weight_kind": r.weight_kind,
+            "weight_meaning": WEIGHT_KINDS[r.weight_kind],
+        }
+        for r in probe.layers
+    ]
     return {
         "model": model,
         "image_size": [round(width / pixel_scale[0]), round(height / pixel_scale[1])],
@@ -116,19 +131,8 @@ def detections_payload(probe, pixel_scale=(1.0, 1.0), model: str | None = None, 
             }
             for i in range(len(detections))
         ],
-        "dcnv3_layers": [
-            {
-                "name": r.name,
-                "stage": r.stage,
-                "stride": int(r.stride),
-                "groups": int(r.groups),
-                "kernel": int(r.kernel),
-                "grid": list(map(int, r.grid)),
-                "weight_kind": r.weight_kind,
-                "weight_meaning": WEIGHT_KINDS[r.weight_kind],
-            }
-            for r in probe.layers
-        ],
+        "deformable_layers": layers,
+        "dcnv3_layers": layers,  # deprecated alias of deformable_layers (until 0.3)
         "notices": list(notices),
         "coordinates": COORDINATES,
     }

@@ -239,7 +239,7 @@ def build(ctx: AppContext) -> None:
 
     def update(class_id, size_value, angle_value, x_value, y_value, layer_name, seed_value):
         loaded = registry.load(model_name)
-        layers = list(loaded.dcnv3_layers)
+        layers = list(loaded.deformable_layers)
         if not layers:
             return {picture: None, info: f"**{model_name}** has no DCNv3 layer: the toy needs one."}
         if layer_name not in layers:

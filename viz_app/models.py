@@ -17,7 +17,7 @@ from pathlib import Path
 from dcnv3 import yolo as dcnv3_yolo
 from dcnv3.bundled import bundled_path
 from dcnv3.checkpoints import CheckpointError
-from dcnv3.loading import MAX_CHECKPOINT_BYTES, dcnv3_layer_names, load_model
+from dcnv3.loading import MAX_CHECKPOINT_BYTES, deformable_layer_names, load_model
 
 from .cache import LRUCache
 
@@ -60,7 +60,7 @@ class LoadedModel:
 
     name: str
     yolo: object  # ultralytics YOLO
-    dcnv3_layers: list[str]
+    deformable_layers: list[str]
     untrained: bool = False
 
     @property
@@ -68,7 +68,7 @@ class LoadedModel:
         notes = []
         if self.untrained:
             notes.append(UNTRAINED_NOTICE)
-        if not self.dcnv3_layers:
+        if not self.deformable_layers:
             notes.append(NO_DCNV3_NOTICE)
         return notes
 
@@ -187,10 +187,10 @@ class ModelRegistry:
         def load() -> LoadedModel:
             if path is None:
                 yolo = _untrained_model(self.untrained[name])
-                return LoadedModel(name, yolo, dcnv3_layer_names(yolo), untrained=True)
+                return LoadedModel(name, yolo, deformable_layer_names(yolo), untrained=True)
             limit = self.max_upload_bytes if name.startswith(UPLOAD_PREFIX) else MAX_CHECKPOINT_BYTES
             yolo = load_model(path, max_bytes=limit)
-            return LoadedModel(name, yolo, list(yolo.dcnv3_layers))
+            return LoadedModel(name, yolo, list(yolo.deformable_layers))
 
         with self._lock:  # a model another request is loading is loaded once
             return self._loaded.get_or_compute(key, load)
@@ -209,7 +209,7 @@ class ModelRegistry:
         yolo = load_model(path, max_bytes=self.max_upload_bytes)  # raises before registering
         name = self._add_extra(UPLOAD_PREFIX + path.name, path.resolve())
         stamp = (path.stat().st_mtime_ns, path.stat().st_size)
-        self._loaded.put((name, str(path.resolve()), stamp), LoadedModel(name, yolo, list(yolo.dcnv3_layers)))
+        self._loaded.put((name, str(path.resolve()), stamp), LoadedModel(name, yolo, list(yolo.deformable_layers)))
         return name
 
 

@@ -124,7 +124,7 @@ def toy_view(
 
     Args:
         model: ultralytics YOLO with DCNv3 layers (the bundled ``dcnv3-yolov8n.pt``).
-        layer: one of ``model.dcnv3_layers``.
+        layer: one of ``model.deformable_layers``.
         shape: the ``ToyShape``; seed: the background.
         scenes: where the scene's pieces are kept (the app's ``AppContext.toy_scenes``).
     """

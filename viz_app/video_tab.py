@@ -77,7 +77,7 @@ class _VideoEvents:
     def layer_choices(self, model_name):
         """The layer dropdown for a model: per object, then its DCNv3 layers."""
         try:
-            names = self.registry.load(model_name).dcnv3_layers if model_name else []
+            names = self.registry.load(model_name).deformable_layers if model_name else []
         except (ValueError, CheckpointError):
             names = []
         return gr.update(choices=[AUTO_CHOICE] + [(n, n) for n in names], value=dvideo.AUTO_LAYER)

@@ -2,7 +2,7 @@
 # The Training tab's demo run (assets/training_demo), made on a CPU in a few minutes: a half-width
 # DCNv3-YOLOv8n trained from scratch for 6 epochs on 240 generated shapes images at 160 px, with the
 # bundled model's offset settings (offset learning rate x10, no decay), a step every batch (nbs 16),
-# no warmup and save_period=1. DCNv3DetectionTrainer's health monitor writes health.csv / health.json
+# no warmup and save_period=1. DeformableDetectionTrainer's health monitor writes health.csv / health.json
 # after each epoch; three epoch checkpoints (after epochs 1, 3 and 6) are kept, optimizer stripped.
 # Run from the repository root: bash assets/training_demo/make_demo.sh
 set -euo pipefail

@@ -159,10 +159,10 @@ def test_the_refusals_name_the_global_before_anything_is_called(checkpoints):
 
 def test_real_checkpoints_still_load_through_the_bounds():
     model = load_model(FORK_A)
-    assert len(model.dcnv3_layers) == 5
+    assert len(model.deformable_layers) == 5
     bundled = EXAMPLES.parent / "models" / "dcnv3-yolov8n.pt"
     if bundled.is_file():
-        assert len(load_model(bundled).dcnv3_layers) > 0
+        assert len(load_model(bundled).deformable_layers) > 0
 
 
 @pytest.mark.parametrize("name", ["os_system", "import_side_effect", "huge_view", "truncated_zip"])
@@ -205,4 +205,4 @@ def test_server_refuses_each_and_keeps_serving(server, checkpoints, tmp_path, na
         server.predict(handle_file(str(image)), f"{name}.pt", 0.25, 0.7, api_name="/detect")
     assert not (folder / "pwned").exists()
     _, payload = server.predict(handle_file(str(image)), "fork_A.pt", 0.25, 0.7, api_name="/detect")
-    assert payload["model"] == "fork_A.pt" and len(payload["dcnv3_layers"]) == 5
+    assert payload["model"] == "fork_A.pt" and len(payload["deformable_layers"]) == 5

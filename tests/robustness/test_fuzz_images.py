@@ -141,7 +141,7 @@ def test_server_probes_unusual_files_everywhere(server, reference, fuzzed, name)
     if note:
         assert any(note in n for n in payload["notices"]), payload["notices"]
     # The far corner of even a 1-pixel-wide image is answered with a cell of the deepest layer.
-    layers = [layer["name"] for layer in payload["dcnv3_layers"]]
+    layers = [layer["name"] for layer in payload["deformable_layers"]]
     if layers:
         _, points = server.predict(
             handle_file(str(fuzzed / name)), "", layers[-1], width - 0.5, height - 0.5, api_name="/sampling"

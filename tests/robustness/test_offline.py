@@ -104,7 +104,7 @@ SESSION = textwrap.dedent("""
                 break
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         _, payload = client.predict(handle_file(__IMAGE__), "", 0.25, 0.7, api_name="/detect")
-        layer = payload["dcnv3_layers"][0]["name"]
+        layer = payload["deformable_layers"][0]["name"]
         _, points = client.predict(handle_file(__IMAGE__), "", layer, 100.5, 100.5, api_name="/sampling")
         print("session:", payload["model"], len(payload["detections"]), "detections,", len(points["points"]), "points")
     finally:
