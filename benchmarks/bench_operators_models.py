@@ -9,7 +9,7 @@ cost), fused for inference as the probe and ultralytics' predictor run them (``i
 CPU, fp32, batch 1, ultralytics' bus.jpg letterboxed to --imgsz (256 x 320 at 320), contiguous
 NCHW as the predictor builds it. Every model runs once per round, interleaved, so machine noise
 hits all alike; the table gives each model's fastest and median time and its ratios against the
-plain model of its family (parameters, fastest forward), as markdown for the README. The fastest
+plain model of its family (parameters, fastest forward), as markdown for docs/models.md. The fastest
 of the interleaved runs is the ratio's basis: on a shared machine (other processes taking the
 cores now and then) it is the least disturbed estimate of a forward's cost, while medians move
 with the load; compare --threads 1 runs there.

@@ -515,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(sub)
     sub.add_argument("--source", required=True, help="image or folder of images")
-    sub.add_argument("--json", default=None, help="write the report here (schema deformlens.health/1, README)")
+    sub.add_argument("--json", default=None, help="write the report here (schema deformlens.health/1, docs/cli.md)")
     sub.set_defaults(imgsz=None)  # the checkpoint's training size, else 640
     sub.set_defaults(func=cmd_health)
 

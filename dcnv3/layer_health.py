@@ -29,7 +29,7 @@ means "this layer does something its plain-grid self would not", never "this num
   redundant. The reference (zero offsets) has no direction and no value.
 
 The thresholds were set on the bundled DCNv3-YOLOv8n and the fork fixtures (healthy) and on copies
-of them broken on purpose (``tests/test_health_calibration.py``, README "Health flags"). The healthy
+of them broken on purpose (``tests/test_health_calibration.py``, docs/health.md). The healthy
 extremes seen there: mean |offset| >= 0.89 spacings (9x the collapsed threshold), outside excess
 <= 0.26, effective points >= 2.3 of 9 (extra_v11's P5; the bundled model >= 4.5), group cosine
 <= 0.76.
@@ -138,7 +138,7 @@ class LayerHealth:
         return float(self.points**self.entropy)
 
     def as_dict(self) -> dict:
-        """The JSON form (the ``dcnv3 health`` schema, README): every field and derived number."""
+        """The JSON form (the ``dcnv3 health`` schema, docs/cli.md): every field and derived number."""
         values = dataclasses.asdict(self)
         values["grid"] = list(self.grid)
         values.update(
@@ -287,7 +287,7 @@ class HealthReport:
         return sum(1 for _, layers in self.per_image for h in layers if h.name == layer_name and h.flags)
 
     def as_dict(self) -> dict:
-        """The ``dcnv3 health --json`` document (schema in the README's "Health flags")."""
+        """The ``dcnv3 health --json`` document (its schema: docs/cli.md)."""
         return {
             "schema": "deformlens.health/1",
             "model": self.model,

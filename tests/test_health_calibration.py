@@ -1,6 +1,6 @@
 """Calibration of the health flags (``dcnv3.layer_health``) on real models: quiet on healthy ones,
 the matching flag on every layer broken on purpose and on no other. The rates go to the
-measurements (tests/conftest.py) and the README's "Health flags".
+measurements (tests/conftest.py) and docs/health.md.
 
 Healthy: the bundled DCNv3-YOLOv8n on ordinary photos (assets/examples' bus and zidane, which
 ultralytics ships, and matplotlib's grace_hopper.jpg) and generated scenes, at the training size
@@ -37,7 +37,7 @@ DCNV4_FORK = FORKS / "extra_v11_dcnv4" / "extra_v11_dcnv4_best.pt"
 DCNV2_FORK = FORKS / "dcnv2" / "extra_dcnv2_v8_best.pt"
 ONE_LAYER = 2  # "one layer broken alone": the third layer (P4 in every fixture here)
 # Broken copies and fixtures are probed on a few of the images (two photos and a scene) to keep
-# the test short on 2 cores; on all of them the scores were the same (README "Health flags").
+# the test short on 2 cores; on all of them the scores were the same (docs/health.md).
 FEW = ("bus.jpg", "zidane.jpg", "scene 0")
 
 

@@ -159,3 +159,13 @@ def test_keep_freed_memory_applies_on_glibc():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == str(platform.libc_ver()[0] == "glibc")
+
+
+def test_the_package_version_is_the_projects():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from repo_paths import ROOT
+
+    import dcnv3
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert dcnv3.__version__ == project["version"]
