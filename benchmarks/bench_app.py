@@ -6,7 +6,7 @@ Model: assets/models/dcnv3-yolov8n.pt if present, else the fork fixture (tests/d
 fork_A.pt); image: ultralytics' bus.jpg; CPU, fp32. Runs are interleaved; medians are printed.
 
 * first run: what the app does when an image arrives, ``Analyser.analyse`` with an empty probe
-  cache (read and decode the file, ``dcnv3.probe``: letterbox, forward with capture hooks, NMS);
+  cache (read and decode the file, ``dcnv3.analysis.probe``: letterbox, forward with capture hooks, NMS);
 * bare predict: ``YOLO.predict`` of the same model on the same file (read, letterbox, forward, NMS);
 * click: what the app does on a click, ``render.sampling_view`` from the cached probe and the cached
   detections canvas (overlay, interactive plotly figure, KxK weight heatmaps, the trace through
@@ -41,12 +41,12 @@ import torch  # noqa: E402
 from results import emit  # noqa: E402
 
 from dcnv3 import yolo  # noqa: E402
-from viz_app import render  # noqa: E402
-from viz_app.analyser import Analyser  # noqa: E402
-from viz_app.context import AppContext  # noqa: E402
-from viz_app.image_tab import threshold_change  # noqa: E402
-from viz_app.models import ModelRegistry  # noqa: E402
-from viz_app.view_state import ImageView  # noqa: E402
+from viz_app.state.analyser import Analyser  # noqa: E402
+from viz_app.state.context import AppContext  # noqa: E402
+from viz_app.state.models import ModelRegistry  # noqa: E402
+from viz_app.state.view_state import ImageView  # noqa: E402
+from viz_app.tabs.image import threshold_change  # noqa: E402
+from viz_app.views import render  # noqa: E402
 
 IMGSZ = 640  # the app's inference size; predict gets the same (a checkpoint may carry another)
 

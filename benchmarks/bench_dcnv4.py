@@ -27,7 +27,7 @@ from bench_op import formulation_rows, measure, print_header, print_table, start
 from results import emit
 
 from dcnv3 import dcnv4_core, formulation
-from dcnv3.dcnv4 import offset_mask_channels
+from dcnv3.ops.dcnv4 import offset_mask_channels
 
 # (level, N, H, W, C, G): YOLO11n at 640, DCNv4 in place of the C3k2 bottlenecks' 3x3 cv2.
 SHAPES = [

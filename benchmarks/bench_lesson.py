@@ -2,10 +2,10 @@
 
     python benchmarks/bench_lesson.py [--iterations 150] [--threads N]
 
-What the button runs (``dcnv3.lesson_watch.watch_learn`` on the bundled lesson network, seed 0,
+What the button runs (``dcnv3.lesson.watch.watch_learn`` on the bundled lesson network, seed 0,
 a snapshot every 5 iterations): the frozen layers over the scene pool, then ``--iterations``
 updates of the deepest DCNv3 layer's offset and mask projections, each snapshot drawn as the tab
-draws it (``viz_app.lesson_view.watch_picture`` and ``watch_figure``). Printed: the total, the
+draws it (``viz_app.views.lesson_view.watch_picture`` and ``watch_figure``). Printed: the total, the
 set-up, the mean |offset| at the start and the end, and the ratio of the total to the target.
 """
 
@@ -31,9 +31,9 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from dcnv3.lesson import BUNDLED_LESSON, load_lesson
-    from dcnv3.lesson_watch import ITERATIONS, probe_scene, watch_learn
-    from viz_app import lesson_view
+    from dcnv3.lesson.network import BUNDLED_LESSON, load_lesson
+    from dcnv3.lesson.watch import ITERATIONS, probe_scene, watch_learn
+    from viz_app.views import lesson_view
 
     if args.threads:
         torch.set_num_threads(args.threads)

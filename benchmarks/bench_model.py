@@ -37,7 +37,7 @@ from devices import add_device_argument, describe, peak_bytes, require_device, t
 from results import emit
 
 from dcnv3 import formulation, yolo
-from dcnv3.probe import inference_model, probe
+from dcnv3.analysis.probe import inference_model, probe
 
 
 def letterboxed_input(image: np.ndarray, imgsz: int, channels_last: bool) -> torch.Tensor:

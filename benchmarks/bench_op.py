@@ -28,8 +28,8 @@ import torch
 from devices import add_device_argument, describe, peak_bytes, require_device, timed
 from results import emit
 
-from dcnv3 import native
-from dcnv3.ops import dcnv3_core_gather, dcnv3_core_grid_sample, dcnv3_core_native, dcnv3_core_sparse
+from dcnv3.ops import native
+from dcnv3.ops.core import dcnv3_core_gather, dcnv3_core_grid_sample, dcnv3_core_native, dcnv3_core_sparse
 from dcnv3.yolo import keep_freed_memory
 
 SHAPES = [(1, 80, 80, 2, 16), (1, 40, 40, 4, 16), (1, 20, 20, 8, 16), (16, 20, 20, 4, 16)]

@@ -3,7 +3,7 @@
     python benchmarks/bench_operators_models.py [--imgsz 320] [--repeats 15] [--threads N]
 
 For each family (yolov8, yolo11) at scale n: the plain model and every deformable operator with a
-shipped YAML (``dcnv3/cfg/{operator}-{family}.yaml``: dcnv2, dcnv3, dcnv4, whichever exist; the
+shipped YAML (``dcnv3/yolo/cfg/{operator}-{family}.yaml``: dcnv2, dcnv3, dcnv4, whichever exist; the
 script says which it found), built from the YAML with seed 0 (random weights do not change the
 cost), fused for inference as the probe and ultralytics' predictor run them (``inference_model``).
 CPU, fp32, batch 1, ultralytics' bus.jpg letterboxed to --imgsz (256 x 320 at 320), contiguous
@@ -31,8 +31,8 @@ from bench_model import letterboxed_input
 from results import emit
 
 from dcnv3 import yolo
-from dcnv3.capture import deformable_modules
-from dcnv3.probe import inference_model
+from dcnv3.analysis.probe import inference_model
+from dcnv3.ops.capture import deformable_modules
 
 FAMILIES = ("yolov8", "yolo11")
 OPERATORS = ("dcnv2", "dcnv3", "dcnv4")

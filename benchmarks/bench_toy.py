@@ -2,8 +2,8 @@
 
     python benchmarks/bench_toy.py [--moves 20] [--layer model.6.m.1.cv2.dcnv3] [--threads N]
 
-A move is what the app's handler does: ``viz_app.toy.toy_view`` (paint the scene, run the bundled
-DCNv3-YOLOv8n once at imgsz 320 through ``dcnv3.probe``, draw the layer's sampling points at the
+A move is what the app's handler does: ``viz_app.views.toy.toy_view`` (paint the scene, run the bundled
+DCNv3-YOLOv8n once at imgsz 320 through ``dcnv3.analysis.probe``, draw the layer's sampling points at the
 shape's centre and the detections on the 640 px picture) plus the JPEG encoding gradio's transfer
 needs, each move with a different scale / rotation / position, as a user dragging the sliders
 would. After two warm-up moves, the median and the slowest of ``--moves`` moves are printed with
@@ -29,7 +29,7 @@ TARGET_S = 0.5
 
 def moves(count: int):
     """A deterministic walk of the sliders: scale, rotation and position all change every move."""
-    from viz_app.toy import ToyShape
+    from viz_app.views.toy import ToyShape
 
     for n in range(count):
         yield ToyShape(
@@ -53,8 +53,8 @@ def main() -> None:
     import cv2
     import torch
 
-    from dcnv3.loading import load_model
-    from viz_app import toy
+    from dcnv3.yolo.loading import load_model
+    from viz_app.views import toy
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -78,7 +78,7 @@ def main() -> None:
     emit("toy", [(f"toy slider move / {TARGET_S} s", median / TARGET_S, "<= 1")])
 
     if args.fields:
-        from dcnv3 import receptive_field as rf
+        from dcnv3.analysis import receptive_field as rf
 
         plain = load_model(ROOT / "assets" / "models" / "yolov8n.pt")
         image = cv2.imread(str(ROOT / "assets" / "examples" / "shapes_0.jpg"))

@@ -2,7 +2,7 @@
 
 * bare: ultralytics ``YOLO.predict`` on every frame, one frame per call, as
   ``YOLO.predict("video.mp4")`` runs a video (decode with OpenCV + predict, nothing drawn);
-* ours: ``dcnv3.video.run_video`` (decode, probes of 4 frames per forward, tracking, per-track
+* ours: ``dcnv3.video.pipeline.run_video`` (decode, probes of 4 frames per forward, tracking, per-track
   statistics, overlays, H.264 encoding), as the Video tab and ``inspect --source`` run it.
 
 Prints both rates in frames per second and their ratio (target: ours >= 0.8 x bare). Printed for
@@ -21,8 +21,9 @@ from pathlib import Path
 
 from results import emit
 
-from dcnv3 import video, yolo
-from dcnv3.loading import load_model, train_imgsz
+from dcnv3 import yolo
+from dcnv3.video import pipeline as video
+from dcnv3.yolo.loading import load_model, train_imgsz
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,5 +1,5 @@
 """``python -m dcnv3 ...``: see ``dcnv3.cli``."""
 
-from .cli import main
+from dcnv3.cli import main
 
 main()

@@ -1,6 +1,6 @@
 """``python -m dcnv3``: train, validate, predict, inspect, ablate, health, analyze, export and generate data.
 
-Every command takes ``--help``. Checkpoints are always loaded through ``dcnv3.loading.load_model`` (no
+Every command takes ``--help``. Checkpoints are always loaded through ``dcnv3.yolo.loading.load_model`` (no
 code from the file runs); bad input ends with a one-line ``error:`` message and exit status 2.
 """
 
@@ -30,14 +30,14 @@ def _overrides(pairs: list[str]) -> dict:
 
 def health_stop(names: list[str] | None):
     """``--health-stop [FLAG ...]`` -> the trainer's ``health_stop_on_flag``: absent False, bare
-    True (any flag), else the names (checked by ``dcnv3.training_health.stop_rule``)."""
+    True (any flag), else the names (checked by ``dcnv3.training.monitor.stop_rule``)."""
     if names is None:
         return False
     return names or True
 
 
 def cmd_train(args) -> None:
-    from .training import train
+    from dcnv3.training.trainer import train
 
     model = train(
         args.model,
@@ -63,7 +63,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_val(args) -> None:
-    from .loading import load_model
+    from dcnv3.yolo.loading import load_model
 
     model = load_model(args.model)
     metrics = model.val(
@@ -84,7 +84,7 @@ def cmd_val(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from .loading import load_model
+    from dcnv3.yolo.loading import load_model
 
     model = load_model(args.model)
     results = model.predict(
@@ -108,10 +108,10 @@ def inspect_image(model, image_path: Path, out_dir: Path, imgsz: int, conf: floa
     import cv2
     import numpy as np
 
-    from . import stats
-    from .geometry import box_centre
-    from .overlay import draw_cell, draw_detections
-    from .probe import prepare_image, probe
+    from dcnv3.analysis.probe import prepare_image, probe
+    from dcnv3.draw.overlay import draw_cell, draw_detections
+    from dcnv3.record import stats
+    from dcnv3.record.geometry import box_centre
 
     image = prepare_image(image_path)
     result = probe(model, image, imgsz=imgsz, conf=conf, iou=iou)
@@ -151,7 +151,7 @@ def inspect_image(model, image_path: Path, out_dir: Path, imgsz: int, conf: floa
 
 def inspect_video(model, args) -> None:
     """Process a video as the app's Video tab does: ``<stem>_deformable.mp4`` and ``<stem>_stats.csv``."""
-    from . import video
+    from dcnv3.video import pipeline as video
 
     limits = video.VideoLimits(max_frames=args.max_frames, max_seconds=args.max_seconds, max_side=args.max_side)
 
@@ -184,8 +184,8 @@ def inspect_video(model, args) -> None:
 
 
 def cmd_inspect(args) -> None:
-    from .layer_health import IMAGE_SUFFIXES, image_paths
-    from .loading import load_model, train_imgsz
+    from dcnv3.analysis.health import IMAGE_SUFFIXES, image_paths
+    from dcnv3.yolo.loading import load_model, train_imgsz
 
     model = load_model(args.model)
     if Path(args.source).is_file() and Path(args.source).suffix.lower() not in IMAGE_SUFFIXES:
@@ -212,13 +212,13 @@ def cmd_inspect(args) -> None:
 
 def cmd_ablate(args) -> None:
     """Every deformable layer's offsets on the regular grid, then its weights uniform, then all layers
-    (``dcnv3.ablation``), over an image or a folder: a table per variant, optionally JSON."""
+    (``dcnv3.analysis.ablation``), over an image or a folder: a table per variant, optionally JSON."""
     import json
     import math
 
-    from .ablation import ablate_folder
-    from .layer_health import image_paths
-    from .loading import load_model, train_imgsz
+    from dcnv3.analysis.ablation import ablate_folder
+    from dcnv3.analysis.health import image_paths
+    from dcnv3.yolo.loading import load_model, train_imgsz
 
     model = load_model(args.model)
     imgsz = args.imgsz or train_imgsz(model)  # as inspect and the app: the size the model was trained at
@@ -255,10 +255,10 @@ def cmd_ablate(args) -> None:
 
 def cmd_health(args) -> None:
     """Every deformable layer's numbers and calibrated flags over an image or a folder
-    (``dcnv3.layer_health.health``); exits 1 when a layer is flagged, so a pipeline can gate on it."""
+    (``dcnv3.analysis.health.health``); exits 1 when a layer is flagged, so a pipeline can gate on it."""
     import json
 
-    from .layer_health import FLAG_NAMES, health
+    from dcnv3.analysis.health import FLAG_NAMES, health
 
     report = health(args.model, args.source, imgsz=args.imgsz)
     for name, reason in report.skipped:
@@ -299,7 +299,7 @@ def cmd_export(args) -> None:
     import numpy as np
     import torch
 
-    from .loading import load_model
+    from dcnv3.yolo.loading import load_model
 
     model = load_model(args.model)
     exported = model.export(format="onnx", imgsz=args.imgsz, opset=args.opset, simplify=True, dynamic=False)
@@ -324,8 +324,8 @@ def cmd_export(args) -> None:
 def cmd_analyze(args) -> None:
     import json
 
-    from .analysis import analyze_dataset, format_table
-    from .loading import load_model
+    from dcnv3.analysis.dataset import analyze_dataset, format_table
+    from dcnv3.yolo.loading import load_model
 
     model = load_model(args.model)
     if not model.deformable_layers:
@@ -350,9 +350,9 @@ def cmd_assets(args) -> None:
     import cv2
     from ultralytics.utils import ASSETS
 
-    from .data import render_scene, video_frames
-    from .data.generator import image_rng
-    from .video_io import write_h264
+    from dcnv3.data import render_scene, video_frames
+    from dcnv3.data.generator import image_rng
+    from dcnv3.video.io import write_h264
 
     out = Path(args.out)
     (out / "examples").mkdir(parents=True, exist_ok=True)
@@ -373,7 +373,7 @@ def cmd_assets(args) -> None:
 
 
 def cmd_data(args) -> None:
-    from .data import write_dataset
+    from dcnv3.data import write_dataset
 
     try:
         path = write_dataset(
@@ -385,7 +385,7 @@ def cmd_data(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .yolo import MODEL_FAMILIES
+    from dcnv3.yolo import MODEL_FAMILIES
 
     parser = argparse.ArgumentParser(prog="python -m dcnv3", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -464,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="image, folder of images, or a video (then: an H.264 MP4 with overlays and a per-track statistics CSV)",
     )
     sub.add_argument("--out", default="runs/dcnv3/inspect", help="output folder")
-    from . import video  # its modes, trackers and limits are the options' choices and defaults
+    from dcnv3.video import pipeline as video  # its modes, trackers and limits are the options' choices and defaults
 
     limits = video.VideoLimits()
     video_options = sub.add_argument_group("video")
@@ -560,8 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("YOLO_OFFLINE", "true")  # before anything imports ultralytics
     args = build_parser().parse_args(argv)
-    from . import yolo
-    from .checkpoints import CheckpointError
+    from dcnv3 import yolo
+    from dcnv3.yolo.checkpoints import CheckpointError
 
     yolo.prepare_runtime()  # offline, plot fonts, every core: this process is ours
     yolo.register()

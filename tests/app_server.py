@@ -36,7 +36,7 @@ def served_app(registry, analyser=None):
 
     ``registry``: a ``ModelRegistry`` (the context is made around it and ``analyser``), or an
     ``AppContext`` whose caches the test then inspects."""
-    from viz_app.context import AppContext
+    from viz_app.state.context import AppContext
     from viz_app.ui import CSS, THEME, build_app
 
     context = registry if isinstance(registry, AppContext) else AppContext.create(registry, analyser)

@@ -104,7 +104,7 @@ def tiny_shapes_data(tmp_path_factory):
 def bundled_dcnv3():
     """The bundled DCNv3-YOLOv8n (``assets/models/dcnv3-yolov8n.pt``), loaded once per session.
     Tests must not change it; copy it (``copy.deepcopy``) to modify."""
-    from dcnv3.loading import load_model
+    from dcnv3.yolo.loading import load_model
 
     return load_model(BUNDLED_DCNV3)
 
@@ -112,7 +112,7 @@ def bundled_dcnv3():
 @pytest.fixture(scope="session")
 def bundled_plain():
     """The bundled plain YOLOv8n twin, loaded once per session (read-only, as above)."""
-    from dcnv3.loading import load_model
+    from dcnv3.yolo.loading import load_model
 
     return load_model(BUNDLED_PLAIN)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dcnv3.capture import dcnv3_modules
+from dcnv3.ops.capture import dcnv3_modules
 
 BREAKAGES = ("zero_offsets", "blown_up", "saturated", "same_groups")
 EXPECTED_FLAG = {
@@ -75,7 +75,7 @@ def breakable_layers(model, how: str) -> list[str]:
     return [name for name, module in dcnv3_modules(model.model) if not (how == "same_groups" and module.group < 2)]
 
 
-# -- any operator: break what a layer hands over (``dcnv3.sampling_hooks``) ------------------------
+# -- any operator: break what a layer hands over (``dcnv3.ops.sampling_hooks``) ------------------------
 
 RECORD_BREAKAGES = ("zero_offsets", "blown_up", "saturated", "vanished", "untrained")
 RECORD_EXPECTED_FLAG = {**EXPECTED_FLAG, "vanished": "vanished", "untrained": "untrained"}
@@ -84,7 +84,7 @@ RECORD_EXPECTED_FLAG = {**EXPECTED_FLAG, "vanished": "vanished", "untrained": "u
 @dataclass(frozen=True)
 class RecordBreak:
     """Changes a deformable layer's offsets (N, H, W, G, P, 2) and weights (N, H, W, G, P) in the
-    record layout, as ``dcnv3.sampling_hooks.SamplingOverride`` does, for every operator alike:
+    record layout, as ``dcnv3.ops.sampling_hooks.SamplingOverride`` does, for every operator alike:
     the layer then samples with the broken values, and later layers see what it computes."""
 
     how: str
@@ -107,11 +107,11 @@ class RecordBreak:
 def record_broken_copy(model, how: str, layers: list[str] | None = None):
     """A deep copy of an ultralytics YOLO whose deformable layers ``layers`` (names; None: all)
     hand over broken records (``RecordBreak(how)``) in every probe of it: the break is attached to
-    the probe's cached inference copy (``dcnv3.probe.inference_model``), since DCNv2 and DCNv4
+    the probe's cached inference copy (``dcnv3.analysis.probe.inference_model``), since DCNv2 and DCNv4
     drop attached hooks when deep-copied."""
-    from dcnv3.capture import deformable_modules
-    from dcnv3.probe import inference_model
-    from dcnv3.sampling_hooks import OVERRIDE_SLOT
+    from dcnv3.analysis.probe import inference_model
+    from dcnv3.ops.capture import deformable_modules
+    from dcnv3.ops.sampling_hooks import OVERRIDE_SLOT
 
     if how not in RECORD_BREAKAGES:
         raise ValueError(f"unknown breakage {how!r}; one of {RECORD_BREAKAGES}")

@@ -1,7 +1,7 @@
 """A plain, obviously-correct DCNv3 core written straight from docs/spec.md: the tests' oracle.
 
 Loops over groups, kernel points and the four bilinear taps; every tap is read with explicit
-bounds checks. Slow, differentiable by autograd, and independent of dcnv3/ops.py.
+bounds checks. Slow, differentiable by autograd, and independent of dcnv3/ops/core.py.
 """
 
 import torch

@@ -1,4 +1,4 @@
-"""dcnv3.ablation: the matching rule on made-up boxes; a model with zero offsets and uniform weights
+"""dcnv3.analysis.ablation: the matching rule on made-up boxes; a model with zero offsets and uniform weights
 is unchanged by either override; on the bundled model every number matches an independent rerun
 (a fresh copy with that layer's DCNv3 ``offset`` (or ``mask``) Linear zeroed, run by YOLO.predict,
 matched here with plain numpy); the folder summary; the CLI's table and JSON."""
@@ -11,9 +11,17 @@ import pytest
 from repo_paths import BUNDLED_DCNV3, BUNDLED_PLAIN, EXAMPLES
 from test_cli import cli
 
-from dcnv3.ablation import ALL_LAYERS, Variant, ablate, ablate_folder, default_variants, match_detections, run_ablation
-from dcnv3.loading import load_model
-from dcnv3.probe import Detections
+from dcnv3.analysis.ablation import (
+    ALL_LAYERS,
+    Variant,
+    ablate,
+    ablate_folder,
+    default_variants,
+    match_detections,
+    run_ablation,
+)
+from dcnv3.analysis.probe import Detections
+from dcnv3.yolo.loading import load_model
 
 SHAPES = EXAMPLES / "shapes_0.jpg"  # the bundled model finds 2 shapes in it at its training size, 320
 IMGSZ = 320

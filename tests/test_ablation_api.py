@@ -1,4 +1,4 @@
-"""The /ablate endpoint through gradio_client: its numbers are dcnv3.ablation's in-process, boxes in
+"""The /ablate endpoint through gradio_client: its numbers are dcnv3.analysis.ablation's in-process, boxes in
 original-image pixels, the reruns cached per image / model / size (a threshold change reruns
 nothing), refusals. The app runs in this process on a free loopback port (see test_app_api.py)."""
 
@@ -9,9 +9,9 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from repo_paths import EXAMPLES
 
-from dcnv3.ablation import ablate
-from viz_app.context import AppContext
-from viz_app.models import ModelRegistry
+from dcnv3.analysis.ablation import ablate
+from viz_app.state.context import AppContext
+from viz_app.state.models import ModelRegistry
 
 SHAPES = EXAMPLES / "shapes_0.jpg"  # 416 x 416; the bundled model runs at its training size, 320
 

@@ -3,7 +3,7 @@
 import pytest
 from ultralytics import YOLO
 
-from dcnv3.analysis import analyze_dataset, format_table, size_bucket
+from dcnv3.analysis.dataset import analyze_dataset, format_table, size_bucket
 from dcnv3.data import write_dataset
 
 

@@ -22,12 +22,12 @@ from repo_paths import ROOT
 from ultralytics import YOLO
 from ultralytics.utils import ASSETS
 
-from dcnv3.checkpoints import CheckpointError
-from dcnv3.loading import load_model
-from dcnv3.probe import probe
-from viz_app.analyser import Analyser
-from viz_app.images import load_image
-from viz_app.models import UNTRAINED_NAME, ModelRegistry, untrained_models
+from dcnv3.analysis.probe import probe
+from dcnv3.yolo.checkpoints import CheckpointError
+from dcnv3.yolo.loading import load_model
+from viz_app.state.analyser import Analyser
+from viz_app.state.images import load_image
+from viz_app.state.models import UNTRAINED_NAME, ModelRegistry, untrained_models
 
 FORK_A = ROOT / "tests" / "data" / "fork_fixture" / "fork_A.pt"
 BUS = Path(ASSETS) / "bus.jpg"
@@ -190,9 +190,9 @@ def test_repeated_calls_reuse_the_cached_probe(client, app):
 def test_threshold_change_answers_from_the_cached_forward(app, tmp_path):
     """A slider release: NMS on the cached raw predictions, equal to a fresh run at those thresholds;
     the view keeps its point and layer, and its highlighted detection if that survives."""
-    from viz_app.context import AppContext
-    from viz_app.image_tab import surviving_detection, threshold_change
-    from viz_app.view_state import ImageView
+    from viz_app.state.context import AppContext
+    from viz_app.state.view_state import ImageView
+    from viz_app.tabs.image import surviving_detection, threshold_change
 
     _, analyser = app
     context = AppContext.create(analyser.registry, analyser)
@@ -223,13 +223,13 @@ def test_threshold_change_answers_from_the_cached_forward(app, tmp_path):
 
 
 def test_surviving_detection_matches_box_and_class():
-    from dcnv3.probe import Detections
+    from dcnv3.analysis.probe import Detections
 
     before = Detections(
         np.array([[0, 0, 10, 10], [5, 5, 20, 20]], np.float32), np.array([0.9, 0.4], np.float32), np.array([1, 2]), {}
     )
     after = Detections(before.boxes[[1]], before.scores[[1]], before.classes[[1]], {})
-    from viz_app.image_tab import surviving_detection
+    from viz_app.tabs.image import surviving_detection
 
     assert surviving_detection(before, after, 1) == 0
     assert surviving_detection(before, after, 0) is None and surviving_detection(before, after, None) is None

@@ -6,9 +6,9 @@ from dataclasses import FrozenInstanceError
 import numpy as np
 import pytest
 
-from viz_app.cache import LRUCache
-from viz_app.files import FileStore
-from viz_app.view_state import ImageView
+from viz_app.state.cache import LRUCache
+from viz_app.state.files import FileStore
+from viz_app.state.view_state import ImageView
 
 
 def test_lru_cache_forgets_the_least_recently_used_first():

@@ -7,8 +7,8 @@ from ultralytics.nn.modules.block import C2f, C3k, C3k2
 from ultralytics.nn.tasks import DetectionModel
 
 from dcnv3 import dcnv3_modules
-from dcnv3.blocks import Bottleneck_DCNv3, C2f_DCNv3, C3k2_DCNv3, C3k_DCNv3, DCNV3_YoLo, auto_group
 from dcnv3.yolo import model_yaml
+from dcnv3.yolo.blocks.dcnv3 import Bottleneck_DCNv3, C2f_DCNv3, C3k2_DCNv3, C3k_DCNv3, DCNV3_YoLo, auto_group
 
 
 def layer_output_channels(model: DetectionModel, size: int = 64) -> list[tuple]:
@@ -76,7 +76,7 @@ def test_fork_yaml_names_build():
 def test_blocks_equal_their_twins_only_while_parsing():
     from ultralytics.nn.modules.conv import Conv
 
-    from dcnv3.blocks import parsed_as_stock_twins
+    from dcnv3.yolo.blocks.dcnv3 import parsed_as_stock_twins
 
     assert C2f_DCNv3 != C2f and C2f != C2f_DCNv3
     assert len({C2f: 1, C2f_DCNv3: 2}) == 2
@@ -203,7 +203,7 @@ def test_c3k2_dcnv3_forward_is_the_csp_composition_of_its_children():
 
 
 def test_yolo11_blocks_equal_their_twins_only_while_parsing():
-    from dcnv3.blocks import parsed_as_stock_twins
+    from dcnv3.yolo.blocks.dcnv3 import parsed_as_stock_twins
 
     assert C3k2_DCNv3 != C3k2 and len({C3k2: 1, C3k2_DCNv3: 2}) == 2
     with parsed_as_stock_twins():
@@ -213,7 +213,7 @@ def test_yolo11_blocks_equal_their_twins_only_while_parsing():
 
 
 def test_fork_spellings_name_the_yolo11_blocks():
-    from dcnv3.blocks import BLOCK_ALIASES
+    from dcnv3.yolo.blocks.dcnv3 import BLOCK_ALIASES
 
     assert BLOCK_ALIASES["C3k2_DCNv3"] is BLOCK_ALIASES["C3k2_DCNV3"] is C3k2_DCNv3
     assert BLOCK_ALIASES["C3k_DCNv3"] is BLOCK_ALIASES["C3k_DCNV3"] is C3k_DCNv3
@@ -229,7 +229,7 @@ def test_stemless_dcnv3_block_needs_equal_channels():
 def test_stock_scale_rules_give_the_c3k2_twins_c3k_at_m_l_x():
     """parse_model sets c3k=True for `m is C3k2` at m/l/x; the rewrite does it for the twins'
     lines only, as the YAML's second argument, without touching the input."""
-    from dcnv3.blocks import with_stock_scale_rules
+    from dcnv3.yolo.blocks.dcnv3 import with_stock_scale_rules
 
     cfg = {
         "scales": {"n": [0.5, 0.25, 1024], "m": [0.5, 1.0, 512]},

@@ -27,7 +27,7 @@ BUS = ROOT / "assets" / "examples" / "bus.jpg"
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    from viz_app.models import ModelRegistry
+    from viz_app.state.models import ModelRegistry
 
     models = tmp_path_factory.mktemp("models")
     shutil.copy(FORK_A, models / "fork_A.pt")

@@ -14,8 +14,8 @@ SHAPES = EXAMPLES / "shapes_0.jpg"
 
 @pytest.fixture(scope="module")
 def page():
-    from viz_app.context import AppContext
-    from viz_app.models import ModelRegistry
+    from viz_app.state.context import AppContext
+    from viz_app.state.models import ModelRegistry
 
     with (
         served_app(AppContext.create(ModelRegistry())) as url,

@@ -21,8 +21,8 @@ SHAPES = ROOT / "assets" / "examples" / "shapes_0.jpg"
 
 @pytest.fixture(scope="module")
 def context():
-    from viz_app.context import AppContext
-    from viz_app.models import ModelRegistry
+    from viz_app.state.context import AppContext
+    from viz_app.state.models import ModelRegistry
 
     return AppContext.create(ModelRegistry())
 

@@ -26,7 +26,7 @@ OPENED = {
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    from viz_app.models import ModelRegistry
+    from viz_app.state.models import ModelRegistry
 
     models = tmp_path_factory.mktemp("models")
     for name in OPENED:

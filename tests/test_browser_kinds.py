@@ -15,7 +15,7 @@ import pytest
 from browser_support import NEEDS_CHROMIUM, offline_page, readme_screenshot, served_app
 from repo_paths import ROOT
 
-from dcnv3.weight_encoding import KIND_NAMES, encode_weights
+from dcnv3.record.weight_encoding import KIND_NAMES, encode_weights
 
 pytestmark = NEEDS_CHROMIUM
 pytest.importorskip("playwright.sync_api")
@@ -37,8 +37,8 @@ LEGEND_WORDS = {
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    from viz_app.context import AppContext
-    from viz_app.models import ModelRegistry
+    from viz_app.state.context import AppContext
+    from viz_app.state.models import ModelRegistry
 
     models = tmp_path_factory.mktemp("models")
     for path in CHECKPOINTS.values():

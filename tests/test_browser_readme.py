@@ -18,7 +18,7 @@ SCENE = EXAMPLES / "shapes_2.jpg"
 
 
 def test_bundled_model_on_a_scene():
-    from viz_app.models import ModelRegistry
+    from viz_app.state.models import ModelRegistry
 
     with served_app(ModelRegistry()) as url, offline_page(url, height=1300) as page:
         heading = page.locator("h2").first.inner_text()

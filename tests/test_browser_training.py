@@ -11,8 +11,8 @@ import pytest
 from browser_support import NEEDS_CHROMIUM, offline_page, readme_screenshot, served_app
 from test_browser_compare_learn import wait_text
 
-from viz_app.training_tab import DEMO_RUN
-from viz_app.training_view import METRICS, open_run
+from viz_app.tabs.training import DEMO_RUN
+from viz_app.views.training_view import METRICS, open_run
 
 pytestmark = NEEDS_CHROMIUM
 pytest.importorskip("playwright.sync_api")
@@ -20,8 +20,8 @@ pytest.importorskip("playwright.sync_api")
 
 @pytest.fixture(scope="module")
 def page():
-    from viz_app.context import AppContext
-    from viz_app.models import ModelRegistry
+    from viz_app.state.context import AppContext
+    from viz_app.state.models import ModelRegistry
 
     with (
         served_app(AppContext.create(ModelRegistry())) as url,

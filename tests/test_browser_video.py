@@ -22,7 +22,7 @@ MODEL = ROOT / "assets" / "models" / "dcnv3-yolov8n.pt"
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    from viz_app.models import ModelRegistry
+    from viz_app.state.models import ModelRegistry
 
     models = tmp_path_factory.mktemp("models")
     shutil.copy(MODEL, models / "dcnv3-yolov8n.pt")

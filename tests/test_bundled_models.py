@@ -13,8 +13,8 @@ MODELS = Path(__file__).resolve().parent.parent / "assets" / "models"
 @pytest.mark.parametrize("name,layers", [("dcnv3-yolov8n.pt", 5), ("yolov8n.pt", 0)])
 def test_bundled_model_loads_in_a_fresh_process_and_detects(name, layers):
     code = f"""
-from dcnv3.loading import load_model
-from dcnv3.probe import probe
+from dcnv3.yolo.loading import load_model
+from dcnv3.analysis.probe import probe
 from dcnv3.data import render_scene, CLASS_NAMES
 from dcnv3.data.generator import image_rng
 model = load_model({str(MODELS / name)!r})
@@ -43,7 +43,7 @@ def test_train_imgsz_reads_the_checkpoint_training_size():
     """The app, the video pipeline and the toy run a model at the size it was trained at."""
     from types import SimpleNamespace
 
-    from dcnv3.loading import load_model, train_imgsz
+    from dcnv3.yolo.loading import load_model, train_imgsz
 
     assert train_imgsz(load_model(MODELS / "dcnv3-yolov8n.pt")) == 320
     assert train_imgsz(SimpleNamespace(overrides={"imgsz": [480, 640]})) == 640

@@ -14,8 +14,8 @@ import torch
 from ultralytics import YOLO
 
 from dcnv3 import yolo
-from dcnv3.checkpoints import CheckpointError, UnsafeCheckpointError
-from dcnv3.loading import load_model
+from dcnv3.yolo.checkpoints import CheckpointError, UnsafeCheckpointError
+from dcnv3.yolo.loading import load_model
 
 DATA = Path(__file__).parent / "data"
 FORK_A = DATA / "fork_fixture" / "fork_A.pt"
@@ -36,7 +36,7 @@ def test_fork_a_matches_what_the_fork_computed_in_a_clean_process():
     out = run_python(f"""
         import sys, torch, cv2
         import dcnv3
-        from dcnv3.loading import load_model
+        from dcnv3.yolo.loading import load_model
         from ultralytics.data.augment import LetterBox
         from ultralytics.utils import ASSETS
         assert not any("ops_dcnv3" in name for name in sys.modules)
@@ -215,7 +215,9 @@ def test_plain_pickle_protocols(tmp_path):
 FORK_LAYOUT_BUILDER = """
     import sys, types, torch
     import dcnv3
-    from dcnv3 import blocks, module as dcn_module, yolo
+    from dcnv3.yolo.blocks import dcnv3 as blocks
+    from dcnv3.ops import dcnv3 as dcn_module
+    from dcnv3 import yolo
     from ultralytics import YOLO
     yolo.register()
     layout = {layout!r}
@@ -276,7 +278,7 @@ def test_other_fork_layouts_load(tmp_path, layout):
     out = run_python(
         """
         import sys, torch, dcnv3
-        from dcnv3.loading import load_model
+        from dcnv3.yolo.loading import load_model
         model = load_model("fork.pt")
         assert "ultralytics.nn.extra_modules" not in sys.modules
         data = torch.load("expected.pt", weights_only=True)
@@ -292,16 +294,18 @@ def test_other_fork_layouts_load(tmp_path, layout):
     assert out.split()[0] == "5"
 
 
-@pytest.mark.parametrize("centre_scale_path", ["dcnv3.module", "dcnv3.dcnv4"])
+@pytest.mark.parametrize("centre_scale_path", ["dcnv3.ops.dcnv3", "dcnv3.ops.dcnv4", "dcnv3.module", "dcnv3.dcnv4"])
 def test_operator_class_paths_resolve_for_the_restricted_unpickler(tmp_path, monkeypatch, centre_scale_path):
     """Checkpoints pickle our operators by class path; the shared ``CenterFeatureScaleModule`` lives
-    in dcnv3.module and an older file names it ``dcnv3.dcnv4.CenterFeatureScaleModule``: both load,
-    and compute what was saved."""
+    in dcnv3.ops.dcnv3, a DCNv4 file may name it under ``dcnv3.ops.dcnv4``, and files saved before 0.2
+    under the old modules ``dcnv3.module`` / ``dcnv3.dcnv4`` (mapped by the unpickler's
+    MOVED_MODULES): all load, and compute what was saved."""
     import zipfile
 
-    from dcnv3 import dcnv4, module
-    from dcnv3.checkpoints import safe_load
-    from dcnv3.dcnv2 import DCNv2
+    from dcnv3.ops import dcnv3 as module
+    from dcnv3.ops import dcnv4
+    from dcnv3.ops.dcnv2 import DCNv2
+    from dcnv3.yolo.checkpoints import safe_load
 
     assert dcnv4.CenterFeatureScaleModule is module.CenterFeatureScaleModule
     torch.manual_seed(0)
@@ -313,11 +317,15 @@ def test_operator_class_paths_resolve_for_the_restricted_unpickler(tmp_path, mon
     plain = DCNv2(16, 16)
     path = tmp_path / "operators.pt"
     monkeypatch.setattr(module.CenterFeatureScaleModule, "__module__", centre_scale_path)
+    # pickle checks that the class is importable under that path: an old path is lent its module
+    # while saving only (the unpickler below never imports anything).
+    monkeypatch.setitem(sys.modules, centre_scale_path, sys.modules.get(centre_scale_path, module))
     torch.save({"model": layers, "dcnv2": plain}, path)
     monkeypatch.undo()
+    assert centre_scale_path.startswith("dcnv3.ops.") or centre_scale_path not in sys.modules
     with zipfile.ZipFile(path) as archive:
         pickled = next(archive.read(n) for n in archive.namelist() if n.endswith("data.pkl"))
-    for name in (b"dcnv3.module\nDCNv3", b"dcnv3.dcnv4\nDCNv4", b"dcnv3.dcnv2\nDCNv2"):
+    for name in (b"dcnv3.ops.dcnv3\nDCNv3", b"dcnv3.ops.dcnv4\nDCNv4", b"dcnv3.ops.dcnv2\nDCNv2"):
         assert name in pickled
     assert f"{centre_scale_path}\nCenterFeatureScaleModule".encode() in pickled
     loaded = safe_load(path)

@@ -1,10 +1,10 @@
-"""dcnv3.dcnv2: the layout conversion against torchvision's deform_conv2d itself, the hooked
+"""dcnv3.ops.dcnv2: the layout conversion against torchvision's deform_conv2d itself, the hooked
 forward, overrides and the closed form of an untrained layer.
 
 Where deform_conv2d samples is measured, not assumed: on an input whose channels are the x and y
 index ramps, bilinear interpolation returns the sampling location itself (exactly, inside the
 map), so a one-hot weight per (point, channel) makes each output channel one coordinate of one
-point times its mask. Those must equal ``dcnv3.geometry``'s locations for the captured record.
+point times its mask. Those must equal ``dcnv3.record.geometry``'s locations for the captured record.
 """
 
 import numpy as np
@@ -15,10 +15,10 @@ from torch import nn
 from torchvision.ops import deform_conv2d
 
 import dcnv3
-from dcnv3 import geometry
-from dcnv3.dcnv2 import DCNv2, record_to_torchvision, same_padding, split_chunked_offset_mask, torchvision_to_record
-from dcnv3.probe import LayerRecord
-from dcnv3.sampling_hooks import is_deformable, override_sampling
+from dcnv3.analysis.probe import LayerRecord
+from dcnv3.ops.dcnv2 import DCNv2, record_to_torchvision, same_padding, split_chunked_offset_mask, torchvision_to_record
+from dcnv3.ops.sampling_hooks import is_deformable, override_sampling
+from dcnv3.record import geometry
 
 # Locations measured through float64 ramps: rounding only (~1e-13 cells); the brief's bound.
 LOCATION_CELLS = 1e-4
@@ -61,7 +61,7 @@ def record_of(module: DCNv2, x: torch.Tensor) -> tuple[LayerRecord, dict]:
 
 
 def feature_locations(record: LayerRecord, in_hw) -> np.ndarray:
-    """(H, W, G, P, 2) sampling locations as input feature indices (x, y), through dcnv3.geometry
+    """(H, W, G, P, 2) sampling locations as input feature indices (x, y), through dcnv3.record.geometry
     (image pixel = (index + 0.5) * stride with an identity letterbox)."""
     letterbox = geometry.Letterbox.from_shapes(in_hw, in_hw)
     return geometry.sampling_locations(record, letterbox) / record.stride - 0.5

@@ -1,4 +1,4 @@
-"""dcnv3.blocks_dcnv2 and the dcnv2 YAMLs: ultralytics builds them at every scale with the blocks
+"""dcnv3.yolo.blocks.dcnv2 and the dcnv2 YAMLs: ultralytics builds them at every scale with the blocks
 where the DCNv3 YAMLs have theirs, and the probe reads their layers as sigmoid-weighted."""
 
 import numpy as np
@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dcnv3 import capture, yolo
-from dcnv3.blocks_dcnv2 import (
+from dcnv3.ops.capture import deformable_modules
+from dcnv3.yolo.blocks.dcnv2 import (
     MPCA,
     C2f_DCNv2_Dynamic,
     C3k2_DCNv2,
@@ -15,7 +16,6 @@ from dcnv3.blocks_dcnv2 import (
     DCNv2_Dynamic,
     DCNv2OffsetAttention,
 )
-from dcnv3.capture import deformable_modules
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_yaml_builds_its_dcnv2_layers_where_dcnv3_has_its_own(registered, family
 def test_probe_lists_every_dcnv2_layer_as_sigmoid(registered):
     from ultralytics import YOLO
 
-    from dcnv3.probe import probe
+    from dcnv3.analysis.probe import probe
 
     model = YOLO(yolo.model_yaml("n", operator="dcnv2"))
     image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)

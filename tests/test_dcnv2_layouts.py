@@ -50,8 +50,8 @@ def test_fixtures_reproduce_the_family_as_best_and_last_in_a_clean_process(repor
         textwrap.dedent(f"""
         import sys, cv2, torch
         import dcnv3
-        from dcnv3.loading import load_model
-        from dcnv3.probe import probe
+        from dcnv3.yolo.loading import load_model
+        from dcnv3.analysis.probe import probe
         from ultralytics.data.augment import LetterBox
 
         image = cv2.imread({str(BUS)!r})
@@ -176,10 +176,10 @@ def dcnv2_app(tmp_path_factory):
     from app_server import served_app
     from ultralytics.data.augment import LetterBox
 
-    from dcnv3.loading import load_model
-    from dcnv3.probe import probe
-    from viz_app.analyser import Analyser
-    from viz_app.models import ModelRegistry
+    from dcnv3.analysis.probe import probe
+    from dcnv3.yolo.loading import load_model
+    from viz_app.state.analyser import Analyser
+    from viz_app.state.models import ModelRegistry
 
     folder = tmp_path_factory.mktemp("dcnv2_models")
     shutil.copy(FIXTURES / "extra_dcnv2_v8_best.pt", folder / "extra_dcnv2_v8_best.pt")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from child_process import run_python
 
-from dcnv3.loading import load_model
-from dcnv3.probe import probe
+from dcnv3.analysis.probe import probe
 from dcnv3.yolo import model_yaml
+from dcnv3.yolo.loading import load_model
 
 IMGSZ = 64
 

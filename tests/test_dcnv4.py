@@ -1,4 +1,4 @@
-"""dcnv3.dcnv4: DCNv4's core and module against golden vectors of the reference, closed forms,
+"""dcnv3.ops.dcnv4: DCNv4's core and module against golden vectors of the reference, closed forms,
 layouts, gradcheck, and that it runs on a CPU with nothing of DCNv4's (no CUDA, no extension)."""
 
 import json
@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from repo_paths import ROOT
 
 from dcnv3 import DCNv4, dcnv4_core, formulation
-from dcnv3.dcnv4 import offset_mask_channels, split_per_group_offset_mask
-from dcnv3.ops import output_size
+from dcnv3.ops.core import output_size
+from dcnv3.ops.dcnv4 import offset_mask_channels, split_per_group_offset_mask
 
 GOLDEN = Path(__file__).parent / "data" / "golden_dcnv4"
 INDEX = json.loads((GOLDEN / "index.json").read_text())

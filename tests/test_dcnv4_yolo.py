@@ -24,10 +24,10 @@ from repo_paths import ROOT
 from ultralytics.nn import tasks
 from ultralytics.nn.modules.block import Bottleneck, C2f, C3k, C3k2
 
-from dcnv3.blocks_dcnv4 import DCNV4_YOLO, Bottleneck_DCNV4, C2f_DCNv4, C3k2_DCNv4, C3k_DCNv4
-from dcnv3.capture import deformable_modules
-from dcnv3.dcnv4 import DCNv4
+from dcnv3.ops.capture import deformable_modules
+from dcnv3.ops.dcnv4 import DCNv4
 from dcnv3.yolo import model_yaml
+from dcnv3.yolo.blocks.dcnv4 import DCNV4_YOLO, Bottleneck_DCNV4, C2f_DCNv4, C3k2_DCNv4, C3k_DCNv4
 
 FIXTURE = ROOT / "tests" / "data" / "forks" / "extra_v11_dcnv4"
 LAYOUT = "extra_v11_dcnv4"
@@ -83,8 +83,8 @@ def test_dcnv4_fork_layout_reproduces_the_fork_as_best_and_last_in_a_clean_proce
         f"""
 import sys, cv2, torch
 import dcnv3
-from dcnv3.loading import load_model
-from dcnv3.probe import probe
+from dcnv3.yolo.loading import load_model
+from dcnv3.analysis.probe import probe
 from ultralytics.data.augment import LetterBox
 
 image = cv2.imread({str(ROOT / "assets" / "examples" / "bus.jpg")!r})
@@ -145,8 +145,8 @@ def test_dcnv4_layouts_that_do_not_compute_a_dcnv4_are_refused(tmp_path):
     """The recogniser checks what the fork's DCNv4 holds: a wrong offset_mask width, a stride the
     fork's forward cannot compute, or pointwise projections that contradict without_pointwise are
     refused with what is wrong, before anything runs."""
-    from dcnv3.checkpoints import CheckpointError, safe_load
-    from dcnv3.loading import load_model
+    from dcnv3.yolo.checkpoints import CheckpointError, safe_load
+    from dcnv3.yolo.loading import load_model
 
     source = FIXTURE / f"{LAYOUT}_best.pt"
     cases = {  # label: (edit of the first DCNv4, what the refusal must say)
@@ -185,7 +185,7 @@ def _save_as_fork(checkpoint: dict, path) -> None:
     import sys
     import types
 
-    from dcnv3 import blocks_dcnv4
+    from dcnv3.yolo.blocks import dcnv4 as blocks_dcnv4
 
     paths = {DCNv4: ("DCNv4.modules.dcnv4", "DCNv4")}
     for cls in (

@@ -1,6 +1,6 @@
 """The app's /sampling API on the DCNv4 fork layout (tests/data/forks/extra_v11_dcnv4): every
 point lies where DCNv4 samples, computed here from the fork's own recorded ``offset_mask``
-(not from DeformLens' probe) with DCNv4's sampling formula (``dcnv3.dcnv4`` docstring, as
+(not from DeformLens' probe) with DCNv4's sampling formula (``dcnv3.ops.dcnv4`` docstring, as
 DCNv4's kernel forms it), to 0.5 px; the weights are the fork's signed scalars, kind "free".
 
 Why 0.5 px holds with room: the fork's and our offsets differ by < 2e-3 cells in fp32 (the
@@ -17,8 +17,8 @@ from app_server import served_app
 from gradio_client import Client, handle_file
 from repo_paths import ROOT
 
-from viz_app.analyser import Analyser
-from viz_app.models import ModelRegistry
+from viz_app.state.analyser import Analyser
+from viz_app.state.models import ModelRegistry
 
 FIXTURE = ROOT / "tests" / "data" / "forks" / "extra_v11_dcnv4"
 BUS = ROOT / "assets" / "examples" / "bus.jpg"  # the image the fork's forward was recorded on

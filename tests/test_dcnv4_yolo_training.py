@@ -12,11 +12,11 @@ import pytest
 import torch
 from child_process import run_python
 
-from dcnv3.capture import deformable_modules
-from dcnv3.dcnv4 import DCNv4
-from dcnv3.loading import load_model
-from dcnv3.probe import probe
+from dcnv3.analysis.probe import probe
+from dcnv3.ops.capture import deformable_modules
+from dcnv3.ops.dcnv4 import DCNv4
 from dcnv3.yolo import model_yaml
+from dcnv3.yolo.loading import load_model
 
 IMGSZ = 64
 

@@ -7,7 +7,7 @@ from repo_paths import FORK_A
 
 
 def test_a_loaded_model_lists_its_layers_under_both_names():
-    from dcnv3.loading import load_model
+    from dcnv3.yolo.loading import load_model
 
     model = load_model(FORK_A)
     assert model.deformable_layers[0] == "model.4.m.0.cv2.dcnv3" and len(model.deformable_layers) == 5
@@ -15,7 +15,7 @@ def test_a_loaded_model_lists_its_layers_under_both_names():
 
 
 def test_the_old_function_name_warns_and_answers_the_same():
-    from dcnv3 import loading
+    from dcnv3.yolo import loading
 
     with pytest.warns(DeprecationWarning, match="use deformable_layer_names"):
         old = loading.dcnv3_layer_names

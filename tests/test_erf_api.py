@@ -8,8 +8,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from repo_paths import ROOT
 
-from viz_app.context import AppContext
-from viz_app.models import ModelRegistry
+from viz_app.state.context import AppContext
+from viz_app.state.models import ModelRegistry
 
 SHAPES = ROOT / "assets" / "examples" / "shapes_0.jpg"  # 416 x 416: a triangle top left, a cross bottom right
 

@@ -43,8 +43,8 @@ def test_every_layout_reproduces_its_fork_as_best_and_last_in_a_clean_process():
     out = run_python(f"""
         import sys, cv2, torch
         import dcnv3
-        from dcnv3.loading import load_model
-        from dcnv3.probe import probe
+        from dcnv3.yolo.loading import load_model
+        from dcnv3.analysis.probe import probe
         from ultralytics.data.augment import LetterBox
 
         image = cv2.imread({str(ROOT / "assets" / "examples" / "bus.jpg")!r})
@@ -146,8 +146,8 @@ def test_unknown_deformable_class_is_refused_saying_what_it_holds(tmp_path):
     channels = unknown_fork_checkpoint(path)
     out = run_python(f"""
         import sys
-        from dcnv3.checkpoints import CheckpointError
-        from dcnv3.loading import load_model
+        from dcnv3.yolo.checkpoints import CheckpointError
+        from dcnv3.yolo.loading import load_model
         try:
             load_model({str(path)!r})
         except CheckpointError as error:
@@ -177,7 +177,7 @@ def test_dcnv3_conv_dw_runs_the_channels_first_branch():
     as a DCNv3 whose dw_conv is that Conv followed by a permute to channels-last."""
     from ultralytics.nn.modules.conv import Conv
 
-    from dcnv3.module import DCNv3, DCNv3ConvDW, to_channels_last
+    from dcnv3.ops.dcnv3 import DCNv3, DCNv3ConvDW, to_channels_last
 
     torch.manual_seed(0)
     conv = Conv(32, 32, 3, g=32).eval()
@@ -199,11 +199,11 @@ def test_fields_health_and_receptive_field_work_on_every_layout(layout):
     import cv2
     import numpy as np
 
-    from dcnv3.loading import load_model
-    from dcnv3.probe import probe
-    from dcnv3.receptive_field import receptive_field
-    from viz_app import render
-    from viz_app.health import health_rows
+    from dcnv3.analysis.probe import probe
+    from dcnv3.analysis.receptive_field import receptive_field
+    from dcnv3.yolo.loading import load_model
+    from viz_app.views import render
+    from viz_app.views.health import health_rows
 
     bus = str(ROOT / "assets" / "examples" / "bus.jpg")
     model = load_model(FORKS / f"{layout}_best.pt")
@@ -227,7 +227,7 @@ def test_fields_health_and_receptive_field_work_on_every_layout(layout):
 
 def _as_fork_classes(root: nn.Module, names: dict) -> None:
     """Re-class modules as the placeholders a fork pickle unpickles to (type -> fork class name)."""
-    from dcnv3.fork_layouts import fork_placeholder
+    from dcnv3.yolo.fork_layouts import fork_placeholder
 
     for module in root.modules():
         if type(module) in names:
@@ -239,9 +239,9 @@ def test_shapes_without_a_fork_fixture_are_recognised_and_compute_the_same():
     `gelu`, InternImage's BatchNorm depthwise branch and center_feature_scale."""
     from ultralytics.nn.modules.conv import Conv
 
-    from dcnv3 import blocks
-    from dcnv3.fork_layouts import adopt_fork_modules
-    from dcnv3.module import DCNv3
+    from dcnv3.ops.dcnv3 import DCNv3
+    from dcnv3.yolo.blocks import dcnv3 as blocks
+    from dcnv3.yolo.fork_layouts import adopt_fork_modules
 
     torch.manual_seed(0)
     container = blocks.C3k_DCNv3(32, 32, n=2, e=0.5).eval()
@@ -279,7 +279,7 @@ def test_shapes_without_a_fork_fixture_are_recognised_and_compute_the_same():
 @pytest.mark.parametrize("children", [[1, 2], {"cv1": "not a module"}])
 def test_malformed_fork_state_is_refused(tmp_path, children):
     """A placeholder's saved state comes from the file: children that are not modules are refused."""
-    from dcnv3.checkpoints import CheckpointError, safe_load
+    from dcnv3.yolo.checkpoints import CheckpointError, safe_load
 
     fork = types.ModuleType(FOO_MODULE)
     cls = type("C2f_Bad", (nn.Module,), {"__module__": FOO_MODULE})

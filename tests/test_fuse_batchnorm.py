@@ -16,12 +16,12 @@ import torch
 from repo_paths import DATA
 from ultralytics.nn.tasks import DetectionModel
 
-from dcnv3.blocks import DCNV3_YoLo
-from dcnv3.blocks_dcnv2 import DCNv2
-from dcnv3.blocks_dcnv4 import DCNV4_YOLO
-from dcnv3.capture import deformable_modules
-from dcnv3.loading import load_model
+from dcnv3.ops.capture import deformable_modules
 from dcnv3.yolo import model_yaml
+from dcnv3.yolo.blocks.dcnv2 import DCNv2
+from dcnv3.yolo.blocks.dcnv3 import DCNV3_YoLo
+from dcnv3.yolo.blocks.dcnv4 import DCNV4_YOLO
+from dcnv3.yolo.loading import load_model
 
 BLOCKS = (DCNV3_YoLo, DCNv2, DCNV4_YOLO)
 FORKS = DATA / "forks"

@@ -1,4 +1,4 @@
-"""Health flags (``dcnv3.layer_health``) for the three weight kinds and the effective-dilation-by-size
+"""Health flags (``dcnv3.analysis.health``) for the three weight kinds and the effective-dilation-by-size
 table, on hand-made layer records."""
 
 import dataclasses
@@ -6,10 +6,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from dcnv3 import layer_health
-from dcnv3.geometry import Letterbox, kernel_offsets
-from dcnv3.probe import Detections, LayerRecord, Probe
-from viz_app import health
+from dcnv3.analysis import health as layer_health
+from dcnv3.analysis.probe import Detections, LayerRecord, Probe
+from dcnv3.record.geometry import Letterbox, kernel_offsets
+from viz_app.views import health
 
 
 def make_layer(
@@ -213,7 +213,7 @@ def test_size_classes_use_original_pixels_when_downscaled():
 
 
 def test_exported_payloads_carry_the_weight_kind():
-    from viz_app import exports
+    from viz_app.views import exports
 
     layer = make_layer()
     probe = make_probe([layer], (64, 64), [(8, 8, 40, 40)])

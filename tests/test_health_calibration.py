@@ -1,4 +1,4 @@
-"""Calibration of the health flags (``dcnv3.layer_health``) on real models: quiet on healthy ones,
+"""Calibration of the health flags (``dcnv3.analysis.health``) on real models: quiet on healthy ones,
 the matching flag on every layer broken on purpose and on no other. The rates go to the
 measurements (tests/conftest.py) and docs/health.md.
 
@@ -23,11 +23,11 @@ from health_breakage import (
 )
 from repo_paths import DATA, EXAMPLES
 
+from dcnv3.analysis.health import probe_health
+from dcnv3.analysis.probe import prepare_image, probe
 from dcnv3.data import render_scene
 from dcnv3.data.generator import image_rng
-from dcnv3.layer_health import probe_health
-from dcnv3.loading import load_model
-from dcnv3.probe import prepare_image, probe
+from dcnv3.yolo.loading import load_model
 
 SIZES = (320, 640)
 GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"

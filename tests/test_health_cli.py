@@ -13,7 +13,7 @@ from health_breakage import broken_copy
 from repo_paths import BUNDLED_DCNV3, BUNDLED_PLAIN, EXAMPLES
 
 import dcnv3
-from dcnv3.loading import load_model
+from dcnv3.yolo.loading import load_model
 
 ENV = {**os.environ, "YOLO_OFFLINE": "true"}
 BROKEN_LAYER = "model.6.m.0.cv2.dcnv3"
@@ -37,7 +37,7 @@ def images(tmp_path_factory):
 @pytest.fixture(scope="module")
 def blown_up_checkpoint(bundled_dcnv3, tmp_path_factory):
     """The bundled model with one layer's offsets blown up x10, saved as a checkpoint and loaded
-    back through dcnv3.loading as any user's would be."""
+    back through dcnv3.yolo.loading as any user's would be."""
     path = tmp_path_factory.mktemp("broken") / "blown_up.pt"
     broken_copy(bundled_dcnv3, "blown_up", [BROKEN_LAYER]).save(path)
     assert load_model(path).deformable_layers == bundled_dcnv3.deformable_layers

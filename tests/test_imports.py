@@ -110,8 +110,8 @@ def import_cycles(modules: dict[str, Path]) -> list[list[str]]:
 def test_the_walker_sees_the_project():
     modules = project_modules()
     assert {"app", "dcnv3", "dcnv3.ops", "dcnv3.yolo", "viz_app.ui"} <= set(modules)
-    sources = {source for source, _, _ in imports_of("dcnv3.loading", modules)}
-    assert {"dcnv3.checkpoints", "dcnv3.yolo"} <= sources
+    sources = {source for source, _, _ in imports_of("dcnv3.yolo.loading", modules)}
+    assert {"dcnv3.yolo.checkpoints", "dcnv3.yolo"} <= sources
 
 
 def test_the_walker_finds_cycles_and_private_imports(tmp_path, monkeypatch):
@@ -126,68 +126,34 @@ def test_the_walker_finds_cycles_and_private_imports(tmp_path, monkeypatch):
     assert private_imports(modules) == ["pkg.a:1 imports pkg.b._hidden"]
 
 
-# The layers of docs/ARCHITECTURE.md: a module may import project modules of its own layer or
-# below only. Every project module must be listed (a new module gets its layer here and there).
-LAYERS = {
-    0: {
-        "dcnv3",
-        "dcnv3.bundled",
-        "dcnv3.ops",
-        "dcnv3.native",
-        "dcnv3.module",
-        "dcnv3.capture",
-        "dcnv3.dcnv4",
-        "dcnv3.dcnv2",
-        "dcnv3.sampling_hooks",
-    },
-    1: {
-        "dcnv3.geometry",
-        "dcnv3.stats",
-        "dcnv3.fields",
-        "dcnv3.trace",
-        "dcnv3.overlay",
-        "dcnv3.video_io",
-        "dcnv3.track_stats",
-        "dcnv3.video_overlay",
-        "dcnv3.data",
-        "dcnv3.data.backgrounds",
-        "dcnv3.data.generator",
-        "dcnv3.data.shapes",
-        "dcnv3.lesson_data",
-        "dcnv3.weight_encoding",
-    },
-    2: {
-        "dcnv3.yolo",
-        "dcnv3.blocks",
-        "dcnv3.blocks_dcnv4",
-        "dcnv3.blocks_dcnv2",
-        "dcnv3.checkpoints",
-        "dcnv3.fork_layouts",
-        "dcnv3.loading",
-    },
-    3: {
-        "dcnv3.probe",
-        "dcnv3.receptive_field",
-        "dcnv3.analysis",
-        "dcnv3.tracking",
-        "dcnv3.video",
-        "dcnv3.lesson",
-        "dcnv3.lesson_train",
-        "dcnv3.lesson_measure",
-        "dcnv3.lesson_watch",
-        "dcnv3.ablation",
-        "dcnv3.layer_health",
-        "dcnv3.training_health",
-        "dcnv3.training",
-    },  # the trainer registers the health monitor, which probes
-    4: {"dcnv3.cli", "dcnv3.__main__"},
-    5: "viz_app",  # every viz_app module but the server (the app's entry point, layer 6)
-    6: {"app", "viz_app.server"},
+# The layers of docs/ARCHITECTURE.md, read from the folders: a module may import project modules of
+# its own layer or below only. A new module takes the layer of the folder it is put in; a module in
+# a folder that is not listed here, or at a package's top level and not in TOP_LEVEL, fails
+# test_every_module_has_a_layer.
+FOLDER_LAYERS = {
+    "dcnv3.ops": 0,  # the operators, the hook protocol, capture (torch only)
+    "dcnv3.record": 1,  # pure functions of a layer record
+    "dcnv3.draw": 1,  # annotators
+    "dcnv3.data": 1,  # the synthetic shapes
+    "dcnv3.yolo": 2,  # the ultralytics integration: blocks, registration, checkpoints, loading
+    "dcnv3.analysis": 3,  # probe, ablations, health, receptive fields, the dataset analysis
+    "dcnv3.video": 3,  # video io, tracking, the pipeline
+    "dcnv3.lesson": 3,  # the lesson network
+    "dcnv3.training": 3,  # the trainer registers the health monitor, which probes
+    "viz_app": 5,  # the app: state, views, components, tabs, the assembly
+}
+TOP_LEVEL = {
+    "dcnv3": 0,
+    "dcnv3.bundled": 0,
+    "dcnv3.cli": 4,
+    "dcnv3.__main__": 4,
+    "viz_app.server": 6,  # the app's entry point (``deformlens-app``)
+    "app": 6,
 }
 # The one import that may go up the layers: ``dcnv3.health(...)`` is the package's lazy module-level
 # ``__getattr__``, which imports its layer-3 module on first access only (``import dcnv3`` stays
 # torch-only: tests/test_integration.py), so that the report has a short name.
-LAZY_FACADE = {("dcnv3", "dcnv3.layer_health")}
+LAZY_FACADE = {("dcnv3", "dcnv3.analysis.health")}
 # Third-party packages a layer must not import, anywhere in its modules (function level too).
 FORBIDDEN = {
     0: {"ultralytics", "gradio", "plotly", "cv2", "viz_app"},
@@ -196,36 +162,22 @@ FORBIDDEN = {
     3: {"gradio", "plotly", "viz_app"},
     4: {"gradio", "plotly", "viz_app"},
 }
-# viz_app modules that compute, draw or hold state: no gradio in them (only tabs, ui, inputs
-# and safety wire gradio).
-GRADIO_FREE_UI = {
-    "viz_app.render",
-    "viz_app.figure_spec",
-    "viz_app.health",
-    "viz_app.exports",
-    "viz_app.receptive",
-    "viz_app.video_render",
-    "viz_app.cache",
-    "viz_app.view_state",
-    "viz_app.files",
-    "viz_app.images",
-    "viz_app.analyser",
-    "viz_app.context",
-    "viz_app.toy",
-    "viz_app.retention",
-    "viz_app.lesson_view",
-    "viz_app.training_view",
-    "viz_app.ablation_view",
-}
+# viz_app folders that compute, draw or hold state: no gradio in them (only the tabs, the
+# components and the assembly wire gradio).
+GRADIO_FREE_FOLDERS = ("viz_app.state", "viz_app.views")
 
 
 def layer_of(name: str) -> int | None:
-    for layer, members in LAYERS.items():  # the named modules first: viz_app.server is layer 6
-        if isinstance(members, set) and name in members:
-            return layer
-    if name == "viz_app" or name.startswith("viz_app."):
-        return next(layer for layer, members in LAYERS.items() if members == "viz_app")
+    if name in TOP_LEVEL:
+        return TOP_LEVEL[name]
+    for folder in sorted(FOLDER_LAYERS, key=len, reverse=True):  # the deepest folder first
+        if name == folder or name.startswith(folder + "."):
+            return FOLDER_LAYERS[folder]
     return None
+
+
+def is_gradio_free(name: str) -> bool:
+    return any(name == folder or name.startswith(folder + ".") for folder in GRADIO_FREE_FOLDERS)
 
 
 def third_party_imports(name: str, modules: dict[str, Path]) -> set[str]:
@@ -266,7 +218,7 @@ def test_layers_keep_their_third_party_packages_out():
         f"{name} imports {package}"
         for name in modules
         for package in third_party_imports(name, modules)
-        if package in FORBIDDEN.get(layer_of(name), set()) or (name in GRADIO_FREE_UI and package == "gradio")
+        if package in FORBIDDEN.get(layer_of(name), set()) or (is_gradio_free(name) and package == "gradio")
     ]
     assert bad == []
 

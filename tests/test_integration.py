@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from ultralytics import YOLO
 
-from dcnv3 import checkpoints, yolo
-from dcnv3.yolo import _check_version, cpu_cores
+from dcnv3 import yolo
+from dcnv3.yolo import _check_version, checkpoints, cpu_cores
 
 
 def run_python(code: str) -> str:
@@ -28,7 +28,8 @@ def test_import_dcnv3_has_no_side_effects():
         import os, sys, warnings, torch
         filters, threads, env = list(warnings.filters), torch.get_num_threads(), dict(os.environ)
         import dcnv3
-        from dcnv3 import ops, module, capture
+        from dcnv3 import capture
+        from dcnv3.ops import core as ops, dcnv3 as module
         assert 'ultralytics' not in sys.modules and 'gradio' not in sys.modules and 'cv2' not in sys.modules
         assert warnings.filters == filters, "global warning filters changed"
         assert torch.get_num_threads() == threads and dict(os.environ) == env

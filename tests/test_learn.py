@@ -1,15 +1,16 @@
-"""The Learn tab's toy (viz_app.toy) and the receptive-field pictures (viz_app.receptive): pure
+"""The Learn tab's toy (viz_app.views.toy) and the receptive-field pictures (viz_app.views.receptive): pure
 functions, no browser."""
 
 import numpy as np
 import pytest
 from repo_paths import ROOT
 
-from dcnv3 import receptive_field as rf
-from dcnv3.geometry import Letterbox
-from dcnv3.loading import load_model
-from viz_app import compare_tab, receptive, toy
-from viz_app.learn_tab import LATEX_DELIMITERS, LESSON
+from dcnv3.analysis import receptive_field as rf
+from dcnv3.record.geometry import Letterbox
+from dcnv3.yolo.loading import load_model
+from viz_app.tabs import compare as compare_tab
+from viz_app.tabs.learn import LATEX_DELIMITERS, LESSON
+from viz_app.views import receptive, toy
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +41,10 @@ def test_toy_scene_moves_scales_and_rotates_only_the_shape():
 def test_the_toy_caches_belong_to_their_owner_not_to_the_module():
     """The scene pieces and the dilation sweeps are kept by the object the app hands over
     (``AppContext.toy_scenes`` / ``.sweeps``), one per app; without one nothing is kept."""
-    from dcnv3.lesson import LessonConfig, LessonNet
-    from viz_app import lesson_view
-    from viz_app.context import AppContext
-    from viz_app.models import ModelRegistry
+    from dcnv3.lesson.network import LessonConfig, LessonNet
+    from viz_app.state.context import AppContext
+    from viz_app.state.models import ModelRegistry
+    from viz_app.views import lesson_view
 
     shape = toy.ToyShape(class_id=0, size=100, angle=0, x=160, y=160)
     scenes = toy.ToyScenes()

@@ -95,8 +95,8 @@ CHILD = """
     import json
     import numpy as np, torch
     import dcnv3
-    from dcnv3.loading import load_model
-    from dcnv3.probe import inference_model, network_input, probe
+    from dcnv3.yolo.loading import load_model
+    from dcnv3.analysis.probe import inference_model, network_input, probe
 
     assert dcnv3.__file__.startswith(ROOT), dcnv3.__file__  # the current tree
 

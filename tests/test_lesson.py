@@ -1,4 +1,4 @@
-"""The lesson network (dcnv3.lesson, lesson_data, lesson_measure, lesson_watch): its records'
+"""The lesson network (dcnv3.lesson.network, lesson_data, lesson_measure, lesson_watch): its records'
 geometry, the measurement functions against hand-made references, the bundled weights' figures on
 a held-out set of an unseen seed (printed in the measurements), and a short "watch it learn" run
 (determinism, the offsets leaving the grid, stopping)."""
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from dcnv3.geometry import regular_locations, sampling_locations
-from dcnv3.lesson import (
+from dcnv3.lesson.data import LESSON_SIDE, cell_of, lesson_batch, targets
+from dcnv3.lesson.measure import HELD_OUT_SEED, circular_correlation, lesson_figures, pearson, principal_axis
+from dcnv3.lesson.network import (
     BUNDLED_LESSON,
     BUNDLED_LESSON_PLAIN,
     LessonConfig,
@@ -20,11 +21,10 @@ from dcnv3.lesson import (
     lesson_records,
     load_lesson,
 )
-from dcnv3.lesson_data import LESSON_SIDE, cell_of, lesson_batch, targets
-from dcnv3.lesson_measure import HELD_OUT_SEED, circular_correlation, lesson_figures, pearson, principal_axis
-from dcnv3.lesson_train import TRAIN_SEED
-from dcnv3.lesson_watch import watch_learn
-from dcnv3.stats import effective_dilation
+from dcnv3.lesson.train import TRAIN_SEED
+from dcnv3.lesson.watch import watch_learn
+from dcnv3.record.geometry import regular_locations, sampling_locations
+from dcnv3.record.stats import effective_dilation
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from gradio_client import Client
 
 @pytest.fixture(scope="module")
 def url():
-    from viz_app.models import ModelRegistry
+    from viz_app.state.models import ModelRegistry
 
     with served_app(ModelRegistry()) as address:
         yield address

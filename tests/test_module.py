@@ -9,7 +9,7 @@ import torch
 
 import dcnv3
 from dcnv3 import DCNv3, DCNv3_pytorch, capture
-from dcnv3.sampling_hooks import CAPTURE_SLOT
+from dcnv3.ops.sampling_hooks import CAPTURE_SLOT
 
 GOLDEN = Path(__file__).parent / "data" / "golden_dcnv3"
 MODULE_CASES = [c for c in json.loads((GOLDEN / "index.json").read_text()) if c["kind"] == "module"]
@@ -162,7 +162,7 @@ class TestErrors:
 def test_softmax_over_points_equals_softmax_on_every_path():
     """The CPU form (softmax over the transposed (P, rows) view), with and without autograd, gives
     torch.softmax's values and gradients, also for logits large enough to overflow exp()."""
-    from dcnv3.module import softmax_over_points
+    from dcnv3.ops.dcnv3 import softmax_over_points
 
     logits = torch.randn(2, 5, 7, 4 * 9, dtype=torch.float64) * 40  # exp(±160) overflows float32 unguarded
     logits[0, 0, 0, :9] = 1000.0

@@ -1,4 +1,4 @@
-"""dcnv3.native: the compiled CPU kernel builds, shares PyTorch's OpenMP, and falls back cleanly.
+"""dcnv3.ops.native: the compiled CPU kernel builds, shares PyTorch's OpenMP, and falls back cleanly.
 
 Its numerics are checked with every other formulation in test_ops.py (golden vectors, oracle,
 dtypes) and end to end by the fork fixture in test_checkpoints.py.
@@ -15,8 +15,8 @@ import pytest
 import torch
 from test_ops import random_case
 
-from dcnv3 import native
-from dcnv3.ops import dcnv3_core_native, dcnv3_core_sparse
+from dcnv3.ops import native
+from dcnv3.ops.core import dcnv3_core_native, dcnv3_core_sparse
 
 NEEDS_COMPILER = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler on this machine"
@@ -85,8 +85,9 @@ def test_disabled_kernel_falls_back_to_the_sparse_formulation(tmp_path):
     out = run_python(
         """
         import torch
-        from dcnv3 import native, dcnv3_core
-        from dcnv3.ops import dcnv3_core_sparse
+        from dcnv3.ops import native
+        from dcnv3 import dcnv3_core
+        from dcnv3.ops.core import dcnv3_core_sparse
         x = torch.randn(1, 6, 6, 8)
         off = torch.randn(1, 6, 6, 2 * 9 * 2)
         mask = torch.softmax(torch.randn(1, 6, 6, 2, 9), -1).reshape(1, 6, 6, 18)
@@ -107,7 +108,8 @@ def test_a_compiler_failure_is_reported_and_the_operator_still_runs(tmp_path):
     out = run_python(
         """
         import torch
-        from dcnv3 import native, dcnv3_core
+        from dcnv3.ops import native
+        from dcnv3 import dcnv3_core
         x = torch.randn(1, 5, 5, 4)
         off = torch.zeros(1, 5, 5, 18)
         mask = torch.full((1, 5, 5, 9), 1 / 9)
@@ -127,7 +129,7 @@ def test_a_compiler_failure_is_reported_and_the_operator_still_runs(tmp_path):
 @NEEDS_COMPILER
 def test_the_build_is_cached_per_source(tmp_path):
     code = """
-        from dcnv3 import native
+        from dcnv3.ops import native
         assert native.library() is not None, native.failure()
         print(sorted(p.name for p in native.cache_dir().iterdir()))
     """
@@ -139,7 +141,7 @@ def test_the_build_is_cached_per_source(tmp_path):
 @NEEDS_COMPILER
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_inference_softmax_over_points_equals_torch(dtype):
-    from dcnv3.module import softmax_over_points
+    from dcnv3.ops.dcnv3 import softmax_over_points
 
     logits = 20 * torch.randn(2, 5, 7, 3 * 9, dtype=dtype)  # large logits: the max is subtracted
     expected = torch.softmax(logits.reshape(-1, 9), -1).reshape(logits.shape)

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from oracle import dcnv3_core_oracle
 
 from dcnv3 import dcnv3_core
-from dcnv3.geometry import kernel_offsets
-from dcnv3.ops import dcnv3_core_gather, dcnv3_core_grid_sample, dcnv3_core_native, dcnv3_core_sparse, output_size
+from dcnv3.ops.core import dcnv3_core_gather, dcnv3_core_grid_sample, dcnv3_core_native, dcnv3_core_sparse, output_size
+from dcnv3.record.geometry import kernel_offsets
 
 GOLDEN = Path(__file__).parent / "data" / "golden_dcnv3"
 CORE_CASES = [c for c in json.loads((GOLDEN / "index.json").read_text()) if c["kind"] == "core"]
@@ -316,7 +316,8 @@ def test_a_formulation_block_stays_in_its_own_thread(monkeypatch):
     there; the block's own thread runs the block's choice, and the default after the block."""
     import threading
 
-    from dcnv3 import default_formulation, formulation, ops
+    from dcnv3 import default_formulation, formulation
+    from dcnv3.ops import core as ops
 
     ran = []  # (thread name, formulation) of every dcnv3_core call
 

@@ -1,4 +1,4 @@
-"""viz_app.outputs: pictures returned to gradio are stored whole, even when two sessions get the
+"""viz_app.components.outputs: pictures returned to gradio are stored whole, even when two sessions get the
 same picture at once (the race that cut a download short in the eight-user test)."""
 
 import inspect
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from viz_app.outputs import image_output, save_picture_to_cache
+from viz_app.components.outputs import image_output, save_picture_to_cache
 
 
 @pytest.fixture
@@ -98,8 +98,8 @@ def test_concurrent_stores_of_one_picture_never_cut_a_reader_short(tmp_path, pic
 def test_every_picture_the_app_returns_is_stored_atomically():
     """Each gr.Image that any event of the app writes to comes from image_output (or
     image_file_input, built on it): none keeps gr.Image's in-place store."""
-    from viz_app.context import AppContext
-    from viz_app.models import ModelRegistry
+    from viz_app.state.context import AppContext
+    from viz_app.state.models import ModelRegistry
     from viz_app.ui import build_app
 
     demo = build_app(AppContext.create(ModelRegistry()))

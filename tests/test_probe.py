@@ -10,9 +10,9 @@ from repo_paths import ROOT
 from ultralytics import YOLO
 from ultralytics.data.augment import LetterBox
 
-from dcnv3.loading import load_model
-from dcnv3.probe import inference_model, prepare_image, probe, probe_batch
-from dcnv3.stats import adjacent_pairs
+from dcnv3.analysis.probe import inference_model, prepare_image, probe, probe_batch
+from dcnv3.record.stats import adjacent_pairs
+from dcnv3.yolo.loading import load_model
 
 BUNDLED = ROOT / "assets" / "models" / "dcnv3-yolov8n.pt"
 DEMO_VIDEO = ROOT / "assets" / "demo_shapes.mp4"
@@ -100,8 +100,8 @@ def test_statistics_of_the_regular_grid(untrained):
 
 def test_statistics_follow_their_definitions():
     """Hand-made record: known offsets and weights give known numbers."""
-    from dcnv3 import stats
-    from dcnv3.probe import LayerRecord
+    from dcnv3.analysis.probe import LayerRecord
+    from dcnv3.record import stats
 
     offsets = np.zeros((1, 1, 2, 9, 2), np.float32)
     offsets[0, 0, 1] = np.array([[i - 1, j - 1] for i in range(3) for j in range(3)])  # doubles the grid
@@ -189,7 +189,7 @@ def test_detections_are_a_query_on_the_cached_forward(bundled_dcnv3):
 def test_end_to_end_predictions_are_filtered_by_score_and_scaled():
     """An end-to-end head's rows (x1, y1, x2, y2, score, class) are only thresholded and capped,
     then mapped back through the letterbox as ultralytics' scale_boxes does."""
-    from dcnv3.probe import RawPredictions
+    from dcnv3.analysis.probe import RawPredictions
 
     rows = np.array([[10, 20, 50, 60, 0.9, 1], [0, 0, 8, 8, 0.2, 0], [30, 40, 70, 90, 0.6, 2]], np.float32)
     raw = RawPredictions(rows, True, (96, 128), {0: "a", 1: "b", 2: "c"})  # a 48 x 64 image at ratio 2
@@ -223,7 +223,7 @@ def test_one_cache_holds_every_inference_copy(untrained):
     """The probe's and the receptive field's fused copies come from the one cache: one copy per
     (head, role), each made once, the gradient one apart from the probe's (its hooks stay off it),
     both made again when the YOLO's network is replaced."""
-    from dcnv3 import receptive_field as rf
+    from dcnv3.analysis import receptive_field as rf
 
     runner = inference_model(untrained)
     gradient = rf.gradient_network(untrained)
@@ -303,8 +303,8 @@ def test_npz_export_holds_every_array(untrained, tmp_path):
 def test_sampling_locations_follow_the_records_documented_geometry():
     """LayerRecord's docstring formula, written out independently, on a record with every knob
     turned: layer stride 2, dilation 2, pad 1, offset_scale 0.5, remove_center, random offsets."""
-    from dcnv3.geometry import Letterbox, sampling_locations
-    from dcnv3.probe import LayerRecord
+    from dcnv3.analysis.probe import LayerRecord
+    from dcnv3.record.geometry import Letterbox, sampling_locations
 
     rng = np.random.default_rng(3)
     h, w, g, k = 4, 5, 2, 3

@@ -1,4 +1,4 @@
-"""Effective receptive fields (dcnv3.receptive_field): closed forms, mass regions, letterbox mapping,
+"""Effective receptive fields (dcnv3.analysis.receptive_field): closed forms, mass regions, letterbox mapping,
 the plain-twin mapping and the bundled models.
 
 Closed form: n stacked 3x3 convolutions with unit weights (stride 1, zero padding, no bias, one
@@ -16,10 +16,10 @@ from repo_paths import ROOT
 from torch import nn
 
 import dcnv3
-from dcnv3 import receptive_field as rf
-from dcnv3.loading import load_model
-from dcnv3.module import DCNv3
-from dcnv3.probe import probe
+from dcnv3.analysis import receptive_field as rf
+from dcnv3.analysis.probe import probe
+from dcnv3.ops.dcnv3 import DCNv3
+from dcnv3.yolo.loading import load_model
 
 SHAPES = ROOT / "assets" / "examples" / "shapes_0.jpg"
 

@@ -7,11 +7,12 @@ import torch
 from test_health import make_layer, make_probe
 from ultralytics import YOLO
 
-from dcnv3 import fields, overlay, trace
-from dcnv3.geometry import box_centre, cell_step, kernel_offsets
-from dcnv3.overlay import group_colours
-from dcnv3.probe import probe
-from viz_app import render
+from dcnv3.analysis.probe import probe
+from dcnv3.draw import overlay
+from dcnv3.draw.overlay import group_colours
+from dcnv3.record import fields, trace
+from dcnv3.record.geometry import box_centre, cell_step, kernel_offsets
+from viz_app.views import render
 
 VIRIDIS_LOW, VIRIDIS_HIGH = (84, 1, 68), (37, 231, 253)  # BGR ends of OpenCV's viridis
 
@@ -350,7 +351,7 @@ def test_caption_and_trace_annotators(untrained_probe):
 
 
 def test_box_centre_cell_step_and_the_default_layer():
-    from dcnv3.probe import default_layer
+    from dcnv3.analysis.probe import default_layer
 
     assert box_centre((0, 0, 60, 40)) == (30.0, 20.0)
     assert box_centre(np.float32([1, 2, 4, 8, 0.9, 7])) == (2.5, 5.0)  # a tracker row: its first four

@@ -1,12 +1,12 @@
-"""The deformable-module protocol (dcnv3.sampling_hooks): capture and override on DCNv3 and DCNv4."""
+"""The deformable-module protocol (dcnv3.ops.sampling_hooks): capture and override on DCNv3 and DCNv4."""
 
 import pytest
 import torch
 
 import dcnv3
 from dcnv3 import DCNv3, DCNv4, capture, deformable_modules, override_sampling
-from dcnv3.dcnv4 import split_per_group_offset_mask
-from dcnv3.sampling_hooks import SamplingOverride, is_deformable
+from dcnv3.ops.dcnv4 import split_per_group_offset_mask
+from dcnv3.ops.sampling_hooks import SamplingOverride, is_deformable
 
 
 def trained_like(module):
@@ -112,7 +112,7 @@ def test_pickling_inside_hooks_drops_them():
 
 
 def test_texts_name_the_operator_of_each_weight_kind():
-    from dcnv3.sampling_hooks import OPERATOR_OF_KIND, WEIGHT_KINDS, describe_layers
+    from dcnv3.ops.sampling_hooks import OPERATOR_OF_KIND, WEIGHT_KINDS, describe_layers
 
     assert set(OPERATOR_OF_KIND) == set(WEIGHT_KINDS)
     assert describe_layers([]) == "no deformable layer"

@@ -38,8 +38,8 @@ def test_train_reload_predict_and_finetune(tiny_shapes_data, tmp_path, report):
         "-c",
         f"""
 import numpy as np
-from dcnv3.loading import load_model
-from dcnv3.probe import probe
+from dcnv3.yolo.loading import load_model
+from dcnv3.analysis.probe import probe
 model = load_model({str(best)!r})
 result = model.predict(np.zeros((64, 80, 3), np.uint8), imgsz=64, verbose=False)[0]
 probed = probe(model, np.zeros((64, 80, 3), np.uint8), imgsz=64)
@@ -83,7 +83,7 @@ def test_ddp_worker_script_registers_the_blocks(tiny_shapes_data, tmp_path):
     out = run_python(
         "-c",
         f"""
-from dcnv3.training import DeformableDetectionTrainer
+from dcnv3.training.trainer import DeformableDetectionTrainer
 from ultralytics.utils.dist import generate_ddp_file
 trainer = DeformableDetectionTrainer(overrides=dict(model="dcnv3-yolov8n.yaml", data={str(tiny_shapes_data)!r},
                                                imgsz=64, epochs=1, device="cpu", project={str(tmp_path)!r}))

@@ -5,7 +5,7 @@ import json
 
 from child_process import run_python
 
-from dcnv3.training_health import CSV_FIELDS, read_health
+from dcnv3.training.monitor import CSV_FIELDS, read_health
 
 
 def test_trainer_writes_health_for_every_epoch(tiny_shapes_data, tmp_path, report):
@@ -13,7 +13,7 @@ def test_trainer_writes_health_for_every_epoch(tiny_shapes_data, tmp_path, repor
     log = run_python(
         "-c",
         f"""
-from dcnv3.training import train
+from dcnv3.training.trainer import train
 train("dcnv3-yolov8n.yaml", {str(tiny_shapes_data)!r}, epochs=2, imgsz=64, batch=8, workers=0, device="cpu",
       project={str(runs)!r}, name="run", exist_ok=True, plots=False, warmup_epochs=0, save_period=1, seed=0)
 """,
@@ -53,7 +53,7 @@ def test_stock_trainer_takes_the_callback_and_stops_on_a_flag(tiny_shapes_data, 
         f"""
 from ultralytics import YOLO
 from dcnv3 import yolo
-from dcnv3.training_health import HealthMonitor, read_health
+from dcnv3.training.monitor import HealthMonitor, read_health
 yolo.register()
 model = YOLO("dcnv3-yolov8n.yaml")
 monitor = HealthMonitor(count=2, stop_on_flag={{"collapsed"}})
@@ -112,7 +112,7 @@ def test_stop_rule_checks_the_flag_names_for_every_caller():
     """The monitor itself refuses an unknown flag (the CLI and train() go through it too)."""
     import pytest
 
-    from dcnv3.training_health import HealthMonitor, stop_rule
+    from dcnv3.training.monitor import HealthMonitor, stop_rule
 
     assert stop_rule(False) is False and stop_rule(True) is True
     assert stop_rule(["exploding", "vanished"]) == frozenset({"exploding", "vanished"})

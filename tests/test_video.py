@@ -1,4 +1,4 @@
-"""dcnv3.video: frames streamed through one probe each and ultralytics' tracker, per-track statistics,
+"""dcnv3.video.pipeline: frames streamed through one probe each and ultralytics' tracker, per-track statistics,
 a browser-playable H.264 output, limits, clear refusals of unusable files, no files left behind;
 the CLI's video path. Kept short with max_frames / frame stride (the bundled model at 320 px)."""
 
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from repo_paths import ROOT
 
-from dcnv3 import video
-from dcnv3.loading import load_model
-from dcnv3.probe import probe
+from dcnv3.analysis.probe import probe
+from dcnv3.video import pipeline as video
+from dcnv3.yolo.loading import load_model
 
 DEMO = ROOT / "assets" / "demo_shapes.mp4"
 MODEL = ROOT / "assets" / "models" / "dcnv3-yolov8n.pt"
@@ -306,7 +306,7 @@ def test_cli_inspect_writes_the_video_and_csv(tmp_path):
 
 
 def test_time_series_figure_and_track_table(demo_run):
-    from viz_app import video_render
+    from viz_app.views import video_render
 
     figure = video_render.time_series_figure(demo_run.rows)
     long_tracks = [t for t in video.track_summary(demo_run.rows) if t["frames"] >= 3]
@@ -324,7 +324,7 @@ def test_time_series_figure_and_track_table(demo_run):
 
 def test_h264_writer_keeps_bgr_colours(tmp_path):
     """Frames go to ffmpeg as BGR: a red and a blue frame decode as red and blue, odd sizes padded."""
-    from dcnv3.video_io import write_h264
+    from dcnv3.video.io import write_h264
 
     red, blue = np.zeros((33, 47, 3), np.uint8), np.zeros((33, 47, 3), np.uint8)
     red[..., 2], blue[..., 0] = 255, 255

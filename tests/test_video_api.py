@@ -10,8 +10,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from repo_paths import ROOT
 
-from viz_app.analyser import Analyser
-from viz_app.models import ModelRegistry
+from viz_app.state.analyser import Analyser
+from viz_app.state.models import ModelRegistry
 
 DEMO = ROOT / "assets" / "demo_shapes.mp4"
 

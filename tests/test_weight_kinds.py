@@ -10,12 +10,12 @@ import pytest
 from scipy.stats import entropy as scipy_entropy
 from test_health import make_layer, make_probe
 
-from dcnv3 import fields, stats, trace, weight_encoding
-from dcnv3.overlay import group_colours, line_width
-from dcnv3.probe import WEIGHT_KINDS
-from dcnv3.track_stats import AUTO_LAYER
-from dcnv3.video_overlay import draw_frame
-from viz_app import exports, render, video_render
+from dcnv3.analysis.probe import WEIGHT_KINDS
+from dcnv3.draw.overlay import group_colours, line_width
+from dcnv3.draw.video_overlay import draw_frame
+from dcnv3.record import fields, stats, trace, weight_encoding
+from dcnv3.record.track_stats import AUTO_LAYER
+from viz_app.views import exports, render, video_render
 
 RNG = np.random.default_rng(14)
 

@@ -32,8 +32,8 @@ SHIPPED = [
     "dcnv3/assets/demo_shapes.mp4",
     "dcnv3/assets/training_demo/run/health.csv",
     "dcnv3/assets/training_demo/scene.jpg",
-    "dcnv3/cfg/dcnv3-yolov8.yaml",
-    "dcnv3/native/dcnv3_cpu.cpp",
+    "dcnv3/yolo/cfg/dcnv3-yolov8.yaml",
+    "dcnv3/ops/native/dcnv3_cpu.cpp",
 ]
 
 
@@ -112,7 +112,7 @@ def test_a_bundled_name_loads_the_bundled_checkpoint_from_site_packages(installe
     bin_dir, elsewhere = installed
     script = (
         "import dcnv3, pathlib\n"
-        "from dcnv3.loading import load_model\n"
+        "from dcnv3.yolo.loading import load_model\n"
         "from dcnv3.bundled import assets_root\n"
         "model = load_model('dcnv3-yolov8n.pt')\n"
         "print(pathlib.Path(dcnv3.__file__).resolve().parent)\n"

@@ -2,7 +2,7 @@
 
 Every scale builds as its stock twin does, with C3k2_DCNv3 at P3-P5 of the backbone; at scale n
 the models train on the shapes data (CLI, a child process), then validate, predict, probe, export
-to ONNX (checked in onnxruntime) and load back with ``dcnv3.loading.load_model``, as best.pt, as
+to ONNX (checked in onnxruntime) and load back with ``dcnv3.yolo.loading.load_model``, as best.pt, as
 last.pt and as a checkpoint saved mid-training (the network under ``ema``).
 """
 
@@ -20,10 +20,10 @@ from ultralytics.nn import tasks
 from ultralytics.nn.modules.block import Bottleneck, C3k, C3k2
 
 from dcnv3 import dcnv3_modules
-from dcnv3.blocks import Bottleneck_DCNv3, C3k2_DCNv3, C3k_DCNv3
-from dcnv3.loading import load_model
-from dcnv3.probe import probe
+from dcnv3.analysis.probe import probe
 from dcnv3.yolo import MODEL_FAMILIES, model_yaml
+from dcnv3.yolo.blocks.dcnv3 import Bottleneck_DCNv3, C3k2_DCNv3, C3k_DCNv3
+from dcnv3.yolo.loading import load_model
 
 FAMILIES = ("yolo11", "yolo26")
 DCNV3_LAYERS = {4: 8, 6: 16, 8: 32}  # backbone index: stride of the block's input

@@ -5,7 +5,7 @@ is installed; both take ``[--host 127.0.0.1] [--port 7860] [--model PATH] [--mod
 Runs offline and on the loopback interface unless told otherwise; prints its URL. Uploads above
 ``--max-upload-mb`` are refused before they reach the app; uploads and everything made for users
 are removed ``--keep-files-minutes`` after they were written (and all of it when the server stops).
-The UI lives in ``viz_app`` (``viz_app.ui.build_app`` of a ``viz_app.context.AppContext``); this module
+The UI lives in ``viz_app`` (``viz_app.ui.build_app`` of a ``viz_app.state.context.AppContext``); this module
 only parses arguments, makes the context and launches.
 """
 
@@ -29,7 +29,7 @@ import tempfile
 # gradio queues per event listener: each listener (an endpoint, a click, a slider) runs one request
 # at a time, different listeners run side by side on gradio's worker threads (40). What keeps one
 # model run at a time is the Analyser's model_lock (probe, video batches, the Learn toy); the
-# receptive fields' gradient passes have their own lock in dcnv3.receptive_field; re-renders from a
+# receptive fields' gradient passes have their own lock in dcnv3.analysis.receptive_field; re-renders from a
 # cached run take no lock.
 QUEUE_CONCURRENCY = 1
 QUEUE_MAX_SIZE = 64  # waiting requests beyond this are turned away at once ("queue is full")
@@ -78,10 +78,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     upload_folder = _private_upload_folder()  # before gradio reads GRADIO_TEMP_DIR
     from dcnv3 import yolo
-    from dcnv3.checkpoints import CheckpointError
-    from viz_app.context import AppContext
-    from viz_app.models import ModelRegistry
-    from viz_app.retention import Sweeper, delete_cache_setting
+    from dcnv3.yolo.checkpoints import CheckpointError
+    from viz_app.state.context import AppContext
+    from viz_app.state.models import ModelRegistry
+    from viz_app.state.retention import Sweeper, delete_cache_setting
     from viz_app.ui import CSS, THEME, build_app
 
     if args.models_dir and not os.path.isdir(args.models_dir):

@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import ablation_tab, compare_tab, image_tab, learn_tab, receptive_tab, training_tab, video_tab
-from .context import AppContext
+from viz_app.state.context import AppContext
+from viz_app.tabs import ablation as ablation_tab
+from viz_app.tabs import compare as compare_tab
+from viz_app.tabs import image as image_tab
+from viz_app.tabs import learn as learn_tab
+from viz_app.tabs import receptive as receptive_tab
+from viz_app.tabs import training as training_tab
+from viz_app.tabs import video as video_tab
 
 __all__ = ["build_app", "CSS", "THEME", "USAGE"]
 

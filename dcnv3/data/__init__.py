@@ -6,7 +6,7 @@ textured backgrounds, for training and comparing DCNv3-YOLOv8 against a plain YO
 * :func:`video_frames` - a short deterministic demo sequence of moving shapes.
 """
 
-from .generator import GENERATOR_VERSION, image_rng, render_scene, video_frames, write_dataset
-from .shapes import CLASS_NAMES
+from dcnv3.data.generator import GENERATOR_VERSION, image_rng, render_scene, video_frames, write_dataset
+from dcnv3.data.shapes import CLASS_NAMES
 
 __all__ = ["CLASS_NAMES", "GENERATOR_VERSION", "image_rng", "render_scene", "video_frames", "write_dataset"]

@@ -28,8 +28,8 @@ import cv2
 import numpy as np
 import yaml
 
-from .backgrounds import THIN_CLUTTER, clutter, hsv_colour, luma, make_background, value_noise
-from .shapes import (
+from dcnv3.data.backgrounds import THIN_CLUTTER, clutter, hsv_colour, luma, make_background, value_noise
+from dcnv3.data.shapes import (
     CLASS_NAMES,
     Geometry,
     Patch,

@@ -21,10 +21,10 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from serving import EXAMPLES, FORK_A
 
-from dcnv3.checkpoints import CheckpointError, UnsafeCheckpointError, safe_load
-from dcnv3.loading import load_model
-from viz_app.analyser import Analyser
-from viz_app.models import ModelRegistry
+from dcnv3.yolo.checkpoints import CheckpointError, UnsafeCheckpointError, safe_load
+from dcnv3.yolo.loading import load_model
+from viz_app.state.analyser import Analyser
+from viz_app.state.models import ModelRegistry
 
 PROTO = b"\x80\x02"
 

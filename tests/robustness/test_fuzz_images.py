@@ -16,9 +16,9 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 from serving import EXAMPLES
 
-from viz_app.analyser import Analyser
-from viz_app.images import load_image
-from viz_app.models import ModelRegistry
+from viz_app.state.analyser import Analyser
+from viz_app.state.images import load_image
+from viz_app.state.models import ModelRegistry
 
 BUS = EXAMPLES / "bus.jpg"
 

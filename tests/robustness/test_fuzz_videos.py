@@ -14,11 +14,11 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from serving import ROOT
 
-from dcnv3.loading import load_model
-from viz_app.analyser import Analyser
-from viz_app.models import ModelRegistry
+from dcnv3.yolo.loading import load_model
+from viz_app.state.analyser import Analyser
+from viz_app.state.models import ModelRegistry
 
-video = pytest.importorskip("dcnv3.video")
+video = pytest.importorskip("dcnv3.video.pipeline")
 DEMO = ROOT / "assets" / "demo_shapes.mp4"
 MODEL = ROOT / "assets" / "models" / "dcnv3-yolov8n.pt"
 FRAMES = 3

@@ -17,7 +17,7 @@ from gradio_client import Client, handle_file
 from serving import EXAMPLES, ROOT, app_process
 
 import app as app_module
-from viz_app.retention import delete_cache_setting, sweep
+from viz_app.state.retention import delete_cache_setting, sweep
 
 KEEP_MINUTES = 0.1  # 6 s: files older than that are removed, checked every second
 IMAGE = EXAMPLES / "shapes_0.jpg"
