@@ -52,7 +52,7 @@ __all__ = [
     "WEIGHT_KINDS",
     "health",
 ]
-__version__ = "0.2.0"  # the same as pyproject.toml (tests/test_integration.py)
+__version__ = "0.2.0"  # the same as pyproject.toml (tests/yolo/test_integration.py)
 
 
 def __getattr__(name: str):

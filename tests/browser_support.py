@@ -63,3 +63,29 @@ def save_picture(page, path: Path, full_page: bool = True) -> Path:
         path, optimize=True
     )
     return path
+
+
+def image_src(page, selector):
+    return page.locator(f"{selector} img").first.get_attribute("src")
+
+
+def wait_for_new_image(page, selector, old_src):
+    page.wait_for_function(
+        "([sel, old]) => { const i = document.querySelector(sel + ' img'); return i && i.src !== old; }",
+        arg=[selector, old_src],
+    )
+
+
+def wait_text(page, selector, text):
+    page.wait_for_function(
+        "([sel, text]) => { const e = document.querySelector(sel); return e && e.innerText.includes(text); }",
+        arg=[selector, text],
+    )
+
+
+def set_slider(page, elem_id, value):
+    """Type a value into a slider's number box; leaving the box releases the slider."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+    box.blur()

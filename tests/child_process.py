@@ -18,3 +18,18 @@ def run_python(*args, cwd=None, timeout: float = 900) -> str:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     return output
+
+
+def cli(*args, cwd=None, check=True) -> subprocess.CompletedProcess:
+    """``python -m dcnv3 *args`` offline; fails the test on a non-zero exit unless ``check=False``."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dcnv3", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "YOLO_OFFLINE": "true"},
+        timeout=900,
+    )
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result

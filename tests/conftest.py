@@ -1,5 +1,5 @@
 """Test-wide set-up: nothing may reach the network, ultralytics and gradio stay offline, the
-markers (browser, server, training, slow) by file, the shared model fixtures, and the
+markers (browser, server, training, slow) by folder, the shared model fixtures, and the
 "DeformLens measurements" summary (figures tests report, and the suite's wall time).
 
 ``python -m pytest`` runs everything (the README's and CI's command);
@@ -10,6 +10,7 @@ import ipaddress
 import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -27,65 +28,26 @@ yolo.register()
 
 from repo_paths import BUNDLED_DCNV3, BUNDLED_PLAIN  # noqa: E402
 
-# Markers by test file: each file's tests share what makes them slow or special.
-BROWSER_FILES = {
-    "test_browser.py",
-    "test_browser_compare_learn.py",
-    "test_browser_video.py",
-    "test_browser_forks.py",
-    "test_browser_lesson.py",
-    "test_browser_training.py",
-    "test_browser_ablation.py",
-    "test_browser_kinds.py",
+# Markers by folder: where a test file lives decides what it is. The folders mirror the package
+# (ops/, record/, yolo/, analysis/, video/, lesson/, training/, cli/, app/, ...); those below are
+# slow as a whole. A slow file in another folder says so itself (``pytestmark = pytest.mark.slow``).
+FOLDER_MARKERS = {
+    "browser": ("browser", "slow"),  # headless Chromium
+    "api": ("server", "slow"),  # the app's HTTP API through gradio_client
+    "training": ("training", "slow"),  # ultralytics' trainer
+    "robustness": ("slow",),  # fuzzed inputs, eight sessions at once, the offline namespace
+    "video": ("slow",),  # many forwards per video
+    "lesson": ("slow",),  # the lesson network's checks run many forwards
 }
-SERVER_FILES = {
-    "test_app_api.py",
-    "test_erf_api.py",
-    "test_video_api.py",
-    "test_server_defaults.py",
-    "test_concurrency.py",
-    "test_offline.py",
-    "test_lesson_api.py",
-    "test_ablation_api.py",
-    "test_dcnv4_yolo_api.py",
-    "test_dcnv2_layouts.py",
-    "test_wheel.py",
-}
-TRAINING_FILES = {
-    "test_training.py",
-    "test_training_health.py",
-    "test_dcnv4_yolo_training.py",
-    "test_dcnv2_training.py",
-}
-# Files whose tests take long on 2 cores (measured with --durations): the fuzz suites run the
-# model on hundreds of inputs; video and receptive-field tests run many forwards.
-SLOW_FILES = (
-    BROWSER_FILES
-    | SERVER_FILES
-    | TRAINING_FILES
-    | {
-        "test_fuzz_images.py",
-        "test_fuzz_videos.py",
-        "test_fuzz_checkpoints.py",
-        "test_video.py",
-        "test_bundled_models.py",
-        "test_lesson.py",
-        "test_health_calibration.py",
-        "test_health_cli.py",
-    }
-)
+TESTS = Path(__file__).resolve().parent
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        name = item.path.name
-        if name in BROWSER_FILES:
-            item.add_marker(pytest.mark.browser)
-        if name in SERVER_FILES:
-            item.add_marker(pytest.mark.server)
-        if name in TRAINING_FILES or item.get_closest_marker("training"):
-            item.add_marker(pytest.mark.training)
-        if name in SLOW_FILES or item.get_closest_marker("training") or item.get_closest_marker("browser"):
+        folder = item.path.resolve().relative_to(TESTS).parts[0]
+        for marker in FOLDER_MARKERS.get(folder, ()):
+            item.add_marker(getattr(pytest.mark, marker))
+        if any(item.get_closest_marker(name) for name in ("browser", "server", "training")):
             item.add_marker(pytest.mark.slow)
 
 

@@ -29,7 +29,7 @@ means "this layer does something its plain-grid self would not", never "this num
   redundant. The reference (zero offsets) has no direction and no value.
 
 The thresholds were set on the bundled DCNv3-YOLOv8n and the fork fixtures (healthy) and on copies
-of them broken on purpose (``tests/test_health_calibration.py``, docs/health.md). The healthy
+of them broken on purpose (``tests/analysis/test_health_calibration.py``, docs/health.md). The healthy
 extremes seen there: mean |offset| >= 0.89 spacings (9x the collapsed threshold), outside excess
 <= 0.26, effective points >= 2.3 of 9 (extra_v11's P5; the bundled model >= 4.5), group cosine
 <= 0.76.

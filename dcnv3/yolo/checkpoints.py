@@ -115,7 +115,7 @@ _RENAMED = {
 # Where this package's modules lived before 0.2 moved them into subpackages. Checkpoints pickle the
 # class paths of the day they were saved (``dcnv3.blocks.C2f_DCNv3``, ``dcnv3.module.DCNv3``, ...):
 # each old module name is read as the module that holds those classes now, so every checkpoint an
-# earlier version saved keeps loading (tests/test_legacy_checkpoints.py). Nothing is imported for
+# earlier version saved keeps loading (tests/yolo/test_legacy_checkpoints.py). Nothing is imported for
 # the file: the new modules are the ones ``dcnv3.yolo.register()`` has imported.
 MOVED_MODULES = {
     "dcnv3.blocks": "dcnv3.yolo.blocks.dcnv3",

@@ -3,7 +3,7 @@
 The package's modules are about to move (``dcnv3.blocks.C2f_DCNv3`` may become
 ``dcnv3.yolo.blocks.C2f_DCNv3``); checkpoints pickle the class paths of the code that saved
 them, so these files, saved by the package before the move, prove that the checkpoints users
-hold keep loading and computing the same afterwards (``tests/test_legacy_checkpoints.py``).
+hold keep loading and computing the same afterwards (``tests/yolo/test_legacy_checkpoints.py``).
 
 Regenerate (from the repository root; the frozen source is a worktree at the commit the
 fixtures were made with, 675efe1, never the working tree)::

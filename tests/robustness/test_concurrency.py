@@ -17,6 +17,8 @@ import pytest
 from gradio_client import Client, handle_file
 from serving import EXAMPLES, ROOT, app_process
 
+pytestmark = pytest.mark.server
+
 USERS = 8
 DEMO_VIDEO = ROOT / "assets" / "demo_shapes.mp4"
 

@@ -16,6 +16,8 @@ import textwrap
 import pytest
 from serving import EXAMPLES, OFFLINE_ENV, ROOT
 
+pytestmark = pytest.mark.server
+
 # Brings the namespace's loopback up (it starts down) with the SIOCSIFFLAGS ioctl, so neither
 # iproute2 nor any other tool is needed, then runs the given command in its place.
 LOOPBACK_UP = textwrap.dedent("""
@@ -78,8 +80,8 @@ def test_test_suite_passes_without_a_network(offline):
         "-q",
         "-p",
         "no:cacheprovider",
-        "tests/test_app_api.py",
-        "tests/test_checkpoints.py",
+        "tests/api/test_app_api.py",
+        "tests/yolo/test_checkpoints.py",
         "tests/robustness/test_fuzz_checkpoints.py",
         "-k",
         "not fork_a_matches and not other_fork_layouts",

@@ -19,6 +19,8 @@ from serving import EXAMPLES, ROOT, app_process
 import app as app_module
 from viz_app.state.retention import delete_cache_setting, sweep
 
+pytestmark = pytest.mark.server
+
 KEEP_MINUTES = 0.1  # 6 s: files older than that are removed, checked every second
 IMAGE = EXAMPLES / "shapes_0.jpg"
 
