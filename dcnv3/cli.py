@@ -1,5 +1,8 @@
 """``python -m dcnv3``: train, validate, predict, inspect, ablate, health, analyze, export and generate data.
 
+Why one module (over 400 lines): one argparse tree; each subcommand is a short function that calls
+the package.
+
 Every command takes ``--help``. Checkpoints are always loaded through ``dcnv3.yolo.loading.load_model`` (no
 code from the file runs); bad input ends with a one-line ``error:`` message and exit status 2.
 """

@@ -1,5 +1,8 @@
 """Ablations: does the model rely on a deformable layer's offsets or weights?
 
+Why one module (over 400 lines): the reruns, the matching of their detections against the model's
+own and the report are one analysis with one result type.
+
 For each deformable layer (DCNv3, DCNv4, DCNv2 alike) the model is rerun with that layer's offsets
 forced to the regular grid, and separately with its modulation weights forced uniform (each group's
 mean: ``dcnv3.ops.sampling_hooks.SamplingOverride``), then with every layer at once; the detections of

@@ -1,5 +1,8 @@
 """The probe: one forward of a YOLO detector, its raw predictions, and what every DCNv3 layer computed.
 
+Why one module (over 400 lines): the probe's result types (Detections, RawPredictions, Probe) and
+the one forward that fills them change together; the record type itself lives in dcnv3.record.
+
 Like segment-anything's predictor caches the image embedding, a ``Probe`` caches the expensive
 step (the model run) and answers cheap queries from it: detections at any confidence and IoU
 (``Probe.detect``: ultralytics' NMS on the cached raw predictions), sampling locations of any

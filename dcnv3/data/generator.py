@@ -1,5 +1,8 @@
 """Scene composition, the YOLO dataset writer and the demo video sequence.
 
+Why one module (over 400 lines): scene composition, the dataset writer and the video sequence draw
+from the same seeded generators; together they keep every dataset reproducible from its seed.
+
 A scene is a textured background, a few unlabelled distractors, 1-8 objects of the seven classes in
 :data:`~dcnv3.data.shapes.CLASS_NAMES` painted one over the other (later objects occlude earlier
 ones), sometimes thin distractors over the objects, then photometric augmentation. Labels are the

@@ -1,5 +1,8 @@
 """Annotators: small drawing steps for probe results, each with one job (numpy BGR in, BGR out).
 
+Why one module (over 400 lines): the annotators share one convention for scale, colours and the
+weight kinds' marks; each is short and self-contained.
+
 In the style of supervision's annotators: an annotator is configured once and then draws on a
 *scene* in place, returning it, so steps chain::
 

@@ -1,5 +1,8 @@
 """The DCNv3 core operator: InternImage's numerics, any device, exportable, fast on the CPU.
 
+Why one module (over 400 lines): the four formulations of one operator share validation, geometry
+and the bilinear taps, and must stay in step; they are checked side by side against one another.
+
 Layout conventions (identical to InternImage's ``dcnv3_core_pytorch``):
 
 * ``input``  (N, H_in, W_in, G*D) channels-last; the channels of group g are ``[g*D, (g+1)*D)``.

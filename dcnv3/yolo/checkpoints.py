@@ -1,5 +1,8 @@
 """Loading ultralytics checkpoints without executing code from them, community forks' included.
 
+Why one module (over 400 lines): the allowlist, its bounds on what a file may build and the refusal
+messages are one security boundary, easier to review in one place.
+
 A ``.pt`` checkpoint is a pickle, and unpickling can call any importable function. Here the
 unpickler resolves only:
 

@@ -1,6 +1,10 @@
 """Community-fork modules recognised by what they hold, then given the class of ours that computes
 what the fork's forward computed.
 
+Why one module (over 400 lines): every family's recognisers read the same placeholder state and are
+tried in one order by adopt_fork_modules, with one table (_FAMILIES) of the classes of ours they
+become.
+
 Forks pickle their DCNv3 classes under their own copies of ultralytics, and the same name means
 different things in different forks (``DCNv3_PyTorch`` is a whole block in one, the operator in
 another; ``DCNv3`` has InternImage's LayerNorm depthwise branch in one family and an ultralytics

@@ -1,6 +1,9 @@
 """The Image tab (gradio wiring): controls left; the Sampling, Fields, Health, Receptive field
 and Ablation views right; and the ``/detect`` and ``/sampling`` API endpoints.
 
+Why one module (over 400 lines): gradio wires a tab's components and events inside one Blocks
+context; the logic it calls lives in viz_app.views and viz_app.state.
+
 Data flow: an image, model or input size change runs the model once through the context's
 ``Analyser`` (cached); the ``Analysis`` lives in a ``gr.State``. Every click, detection pick,
 layer, group or field change re-renders from it with ``render`` functions and never reruns the

@@ -1,5 +1,8 @@
 """Pure render functions of the app: a probe and a BGR image in, a BGR image or a plotly figure out.
 
+Why one module (over 400 lines): the app's renderers share the canvas scaling and the coordinate
+conventions below; a split by view (fields, histograms) is the next step when it grows.
+
 No gradio here: every view of the app is a call to one of these functions on a cached
 ``dcnv3.analysis.probe.Probe``, so re-rendering after a click never runs the model.
 
