@@ -67,22 +67,11 @@ from pathlib import Path
 
 import torch
 
+# The same stand-in for torch inside InternImage's code as the DCNv4 vectors' (float32 linspace grids
+# become float64); this script runs from tests/golden/, beside it.
+from make_dcnv4_golden import Float64Grids
+
 COMMITTED = Path(__file__).resolve().parents[1] / "data" / "golden_dcnv3"
-
-
-class Float64Grids:
-    """Stands in for ``torch`` inside InternImage's dcnv3_func: float32 linspace grids become float64."""
-
-    def __init__(self, real_torch):
-        self._torch = real_torch
-
-    def __getattr__(self, name):
-        return getattr(self._torch, name)
-
-    def linspace(self, *args, dtype=None, **kwargs):
-        if dtype == self._torch.float32:
-            dtype = self._torch.float64
-        return self._torch.linspace(*args, dtype=dtype, **kwargs)
 
 
 def internimage_dcnv3(checkout: Path, float64_grid: bool = True):
