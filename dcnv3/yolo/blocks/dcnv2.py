@@ -33,7 +33,13 @@ from ultralytics.nn.modules.block import Bottleneck, C2f, C3k, C3k2
 from ultralytics.nn.modules.conv import Conv
 
 from dcnv3.ops import dcnv2
-from dcnv3.yolo.blocks.dcnv3 import ParsedAsStockTwin, auto_group, batchnorm_affine
+from dcnv3.yolo.blocks.dcnv3 import (
+    ParsedAsStockTwin,
+    auto_group,
+    batchnorm_affine,
+    build_c2f_layout,
+    build_c3k_layout,
+)
 
 __all__ = [
     "DCNv2",
@@ -210,11 +216,7 @@ class C2f_DCNv2(C2f, metaclass=ParsedAsStockTwin):
     bottleneck = Bottleneck_DCNV2
 
     def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = False, g: int = 1, e: float = 0.5):
-        nn.Module.__init__(self)  # C2f.__init__ would build stock bottlenecks only to drop them
-        self.c = int(c2 * e)
-        self.cv1 = Conv(c1, 2 * self.c, 1, 1)
-        self.cv2 = Conv((2 + n) * self.c, c2, 1)
-        self.m = nn.ModuleList(self.bottleneck(self.c, self.c, shortcut, g, k=(3, 3), e=1.0) for _ in range(n))
+        build_c2f_layout(self, c1, c2, n, e, lambda c: self.bottleneck(c, c, shortcut, g, k=(3, 3), e=1.0))
 
 
 class C2f_DCNv2_Dynamic(C2f_DCNv2):
@@ -234,12 +236,7 @@ class C3k_DCNv2(C3k, metaclass=ParsedAsStockTwin):
     bottleneck = Bottleneck_DCNV2
 
     def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = False, g: int = 1, e: float = 0.5, k: int = 3):
-        nn.Module.__init__(self)  # C3k.__init__ would build stock bottlenecks only to drop them
-        hidden = int(c2 * e)
-        self.cv1 = Conv(c1, hidden, 1, 1)
-        self.cv2 = Conv(c1, hidden, 1, 1)
-        self.cv3 = Conv(2 * hidden, c2, 1)
-        self.m = nn.Sequential(*(self.bottleneck(hidden, hidden, shortcut, g, k=(k, k), e=1.0) for _ in range(n)))
+        build_c3k_layout(self, c1, c2, n, e, lambda c: self.bottleneck(c, c, shortcut, g, k=(k, k), e=1.0))
 
 
 class C3k_DCNv2_Dynamic(C3k_DCNv2):
@@ -265,15 +262,12 @@ class C3k2_DCNv2(C3k2, metaclass=ParsedAsStockTwin):
     def __init__(
         self, c1: int, c2: int, n: int = 1, c3k: bool = False, e: float = 0.5, g: int = 1, shortcut: bool = True
     ):
-        nn.Module.__init__(self)  # C3k2.__init__ would build stock blocks only to drop them
-        self.c = int(c2 * e)
-        self.cv1 = Conv(c1, 2 * self.c, 1, 1)
-        self.cv2 = Conv((2 + n) * self.c, c2, 1)
         c3k_block, bottleneck = self.inner
-        self.m = nn.ModuleList(
-            c3k_block(self.c, self.c, 2, shortcut, g) if c3k else bottleneck(self.c, self.c, shortcut, g)
-            for _ in range(n)
-        )
+
+        def inner(c):
+            return c3k_block(c, c, 2, shortcut, g) if c3k else bottleneck(c, c, shortcut, g)
+
+        build_c2f_layout(self, c1, c2, n, e, inner)
 
 
 class C3k2_DCNv2_Dynamic(C3k2_DCNv2):

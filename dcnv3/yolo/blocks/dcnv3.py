@@ -35,6 +35,8 @@ __all__ = [
     "BLOCK_ALIASES",
     "ParsedAsStockTwin",
     "auto_group",
+    "build_c2f_layout",
+    "build_c3k_layout",
     "parsed_as_stock_twins",
     "with_stock_scale_rules",
     "CHANNELS_PER_GROUP",
@@ -50,6 +52,31 @@ def auto_group(channels: int, channels_per_group: int = CHANNELS_PER_GROUP) -> i
     while channels % group:
         group -= 1
     return group
+
+
+def build_c2f_layout(block: nn.Module, c1: int, c2: int, n: int, e: float, make_inner) -> None:
+    """Give a C2f-shaped container (C2f, C3k2) C2f's own layers around ``n`` inner blocks:
+    ``c = int(c2 * e)``, ``cv1`` (c1 -> 2c), ``cv2`` ((2 + n) c -> c2) and ``m`` of
+    ``make_inner(c)``, created in that order (as stock ultralytics does, so seeded initialisations
+    match). Only ``nn.Module.__init__`` runs: the stock constructor would build stock blocks just to
+    drop them. Shared by the DCNv2, DCNv3 and DCNv4 containers; their forwards are the stock ones."""
+    nn.Module.__init__(block)
+    block.c = int(c2 * e)
+    block.cv1 = Conv(c1, 2 * block.c, 1, 1)
+    block.cv2 = Conv((2 + n) * block.c, c2, 1)
+    block.m = nn.ModuleList(make_inner(block.c) for _ in range(n))
+
+
+def build_c3k_layout(block: nn.Module, c1: int, c2: int, n: int, e: float, make_inner) -> None:
+    """Give a C3k-shaped container C3's own layers around ``n`` inner blocks: ``hidden = int(c2 * e)``,
+    ``cv1`` and ``cv2`` (c1 -> hidden), ``cv3`` (2 hidden -> c2) and ``m``, an ``nn.Sequential`` of
+    ``make_inner(hidden)``, in stock order; only ``nn.Module.__init__`` runs (see ``build_c2f_layout``)."""
+    nn.Module.__init__(block)
+    hidden = int(c2 * e)
+    block.cv1 = Conv(c1, hidden, 1, 1)
+    block.cv2 = Conv(c1, hidden, 1, 1)
+    block.cv3 = Conv(2 * hidden, c2, 1)
+    block.m = nn.Sequential(*(make_inner(hidden) for _ in range(n)))
 
 
 _parsing = threading.local()
@@ -204,11 +231,7 @@ class C2f_DCNv3(C2f, metaclass=ParsedAsStockTwin):
     _parsed_as = C2f
 
     def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = False, g: int = 1, e: float = 0.5):
-        nn.Module.__init__(self)  # C2f.__init__ would build stock bottlenecks only to drop them
-        self.c = int(c2 * e)
-        self.cv1 = Conv(c1, 2 * self.c, 1, 1)
-        self.cv2 = Conv((2 + n) * self.c, c2, 1)
-        self.m = nn.ModuleList(Bottleneck_DCNv3(self.c, self.c, shortcut, g, k=(3, 3), e=1.0) for _ in range(n))
+        build_c2f_layout(self, c1, c2, n, e, lambda c: Bottleneck_DCNv3(c, c, shortcut, g, k=(3, 3), e=1.0))
 
 
 class C3k_DCNv3(C3k, metaclass=ParsedAsStockTwin):
@@ -224,14 +247,7 @@ class C3k_DCNv3(C3k, metaclass=ParsedAsStockTwin):
     _parsed_as = C3k
 
     def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = False, g: int = 1, e: float = 0.5, k: int = 3):
-        nn.Module.__init__(self)  # C3k.__init__ would build stock bottlenecks only to drop them
-        hidden = int(c2 * e)
-        self.cv1 = Conv(c1, hidden, 1, 1)
-        self.cv2 = Conv(c1, hidden, 1, 1)
-        self.cv3 = Conv(2 * hidden, c2, 1)
-        self.m = nn.Sequential(
-            *(Bottleneck_DCNv3(hidden, hidden, shortcut, g, k=(k, k), e=1.0, stem=None) for _ in range(n))
-        )
+        build_c3k_layout(self, c1, c2, n, e, lambda c: Bottleneck_DCNv3(c, c, shortcut, g, k=(k, k), e=1.0, stem=None))
 
 
 class C3k2_DCNv3(C3k2, metaclass=ParsedAsStockTwin):
@@ -252,16 +268,10 @@ class C3k2_DCNv3(C3k2, metaclass=ParsedAsStockTwin):
     def __init__(
         self, c1: int, c2: int, n: int = 1, c3k: bool = False, e: float = 0.5, g: int = 1, shortcut: bool = True
     ):
-        nn.Module.__init__(self)  # C3k2.__init__ would build stock blocks only to drop them
-        self.c = int(c2 * e)
-        self.cv1 = Conv(c1, 2 * self.c, 1, 1)
-        self.cv2 = Conv((2 + n) * self.c, c2, 1)
-        self.m = nn.ModuleList(
-            C3k_DCNv3(self.c, self.c, 2, shortcut, g)
-            if c3k
-            else Bottleneck_DCNv3(self.c, self.c, shortcut, g, stem=None)
-            for _ in range(n)
-        )
+        def inner(c):
+            return C3k_DCNv3(c, c, 2, shortcut, g) if c3k else Bottleneck_DCNv3(c, c, shortcut, g, stem=None)
+
+        build_c2f_layout(self, c1, c2, n, e, inner)
 
 
 # The names forks use for the same classes, in YAML files and in pickles.

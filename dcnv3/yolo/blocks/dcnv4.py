@@ -26,7 +26,13 @@ from ultralytics.nn.modules.block import Bottleneck, C2f, C3k, C3k2
 from ultralytics.nn.modules.conv import Conv, autopad
 
 from dcnv3.ops.dcnv4 import DCNv4
-from dcnv3.yolo.blocks.dcnv3 import ParsedAsStockTwin, auto_group, fold_batchnorm_into_linear
+from dcnv3.yolo.blocks.dcnv3 import (
+    ParsedAsStockTwin,
+    auto_group,
+    build_c2f_layout,
+    build_c3k_layout,
+    fold_batchnorm_into_linear,
+)
 
 __all__ = ["DCNV4_YOLO", "Bottleneck_DCNV4", "C2f_DCNv4", "C3k_DCNv4", "C3k2_DCNv4", "BLOCK_ALIASES"]
 
@@ -121,11 +127,7 @@ class C2f_DCNv4(C2f, metaclass=ParsedAsStockTwin):
     _parsed_as = C2f
 
     def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = False, g: int = 1, e: float = 0.5):
-        nn.Module.__init__(self)  # C2f.__init__ would build stock bottlenecks only to drop them
-        self.c = int(c2 * e)
-        self.cv1 = Conv(c1, 2 * self.c, 1, 1)
-        self.cv2 = Conv((2 + n) * self.c, c2, 1)
-        self.m = nn.ModuleList(Bottleneck_DCNV4(self.c, self.c, shortcut, g, k=(3, 3), e=1.0) for _ in range(n))
+        build_c2f_layout(self, c1, c2, n, e, lambda c: Bottleneck_DCNV4(c, c, shortcut, g, k=(3, 3), e=1.0))
 
 
 class C3k_DCNv4(C3k, metaclass=ParsedAsStockTwin):
@@ -140,12 +142,7 @@ class C3k_DCNv4(C3k, metaclass=ParsedAsStockTwin):
     _parsed_as = C3k
 
     def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = False, g: int = 1, e: float = 0.5, k: int = 3):
-        nn.Module.__init__(self)  # C3k.__init__ would build stock bottlenecks only to drop them
-        hidden = int(c2 * e)
-        self.cv1 = Conv(c1, hidden, 1, 1)
-        self.cv2 = Conv(c1, hidden, 1, 1)
-        self.cv3 = Conv(2 * hidden, c2, 1)
-        self.m = nn.Sequential(*(Bottleneck_DCNV4(hidden, hidden, shortcut, g, k=(k, k), e=1.0) for _ in range(n)))
+        build_c3k_layout(self, c1, c2, n, e, lambda c: Bottleneck_DCNV4(c, c, shortcut, g, k=(k, k), e=1.0))
 
 
 class C3k2_DCNv4(C3k2, metaclass=ParsedAsStockTwin):
@@ -165,13 +162,13 @@ class C3k2_DCNv4(C3k2, metaclass=ParsedAsStockTwin):
     def __init__(
         self, c1: int, c2: int, n: int = 1, c3k: bool = False, e: float = 0.5, g: int = 1, shortcut: bool = True
     ):
-        nn.Module.__init__(self)  # C3k2.__init__ would build stock blocks only to drop them
-        self.c = int(c2 * e)
-        self.cv1 = Conv(c1, 2 * self.c, 1, 1)
-        self.cv2 = Conv((2 + n) * self.c, c2, 1)
-        self.m = nn.ModuleList(
-            C3k_DCNv4(self.c, self.c, 2, shortcut, g) if c3k else Bottleneck_DCNV4(self.c, self.c, shortcut, g)
-            for _ in range(n)
+        build_c2f_layout(
+            self,
+            c1,
+            c2,
+            n,
+            e,
+            lambda c: C3k_DCNv4(c, c, 2, shortcut, g) if c3k else Bottleneck_DCNV4(c, c, shortcut, g),
         )
 
 
