@@ -52,7 +52,7 @@ from dcnv3.video.io import (
     read_frame,
 )
 from dcnv3.video.tracking import TRACKERS, make_tracker, update_tracks
-from dcnv3.yolo.loading import train_imgsz
+from dcnv3.yolo.loading import deformable_layer_names, train_imgsz
 
 __all__ = [
     "AUTO_LAYER",
@@ -149,12 +149,6 @@ class VideoResult:
 
 
 # -- the pipeline ----------------------------------------------------------------------------------------
-def _layer_names(model) -> list[str]:
-    from dcnv3.yolo.loading import deformable_layer_names
-
-    return deformable_layer_names(model)
-
-
 def process_video(
     model,
     source: str | Path,
@@ -206,7 +200,7 @@ def process_video(
         raise ValueError(f"frame stride must be >= 1, got {stride}")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
-    names = _layer_names(model)
+    names = deformable_layer_names(model)
     if layer != AUTO_LAYER and layer not in names:
         raise ValueError(f"unknown layer {layer!r}; layers: {', '.join(names) or 'none (no deformable layer)'}")
     info = open_video(source, limits)
