@@ -5,7 +5,9 @@ notices and its ``dcnv3.analysis.probe.Probe``).
 an ``LRUCache``, so the UI and the HTTP API never rerun the model for an image they have already
 seen. Detections are a query on the cached forward (segment-anything's predictor pattern):
 ``Analysis.at_thresholds(conf, iou)`` runs NMS on the probe's raw predictions (``Probe.detect``),
-so a confidence or IoU change never runs the model. Its ``model_lock`` is held around every forward
+so a confidence or IoU change never runs the model. Its ``images`` (``viz_app.state.images.ImageCache``)
+keep the decoded files, so a request that names a file again (every API call names its image) does
+not decode it again either. Its ``model_lock`` is held around every forward
 the app makes on a registry
 model (probe, video batches, the Learn toy): a DCNv3 layer hands what it computed to every
 capture open on it, so two forwards of one model at once would mix their records.
@@ -23,7 +25,7 @@ from dataclasses import dataclass, replace
 from dcnv3.analysis.probe import Probe, probe
 from dcnv3.yolo.loading import train_imgsz
 from viz_app.state.cache import LRUCache
-from viz_app.state.images import LoadedImage, load_image
+from viz_app.state.images import ImageCache, LoadedImage
 from viz_app.state.models import ModelRegistry
 
 __all__ = ["Analysis", "Analyser", "checked_thresholds", "MIN_IMGSZ", "MAX_IMGSZ", "DEFAULT_CONF", "DEFAULT_IOU"]
@@ -86,6 +88,8 @@ class Analyser:
         self.model_lock = threading.Lock()  # one forward at a time: captures stay apart, memory bounded
         self.runs = 0  # how many times a model actually ran (tests check the cache with it)
         self._analyses: LRUCache[tuple, Analysis] = LRUCache(cache_size)
+        # Decoded files, looked up before the runs (whose key is the image's content hash).
+        self.images = ImageCache()
 
     def input_size(self, model_name: str, imgsz: int | None = None) -> int:
         """``imgsz``, or when it is None / 0 the size the model was trained at
@@ -106,7 +110,7 @@ class Analyser:
         imgsz: int | None = None,
         image: LoadedImage | None = None,
     ) -> Analysis:
-        """Load the image (unless given) and the model, and probe, or take the cached run; its
+        """Load the image (unless given; ``images``, cached) and the model, and probe, or take the cached run; its
         detections at ``conf`` / ``iou``. ``imgsz``: network input size; None (default) takes the
         model's training size.
 
@@ -114,7 +118,7 @@ class Analyser:
         CheckpointError.
         """
         conf, iou = checked_thresholds(conf, iou)
-        image = image or load_image(source)
+        image = image or self.images.load(source)
         imgsz = self.input_size(model_name, imgsz)
         key = (image.key, model_name, imgsz)
         cached = self._analyses.get(key)

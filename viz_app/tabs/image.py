@@ -24,12 +24,13 @@ import numpy as np
 import pandas as pd
 
 from dcnv3.bundled import bundled_path
-from dcnv3.draw.overlay import draw_cell
+from dcnv3.draw.overlay import draw_cell, scale_pair
 from dcnv3.ops.sampling_hooks import describe_layers
 from dcnv3.yolo.checkpoints import CheckpointError
 from viz_app.components.inputs import image_file_input
 from viz_app.components.outputs import image_output
 from viz_app.state.analyser import DEFAULT_CONF, DEFAULT_IOU, Analysis
+from viz_app.state.cache import LRUCache
 from viz_app.state.context import AppContext
 from viz_app.state.view_state import ImageView
 from viz_app.tabs import ablation as ablation_tab
@@ -608,11 +609,22 @@ def build(ctx: AppContext) -> ImageTab:
 
 
 # -- the HTTP API -----------------------------------------------------------------------------------
+API_PICTURES = 8  # the API's drawn pictures kept (a repeated request is neither drawn nor encoded again)
+
+
 class _Api:
-    """/detect and /sampling: the model by name, the Analyser's cache shared with the UI."""
+    """/detect and /sampling: the model by name, the Analyser's cache shared with the UI (which also
+    keeps the decoded image: a request for a known image decodes nothing).
+
+    Pictures are drawn at the API's scale (``_api_scale``) and no more: /sampling draws the cell on
+    the detections canvas, not the UI's figures and trace. Each drawn picture is kept read-only in
+    ``pictures`` (by analysis, scale and, for /sampling, layer and cell: what it shows), so a repeated
+    request returns the same array, which ``image_output`` then does not encode again either.
+    """
 
     def __init__(self, ctx: AppContext):
         self.ctx = ctx
+        self.pictures: LRUCache[tuple, np.ndarray] = LRUCache(API_PICTURES)
 
     def analyse(self, image_path, model_name, conf=DEFAULT_CONF, iou=DEFAULT_IOU, imgsz=None) -> Analysis:
         if image_path is None:
@@ -624,19 +636,36 @@ class _Api:
         except (ValueError, CheckpointError) as error:
             raise gr.Error(str(error)) from None
 
+    def picture(self, key: tuple, draw) -> np.ndarray:
+        """The RGB picture ``draw()`` makes (BGR), cached under ``key`` and read-only: one array
+        per picture, never changed, so ``image_output`` may reuse its encoding."""
+
+        def rgb():
+            picture = to_rgb(draw())
+            picture.flags.writeable = False
+            return picture
+
+        return self.pictures.get_or_compute(key, rgb)
+
     def detect(self, image_path, model_name, conf, iou, imgsz=0):
         """/detect: (image, model, conf, iou[, imgsz]) -> (annotated image, detections JSON)."""
         analysis = self.analyse(
             image_path, model_name, DEFAULT_CONF if conf is None else conf, DEFAULT_IOU if iou is None else iou, imgsz
         )
-        canvas, scale = render.make_canvas(analysis.image.bgr, _api_scale(analysis))
-        annotated = render.draw_detections(canvas, analysis.probe.detections, scale, max_boxes=10**6)
-        return to_rgb(annotated), exports.detections_payload(
+        scale = _api_scale(analysis)
+
+        def draw():
+            canvas, canvas_scale = render.make_canvas(analysis.image.bgr, scale)
+            return render.draw_detections(canvas, analysis.probe.detections, canvas_scale, max_boxes=10**6)
+
+        return self.picture(("detect", analysis.key, scale), draw), exports.detections_payload(
             analysis.probe, analysis.image.scale, analysis.model_name, analysis.notices
         )
 
     def sampling(self, image_path, model_name, layer, x, y, imgsz=0):
-        """/sampling: (image, model, layer, x, y[, imgsz]) -> (overlay image, sampling points JSON)."""
+        """/sampling: (image, model, layer, x, y[, imgsz]) -> (overlay image, sampling points JSON).
+        The picture is ``render.sampling_view``'s overlay (the detections at the default thresholds,
+        at most 50 boxes, and the cell), drawn without the views the API does not return."""
         analysis = self.analyse(image_path, model_name, imgsz=imgsz)
         probe = analysis.probe
         names = [r.name for r in probe.layers]
@@ -650,10 +679,20 @@ class _Api:
         if not (0 <= x < original_w and 0 <= y < original_h):
             raise gr.Error(f"({x}, {y}) is outside the {original_w} x {original_h} image")
         px, py = analysis.image.to_processed(x, y)
-        view = render.sampling_view(analysis.image.bgr, probe, layer, (px, py), scale=_api_scale(analysis))
-        if view.cell is None:
-            raise gr.Error(view.message)
-        return to_rgb(view.overlay), exports.sampling_payload(probe, layer, view.cell, analysis.image.scale, (x, y))
+        height, width = probe.image_shape
+        record = probe.record(layer)
+        cell = probe.cell_at(record, px, py) if (0 <= px < width and 0 <= py < height) else None
+        if cell is None:  # as render.sampling_view says it
+            raise gr.Error(f"({px:.1f}, {py:.1f}) is outside the image: click on the picture")
+        scale = _api_scale(analysis)
+
+        def draw():
+            base, canvas_scale = render.make_canvas(analysis.image.bgr, scale)
+            base = render.draw_detections(base, probe.detections, canvas_scale)
+            return draw_cell(base, probe, record, cell, None, scale_pair(canvas_scale), in_place=True)
+
+        picture = self.picture(("sampling", analysis.key, scale, layer, tuple(map(int, cell))), draw)
+        return picture, exports.sampling_payload(probe, layer, cell, analysis.image.scale, (x, y))
 
 
 def _api_scale(analysis: Analysis) -> float:
