@@ -38,6 +38,13 @@ __all__ = [
     "image_to_canvas",
     "line_width",
     "point_style",
+    "GHOST_COLOUR",
+    "GHOST_OUTLINE",
+    "POINT_RADIUS",
+    "GRID_RING_RADIUS",
+    "ARROW_HEAD",
+    "ARROW_CLEARANCE",
+    "MARKER_SIZE",
     "blend_discs",
     "hollow_ring_width",
     "cells_on_canvas",
@@ -58,7 +65,15 @@ __all__ = [
 ]
 
 SUBPIXEL_BITS = 4  # fixed-point fractional bits of OpenCV's sub-pixel drawing (its ``shift``)
-_GHOST = (215, 215, 215)  # regular-grid positions
+GHOST_COLOUR = (215, 215, 215)  # regular-grid positions (BGR)
+GHOST_OUTLINE = (40, 40, 40)  # the dark edge under each grid ring: it reads on light backgrounds too
+# The marks of one cell, in line widths (``line_width``) of the scene. The browser's hover drawing
+# (viz_app/components/sampling_hover.js) receives these values, so both draw the same marks.
+POINT_RADIUS = 4.5  # a sampling point's disc at the kind's reference weight (times encode_weights' size)
+GRID_RING_RADIUS = 2.5  # a regular-grid ring
+ARROW_HEAD = 5.0  # an arrow head's length (at most half the arrow)
+ARROW_CLEARANCE = 2  # px: an arrow shorter than its disc's radius plus this is hidden by the disc: none drawn
+MARKER_SIZE = 7  # half the cell-centre cross
 _DETECTION = (80, 200, 80)
 _HIGHLIGHT = (0, 230, 255)
 
@@ -151,7 +166,7 @@ def _sample_marks(
     encoding = encode_weights(weights, kind)
     return _SampleMarks(
         samples,
-        4.5 * unit * encoding.size,
+        POINT_RADIUS * unit * encoding.size,
         encoding.opacity,
         encoding.relative,
         encoding.negative,
@@ -167,12 +182,12 @@ def _draw_arrows(scene: np.ndarray, regular: np.ndarray, marks: _SampleMarks, sc
     samples, radius, chosen, unit = marks.samples, marks.radius, marks.chosen, marks.unit
     lengths = np.hypot(*(samples - grid).transpose(2, 0, 1))  # (G, P)
     arrows = np.zeros(lengths.shape, dtype=bool)
-    arrows[chosen] = lengths[chosen] > radius[chosen] + 2  # shorter ones: the disc hides them
+    arrows[chosen] = lengths[chosen] > radius[chosen] + ARROW_CLEARANCE  # shorter ones: the disc hides them
     g_index, p_index = np.nonzero(arrows)
     start, end = grid[g_index, p_index], samples[g_index, p_index]
     length, disc = lengths[g_index, p_index], radius[g_index, p_index]
     tip_end = end - (end - start) * (disc / length)[:, None]  # stop at the disc's edge: head stays visible
-    tips = np.minimum(0.5, 5.0 * unit / (length - disc)).tolist()
+    tips = np.minimum(0.5, ARROW_HEAD * unit / (length - disc)).tolist()
     for g, a, b, tip in zip(g_index.tolist(), _to_fixed(start).tolist(), _to_fixed(tip_end).tolist(), tips):
         cv2.arrowedLine(scene, a, b, marks.colours[g], unit, cv2.LINE_AA, SUBPIXEL_BITS, tip)
 
@@ -349,10 +364,10 @@ class RegularGridAnnotator:
         """``regular``: (G, P, 2) grid positions (x, y) in image px; ``groups``: which to draw."""
         unit = line_width(scene)
         grid = np.asarray(regular, dtype=np.float64) * np.array(scale_pair(scale))
-        ring = int(2.5 * unit * (1 << SUBPIXEL_BITS))
+        ring = int(GRID_RING_RADIUS * unit * (1 << SUBPIXEL_BITS))
         rings = _to_fixed(grid[_chosen(groups, len(grid))]).reshape(-1, 2).tolist()
         rings = list(dict.fromkeys(map(tuple, rings)))  # groups share the regular grid: each ring once
-        for width, colour in ((unit + 1, (40, 40, 40)), (unit, _GHOST)):
+        for width, colour in ((unit + 1, GHOST_OUTLINE), (unit, GHOST_COLOUR)):
             for centre in rings:
                 cv2.circle(scene, centre, ring, colour, width, cv2.LINE_AA, SUBPIXEL_BITS)
         return scene
@@ -403,7 +418,7 @@ class MarkerAnnotator:
 
     def annotate(self, scene: np.ndarray, xy, scale=(1.0, 1.0)) -> np.ndarray:
         unit = line_width(scene)
-        size = 7 * unit
+        size = MARKER_SIZE * unit
         sx, sy = scale_pair(scale)
         x, y = xy[0] * sx, xy[1] * sy
         for width, col in ((3 * unit, (0, 0, 0)), (unit, self.colour)):

@@ -22,9 +22,10 @@ from viz_app.views.lesson_view import sweep_cache
 from viz_app.views.receptive import FieldCache
 from viz_app.views.toy import ToyScenes
 
-__all__ = ["AppContext", "CANVAS_CACHE_SIZE"]
+__all__ = ["AppContext", "CANVAS_CACHE_SIZE", "HOVER_PROBES"]
 
 CANVAS_CACHE_SIZE = 16  # detections canvases (a few MB each at the display size)
+HOVER_PROBES = 16  # runs whose layers browsers' hovers may still fetch (probes shared, not copied)
 
 
 @dataclass
@@ -34,7 +35,10 @@ class AppContext:
     fields; ``canvases``: the Image tab's detections canvases, keyed by (``Analysis.key``,
     highlighted detection) -> (canvas BGR (H, W, 3) uint8, (sx, sy) canvas px per image px);
     ``ablations``: the Ablation view's and /ablate's reruns per image, model and input size;
-    ``toy_scenes``: the Learn tab's scene backgrounds and shapes (``viz_app.views.toy.ToyScenes``);
+    ``hover_probes``: the probes the Sampling view's hover may fetch layer arrays of, by
+    ``viz_app.views.hover.hover_token``; ``hover_bases``: the detections canvases it may fetch,
+    by ``viz_app.views.hover.base_token``; ``toy_scenes``: the Learn tab's scene backgrounds and
+    shapes (``viz_app.views.toy.ToyScenes``);
     ``sweeps``: the Learn tab's dilation-by-size curves (``viz_app.views.lesson_view.dilation_sweep``)."""
 
     registry: ModelRegistry
@@ -43,6 +47,8 @@ class AppContext:
     fields: FieldCache
     canvases: LRUCache[tuple, tuple[np.ndarray, tuple[float, float]]]
     ablations: AblationCache = field(default_factory=AblationCache)
+    hover_probes: LRUCache[str, object] = field(default_factory=lambda: LRUCache(HOVER_PROBES))
+    hover_bases: LRUCache[str, np.ndarray] = field(default_factory=lambda: LRUCache(CANVAS_CACHE_SIZE))
     toy_scenes: ToyScenes = field(default_factory=ToyScenes)
     sweeps: LRUCache[tuple, tuple[np.ndarray, np.ndarray]] = field(default_factory=sweep_cache)
 

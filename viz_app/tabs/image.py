@@ -29,6 +29,7 @@ from dcnv3.ops.sampling_hooks import describe_layers
 from dcnv3.yolo.checkpoints import CheckpointError
 from viz_app.components.inputs import image_file_input
 from viz_app.components.outputs import image_output
+from viz_app.components.sampling_hover import sampling_hover
 from viz_app.state.analyser import DEFAULT_CONF, DEFAULT_IOU, Analysis
 from viz_app.state.cache import LRUCache
 from viz_app.state.context import AppContext
@@ -36,6 +37,7 @@ from viz_app.state.view_state import ImageView
 from viz_app.tabs import ablation as ablation_tab
 from viz_app.tabs import receptive as receptive_tab
 from viz_app.views import exports, health, render
+from viz_app.views.hover import base_token, hover_state, hover_token
 from viz_app.views.render import to_rgb
 
 __all__ = [
@@ -87,6 +89,7 @@ class _Components:
     export_button: gr.Button
     export_files: gr.File
     overlay: gr.Image
+    hover: gr.HTML  # draws the layer's sampling under the pointer, in the browser
     info: gr.Markdown
     figure: gr.Plot
     trace: gr.Image
@@ -250,6 +253,20 @@ class _Events:
         )
         return self.ctx.files.picture(picture)
 
+    def hover_value(self, analysis: Analysis | None, view: ImageView | None) -> dict | None:
+        """The hover's value (``viz_app.views.hover.hover_state``) for the view's layer and the
+        detections picture it draws over; the run's probe is offered for the browser's requests
+        for layer arrays."""
+        if analysis is None or view is None or not view.layer:
+            return None
+        token = hover_token(analysis.image.key, analysis.model_name, analysis.imgsz)
+        self.ctx.hover_probes.put(token, analysis.probe)
+        canvas, scale = detections_canvas(self.ctx, analysis, view.highlight)
+        base = base_token(analysis.key, view.highlight)
+        self.ctx.hover_bases.put(base, canvas)
+        image = analysis.image
+        return hover_state(token, analysis.probe, view.layer, image.scale, image.original_shape, base, canvas, scale)
+
     # -- events -----------------------------------------------------------------------------------
     def run(self, image_path, model_name, conf, iou, imgsz, field, opacity, smooth) -> dict:
         """A new image / model / input size: run (or fetch) the probe and fill every view.
@@ -264,6 +281,7 @@ class _Events:
                 c.groups: gr.update(choices=[], value=[]),
                 c.field_group: gr.update(choices=[], value=None),
                 **self.render_sampling(None, None, None),
+                c.hover: None,
                 c.field_image: None,
                 c.health_table: None,
                 c.histograms: None,
@@ -286,6 +304,7 @@ class _Events:
             c.groups: _group_choices(analysis, layer),
             c.field_group: _field_group_choices(analysis, layer),
             **self.render_sampling(analysis, view, None),
+            c.hover: self.hover_value(analysis, view),
             c.field_image: self.field_picture(analysis, view, field, -1, opacity, smooth),
             c.health_table: pd.DataFrame(health_rows) if health_rows else None,
             c.histograms: render.health_histograms(probe) if probe.layers else None,
@@ -310,6 +329,7 @@ class _Events:
             c.notices: change.notices,
             c.detection: gr.update(choices=change.detection_choices, value=change.view.highlight),
             c.overlay: self.ctx.files.picture(change.overlay),
+            c.hover: self.hover_value(change.analysis, change.view),
         }
         if shown == HEALTH_TAB:
             outputs[c.dilation_table] = dilation_table(change.analysis)
@@ -353,6 +373,7 @@ class _Events:
         outputs = {
             c.layer: gr.update(value=layer),
             **self.render_sampling(analysis, view, groups),
+            c.hover: self.hover_value(analysis, view),
             c.field_image: self.field_picture(analysis, view, field, -1 if changed else field_group, opacity, smooth),
         }
         if changed:
@@ -371,6 +392,7 @@ class _Events:
             c.groups: _group_choices(analysis, layer),
             c.field_group: _field_group_choices(analysis, layer),
             **self.render_sampling(analysis, view, groups),
+            c.hover: self.hover_value(analysis, view),
             c.field_image: self.field_picture(analysis, view, field, -1, opacity, smooth),
         }
 
@@ -445,12 +467,15 @@ def _layout(ctx: AppContext, analysis: gr.State, view: gr.State) -> _Components:
             with gr.Tabs():
                 with gr.Tab("Sampling", elem_id="tab-sampling") as sampling_tab:
                     overlay = image_output(
-                        label="Click a pixel",
+                        label="Move the pointer over the picture to see a cell's sampling; click to pin it",
                         interactive=False,
                         type="filepath",
                         height=660,
                         elem_id="overlay",
                         buttons=["download", "fullscreen"],
+                    )
+                    hover = sampling_hover(
+                        ctx.hover_probes, ctx.hover_bases, "overlay", "groups", elem_id="sampling-hover"
                     )
                     info = gr.Markdown(elem_id="sampling-info")
                     with gr.Row(equal_height=False):
@@ -520,6 +545,7 @@ def _layout(ctx: AppContext, analysis: gr.State, view: gr.State) -> _Components:
         export_button,
         export_files,
         overlay,
+        hover,
         info,
         figure,
         trace,
@@ -554,6 +580,7 @@ def build(ctx: AppContext) -> ImageTab:
         c.groups,
         c.field_group,
         *c.sampling,
+        c.hover,
         c.field_image,
         c.health_table,
         c.histograms,
@@ -566,7 +593,7 @@ def build(ctx: AppContext) -> ImageTab:
         [c.conf.release, c.iou.release],
         events.change_thresholds,
         [c.analysis, c.view, c.conf, c.iou, c.groups, c.shown],
-        [c.analysis, c.view, c.notices, c.detection, c.overlay, c.dilation_table],
+        [c.analysis, c.view, c.notices, c.detection, c.overlay, c.hover, c.dilation_table],
         **PRIVATE,
     )
     gr.on(
@@ -584,13 +611,13 @@ def build(ctx: AppContext) -> ImageTab:
     c.detection.input(
         events.pick_detection,
         [c.analysis, c.view, c.detection, c.groups, c.field, c.field_group, c.opacity, c.smooth],
-        [c.layer, c.groups, c.field_group, *c.sampling, c.field_image],
+        [c.layer, c.groups, c.field_group, *c.sampling, c.hover, c.field_image],
         **PRIVATE,
     )
     c.layer.input(
         events.pick_layer,
         [c.analysis, c.view, c.layer, *field_params],
-        [c.groups, c.field_group, *c.sampling, c.field_image],
+        [c.groups, c.field_group, *c.sampling, c.hover, c.field_image],
         **PRIVATE,
     )
     c.groups.input(
