@@ -36,6 +36,8 @@ QUICK_ARGS = {
     "video": ["--frames", "6", "--rounds", "1"],
     "toy": ["--moves", "3", "--fields", "0"],
     "lesson": ["--iterations", "20"],
+    "server_path": ["--rounds", "2", "--clicks", "2"],
+    "hover": ["--moves", "20"],
 }
 
 

@@ -65,6 +65,7 @@ def _wait_ready(page, layer: str) -> None:
 
 def _drawn_rect(page) -> dict:
     """The picture's drawn area in page px (object-fit: contain inside the <img> box)."""
+    page.locator("#overlay img").scroll_into_view_if_needed()  # choosing in a list may have scrolled it away
     return page.wait_for_function(  # once the picture has loaded (it may be a new one, still loading)
         """() => {
         const img = document.querySelector('#overlay img');
@@ -179,10 +180,12 @@ def test_hover_follows_groups_shown_and_leaves_the_picture(app):
     groups = {p["group"] for p in everything["points"]}
     assert len(groups) > 1
     page.locator("#groups input[type=checkbox]").first.uncheck()  # hide group 0: read from the checkboxes
+    rect = _drawn_rect(page)  # the checkbox may have scrolled the picture away: back into view
     page.mouse.move(rect["x"] + 1, rect["y"] + 1)  # elsewhere first: a move to where the pointer is fires nothing
     again = _hover(page, rect, random.Random(1))
     assert {p["group"] for p in again["points"]} == groups - {0}
     page.locator("#groups input[type=checkbox]").first.check()
+    rect = _drawn_rect(page)
     page.mouse.move(rect["x"] + rect["width"] + 40, rect["y"] + 10)  # off the picture
     assert page.locator(SURFACE).evaluate("s => getComputedStyle(s).display") == "none"
     page.mouse.move(rect["x"] + rect["width"] * 0.45, rect["y"] + rect["height"] * 0.55)
