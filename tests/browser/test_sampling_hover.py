@@ -79,9 +79,15 @@ def _drawn_rect(page) -> dict:
 
 
 def _hover(page, rect, rng) -> dict:
+    """Move to a random point of the picture and read what the hover drew there. Chromium handles
+    a pointer move at its next frame, after the move is acknowledged: wait for the surface to say
+    a new position (every position is new: they are random)."""
+    said = f"document.querySelector('{SURFACE}')?.dataset.xy"
+    before = page.evaluate(f"() => {said}")
     page.mouse.move(
         rect["x"] + rng.uniform(0.01, 0.99) * rect["width"], rect["y"] + rng.uniform(0.01, 0.99) * rect["height"]
     )
+    page.wait_for_function(f"before => {{ const xy = {said}; return xy && xy !== before; }}", arg=before)
     surface = page.locator(SURFACE)
     return {
         "layer": surface.get_attribute("data-layer"),
@@ -167,8 +173,9 @@ def test_hover_draws_the_points_of_sampling_without_requests(app, client, kind):
 
 
 def test_hover_follows_groups_shown_and_leaves_the_picture(app):
-    """Groups shown applies at once (no request); a position off the picture draws nothing; the
-    surface is saved for the docs while it shows a cell."""
+    """Groups shown applies at once (the browser reads the checkboxes; it waits for no answer);
+    a position off the picture hides the surface, which otherwise lies exactly over the drawn
+    picture; the page is saved for the docs while the hover shows a cell."""
     _, _, page = app
     _open(page, BUNDLED_DCNV3.name)
     page.wait_for_function("() => document.querySelector('#sampling-hover [data-ready]')?.dataset.ready")
@@ -181,13 +188,18 @@ def test_hover_follows_groups_shown_and_leaves_the_picture(app):
     assert len(groups) > 1
     page.locator("#groups input[type=checkbox]").first.uncheck()  # hide group 0: read from the checkboxes
     rect = _drawn_rect(page)  # the checkbox may have scrolled the picture away: back into view
-    page.mouse.move(rect["x"] + 1, rect["y"] + 1)  # elsewhere first: a move to where the pointer is fires nothing
-    again = _hover(page, rect, random.Random(1))
+    _hover(page, rect, random.Random(7))  # elsewhere first: a move to where the pointer is fires nothing
+    again = _hover(page, rect, random.Random(1))  # the same position as before
     assert {p["group"] for p in again["points"]} == groups - {0}
     page.locator("#groups input[type=checkbox]").first.check()
     rect = _drawn_rect(page)
-    page.mouse.move(rect["x"] + rect["width"] + 40, rect["y"] + 10)  # off the picture
-    assert page.locator(SURFACE).evaluate("s => getComputedStyle(s).display") == "none"
+    shown = f"document.querySelector('{SURFACE}').style.display"
+    page.mouse.move(rect["x"] + rect["width"] + 40, rect["y"] + 10)  # off the picture: hidden
+    page.wait_for_function(f"() => {shown} === 'none'")
     page.mouse.move(rect["x"] + rect["width"] * 0.45, rect["y"] + rect["height"] * 0.55)
-    assert page.locator(SURFACE).evaluate("s => getComputedStyle(s).display") == "block"
+    page.wait_for_function(f"() => {shown} === 'block'")
+    # The surface lies exactly over the drawn picture, so its marks sit where the served overlay puts them.
+    placed = page.locator(SURFACE).bounding_box()
+    for side in ("x", "y", "width", "height"):
+        assert placed[side] == pytest.approx(rect[side], abs=1.0), (placed, rect)
     readme_screenshot(page, "hover", full_page=False)

@@ -158,11 +158,15 @@ function drawnRect(img, naturalWidth, naturalHeight) {
   }
   const dx = (box.width - width) / 2;
   const dy = (box.height - height) / 2;
+  // The surface is placed in the picture's parent: its position there, from the two boxes
+  // (offsetLeft would be relative to whichever ancestor is positioned, not necessarily the parent).
+  const host = img.parentElement;
+  const hostBox = host.getBoundingClientRect();
   return {
     clientLeft: box.left + dx,
     clientTop: box.top + dy,
-    left: img.offsetLeft + dx,
-    top: img.offsetTop + dy,
+    left: box.left + dx - hostBox.left - host.clientLeft + host.scrollLeft,
+    top: box.top + dy - hostBox.top - host.clientTop + host.scrollTop,
     width: width,
     height: height,
   };
