@@ -1,6 +1,7 @@
 """The server path once an image's run is cached (issue #23): a file the app has seen is not decoded
-(or, unchanged, hashed) again; the API's pictures are the drawn arrays, encoded losslessly, and a
-repeated request is neither drawn nor encoded again; exported pictures are unchanged."""
+(or, unchanged, hashed) again; the API's pictures are the drawn arrays, encoded as high-quality
+JPEGs, and a repeated request is neither drawn nor encoded again; exported pictures are unchanged
+(lossless PNG)."""
 
 import os
 from pathlib import Path
@@ -16,7 +17,7 @@ from viz_app.components.outputs import image_output, save_picture_to_cache
 from viz_app.state.context import AppContext
 from viz_app.state.images import ImageCache, load_image
 from viz_app.state.models import ModelRegistry
-from viz_app.tabs.image import _Api, _api_scale
+from viz_app.tabs.image import API_PICTURE_FORMAT, ImageApi, api_scale
 from viz_app.views import exports, render
 from viz_app.views.render import to_rgb
 
@@ -78,7 +79,7 @@ def test_cache_says_what_is_wrong_with_a_bad_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def api():
-    return _Api(AppContext.create(ModelRegistry(model=FORK_A)))
+    return ImageApi(AppContext.create(ModelRegistry(model=FORK_A)))
 
 
 def test_api_calls_on_a_known_image_decode_once_and_draw_what_they_did(api, decodes):
@@ -90,7 +91,7 @@ def test_api_calls_on_a_known_image_decode_once_and_draw_what_they_did(api, deco
     assert again is picture and payload_again == payload and other is not picture
     assert not picture.flags.writeable  # cached: image_output may reuse its encoding
     analysis = api.ctx.analyser.analyse(str(BUS), name, 0.3, 0.7, imgsz=320)
-    canvas, scale = render.make_canvas(analysis.image.bgr, _api_scale(analysis))
+    canvas, scale = render.make_canvas(analysis.image.bgr, api_scale(analysis))
     drawn = to_rgb(render.draw_detections(canvas, analysis.probe.detections, scale, max_boxes=10**6))
     np.testing.assert_array_equal(picture, drawn)  # what /detect returned before this change
     assert payload == exports.detections_payload(
@@ -101,21 +102,25 @@ def test_api_calls_on_a_known_image_decode_once_and_draw_what_they_did(api, deco
         for x, y in [(0, 0), (300.5, 611.2), (809.9, 1079.9)]:
             picture, payload = api.sampling(str(BUS), name, layer, x, y, 320)
             view = render.sampling_view(
-                analysis.image.bgr, analysis.probe, layer, analysis.image.to_processed(x, y), scale=_api_scale(analysis)
+                analysis.image.bgr, analysis.probe, layer, analysis.image.to_processed(x, y), scale=api_scale(analysis)
             )
             np.testing.assert_array_equal(picture, to_rgb(view.overlay))  # render.sampling_view's overlay
             assert payload == exports.sampling_payload(analysis.probe, layer, view.cell, analysis.image.scale, (x, y))
     assert len(decodes) <= 1
 
 
-def test_api_picture_is_a_lossless_png_encoded_once(tmp_path, api):
+def test_api_picture_is_a_high_quality_jpeg_encoded_once(tmp_path, api):
     name = api.ctx.registry.default_name()
     picture, _ = api.detect(str(BUS), name, 0.25, 0.7, 320)
-    component = image_output(format="png")
+    component = image_output(format=API_PICTURE_FORMAT)
     component.GRADIO_CACHE = str(tmp_path)
     stored = component.postprocess(picture)
-    assert str(stored.path).endswith(".png")
-    np.testing.assert_array_equal(np.asarray(Image.open(stored.path)), picture)
+    assert str(stored.path).endswith(".jpeg")
+    decoded = np.asarray(Image.open(stored.path).convert("RGB")).astype(float)
+    psnr = 10 * np.log10(255**2 / np.mean((decoded - picture) ** 2))
+    # Quality 92 without chroma subsampling measures 35.7 dB on bus.jpg (a detailed photograph,
+    # where JPEG's loss concentrates in fine texture); 34 leaves room for another libjpeg.
+    assert psnr > 34, psnr
     written = os.stat(stored.path).st_mtime_ns
     os.utime(stored.path, ns=(written - 10**9, written - 10**9))
     assert component.postprocess(picture).path == stored.path  # the same array: not encoded again, only touched

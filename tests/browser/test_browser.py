@@ -86,8 +86,14 @@ def test_upload_click_switch_and_export(page, tmp_path):
     box = overlay.bounding_box()
     old = image_src(page, "#overlay")
     overlay.click(position={"x": box["width"] * 0.3, "y": box["height"] * 0.55})
-    wait_for_new_image(page, "#overlay", old)
-    page.wait_for_function("old => document.querySelector('#sampling-info').innerText !== old", arg=first_info)
+    wait_for_new_image(page, "#overlay", old)  # the picture first; the text and figures follow it
+    page.wait_for_function(
+        """old => {
+            const cell = /cell \\(row \\d+, col \\d+\\)/.exec(document.querySelector('#sampling-info').innerText);
+            return cell && !old.includes(cell[0]);
+        }""",
+        arg=first_info,
+    )
     text = info.inner_text()
     cell = tuple(map(int, re.search(r"cell \(row (\d+), col (\d+)\)", text).groups()))
     stride = int(re.search(r"P\d/(\d+)", text).group(1))

@@ -50,6 +50,9 @@ __all__ = [
     "IMGSZ_CHOICES",
     "MAX_DETECTION_CHOICES",
     "API_IMAGE_SIDE",
+    "API_PICTURE_FORMAT",
+    "ImageApi",
+    "api_scale",
 ]
 
 EXAMPLES_DIR = bundled_path("examples")
@@ -344,8 +347,18 @@ class _Events:
             outputs[c.dilation_table] = dilation_table(analysis)
         return outputs
 
+    def render_details(self, analysis: Analysis | None, view: ImageView | None, groups) -> dict:
+        """The sampling view's zoom figure, weights, trace and message (a click's second step)."""
+        c = self.c
+        outputs = self.render_sampling(analysis, view, groups)
+        return {key: outputs[key] for key in (c.figure, c.weights, c.trace, c.info)}
+
     def click(self, analysis, view, groups, evt: gr.SelectData):
-        """A click on the picture: gradio gives the canvas pixel (x, y); its centre is x + 0.5."""
+        """A click on the picture: gradio gives the canvas pixel (x, y); its centre is x + 0.5.
+
+        The first step of two: the picture with the clicked cell and the view state, at once; the
+        zoom, trace, weights and text follow (``render_details``, chained), so the picture does not
+        wait for the figures to be built, sent and drawn."""
         if analysis is None or view is None:
             gr.Warning("Upload an image first.")
             return gr.skip()
@@ -358,7 +371,13 @@ class _Events:
         if not (0 <= x < width and 0 <= y < height):
             gr.Warning("That click was outside the image (below it is the colour bar).")
             return gr.skip()
-        return self.render_sampling(analysis, replace(view, xy=(float(x), float(y))), groups)
+        view = replace(view, xy=(float(x), float(y)))
+        base, scale = detections_canvas(self.ctx, analysis, view.highlight)
+        probe = analysis.probe
+        record = probe.record(view.layer) if view.layer and probe.layers else None
+        cell = probe.cell_at(record, *view.xy) if record is not None else None
+        overlay = base if cell is None else draw_cell(base, probe, record, cell, groups, scale)  # as sampling_view
+        return {self.c.overlay: self.ctx.files.picture(overlay), self.c.view: view.rendered(cell)}
 
     def pick_detection(self, analysis, view, index, groups, field, field_group, opacity, smooth):
         """A detection from the dropdown: its centre, in the layer that matches its size."""
@@ -605,9 +624,10 @@ def build(ctx: AppContext) -> ImageTab:
         **PRIVATE,
     )
     c.checkpoint.upload(events.upload_checkpoint, c.checkpoint, [c.model, c.notices], **PRIVATE)
-    click = dict(inputs=[c.analysis, c.view, c.groups], outputs=c.sampling, show_progress="minimal", **PRIVATE)
-    c.overlay.select(events.click, **click)
-    c.field_image.select(events.click, **click)
+    click = dict(inputs=[c.analysis, c.view, c.groups], outputs=[c.overlay, c.view], show_progress="minimal", **PRIVATE)
+    details = dict(outputs=[c.figure, c.weights, c.trace, c.info], show_progress="hidden", **PRIVATE)
+    for picture in (c.overlay, c.field_image):  # the picture first, then what is built from its cell
+        picture.select(events.click, **click).then(events.render_details, [c.analysis, c.view, c.groups], **details)
     c.detection.input(
         events.pick_detection,
         [c.analysis, c.view, c.detection, c.groups, c.field, c.field_group, c.opacity, c.smooth],
@@ -637,13 +657,18 @@ def build(ctx: AppContext) -> ImageTab:
 
 # -- the HTTP API -----------------------------------------------------------------------------------
 API_PICTURES = 8  # the API's drawn pictures kept (a repeated request is neither drawn nor encoded again)
+# The API's pictures are photographs with marks: JPEG at quality 92 without chroma subsampling
+# (viz_app.components.outputs.ENCODINGS, as the UI's views) encodes a 1 MP picture in ~5 ms where
+# a PNG takes ~55 ms even at zlib level 1, and keeps thin coloured lines crisp. The exact numbers
+# are in the JSON; the exported overlay (viz_app.views.exports) stays a lossless PNG.
+API_PICTURE_FORMAT = "jpeg"
 
 
-class _Api:
+class ImageApi:
     """/detect and /sampling: the model by name, the Analyser's cache shared with the UI (which also
     keeps the decoded image: a request for a known image decodes nothing).
 
-    Pictures are drawn at the API's scale (``_api_scale``) and no more: /sampling draws the cell on
+    Pictures are drawn at the API's scale (``api_scale``) and no more: /sampling draws the cell on
     the detections canvas, not the UI's figures and trace. Each drawn picture is kept read-only in
     ``pictures`` (by analysis, scale and, for /sampling, layer and cell: what it shows), so a repeated
     request returns the same array, which ``image_output`` then does not encode again either.
@@ -679,7 +704,7 @@ class _Api:
         analysis = self.analyse(
             image_path, model_name, DEFAULT_CONF if conf is None else conf, DEFAULT_IOU if iou is None else iou, imgsz
         )
-        scale = _api_scale(analysis)
+        scale = api_scale(analysis)
 
         def draw():
             canvas, canvas_scale = render.make_canvas(analysis.image.bgr, scale)
@@ -711,7 +736,7 @@ class _Api:
         cell = probe.cell_at(record, px, py) if (0 <= px < width and 0 <= py < height) else None
         if cell is None:  # as render.sampling_view says it
             raise gr.Error(f"({px:.1f}, {py:.1f}) is outside the image: click on the picture")
-        scale = _api_scale(analysis)
+        scale = api_scale(analysis)
 
         def draw():
             base, canvas_scale = render.make_canvas(analysis.image.bgr, scale)
@@ -722,20 +747,21 @@ class _Api:
         return picture, exports.sampling_payload(probe, layer, cell, analysis.image.scale, (x, y))
 
 
-def _api_scale(analysis: Analysis) -> float:
+def api_scale(analysis: Analysis) -> float:
+    """The API pictures' scale: at most ``API_IMAGE_SIDE`` on the long side."""
     return min(1.0, API_IMAGE_SIDE / max(analysis.image.bgr.shape[:2]))
 
 
 def build_api(ctx: AppContext) -> None:
     """The /detect and /sampling endpoints' own components (call inside a hidden column)."""
-    api = _Api(ctx)
+    api = ImageApi(ctx)
     image = image_file_input(label="image")
     model = gr.Textbox(label="model", value=ctx.registry.default_name())
     conf, iou = gr.Number(DEFAULT_CONF, label="conf"), gr.Number(DEFAULT_IOU, label="iou")
     imgsz = gr.Number(0, label="imgsz (0: the model's training size)", precision=0)
     layer = gr.Textbox(label="layer")
     x, y = gr.Number(label="x"), gr.Number(label="y")
-    picture, payload = image_output(format="png", label="image"), gr.JSON(label="json")
+    picture, payload = image_output(format=API_PICTURE_FORMAT, label="image"), gr.JSON(label="json")
     detect_button, sampling_button = gr.Button("detect"), gr.Button("sampling")
     detect_button.click(api.detect, [image, model, conf, iou, imgsz], [picture, payload], api_name="detect")
     sampling_button.click(api.sampling, [image, model, layer, x, y, imgsz], [picture, payload], api_name="sampling")
