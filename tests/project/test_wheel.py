@@ -34,6 +34,7 @@ SHIPPED = [
     "dcnv3/assets/training_demo/scene.jpg",
     "dcnv3/yolo/cfg/dcnv3-yolov8.yaml",
     "dcnv3/ops/native/dcnv3_cpu.cpp",
+    "viz_app/components/sampling_hover.js",  # the Sampling view's hover runs it in the browser
 ]
 
 

@@ -5,13 +5,16 @@ Why one module (over 400 lines): gradio wires a tab's components and events insi
 context; the logic it calls lives in viz_app.views and viz_app.state.
 
 Data flow: an image, model or input size change runs the model once through the context's
-``Analyser`` (cached); the ``Analysis`` lives in a ``gr.State``. Every click, detection pick,
-layer, group or field change re-renders from it with ``render`` functions and never reruns the
-model; a confidence or IoU change takes the detections from the cached forward
-(``threshold_change``: NMS, the detections canvas and the dilation table, nothing else). What the user
-looks at (point, layer, highlighted detection, cell) is an
-``view_state.ImageView`` in a second ``gr.State``, returned as an output by every handler that
-changes it. Handlers return ``{component: value}`` dicts: components left out keep their value.
+``Analyser`` (cached); the ``Analysis`` lives in a ``gr.State``. Moving the pointer over the
+Sampling picture is the browser's alone (``viz_app.components.sampling_hover``: the hover gets the
+run's geometry as its value and fetches each layer's arrays once). Every click, detection pick,
+layer, group or field change re-renders from the Analysis with ``render`` functions and never
+reruns the model (a click returns its picture first, then the zoom, trace and weights); a
+confidence or IoU change takes the detections from the cached forward (``threshold_change``: NMS,
+the detections canvas and the dilation table, nothing else). What the user looks at (point,
+layer, highlighted detection, cell) is an ``view_state.ImageView`` in a second ``gr.State``,
+returned as an output by every handler that changes it. Handlers return ``{component: value}``
+dicts: components left out keep their value.
 """
 
 from __future__ import annotations
