@@ -19,8 +19,8 @@ from viz_app.views import exports
 from viz_app.views.hover import (
     array_bytes,
     arrays_request,
+    base_name,
     base_picture,
-    base_token,
     hover_state,
     hover_token,
     layer_arrays,
@@ -79,7 +79,14 @@ def _state(analysis):
     probe = analysis.probe
     token = hover_token(analysis.image.key, analysis.model_name, analysis.imgsz)
     return hover_state(
-        token, probe, probe.layers[0].name, analysis.image.scale, analysis.image.original_shape, "b", canvas, scale
+        token,
+        probe,
+        probe.layers[0].name,
+        analysis.image.scale,
+        analysis.image.original_shape,
+        base_name(analysis.key, None),
+        canvas,
+        scale,
     )
 
 
@@ -119,7 +126,7 @@ def test_state_is_small_and_names_every_layer(analysis):
 
 
 def test_requests_are_answered_and_bad_ones_get_a_reason(analysis):
-    probes, bases = LRUCache(4), LRUCache(4)
+    probes, canvases = LRUCache(4), LRUCache(4)
     token = hover_token(analysis.image.key, analysis.model_name, analysis.imgsz)
     probes.put(token, analysis.probe)
     layer = analysis.probe.layers[-1].name
@@ -127,10 +134,12 @@ def test_requests_are_answered_and_bad_ones_get_a_reason(analysis):
     assert "no longer cached" in arrays_request(probes, {"token": "gone", "layer": layer})["error"]
     assert "unknown layer" in arrays_request(probes, {"token": token, "layer": "model.0"})["error"]
     assert "expected" in arrays_request(probes, ["not", "a", "mapping"])["error"]
-    canvas, _ = make_canvas(analysis.image.bgr)
-    name = base_token(("key",), None)
-    assert name != base_token(("key",), 0)  # another highlighted detection: another picture
-    bases.put(name, canvas)
-    answer = base_picture(bases, {"base": name})
+    canvas, scale = make_canvas(analysis.image.bgr)
+    name = json.loads(json.dumps(base_name(analysis.key, None)))  # as the browser sends it back
+    assert name != base_name(analysis.key, 0)  # another highlighted detection: another picture
+    canvases.put((analysis.key, None), (canvas, scale))  # as the Image tab's detections_canvas keeps it
+    answer = base_picture(canvases, {"base": name})
     assert answer["picture"].startswith("data:image/jpeg;base64,")
-    assert "no longer cached" in base_picture(bases, {"base": "gone"})["error"]
+    assert "no longer cached" in base_picture(canvases, {"base": [*analysis.key, 3]})["error"]
+    assert "expected" in base_picture(canvases, {"base": "gone"})["error"]
+    assert "no longer cached" in base_picture(canvases, {"base": [[1], None]})["error"]  # unhashable: no picture

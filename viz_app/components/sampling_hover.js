@@ -24,7 +24,7 @@ const targetId = props.target || "overlay";
 const groupsId = props.groups_target || "groups";
 const arrays = new Map(); // "token|layer" -> {offsets: Float32Array, weights: Float32Array, bytes}
 const requests = new Map(); // "token|layer" or "base|name" -> Promise
-const bases = new Map(); // base name -> JPEG data URI (the few most recent)
+const bases = new Map(); // base name (as JSON) -> JPEG data URI (the few most recent)
 const KEEP_BASES = 8;
 const statusBox = element.querySelector(".deformlens-hover-status");
 let state = null;
@@ -71,15 +71,16 @@ async function fetchLayer(token, layer) {
 }
 
 async function fetchBase(name) {
-  if (bases.has(name)) return bases.get(name);
-  const request = "base|" + name;
+  const id = JSON.stringify(name);
+  if (bases.has(id)) return bases.get(id);
+  const request = "base|" + id;
   if (!requests.has(request)) {
     requests.set(
       request,
       server.hover_base({ base: name }).then((answer) => {
         requests.delete(request);
         if (!answer || answer.error) throw new Error(answer ? answer.error : "no answer");
-        bases.set(name, answer.picture);
+        bases.set(id, answer.picture);
         while (bases.size > KEEP_BASES) bases.delete(bases.keys().next().value);
         return answer.picture;
       })
@@ -402,9 +403,10 @@ function onMove(event) {
     width: rect.width + "px",
     height: rect.height + "px",
   });
-  if (surface.dataset.base !== state.base && bases.has(state.base)) {
-    surface.style.backgroundImage = "url(" + bases.get(state.base) + ")";
-    surface.dataset.base = state.base;
+  const baseId = JSON.stringify(state.base);
+  if (surface.dataset.base !== baseId && bases.has(baseId)) {
+    surface.style.backgroundImage = "url(" + bases.get(baseId) + ")";
+    surface.dataset.base = baseId;
   }
   const canvas = surface.querySelector("canvas");
   const ratio = window.devicePixelRatio || 1;

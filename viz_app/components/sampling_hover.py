@@ -24,17 +24,18 @@ __all__ = ["sampling_hover", "HOVER_SCRIPT"]
 HOVER_SCRIPT = Path(__file__).with_name("sampling_hover.js")
 
 
-def sampling_hover(probes: LRUCache, bases: LRUCache, target: str, groups_target: str, **kwargs) -> gr.HTML:
+def sampling_hover(probes: LRUCache, canvases: LRUCache, target: str, groups_target: str, **kwargs) -> gr.HTML:
     """The hover's component, a status line under the picture. Its script finds the picture in
     the block ``#target`` (a gr.Image) and the *Groups shown* checkboxes in ``#groups_target``;
-    ``probes``: the runs it may ask arrays of, by ``viz_app.views.hover.hover_token``; ``bases``:
-    the detections pictures, by ``viz_app.views.hover.base_token``."""
+    ``probes``: the runs it may ask arrays of, by ``viz_app.views.hover.hover_token``;
+    ``canvases``: the detections pictures (``AppContext.canvases``), by
+    ``viz_app.views.hover.base_name``."""
 
     def hover_arrays(request):
         return arrays_request(probes, request)
 
     def hover_base(request):
-        return base_picture(bases, request)
+        return base_picture(canvases, request)
 
     return gr.HTML(
         None,

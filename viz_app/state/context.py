@@ -36,8 +36,8 @@ class AppContext:
     highlighted detection) -> (canvas BGR (H, W, 3) uint8, (sx, sy) canvas px per image px);
     ``ablations``: the Ablation view's and /ablate's reruns per image, model and input size;
     ``hover_probes``: the probes the Sampling view's hover may fetch layer arrays of, by
-    ``viz_app.views.hover.hover_token``; ``hover_bases``: the detections canvases it may fetch,
-    by ``viz_app.views.hover.base_token``; ``toy_scenes``: the Learn tab's scene backgrounds and
+    ``viz_app.views.hover.hover_token`` (it fetches the detections canvases from ``canvases``);
+    ``toy_scenes``: the Learn tab's scene backgrounds and
     shapes (``viz_app.views.toy.ToyScenes``);
     ``sweeps``: the Learn tab's dilation-by-size curves (``viz_app.views.lesson_view.dilation_sweep``)."""
 
@@ -48,7 +48,6 @@ class AppContext:
     canvases: LRUCache[tuple, tuple[np.ndarray, tuple[float, float]]]
     ablations: AblationCache = field(default_factory=AblationCache)
     hover_probes: LRUCache[str, object] = field(default_factory=lambda: LRUCache(HOVER_PROBES))
-    hover_bases: LRUCache[str, np.ndarray] = field(default_factory=lambda: LRUCache(CANVAS_CACHE_SIZE))
     toy_scenes: ToyScenes = field(default_factory=ToyScenes)
     sweeps: LRUCache[tuple, tuple[np.ndarray, np.ndarray]] = field(default_factory=sweep_cache)
 

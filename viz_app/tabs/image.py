@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from dcnv3.bundled import bundled_path
-from dcnv3.draw.overlay import draw_cell, scale_pair
+from dcnv3.draw.overlay import draw_cell
 from dcnv3.ops.sampling_hooks import describe_layers
 from dcnv3.yolo.checkpoints import CheckpointError
 from viz_app.components.inputs import image_file_input
@@ -40,7 +40,7 @@ from viz_app.state.view_state import ImageView
 from viz_app.tabs import ablation as ablation_tab
 from viz_app.tabs import receptive as receptive_tab
 from viz_app.views import exports, health, render
-from viz_app.views.hover import base_token, hover_state, hover_token
+from viz_app.views.hover import base_name, hover_state, hover_token
 from viz_app.views.render import to_rgb
 
 __all__ = [
@@ -229,10 +229,7 @@ class _Events:
                 c.info: "Upload an image to start.",
                 c.view: None,
             }
-        base, scale = detections_canvas(self.ctx, analysis, view.highlight)
-        result = render.sampling_view(
-            analysis.image.bgr, analysis.probe, view.layer, view.xy, groups, view.highlight, scale=scale, base=base
-        )
+        result = self.sampling_view(analysis, view, groups)
         files = self.ctx.files
         return {
             c.overlay: files.picture(result.overlay),
@@ -242,6 +239,23 @@ class _Events:
             c.info: result.message,
             c.view: view.rendered(result.cell),
         }
+
+    def sampling_view(self, analysis: Analysis, view: ImageView, groups, with_overlay: bool = True):
+        """``render.sampling_view`` of the view, on the cached detections canvas."""
+        base, scale = detections_canvas(self.ctx, analysis, view.highlight)
+        bgr, probe = analysis.image.bgr, analysis.probe
+        return render.sampling_view(
+            bgr, probe, view.layer, view.xy, groups, view.highlight, scale=scale, base=base, with_overlay=with_overlay
+        )
+
+    def picture_with_cell(self, analysis: Analysis, view: ImageView, groups) -> tuple[np.ndarray, tuple | None]:
+        """(the Sampling picture: the cached detections canvas with the cell under the view's point
+        drawn on a copy, BGR; that cell or None), without the zoom, trace and weights."""
+        base, scale = detections_canvas(self.ctx, analysis, view.highlight)
+        cell = render.cell_under(analysis.probe, view.layer, view.xy)
+        if cell is None:
+            return base, None
+        return draw_cell(base, analysis.probe, analysis.probe.record(view.layer), cell, groups, scale), cell
 
     def field_picture(self, analysis: Analysis | None, view: ImageView | None, field, group, opacity, smooth):
         """The Fields view's picture file (None before an image or without a DCNv3 layer)."""
@@ -267,10 +281,8 @@ class _Events:
             return None
         token = hover_token(analysis.image.key, analysis.model_name, analysis.imgsz)
         self.ctx.hover_probes.put(token, analysis.probe)
-        canvas, scale = detections_canvas(self.ctx, analysis, view.highlight)
-        base = base_token(analysis.key, view.highlight)
-        self.ctx.hover_bases.put(base, canvas)
-        image = analysis.image
+        canvas, scale = detections_canvas(self.ctx, analysis, view.highlight)  # cached: the browser fetches it
+        image, base = analysis.image, base_name(analysis.key, view.highlight)
         return hover_state(token, analysis.probe, view.layer, image.scale, image.original_shape, base, canvas, scale)
 
     # -- events -----------------------------------------------------------------------------------
@@ -353,8 +365,15 @@ class _Events:
     def render_details(self, analysis: Analysis | None, view: ImageView | None, groups) -> dict:
         """The sampling view's zoom figure, weights, trace and message (a click's second step)."""
         c = self.c
-        outputs = self.render_sampling(analysis, view, groups)
-        return {key: outputs[key] for key in (c.figure, c.weights, c.trace, c.info)}
+        if analysis is None or view is None:
+            return {c.figure: None, c.weights: None, c.trace: None, c.info: "Upload an image to start."}
+        result = self.sampling_view(analysis, view, groups, with_overlay=False)  # the click drew the picture
+        return {
+            c.figure: result.figure,
+            c.weights: result.weights,
+            c.trace: self.ctx.files.picture(result.trace),
+            c.info: result.message,
+        }
 
     def click(self, analysis, view, groups, evt: gr.SelectData):
         """A click on the picture: gradio gives the canvas pixel (x, y); its centre is x + 0.5.
@@ -375,11 +394,7 @@ class _Events:
             gr.Warning("That click was outside the image (below it is the colour bar).")
             return gr.skip()
         view = replace(view, xy=(float(x), float(y)))
-        base, scale = detections_canvas(self.ctx, analysis, view.highlight)
-        probe = analysis.probe
-        record = probe.record(view.layer) if view.layer and probe.layers else None
-        cell = probe.cell_at(record, *view.xy) if record is not None else None
-        overlay = base if cell is None else draw_cell(base, probe, record, cell, groups, scale)  # as sampling_view
+        overlay, cell = self.picture_with_cell(analysis, view, groups)
         return {self.c.overlay: self.ctx.files.picture(overlay), self.c.view: view.rendered(cell)}
 
     def pick_detection(self, analysis, view, index, groups, field, field_group, opacity, smooth):
@@ -422,10 +437,7 @@ class _Events:
         if analysis is None or view is None:
             gr.Warning("Nothing to export yet: upload an image first.")
             return None
-        base, scale = detections_canvas(self.ctx, analysis, view.highlight)
-        overlay = render.sampling_view(
-            analysis.image.bgr, analysis.probe, view.layer, view.xy, groups, view.highlight, scale=scale, base=base
-        ).overlay
+        overlay, _ = self.picture_with_cell(analysis, view, groups)
         selection = None
         if view.cell is not None and view.layer:
             selection = exports.sampling_payload(
@@ -497,7 +509,7 @@ def _layout(ctx: AppContext, analysis: gr.State, view: gr.State) -> _Components:
                         buttons=["download", "fullscreen"],
                     )
                     hover = sampling_hover(
-                        ctx.hover_probes, ctx.hover_bases, "overlay", "groups", elem_id="sampling-hover"
+                        ctx.hover_probes, ctx.canvases, "overlay", "groups", elem_id="sampling-hover"
                     )
                     info = gr.Markdown(elem_id="sampling-info")
                     with gr.Row(equal_height=False):
@@ -733,18 +745,14 @@ class ImageApi:
         original_h, original_w = analysis.image.original_shape
         if not (0 <= x < original_w and 0 <= y < original_h):
             raise gr.Error(f"({x}, {y}) is outside the {original_w} x {original_h} image")
-        px, py = analysis.image.to_processed(x, y)
-        height, width = probe.image_shape
-        record = probe.record(layer)
-        cell = probe.cell_at(record, px, py) if (0 <= px < width and 0 <= py < height) else None
-        if cell is None:  # as render.sampling_view says it
-            raise gr.Error(f"({px:.1f}, {py:.1f}) is outside the image: click on the picture")
+        xy = analysis.image.to_processed(x, y)
+        cell = render.cell_under(probe, layer, xy)
+        if cell is None:
+            raise gr.Error(render.outside_message(xy))
         scale = api_scale(analysis)
 
         def draw():
-            base, canvas_scale = render.make_canvas(analysis.image.bgr, scale)
-            base = render.draw_detections(base, probe.detections, canvas_scale)
-            return draw_cell(base, probe, record, cell, None, scale_pair(canvas_scale), in_place=True)
+            return render.sampling_overlay(analysis.image.bgr, probe, layer, cell, scale=scale)[0]
 
         picture = self.picture(("sampling", analysis.key, scale, layer, tuple(map(int, cell))), draw)
         return picture, exports.sampling_payload(probe, layer, cell, analysis.image.scale, (x, y))

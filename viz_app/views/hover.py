@@ -30,7 +30,6 @@ from __future__ import annotations
 import base64
 import hashlib
 
-import cv2
 import numpy as np
 
 from dcnv3.draw.overlay import (
@@ -46,10 +45,11 @@ from dcnv3.draw.overlay import (
 )
 from dcnv3.record.geometry import kernel_offsets
 from dcnv3.record.weight_encoding import OPACITY_FLOOR, SIZE_RANGE, legend
+from viz_app.views.render import jpeg_data_uri
 
 __all__ = [
     "hover_token",
-    "base_token",
+    "base_name",
     "base_picture",
     "layer_geometry",
     "layer_arrays",
@@ -66,10 +66,11 @@ def hover_token(image_key: str, model_name: str, imgsz: int) -> str:
     return hashlib.blake2b(f"{image_key}\0{model_name}\0{imgsz}".encode(), digest_size=12).hexdigest()
 
 
-def base_token(analysis_key, highlight) -> str:
+def base_name(analysis_key: tuple, highlight: int | None) -> list:
     """The name of one detections picture (a run at some thresholds, with one detection
-    highlighted or none): the browser fetches each once (``base_picture``)."""
-    return hashlib.blake2b(repr((analysis_key, highlight)).encode(), digest_size=12).hexdigest()
+    highlighted or none), as the browser asks for it (once each: ``base_picture``): the picture's
+    key in ``AppContext.canvases`` (``Analysis.key`` and the highlight), as a JSON list."""
+    return [*analysis_key, highlight]
 
 
 def _css(bgr) -> str:
@@ -123,16 +124,21 @@ def layer_arrays(record) -> dict:
     }
 
 
-def base_picture(bases, request) -> dict:
-    """The browser's request for a detections picture, answered: ``request`` = {"base"};
-    ``bases`` maps ``base_token``s to BGR canvases (``AppContext.hover_bases``). Returns
-    {"base", "picture": JPEG data URI} or {"error": reason}."""
-    if not isinstance(request, dict):
-        return {"error": "expected {base}"}
-    canvas = bases.get(str(request.get("base")))
-    if canvas is None:
+def base_picture(canvases, request) -> dict:
+    """The browser's request for a detections picture, answered: ``request`` = {"base":
+    ``base_name``}; ``canvases``: the detections canvases the Sampling view draws on
+    (``AppContext.canvases``, (``Analysis.key``, highlight) -> (BGR canvas, scale)). Returns
+    {"base", "picture": JPEG data URI, encoded as the served views are} or {"error": reason}."""
+    name = request.get("base") if isinstance(request, dict) else None
+    if not isinstance(name, list) or len(name) < 2:
+        return {"error": "expected {base: [..., highlight]}"}
+    try:
+        entry = canvases.get((tuple(name[:-1]), name[-1]))
+    except TypeError:  # an unhashable part: no such picture
+        entry = None
+    if entry is None:
         return {"error": "this picture is no longer cached on the server: choose the image again"}
-    return {"base": request["base"], "picture": _jpeg_data_uri(canvas)}
+    return {"base": name, "picture": jpeg_data_uri(entry[0])}
 
 
 def arrays_request(probes, request) -> dict:
@@ -168,24 +174,13 @@ def mark_style() -> dict:
     }
 
 
-def _jpeg_data_uri(canvas: np.ndarray) -> str:
-    # The same encoding as the served views (viz_app.state.files.FileStore.picture): quality 92,
-    # no chroma subsampling, so thin coloured box lines stay crisp.
-    _, data = cv2.imencode(
-        ".jpg",
-        canvas,
-        [cv2.IMWRITE_JPEG_QUALITY, 92, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444],
-    )
-    return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode("ascii")
-
-
 def hover_state(
     token: str,
     probe,
     layer: str | None,
     image_scale,
     original_shape,
-    base: str,
+    base: list,
     base_canvas: np.ndarray,
     canvas_scale,
 ) -> dict:
@@ -196,7 +191,7 @@ def hover_state(
         probe: the run's ``dcnv3.analysis.probe.Probe``; ``layer``: the layer shown (a name).
         image_scale: (sx, sy) processed px per original px (``LoadedImage.scale``).
         original_shape: (H, W) of the uploaded file.
-        base: ``base_token`` of the detections-only picture, ``base_canvas`` (BGR (h, w, 3)
+        base: ``base_name`` of the detections-only picture, ``base_canvas`` (BGR (h, w, 3)
             uint8, the one the Sampling view's overlay is drawn on); ``canvas_scale``: its
             (sx, sy) px per processed px.
     """

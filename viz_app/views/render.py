@@ -59,6 +59,7 @@ from dcnv3.record.weight_encoding import (
     path_weight_text,
     weight_meaning,
 )
+from viz_app.state.files import jpeg_bytes
 from viz_app.views.figure_spec import FigureSpec
 
 __all__ = [
@@ -91,6 +92,9 @@ __all__ = [
     "sampling_view",
     "point_style",
     "SIGNED_COLOURS",
+    "cell_under",
+    "outside_message",
+    "jpeg_data_uri",
 ]
 
 DISPLAY_MIN_SIDE = 640  # small images are enlarged (whole pixels) so points stay legible
@@ -158,9 +162,10 @@ def _css_colour(bgr) -> str:
     return f"rgb({bgr[2]},{bgr[1]},{bgr[0]})"
 
 
-def _jpeg_data_uri(image: np.ndarray, quality: int = 88) -> str:
-    _, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
+def jpeg_data_uri(image: np.ndarray, quality: int = 92, full_colour: bool = True) -> str:
+    """A BGR picture as a JPEG data URI (``viz_app.state.files.jpeg_bytes``), for a page to show
+    without a file: the zoom's background, the hover's detections picture."""
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(image, quality, full_colour)).decode("ascii")
 
 
 _FIGURE_STYLE = dict(
@@ -213,7 +218,7 @@ def sampling_figure(
         traces.append(
             dict(
                 type="image",
-                source=_jpeg_data_uri(crop),
+                source=jpeg_data_uri(crop, 88, full_colour=False),  # behind the marks: 4:2:0 will do
                 x0=x0 + dx / 2,
                 y0=y0 + dy / 2,
                 dx=dx,
@@ -548,6 +553,23 @@ def query_for_detection(probe, index: int) -> tuple[float, float, str | None]:
     return (*box_centre(box), layer.name if layer is not None else None)
 
 
+def outside_message(xy) -> str:
+    """What the sampling view says for a point with no cell under it."""
+    return f"({float(xy[0]):.1f}, {float(xy[1]):.1f}) is outside the image: click on the picture"
+
+
+def cell_under(probe, layer: str | None, xy) -> tuple[int, int] | None:
+    """(row, col) of ``layer``'s cell under image point ``xy`` (continuous processed-image px):
+    None off the image, off the network input, or without a layer. The one lookup behind the
+    sampling view, a click and ``/sampling`` (``viz_app/components/sampling_hover.js`` repeats it
+    in the browser)."""
+    if layer is None or not probe.layers:
+        return None
+    x, y = float(xy[0]), float(xy[1])
+    height, width = probe.image_shape
+    return probe.cell_at(probe.record(layer), x, y) if (0 <= x < width and 0 <= y < height) else None
+
+
 def sampling_view(
     image: np.ndarray,
     probe,
@@ -558,11 +580,14 @@ def sampling_view(
     scale=None,
     base: np.ndarray | None = None,
     trace_top: int = 60,
+    with_overlay: bool = True,
 ) -> SamplingView:
     """Render the sampling view for image point ``xy`` (continuous image px) in ``layer``.
 
     ``base``: the canvas with detections already drawn (``draw_detections`` on ``make_canvas``),
     which a caller may cache per image; ``scale`` must then be the canvas' scale.
+    ``with_overlay=False``: the cell is not drawn (``overlay`` is ``base``), for a caller that
+    has drawn the picture already (a click shows its picture first).
     """
     if base is None:
         base, scale = make_canvas(image, scale)
@@ -570,15 +595,11 @@ def sampling_view(
     scale = scale_pair(scale if scale is not None else display_scale(image.shape))
     if layer is None or not probe.layers:
         return SamplingView(base, scale, None, None, None, None, "no deformable layer in this model: detections only")
-    x, y = float(xy[0]), float(xy[1])
-    height, width = probe.image_shape
     record = probe.record(layer)
-    cell = probe.cell_at(record, x, y) if (0 <= x < width and 0 <= y < height) else None
+    cell = cell_under(probe, layer, xy)
     if cell is None:
-        return SamplingView(
-            base, scale, None, None, None, None, f"({x:.1f}, {y:.1f}) is outside the image: click on the picture"
-        )
-    overlay = draw_cell(base, probe, record, cell, groups, scale)  # a copy: ``base`` stays cached clean
+        return SamplingView(base, scale, None, None, None, None, outside_message(xy))
+    overlay = draw_cell(base, probe, record, cell, groups, scale) if with_overlay else base  # a copy: base stays clean
     centre = probe.cell_centre(record, cell)
     levels = trace_through_layers(probe, record, cell, groups, top=trace_top)
     trace, _, _ = trace_overlay(image, levels, centre)
